@@ -1,0 +1,54 @@
+"""coiled_jupyter: lock down the firewall of your Dask clusters from inside a notebook.
+
+The public API is imported lazily, so that ``%load_ext coiled_jupyter`` stays light: boto3, moto and
+distributed load on first use, not at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "parse_ingress": "coiled_jupyter.rules",
+    "IngressError": "coiled_jupyter.rules",
+    "Rule": "coiled_jupyter.rules",
+    "effective_settings": "coiled_jupyter.settings",
+    "save_config": "coiled_jupyter.settings",
+    "set_backend_options": "coiled_jupyter.provision.core",
+    "plan": "coiled_jupyter.provision.core",
+    "apply": "coiled_jupyter.provision.core",
+    "describe": "coiled_jupyter.provision.core",
+    "destroy": "coiled_jupyter.provision.core",
+    "scheduler_address": "coiled_jupyter.provision.core",
+    "cluster_kwargs": "coiled_jupyter.provision.core",
+    "FirewallPanel": "coiled_jupyter.widgets",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coiled_jupyter' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext coiled_jupyter``: register the magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext coiled_jupyter``: remove the magics."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)

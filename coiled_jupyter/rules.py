@@ -1,0 +1,473 @@
+"""Ingress rules: parsing, validation, canonical form and compaction.
+
+The format is Coiled's: a list of ``{"ports": [...], "cidr": "..."}`` dicts, from Python objects or from
+YAML text. People also type a single port, a range ``"8000-8100"``, IPv6 networks, a bare address
+(``203.0.113.7`` means ``/32``), ``everyone`` and ``me``, and may add ``protocol`` (``tcp`` by default,
+or ``udp``) and ``description``.
+
+Decisions (see README, "Rule format"):
+
+* Ports are integers. A string of digits (``"8786"``) or a range string (``"8000-8100"``) is accepted
+  because YAML, JSON and magics all produce strings for ranges; ``True`` and floats are refused, since
+  ``True == 1`` would silently open port 1.
+* A network with host bits set (``10.1.0.2/16``) is refused rather than masked. AWS masks it to
+  ``10.1.0.0/16``, which admits 65,536 addresses where the person may have meant one; a firewall tool
+  must not widen access by guessing. The sentence offers both readings.
+* ``everyone`` means ``0.0.0.0/0`` and ``::/0``. Rules open to the whole internet are allowed (it is
+  Coiled's default) but reported by :func:`open_to_everyone`.
+
+Every mistake gets one sentence naming the value and the fix; all sentences of one input are raised
+together in one :class:`IngressError`, and nothing is returned for a partly valid input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+PROTOCOLS = ("tcp", "udp")
+ALLOWED_KEYS = ("ports", "cidr", "protocol", "description")
+EVERYONE = "everyone"
+ME = "me"
+EVERYONE_NETWORKS = ("0.0.0.0/0", "::/0")
+DESCRIPTION_MAX = 255
+# What AWS accepts in a security group rule description.
+_DESCRIPTION_OK = re.compile(r"^[a-zA-Z0-9. _\-:/()#,@\[\]+=&;{}!$*]*$")
+_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+class IngressError(ValueError):
+    """A rule a person wrote is not valid; the message says which value and how to fix it."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One rule: a protocol, a port range and one source.
+
+    ``source`` is a canonical network (``10.1.0.0/16``, ``2001:db8::/32``), a security group id
+    (``sg-...``), or ``me`` until :func:`resolve_me` replaces it. The description does not take part in
+    equality, as in AWS, where it does not make a rule different.
+    """
+
+    protocol: str
+    from_port: int
+    to_port: int
+    source: str
+    description: str = field(default="", compare=False)
+
+    @property
+    def ports(self) -> str:
+        """The port or range as people write it: ``8786`` or ``8000-8100``."""
+        if self.from_port == self.to_port:
+            return str(self.from_port)
+        return f"{self.from_port}-{self.to_port}"
+
+    @property
+    def source_kind(self) -> str:
+        """``ipv4``, ``ipv6``, ``group`` or ``me``."""
+        if self.source == ME:
+            return ME
+        if self.source.startswith("sg-"):
+            return "group"
+        return "ipv6" if ":" in self.source else "ipv4"
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        if self.source_kind in ("ipv4", "ipv6"):
+            return ipaddress.ip_network(self.source)
+        return None
+
+    @property
+    def key(self) -> tuple[str, int, int, str]:
+        return (self.protocol, self.from_port, self.to_port, self.source)
+
+    def to_dict(self) -> dict:
+        """Coiled's format for this one rule (ranges stay strings)."""
+        ports: list[int | str] = (
+            [self.from_port] if self.from_port == self.to_port else [self.ports]
+        )
+        out: dict = {"ports": ports, "cidr": self.source}
+        if self.protocol != "tcp":
+            out["protocol"] = self.protocol
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+def sort_key(rule: Rule) -> tuple:
+    """Stable order: protocol, ports, then IPv4 before IPv6 before groups, by address."""
+    net = rule.network
+    if net is not None:
+        source = (net.version, int(net.network_address), net.prefixlen, "")
+    else:
+        source = (7, 0, 0, rule.source)
+    return (rule.protocol, rule.from_port, rule.to_port, source)
+
+
+def canonical(rules: Iterable[Rule]) -> list[Rule]:
+    """De-duplicate (first description wins, others are appended) and sort."""
+    merged: dict[tuple, Rule] = {}
+    for rule in rules:
+        seen = merged.get(rule.key)
+        if seen is None:
+            merged[rule.key] = rule
+        else:
+            merged[rule.key] = replace(seen, description=_join_descriptions([seen, rule]))
+    return sorted(merged.values(), key=sort_key)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_ingress(value, *, where: str = "ingress") -> list[Rule]:
+    """Parse Coiled's ``ingress`` value into canonical rules, or raise :class:`IngressError`.
+
+    ``value`` is a list of rule dicts, one rule dict, or YAML/JSON text of either. ``None`` and an
+    empty list mean "no rules".
+    """
+    if isinstance(value, str):
+        value = _load_text(value, where)
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise IngressError(
+            [f"{where} must be a list of rules like [{{'ports': [8786], 'cidr': '10.1.0.0/16'}}], "
+             f"not {type(value).__name__} {value!r}."]
+        )
+    problems: list[str] = []
+    rules: list[Rule] = []
+    for index, item in enumerate(value, start=1):
+        label = f"{where} rule {index}" if len(value) > 1 else f"{where} rule"
+        try:
+            rules.extend(parse_rule(item, where=label))
+        except IngressError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise IngressError(problems)
+    return canonical(rules)
+
+
+def parse_rule(item, *, where: str = "rule") -> list[Rule]:
+    """One ``{"ports": ..., "cidr": ...}`` dict into rules (one per port entry and source network)."""
+    if not isinstance(item, Mapping):
+        raise IngressError(
+            [f"{where} must be a mapping like {{'ports': [8786], 'cidr': '10.1.0.0/16'}}, "
+             f"not {type(item).__name__} {item!r}."]
+        )
+    problems: list[str] = []
+    for key in item:
+        if key not in ALLOWED_KEYS:
+            close = difflib.get_close_matches(str(key), ALLOWED_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use only {', '.join(ALLOWED_KEYS)}."
+            problems.append(f"{where} has unknown key {key!r}; {hint}")
+    for required in ("ports", "cidr"):
+        if required not in item:
+            problems.append(f"{where} has no '{required}'; add e.g. {_EXAMPLE[required]}.")
+    port_ranges = _collect(problems, parse_ports, item.get("ports"), where) if "ports" in item else []
+    sources = _collect(problems, parse_source, item.get("cidr"), where) if "cidr" in item else []
+    protocol = _collect(problems, parse_protocol, item.get("protocol", "tcp"), where)
+    description = _collect(problems, parse_description, item.get("description", ""), where)
+    if problems:
+        raise IngressError(problems)
+    return [
+        Rule(protocol, low, high, source, description)
+        for (low, high) in port_ranges
+        for source in sources
+    ]
+
+
+_EXAMPLE = {"ports": "'ports: [8786, 8787]'", "cidr": "'cidr: 10.1.0.0/16'"}
+
+
+def _collect(problems: list[str], parser, value, where):
+    try:
+        return parser(value, where=where)
+    except IngressError as error:
+        problems.extend(error.problems)
+        return None
+
+
+def _load_text(text: str, where: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "it is not valid YAML"
+        raise IngressError([f"{where} text could not be read{at}: {problem}; check the indentation "
+                            "and quote values that contain ':'."]) from None
+
+
+def parse_ports(value, *, where: str = "ports") -> list[tuple[int, int]]:
+    """A port, a range string, or a list of them, into sorted (low, high) ranges."""
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    if not entries:
+        raise IngressError([f"{where} has an empty 'ports' list; list at least one port, e.g. [8786]."])
+    problems: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    for entry in entries:
+        try:
+            ranges.append(_parse_port_entry(entry, where))
+        except IngressError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise IngressError(problems)
+    return sorted(set(ranges))
+
+
+def _parse_port_entry(entry, where: str) -> tuple[int, int]:
+    if isinstance(entry, bool):
+        raise IngressError([f"{where} has port {entry!r}, which is a boolean, not a port; "
+                            "write a number from 1 to 65535."])
+    if isinstance(entry, float):
+        raise IngressError([f"{where} has port {entry!r}, which is not a whole number; "
+                            f"write {int(entry)} if that is what you mean." if entry.is_integer()
+                            else f"{where} has port {entry!r}, which is not a whole number."])
+    if isinstance(entry, int):
+        return (_check_port(entry, where), _check_port(entry, where))
+    if isinstance(entry, str):
+        text = entry.strip()
+        if text.isdigit():
+            port = _check_port(int(text), where)
+            return (port, port)
+        match = _RANGE.match(text)
+        if match:
+            low = _check_port(int(match.group(1)), where)
+            high = _check_port(int(match.group(2)), where)
+            if low > high:
+                raise IngressError([f"{where} has range {entry!r} whose start is above its end; "
+                                    f"write '{high}-{low}'."])
+            return (low, high)
+        raise IngressError([f"{where} has port {entry!r}, which is not a port; write a number like "
+                            "8786 or a range like '8000-8100'."])
+    raise IngressError([f"{where} has port {entry!r} of type {type(entry).__name__}; write a number "
+                        "like 8786 or a range like '8000-8100'."])
+
+
+def _check_port(port: int, where: str) -> int:
+    if not 1 <= port <= 65535:
+        raise IngressError([f"{where} has port {port}, outside 1-65535; use a port from 1 to 65535."])
+    return port
+
+
+def parse_source(value, *, where: str = "cidr") -> list[str]:
+    """A source as written into its canonical sources (``everyone`` gives two)."""
+    if isinstance(value, (list, tuple)):
+        problems: list[str] = []
+        sources: list[str] = []
+        for item in value:
+            try:
+                sources.extend(parse_source(item, where=where))
+            except IngressError as error:
+                problems.extend(error.problems)
+        if problems:
+            raise IngressError(problems)
+        if not value:
+            raise IngressError([f"{where} has an empty 'cidr' list; give a network like 10.1.0.0/16."])
+        return list(dict.fromkeys(sources))
+    if not isinstance(value, str):
+        raise IngressError([f"{where} has cidr {value!r} of type {type(value).__name__}; write a "
+                            "network in quotes like '10.1.0.0/16', 'me' or 'everyone'."])
+    text = value.strip()
+    lowered = text.lower()
+    if lowered == EVERYONE:
+        return list(EVERYONE_NETWORKS)
+    if lowered == ME:
+        return [ME]
+    if lowered.startswith("sg-"):
+        if not _GROUP_ID.match(lowered):
+            raise IngressError([f"{where} has security group {value!r}, which is not a group id; "
+                                "a group id looks like 'sg-0123456789abcdef0'."])
+        return [lowered]
+    return [canonical_network(text, where=where)]
+
+
+def canonical_network(text: str, *, where: str = "cidr") -> str:
+    """``10.1.0.0/16``, ``203.0.113.7`` (meaning /32) or an IPv6 network, in canonical form."""
+    if not text:
+        raise IngressError([f"{where} has an empty cidr; write a network like '10.1.0.0/16'."])
+    address, slash, prefix = text.partition("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise IngressError([f"{where} has cidr {text!r}, which is not an IP network; write it like "
+                            "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."]
+                           ) from None
+    if not slash:
+        return str(ipaddress.ip_network(ip))
+    limit = ip.max_prefixlen
+    if not prefix.isdigit() or not 0 <= int(prefix) <= limit:
+        raise IngressError([f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
+                            f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
+                            "address."])
+    network = ipaddress.ip_network(f"{ip}/{int(prefix)}", strict=False)
+    if network.network_address != ip:
+        raise IngressError([f"{where} has cidr {text!r} with host bits set, which would admit all of "
+                            f"{network}; did you mean '{network}'? (or '{ip}/{limit}' for the one "
+                            "address)"])
+    return str(network)
+
+
+def parse_protocol(value, *, where: str = "protocol") -> str:
+    if isinstance(value, str) and value.strip().lower() in PROTOCOLS:
+        return value.strip().lower()
+    raise IngressError([f"{where} has protocol {value!r}; use 'tcp' (the default) or 'udp'."])
+
+
+def parse_description(value, *, where: str = "description") -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise IngressError([f"{where} has description {value!r}, which is not text; quote it."])
+    if len(value) > DESCRIPTION_MAX:
+        raise IngressError([f"{where} has a description of {len(value)} characters; AWS allows at "
+                            f"most {DESCRIPTION_MAX}, shorten it."])
+    if not _DESCRIPTION_OK.match(value):
+        bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.match(c)}))
+        raise IngressError([f"{where} has description {value!r} with characters AWS refuses "
+                            f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."])
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Meaning of a rule set
+
+
+def open_to_everyone(rules: Iterable[Rule]) -> list[Rule]:
+    """Rules that admit the whole IPv4 or IPv6 internet."""
+    return [r for r in rules if r.network is not None and r.network.prefixlen == 0]
+
+
+def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
+    """Replace ``me`` by this notebook's public addresses (as /32 or /128 networks)."""
+    networks = [str(ipaddress.ip_network(a)) for a in addresses]
+    out: list[Rule] = []
+    for rule in rules:
+        if rule.source == ME:
+            out.extend(replace(rule, source=network) for network in networks)
+        else:
+            out.append(rule)
+    return canonical(out)
+
+
+def compact(rules: Iterable[Rule]) -> list[Rule]:
+    """The smallest equivalent rule set for the cloud, in a canonical form.
+
+    Per protocol and source family, ports are cut at every range boundary into elementary ranges; for
+    each one, the admitted networks are collapsed (adjacent and nested networks merge); then
+    neighbouring elementary ranges that admit the same sources merge into one range. Two rule sets that
+    admit the same traffic compact to the same list, so compaction is also a canonical form for
+    comparison. Descriptions of the rules that a compacted rule covers are joined.
+    """
+    rules = list(rules)
+    if any(r.source == ME for r in rules):
+        raise ValueError("resolve 'me' with resolve_me() before compacting")
+    out: list[Rule] = []
+    families: dict[tuple[str, str], list[Rule]] = {}
+    for rule in rules:
+        family = "group" if rule.source_kind == "group" else "net"
+        families.setdefault((rule.protocol, family), []).append(rule)
+    for (protocol, family), members in families.items():
+        cuts = sorted({r.from_port for r in members} | {r.to_port + 1 for r in members})
+        pieces: list[tuple[int, int, tuple[str, ...], list[Rule]]] = []
+        for low, next_low in zip(cuts, cuts[1:]):
+            high = next_low - 1
+            covering = [r for r in members if r.from_port <= low and high <= r.to_port]
+            if not covering:
+                continue
+            sources = _merge_sources(covering, family)
+            if pieces and pieces[-1][1] + 1 == low and pieces[-1][2] == sources:
+                first_low, _, _, first_cover = pieces[-1]
+                pieces[-1] = (first_low, high, sources, first_cover + covering)
+            else:
+                pieces.append((low, high, sources, covering))
+        for low, high, sources, covering in pieces:
+            for source in sources:
+                relevant = [r for r in covering if _covers(source, r.source)]
+                out.append(Rule(protocol, low, high, source, _join_descriptions(relevant)))
+    return sorted(out, key=sort_key)
+
+
+def _merge_sources(covering: list[Rule], family: str) -> tuple[str, ...]:
+    if family == "group":
+        return tuple(sorted({r.source for r in covering}))
+    by_version: dict[int, list] = {}
+    for r in covering:
+        by_version.setdefault(r.network.version, []).append(r.network)
+    merged = [str(n) for version in sorted(by_version) for n in ipaddress.collapse_addresses(
+        by_version[version])]
+    return tuple(merged)
+
+
+def _covers(outer: str, inner: str) -> bool:
+    if outer == inner:
+        return True
+    if outer.startswith("sg-") or inner.startswith("sg-"):
+        return False
+    a, b = ipaddress.ip_network(outer), ipaddress.ip_network(inner)
+    return a.version == b.version and b.subnet_of(a)
+
+
+def _join_descriptions(rules: Iterable[Rule]) -> str:
+    parts = list(dict.fromkeys(r.description for r in rules if r.description))
+    joined = "; ".join(parts)
+    if len(joined) > DESCRIPTION_MAX:
+        joined = joined[: DESCRIPTION_MAX - 3] + "..."
+    return joined
+
+
+def expand(rules: Iterable[Rule], *, max_ports: int = 16) -> list[Rule]:
+    """The inverse of the port compaction, for display in people's terms.
+
+    A range of at most ``max_ports`` ports becomes one rule per port (as Coiled's ``ports`` lists write
+    them); wider ranges stay ranges. Networks are kept as they are. ``compact(expand(r)) == compact(r)``.
+    """
+    out: list[Rule] = []
+    for rule in rules:
+        if rule.to_port - rule.from_port < max_ports:
+            out.extend(replace(rule, from_port=p, to_port=p) for p in range(rule.from_port,
+                                                                             rule.to_port + 1))
+        else:
+            out.append(rule)
+    return canonical(out)
+
+
+def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> bool:
+    """Does any rule admit ``address`` on ``port``? (security group sources never match an address)"""
+    ip = ipaddress.ip_address(address)
+    for rule in rules:
+        net = rule.network
+        if (rule.protocol == protocol and rule.from_port <= port <= rule.to_port and net is not None
+                and net.version == ip.version and ip in net):
+            return True
+    return False
+
+
+def to_coiled(rules: Iterable[Rule]) -> list[dict]:
+    """Rules back into Coiled's list-of-dicts, grouping ports that share a source and protocol."""
+    groups: dict[tuple[str, str, str], list[int | str]] = {}
+    for rule in canonical(rules):
+        port: int | str = rule.from_port if rule.from_port == rule.to_port else rule.ports
+        groups.setdefault((rule.source, rule.protocol, rule.description), []).append(port)
+    out = []
+    for (source, protocol, description), ports in groups.items():
+        item: dict = {"ports": ports, "cidr": source}
+        if protocol != "tcp":
+            item["protocol"] = protocol
+        if description:
+            item["description"] = description
+        out.append(item)
+    return out

@@ -1,0 +1,436 @@
+"""Settings: the layers they come from, their resolution with provenance, and the Dask config file.
+
+Layers, weakest to strongest (DESIGN.md "Words"): built-in default, account store, Dask config (YAML
+files, then ``DASK_COILED__*`` environment variables), notebook session, one cluster's
+``backend_options``. The strongest layer that sets ``ingress`` wins for ``ingress`` as a whole (lists
+are replaced, not merged, as in Coiled); ``use_scheduler_public_ip`` wins on its own.
+
+The Dask config layer is read afresh from the files and the environment on every resolution, so a file
+saved a moment ago, or another kernel's change to it, shows at once. The session layer is mirrored into
+this kernel's global Dask config, so that a ``coiled.Cluster()`` created later in the same kernel sees it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
+
+INGRESS_KEY = "coiled.backend-options.ingress"
+PUBLIC_IP_KEY = "coiled.use_scheduler_public_ip"
+CONFIG_FILE_NAME = "coiled.yaml"
+_DEFAULTS_FILE = Path(__file__).with_name("coiled-jupyter.yaml")
+
+BUILT_IN_DEFAULT = {
+    "ingress": [{"ports": [8786, 8787], "cidr": "0.0.0.0/0"}],
+    "use_scheduler_public_ip": True,
+}
+
+
+class Layer(enum.IntEnum):
+    """Where a value came from; a higher layer wins."""
+
+    DEFAULT = 0
+    ACCOUNT = 1
+    CONFIG = 2
+    SESSION = 3
+    CLUSTER = 4
+
+    @property
+    def label(self) -> str:
+        return _LAYER_LABELS[self]
+
+
+_LAYER_LABELS = {
+    Layer.DEFAULT: "built-in default",
+    Layer.ACCOUNT: "account default",
+    Layer.CONFIG: "dask config",
+    Layer.SESSION: "notebook session",
+    Layer.CLUSTER: "cluster options",
+}
+
+
+class ConfigFileError(ValueError):
+    """The Dask config file cannot be read or written safely; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A value together with the layer that set it and where exactly (a file, a variable)."""
+
+    value: Any
+    layer: Layer
+    origin: str = ""
+
+    @property
+    def provenance(self) -> str:
+        return f"{self.layer.label} ({self.origin})" if self.origin else self.layer.label
+
+
+@dataclass(frozen=True)
+class LayerValues:
+    """What one layer sets: parsed rules (or None when it does not set them) and the toggle."""
+
+    layer: Layer
+    ingress: list[Rule] | None = None
+    use_scheduler_public_ip: bool | None = None
+    ingress_origin: str = ""
+    public_ip_origin: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings, each value with its provenance, and every layer that was consulted."""
+
+    ingress: Resolved
+    use_scheduler_public_ip: Resolved
+    layers: tuple[LayerValues, ...] = field(default=())
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.ingress.value
+
+    def to_coiled(self) -> dict:
+        """Coiled's shape: ``{"ingress": [...], "use_scheduler_public_ip": bool}``."""
+        return {"ingress": to_coiled(self.rules),
+                "use_scheduler_public_ip": self.use_scheduler_public_ip.value}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading one layer's raw values
+
+
+def layer_from_options(layer: Layer, options: dict | None, origin: str = "") -> LayerValues:
+    """Parse Coiled-shaped options (``ingress``, deprecated ``firewall``, ``use_scheduler_public_ip``)."""
+    options = dict(options or {})
+    where = f"{layer.label}{' ' + origin if origin else ''}"
+    ingress = None
+    if options.get("ingress") is not None:
+        ingress = parse_ingress(options["ingress"], where=f"ingress in {where}")
+    elif options.get("firewall") is not None:
+        warnings.warn(
+            f"'firewall' in {where} is deprecated, as in Coiled; write "
+            "ingress=[{'ports': [...], 'cidr': '...'}] instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        ingress = parse_ingress([options["firewall"]], where=f"firewall in {where}")
+    public_ip = options.get("use_scheduler_public_ip")
+    if public_ip is not None:
+        public_ip = parse_public_ip(public_ip, where=f"use_scheduler_public_ip in {where}")
+    return LayerValues(layer, ingress, public_ip,
+                       origin if ingress is not None else "",
+                       origin if public_ip is not None else "")
+
+
+def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:
+    """``True``/``False`` (YAML and env give booleans; ``public``/``private`` are accepted too)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _PUBLIC_IP_WORDS:
+        return _PUBLIC_IP_WORDS[value.strip().lower()]
+    raise IngressError([f"{where} is {value!r}; use true (connect on the scheduler's public IP) or "
+                        "false (its private IP)."])
+
+
+_PUBLIC_IP_WORDS = {"public": True, "true": True, "yes": True, "private": False, "false": False,
+                    "no": False}
+
+
+def _get(mapping: dict, *path: str):
+    """Look up a nested key the way Dask does, treating '-' and '_' alike."""
+    node: Any = mapping
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        for spelling in (key, key.replace("-", "_"), key.replace("_", "-")):
+            if spelling in node:
+                node = node[spelling]
+                break
+        else:
+            return None
+    return node
+
+
+def _coiled_options(config: dict) -> dict:
+    backend_options = _get(config, "coiled", "backend-options") or {}
+    options = {key: _get(backend_options, key) for key in ("ingress", "firewall")}
+    options["use_scheduler_public_ip"] = _get(config, "coiled", "use_scheduler_public_ip")
+    return options
+
+
+def config_dir() -> Path:
+    """Dask's user config directory, honouring ``DASK_CONFIG`` as it is now (not at import)."""
+    return Path(os.environ.get("DASK_CONFIG") or Path("~/.config/dask").expanduser())
+
+
+def config_path() -> Path:
+    return config_dir() / CONFIG_FILE_NAME
+
+
+def _config_search_paths() -> list[str]:
+    import dask.config
+
+    system = [p for p in dask.config.paths if Path(p) != Path(dask.config.PATH)]
+    return [*system, str(config_dir())]
+
+
+def config_layer() -> LayerValues:
+    """The Dask config layer from the files and the environment as they are now, with provenance."""
+    import dask.config
+
+    ingress, ingress_origin = None, ""
+    public_ip, public_ip_origin = None, ""
+    sources = [(str(path), data) for path, data in dask.config.collect_yaml(
+        _config_search_paths(), return_paths=True)]
+    env = dask.config.collect_env(os.environ)
+    sources.append((_env_origin(), env))
+    for origin, data in sources:
+        options = _coiled_options(data)
+        if options["ingress"] is not None or options["firewall"] is not None:
+            ingress_origin = _env_origin("BACKEND_OPTIONS") if data is env else origin
+            ingress = {key: options[key] for key in ("ingress", "firewall")}
+        if options["use_scheduler_public_ip"] is not None:
+            public_ip_origin = _env_origin("USE_SCHEDULER_PUBLIC_IP") if data is env else origin
+            public_ip = options["use_scheduler_public_ip"]
+    values = layer_from_options(Layer.CONFIG, {**(ingress or {}),
+                                               "use_scheduler_public_ip": public_ip},
+                                origin=ingress_origin or public_ip_origin)
+    return LayerValues(Layer.CONFIG, values.ingress, values.use_scheduler_public_ip,
+                       ingress_origin, public_ip_origin)
+
+
+def _env_origin(suffix: str = "") -> str:
+    prefix = "DASK_COILED__"
+    names = sorted(k for k in os.environ if k.upper().startswith(prefix + suffix))
+    return ", ".join(f"${k}" for k in names) if names else "environment"
+
+
+# --------------------------------------------------------------------------------------------------
+# The session layer
+
+
+@dataclass
+class _Session:
+    ingress: list[Rule] | None = None
+    use_scheduler_public_ip: bool | None = None
+
+
+_session = _Session()
+
+
+def session_layer() -> LayerValues:
+    return LayerValues(Layer.SESSION, _session.ingress, _session.use_scheduler_public_ip,
+                       "this kernel" if _session.ingress is not None else "",
+                       "this kernel" if _session.use_scheduler_public_ip is not None else "")
+
+
+def set_session(*, ingress=None, use_scheduler_public_ip=None) -> None:
+    """Set this kernel's session values; ``ingress`` is parsed first, so a bad value changes nothing."""
+    rules = parse_ingress(ingress, where="ingress") if ingress is not None else None
+    public_ip = (parse_public_ip(use_scheduler_public_ip)
+                 if use_scheduler_public_ip is not None else None)
+    if rules is not None:
+        _session.ingress = rules
+    if public_ip is not None:
+        _session.use_scheduler_public_ip = public_ip
+    _mirror_session()
+
+
+def set_session_rules(rules: list[Rule]) -> None:
+    """Replace the session rules with already-parsed rules (``[]`` means no rules at all)."""
+    _session.ingress = canonical(rules)
+    _mirror_session()
+
+
+def reset_session() -> None:
+    """Drop the session layer; the kernel's Dask config falls back to the files and environment."""
+    _session.ingress = None
+    _session.use_scheduler_public_ip = None
+    _mirror_session()
+
+
+def _mirror_session() -> None:
+    import dask.config
+
+    layer = config_layer()
+    ingress = _session.ingress if _session.ingress is not None else layer.ingress
+    public_ip = (_session.use_scheduler_public_ip if _session.use_scheduler_public_ip is not None
+                 else layer.use_scheduler_public_ip)
+    _set_or_drop(dask.config.config, ("coiled", "backend-options", "ingress"),
+                 to_coiled(ingress) if ingress is not None else None)
+    _set_or_drop(dask.config.config, ("coiled", "use_scheduler_public_ip"), public_ip)
+
+
+def _set_or_drop(config: dict, path: tuple[str, ...], value) -> None:
+    node = config
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+
+
+AccountLoader = Callable[[], "LayerValues | None"]
+
+
+def effective_settings(backend_options: dict | None = None, *,
+                       account: AccountLoader | None = None) -> Settings:
+    """Resolve every layer into the effective settings with provenance.
+
+    ``backend_options`` is one cluster's options (the strongest layer). ``account`` loads the account
+    layer; by default it is read from the account store of the configured backend.
+    """
+    if account is None:
+        from .provision.core import load_account_layer as account
+    layers = [
+        layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
+        account() or LayerValues(Layer.ACCOUNT),
+        config_layer(),
+        session_layer(),
+        layer_from_options(Layer.CLUSTER, backend_options, "backend_options"),
+    ]
+    return resolve(layers)
+
+
+def resolve(layers: list[LayerValues]) -> Settings:
+    """Pick, for each value, the strongest layer that sets it."""
+    ordered = sorted(layers, key=lambda values: values.layer)
+    ingress = public_ip = None
+    for values in ordered:
+        if values.ingress is not None:
+            ingress = Resolved(values.ingress, values.layer, values.ingress_origin)
+        if values.use_scheduler_public_ip is not None:
+            public_ip = Resolved(values.use_scheduler_public_ip, values.layer,
+                                 values.public_ip_origin)
+    if ingress is None or public_ip is None:
+        raise ValueError("the built-in default layer must set every value")
+    return Settings(ingress, public_ip, tuple(ordered))
+
+
+# --------------------------------------------------------------------------------------------------
+# Package defaults for this tool's own keys
+
+
+def register_defaults() -> None:
+    """Register ``coiled-jupyter.*`` defaults with Dask, as dask-labextension does."""
+    import dask.config
+    import yaml
+
+    with open(_DEFAULTS_FILE) as f:
+        defaults = yaml.safe_load(f)
+    dask.config.update_defaults(defaults)
+
+
+def option(key: str):
+    """One of this tool's options from Dask's config, e.g. ``option("backend")``."""
+    import dask.config
+
+    _ensure_defaults()
+    return dask.config.get(f"coiled-jupyter.{key}")
+
+
+_defaults_registered = False
+
+
+def _ensure_defaults() -> None:
+    global _defaults_registered
+    if not _defaults_registered:
+        register_defaults()
+        _defaults_registered = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing the Dask config file
+
+
+def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool | None = None, *,
+                path: Path | str | None = None) -> Path:
+    """Write ingress and the toggle into ``coiled.yaml`` in Dask's config directory.
+
+    Every key and comment the tool does not own is kept, the write is atomic (a temporary file in the
+    same folder, then a rename) and keeps the file's mode, and a file that cannot be parsed is refused.
+    Only ``coiled.backend-options.ingress``, ``coiled.backend-options.firewall`` (deprecated, removed
+    when ingress is written) and ``coiled.use_scheduler_public_ip`` are owned; these hold no secrets.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
+
+    target = Path(path) if path is not None else config_path()
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    if target.exists():
+        text = target.read_text()
+        try:
+            data = yaml.load(text) if text.strip() else CommentedMap()
+        except YAMLError as error:
+            raise ConfigFileError(f"{target} cannot be parsed as YAML ({_first_line(error)}); fix or "
+                                  "move it, nothing was written.") from None
+        if data is None:
+            data = CommentedMap()
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"{target} does not hold a mapping at the top; fix or move it, "
+                                  "nothing was written.")
+        mode = target.stat().st_mode & 0o7777
+    else:
+        data = CommentedMap()
+        mode = 0o600
+    coiled = _child(data, "coiled")
+    if ingress is not None:
+        backend_options = _child(coiled, "backend-options")
+        key = _spelling(backend_options, "ingress")
+        backend_options[key] = to_coiled(ingress)
+        backend_options.pop(_spelling(backend_options, "firewall"), None)
+    if use_scheduler_public_ip is not None:
+        coiled[_spelling(coiled, "use_scheduler_public_ip")] = bool(use_scheduler_public_ip)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            yaml.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _child(mapping, key: str):
+    from ruamel.yaml.comments import CommentedMap
+
+    spelling = _spelling(mapping, key)
+    node = mapping.get(spelling)
+    if node is None:
+        node = mapping[spelling] = CommentedMap()
+    elif not isinstance(node, dict):
+        raise ConfigFileError(f"'{key}' in the Dask config file is not a mapping; fix it by hand, "
+                              "nothing was written.")
+    return node
+
+
+def _spelling(mapping, key: str) -> str:
+    for spelling in (key, key.replace("-", "_"), key.replace("_", "-")):
+        if spelling in mapping:
+            return spelling
+    return key
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
