@@ -364,52 +364,73 @@ def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
 
 
 def compact(rules: Iterable[Rule]) -> list[Rule]:
-    """The smallest equivalent rule set for the cloud, in a canonical form.
+    """An equivalent, never larger rule set for the cloud: contiguous ports and adjacent networks merge.
 
-    Per protocol and source family, ports are cut at every range boundary into elementary ranges; for
-    each one, the admitted networks are collapsed (adjacent and nested networks merge); then
-    neighbouring elementary ranges that admit the same sources merge into one range. Two rule sets that
-    admit the same traffic compact to the same list, so compaction is also a canonical form for
-    comparison. Descriptions of the rules that a compacted rule covers are joined.
+    Three steps repeat until nothing changes, each of which can only lower the count: rules wholly
+    covered by another rule are dropped; per protocol and source, overlapping or contiguous port ranges
+    merge (so ``{"ports": [8786, 8787]}`` becomes one rule 8786-8787); per protocol and port range,
+    networks collapse (``10.0.0.0/25`` and ``10.0.0.128/25`` become ``10.0.0.0/24``). The result admits
+    exactly the traffic the input admits, is sorted, and compacting it again changes nothing.
+    Descriptions of merged rules are joined.
     """
-    rules = list(rules)
-    if any(r.source == ME for r in rules):
+    current = canonical(rules)
+    if any(r.source == ME for r in current):
         raise ValueError("resolve 'me' with resolve_me() before compacting")
-    out: list[Rule] = []
-    families: dict[tuple[str, str], list[Rule]] = {}
+    while True:
+        reduced = _collapse_networks(_merge_ports(_drop_covered(current)))
+        if reduced == current:
+            return current
+        current = reduced
+
+
+def _drop_covered(rules: list[Rule]) -> list[Rule]:
+    """Drop rules that another rule wholly covers (distinct canonical rules never cover each other)."""
+    return [rule for rule in rules if not any(
+        other.key != rule.key and other.protocol == rule.protocol
+        and other.from_port <= rule.from_port and rule.to_port <= other.to_port
+        and _covers(other.source, rule.source) for other in rules)]
+
+
+def _merge_ports(rules: list[Rule]) -> list[Rule]:
+    by_source: dict[tuple[str, str], list[Rule]] = {}
     for rule in rules:
-        family = "group" if rule.source_kind == "group" else "net"
-        families.setdefault((rule.protocol, family), []).append(rule)
-    for (protocol, family), members in families.items():
-        cuts = sorted({r.from_port for r in members} | {r.to_port + 1 for r in members})
-        pieces: list[tuple[int, int, tuple[str, ...], list[Rule]]] = []
-        for low, next_low in zip(cuts, cuts[1:]):
-            high = next_low - 1
-            covering = [r for r in members if r.from_port <= low and high <= r.to_port]
-            if not covering:
-                continue
-            sources = _merge_sources(covering, family)
-            if pieces and pieces[-1][1] + 1 == low and pieces[-1][2] == sources:
-                first_low, _, _, first_cover = pieces[-1]
-                pieces[-1] = (first_low, high, sources, first_cover + covering)
+        by_source.setdefault((rule.protocol, rule.source), []).append(rule)
+    out: list[Rule] = []
+    for members in by_source.values():
+        members.sort(key=lambda r: (r.from_port, r.to_port))
+        run = [members[0]]
+        for rule in members[1:]:
+            if rule.from_port <= max(r.to_port for r in run) + 1:
+                run.append(rule)
             else:
-                pieces.append((low, high, sources, covering))
-        for low, high, sources, covering in pieces:
-            for source in sources:
-                relevant = [r for r in covering if _covers(source, r.source)]
-                out.append(Rule(protocol, low, high, source, _join_descriptions(relevant)))
-    return sorted(out, key=sort_key)
+                out.append(_span(run))
+                run = [rule]
+        out.append(_span(run))
+    return canonical(out)
 
 
-def _merge_sources(covering: list[Rule], family: str) -> tuple[str, ...]:
-    if family == "group":
-        return tuple(sorted({r.source for r in covering}))
-    by_version: dict[int, list] = {}
-    for r in covering:
-        by_version.setdefault(r.network.version, []).append(r.network)
-    merged = [str(n) for version in sorted(by_version) for n in ipaddress.collapse_addresses(
-        by_version[version])]
-    return tuple(merged)
+def _span(run: list[Rule]) -> Rule:
+    first = run[0]
+    return replace(first, from_port=min(r.from_port for r in run),
+                   to_port=max(r.to_port for r in run), description=_join_descriptions(run))
+
+
+def _collapse_networks(rules: list[Rule]) -> list[Rule]:
+    by_ports: dict[tuple[str, int, int, int], list[Rule]] = {}
+    out: list[Rule] = []
+    for rule in rules:
+        network = rule.network
+        if network is None:
+            out.append(rule)
+        else:
+            by_ports.setdefault((rule.protocol, rule.from_port, rule.to_port, network.version),
+                                []).append(rule)
+    for (protocol, low, high, _), members in by_ports.items():
+        for network in ipaddress.collapse_addresses(r.network for r in members):
+            source = str(network)
+            covered = [r for r in members if _covers(source, r.source)]
+            out.append(Rule(protocol, low, high, source, _join_descriptions(covered)))
+    return canonical(out)
 
 
 def _covers(outer: str, inner: str) -> bool:

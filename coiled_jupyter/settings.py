@@ -323,22 +323,38 @@ def resolve(layers: list[LayerValues]) -> Settings:
 # Package defaults for this tool's own keys
 
 
+def package_defaults() -> dict:
+    """This tool's defaults, read once from the YAML file shipped in the package."""
+    global _package_defaults
+    if _package_defaults is None:
+        import yaml
+
+        with open(_DEFAULTS_FILE) as f:
+            _package_defaults = yaml.safe_load(f)
+    return _package_defaults
+
+
+_package_defaults: dict | None = None
+
+
 def register_defaults() -> None:
     """Register ``coiled-jupyter.*`` defaults with Dask, as dask-labextension does."""
     import dask.config
-    import yaml
 
-    with open(_DEFAULTS_FILE) as f:
-        defaults = yaml.safe_load(f)
-    dask.config.update_defaults(defaults)
+    dask.config.update_defaults(package_defaults())
 
 
 def option(key: str):
-    """One of this tool's options from Dask's config, e.g. ``option("backend")``."""
+    """One of this tool's options from Dask's config, e.g. ``option("backend")``.
+
+    The packaged default is the fallback even if the defaults were registered inside a temporary
+    ``dask.config.set`` block, which drops them again on exit.
+    """
     import dask.config
 
     _ensure_defaults()
-    return dask.config.get(f"coiled-jupyter.{key}")
+    fallback = _get(package_defaults(), "coiled-jupyter", *key.split("."))
+    return dask.config.get(f"coiled-jupyter.{key}", default=fallback)
 
 
 _defaults_registered = False

@@ -1,0 +1,47 @@
+"""``python -m coiled_jupyter demo``: the main job on the built-in sandbox.
+
+It applies the example from Coiled's documentation (a VPN and a peered VPC, each with its own CIDR)
+to a sandbox cluster, applies it a second time to show that nothing changes, and prints the rule table
+as the cloud reports it. Nothing reaches AWS: the sandbox is a local moto server, stopped at the end
+unless it was already running.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXAMPLE = [
+    {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"},
+    {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"},
+]
+
+
+def demo(cluster: str = "demo") -> int:
+    import dask.config
+
+    from .provision import core, sandbox
+
+    with dask.config.set({"coiled-jupyter.backend": "sandbox"}):
+        was_running = sandbox.running() is not None
+        try:
+            first = core.apply(cluster, backend_options={"ingress": EXAMPLE})
+            print(first)
+            print()
+            second = core.apply(cluster, backend_options={"ingress": EXAMPLE})
+            print("second apply:", "no change" if not second.changed else "CHANGED (a bug)")
+        finally:
+            if not was_running:
+                sandbox.stop()
+    return 0 if not second.changed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        return demo(*args[1:2])
+    print("usage: python -m coiled_jupyter demo [CLUSTER]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,402 @@
+"""EC2 security groups and the SSM account store, through boto3. The only module that speaks to AWS.
+
+Every call goes through one boto3 client per (region, endpoint, credentials), created once and reused
+(creating one costs ~0.2 s), with botocore's ``standard`` retry mode so that throttling
+(``RequestLimitExceeded``) is retried. Errors are matched on their codes, never on messages, and turned
+into :class:`CloudError`, which says what to do and never carries credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from ..rules import Rule, sort_key
+
+TOOL = "coiled-jupyter"
+TAG_OWNER = "coiled-jupyter:owner"
+TAG_CLUSTER = "coiled-jupyter:cluster"
+ALL_PROTOCOLS = "all"
+SELF_DESCRIPTION = "cluster-internal traffic (this group)"
+_NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+class CloudError(RuntimeError):
+    """A call to the cloud failed; ``code`` is the AWS error code and the message says what to do."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class ForeignGroupError(CloudError):
+    """A group with the cluster's name exists but is not tagged as owned by coiled_jupyter."""
+
+
+_ADVICE = {
+    "RulesPerSecurityGroupLimitExceeded": "the group holds too many rules; compact or remove rules, "
+    "or ask AWS to raise the rules-per-group quota and set coiled-jupyter.rules-per-group.",
+    "RequestLimitExceeded": "AWS is throttling this account; wait a minute and run it again.",
+    "UnauthorizedOperation": "these credentials may not change security groups; ask for "
+    "ec2:*SecurityGroup* permissions.",
+    "AuthFailure": "AWS did not accept these credentials; check your AWS profile or keys.",
+    "DependencyViolation": "the group is still attached to instances or network interfaces; stop the "
+    "cluster first, then destroy its group.",
+    "InvalidVpcID.NotFound": "check coiled-jupyter.vpc-id and the region.",
+    "AccessDeniedException": "these credentials may not read or write SSM parameters.",
+}
+
+
+def cloud_error(error: Exception, doing: str) -> CloudError:
+    """A readable CloudError for a botocore failure, without the botocore traceback or secrets."""
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "Unknown")
+        message = error.response.get("Error", {}).get("Message", "")
+        advice = _ADVICE.get(code, "")
+        return CloudError(code, f"{doing} failed: {message}" + (f"; {advice}" if advice else ""))
+    if isinstance(error, NoCredentialsError):
+        return CloudError("NoCredentials", f"{doing} failed: no AWS credentials were found; configure "
+                          "a profile (aws configure) or use the sandbox backend.")
+    return CloudError(type(error).__name__, f"{doing} failed: {error}")
+
+
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Clients
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and as whom to connect. Credentials are kept out of ``repr`` and never stored on disk."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def client(service: str, connection: Connection):
+    """A cached boto3 client; the cache key holds a digest of the credentials, not the credentials."""
+    secret = hashlib.sha256(f"{connection.access_key_id}\0{connection.secret_access_key}".encode()
+                            ).hexdigest()
+    key = (service, connection.region, connection.endpoint_url, connection.profile, secret)
+    with _clients_lock:
+        cached = _clients.get(key)
+        if cached is None:
+            session = boto3.session.Session(
+                profile_name=connection.profile,
+                aws_access_key_id=connection.access_key_id,
+                aws_secret_access_key=connection.secret_access_key,
+                region_name=connection.region,
+            )
+            cached = session.client(
+                service,
+                endpoint_url=connection.endpoint_url,
+                config=Config(retries={"mode": "standard", "max_attempts": 5},
+                              connect_timeout=5, read_timeout=30),
+            )
+            _clients[key] = cached
+        return cached
+
+
+def region_of(connection: Connection) -> str:
+    return client("ec2", connection).meta.region_name
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading groups
+
+
+@dataclass(frozen=True)
+class Group:
+    """A security group as the cloud reports it, with its inbound rules canonicalised."""
+
+    group_id: str
+    name: str
+    vpc_id: str
+    account: str
+    tags: dict
+    rules: tuple[Rule, ...]
+    unmanageable: tuple[str, ...] = ()
+
+    @property
+    def owned(self) -> bool:
+        return self.tags.get(TAG_OWNER) == TOOL
+
+
+def group_name(cluster: str) -> str:
+    return f"{TOOL}-{cluster}"
+
+
+def _group(description: dict) -> Group:
+    rules, unmanageable = rules_from_permissions(description.get("IpPermissions", []))
+    return Group(
+        group_id=description["GroupId"],
+        name=description.get("GroupName", ""),
+        vpc_id=description.get("VpcId", ""),
+        account=description.get("OwnerId", ""),
+        tags={t["Key"]: t["Value"] for t in description.get("Tags", [])},
+        rules=tuple(rules),
+        unmanageable=tuple(unmanageable),
+    )
+
+
+def rules_from_permissions(permissions: Iterable[dict]) -> tuple[list[Rule], list[str]]:
+    """Flatten ``IpPermissions`` into one canonical rule per source.
+
+    AWS masks host bits and moto does not, so networks are masked here (``strict=False``) before any
+    comparison; protocols are lowercased; ``-1`` is ``all``. Prefix lists cannot be expressed as rules
+    of ours and are returned apart, as text, so that they are reported rather than silently kept.
+    """
+    rules: list[Rule] = []
+    unmanageable: list[str] = []
+    for permission in permissions:
+        protocol = str(permission.get("IpProtocol", "")).lower()
+        if protocol == "-1":
+            protocol, low, high = ALL_PROTOCOLS, 0, 65535
+        else:
+            protocol = {"6": "tcp", "17": "udp"}.get(protocol, protocol)
+            low, high = int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
+        for entry in permission.get("IpRanges", []):
+            network = str(ipaddress.ip_network(entry["CidrIp"], strict=False))
+            rules.append(Rule(protocol, low, high, network, entry.get("Description", "")))
+        for entry in permission.get("Ipv6Ranges", []):
+            network = str(ipaddress.ip_network(entry["CidrIpv6"], strict=False))
+            rules.append(Rule(protocol, low, high, network, entry.get("Description", "")))
+        for entry in permission.get("UserIdGroupPairs", []):
+            rules.append(Rule(protocol, low, high, entry["GroupId"], entry.get("Description", "")))
+        for entry in permission.get("PrefixListIds", []):
+            unmanageable.append(f"{protocol} {low}-{high} from prefix list {entry['PrefixListId']}")
+    return sorted(set(rules), key=sort_key), unmanageable
+
+
+def permissions_from_rules(rules: Iterable[Rule]) -> list[dict]:
+    """Rules into as few ``IpPermissions`` entries as AWS allows: one per protocol and port range."""
+    grouped: dict[tuple[str, int, int], dict] = {}
+    for rule in sorted(rules, key=sort_key):
+        key = (rule.protocol, rule.from_port, rule.to_port)
+        permission = grouped.get(key)
+        if permission is None:
+            if rule.protocol == ALL_PROTOCOLS:
+                permission = {"IpProtocol": "-1"}
+            else:
+                permission = {"IpProtocol": rule.protocol, "FromPort": rule.from_port,
+                              "ToPort": rule.to_port}
+            grouped[key] = permission
+        described = {"Description": rule.description} if rule.description else {}
+        if rule.source_kind == "group":
+            permission.setdefault("UserIdGroupPairs", []).append({"GroupId": rule.source, **described})
+        elif rule.source_kind == "ipv6":
+            permission.setdefault("Ipv6Ranges", []).append({"CidrIpv6": rule.source, **described})
+        else:
+            permission.setdefault("IpRanges", []).append({"CidrIp": rule.source, **described})
+    return list(grouped.values())
+
+
+class SecurityGroups:
+    """Find, create, change and delete the security groups of clusters in one region."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.ec2 = client("ec2", connection)
+
+    @property
+    def region(self) -> str:
+        return self.ec2.meta.region_name
+
+    def find(self, cluster: str, vpc_id: str | None) -> Group | None:
+        """The cluster's group, found by its tag (one call, which also returns its rules)."""
+        filters = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}]
+        if vpc_id:
+            filters.append({"Name": "vpc-id", "Values": [vpc_id]})
+        groups = self._describe(Filters=filters)
+        ours = [g for g in groups if g.owned]
+        if len(ours) > 1:
+            vpcs = ", ".join(sorted(g.vpc_id for g in ours))
+            raise CloudError("AmbiguousCluster", f"cluster {cluster!r} has groups in several VPCs "
+                             f"({vpcs}); set coiled-jupyter.vpc-id to pick one.")
+        if ours:
+            return ours[0]
+        if groups:
+            raise ForeignGroupError("ForeignGroup", f"group {groups[0].group_id} is tagged for "
+                                    f"cluster {cluster!r} but not owned by {TOOL}; it is left alone.")
+        return None
+
+    def find_by_name(self, cluster: str, vpc_id: str | None) -> Group | None:
+        filters = [{"Name": "group-name", "Values": [group_name(cluster)]}]
+        if vpc_id:
+            filters.append({"Name": "vpc-id", "Values": [vpc_id]})
+        groups = self._describe(Filters=filters)
+        return groups[0] if groups else None
+
+    def get(self, group_id: str) -> Group:
+        """Read one group by id, retrying the NotFound that follows a fresh create."""
+        return self._retry_not_found(lambda: self._describe(GroupIds=[group_id])[0],
+                                     f"reading group {group_id}")
+
+    def _describe(self, **kwargs) -> list[Group]:
+        try:
+            response = self.ec2.describe_security_groups(**kwargs)
+        except ClientError as error:
+            if _code(error) == "InvalidGroup.NotFound" and "GroupIds" in kwargs:
+                raise
+            raise cloud_error(error, "reading security groups") from None
+        except BotoCoreError as error:
+            raise cloud_error(error, "reading security groups") from None
+        return [_group(g) for g in response.get("SecurityGroups", [])]
+
+    def create(self, cluster: str, vpc_id: str | None) -> str:
+        """Create the cluster's group with its tags; a concurrent creator winning is not an error."""
+        tags = [{"Key": TAG_OWNER, "Value": TOOL}, {"Key": TAG_CLUSTER, "Value": cluster},
+                {"Key": "Name", "Value": group_name(cluster)}]
+        kwargs = {
+            "GroupName": group_name(cluster),
+            "Description": f"Dask cluster {cluster} (managed by {TOOL})",
+            "TagSpecifications": [{"ResourceType": "security-group", "Tags": tags}],
+        }
+        if vpc_id:
+            kwargs["VpcId"] = vpc_id
+        try:
+            return self.ec2.create_security_group(**kwargs)["GroupId"]
+        except ClientError as error:
+            if _code(error) != "InvalidGroup.Duplicate":
+                raise cloud_error(error, f"creating group {group_name(cluster)}") from None
+        existing = self.find_by_name(cluster, vpc_id)
+        if existing is None or not existing.owned:
+            which = existing.group_id if existing else group_name(cluster)
+            raise ForeignGroupError("ForeignGroup", f"a group named {group_name(cluster)} "
+                                    f"({which}) exists and is not owned by {TOOL}; it is left "
+                                    "alone. Rename the cluster or delete that group by hand.")
+        return existing.group_id
+
+    def authorize(self, group_id: str, rules: list[Rule]) -> None:
+        """Add rules in one call; if some already exist (a concurrent apply), add only the rest."""
+        if not rules:
+            return
+        try:
+            self._retry_not_found(lambda: self.ec2.authorize_security_group_ingress(
+                GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
+                f"adding rules to {group_id}")
+        except ClientError as error:
+            if _code(error) != "InvalidPermission.Duplicate":
+                raise cloud_error(error, f"adding rules to {group_id}") from None
+            present = {r.key for r in self.get(group_id).rules}
+            missing = [r for r in rules if r.key not in present]
+            if missing:
+                self.authorize(group_id, missing)
+
+    def revoke(self, group_id: str, rules: list[Rule]) -> None:
+        """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest."""
+        if not rules:
+            return
+        try:
+            self._retry_not_found(lambda: self.ec2.revoke_security_group_ingress(
+                GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
+                f"removing rules from {group_id}")
+        except ClientError as error:
+            if _code(error) != "InvalidPermission.NotFound":
+                raise cloud_error(error, f"removing rules from {group_id}") from None
+            present = {r.key for r in self.get(group_id).rules}
+            remaining = [r for r in rules if r.key in present]
+            if remaining:
+                self.revoke(group_id, remaining)
+
+    def delete(self, group_id: str) -> bool:
+        """Delete a group; False when it was already gone."""
+        try:
+            self.ec2.delete_security_group(GroupId=group_id)
+        except ClientError as error:
+            if _code(error) == "InvalidGroup.NotFound":
+                return False
+            raise cloud_error(error, f"deleting group {group_id}") from None
+        return True
+
+    def instances(self, group_id: str) -> list[dict]:
+        """Running instances that use the group (for the scheduler's address)."""
+        try:
+            response = self.ec2.describe_instances(Filters=[
+                {"Name": "instance.group-id", "Values": [group_id]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ])
+        except (ClientError, BotoCoreError) as error:
+            raise cloud_error(error, f"listing instances of {group_id}") from None
+        return [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
+
+    @staticmethod
+    def _retry_not_found(call, doing: str):
+        """Retry ``InvalidGroup.NotFound``: right after CreateSecurityGroup, AWS may not see the group
+        for a few seconds (eventual consistency), and botocore does not retry that code."""
+        for delay in (*_NOT_FOUND_RETRIES, None):
+            try:
+                return call()
+            except ClientError as error:
+                if _code(error) != "InvalidGroup.NotFound":
+                    raise
+                if delay is None:
+                    raise cloud_error(error, doing) from None
+                time.sleep(delay)
+            except BotoCoreError as error:
+                raise cloud_error(error, doing) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Account store (SSM Parameter Store)
+
+
+class AccountStore:
+    """Account-wide defaults in one SSM String parameter holding JSON in Coiled's shape."""
+
+    def __init__(self, connection: Connection, name: str):
+        self.connection = connection
+        self.name = name
+        self.ssm = client("ssm", connection)
+
+    def load(self) -> dict | None:
+        try:
+            response = self.ssm.get_parameter(Name=self.name)
+        except ClientError as error:
+            if _code(error) == "ParameterNotFound":
+                return None
+            raise cloud_error(error, f"reading account defaults {self.name}") from None
+        except BotoCoreError as error:
+            raise cloud_error(error, f"reading account defaults {self.name}") from None
+        try:
+            value = json.loads(response["Parameter"]["Value"])
+        except ValueError:
+            raise CloudError("InvalidAccountDefaults", f"parameter {self.name} does not hold JSON; "
+                             "set it again with set_backend_options().") from None
+        return value if isinstance(value, dict) else None
+
+    def store(self, options: dict) -> None:
+        try:
+            self.ssm.put_parameter(Name=self.name, Value=json.dumps(options, sort_keys=True),
+                                   Type="String", Overwrite=True,
+                                   Description=f"Account-wide Dask cluster firewall defaults ({TOOL})")
+        except (ClientError, BotoCoreError) as error:
+            raise cloud_error(error, f"writing account defaults {self.name}") from None
+
+    def delete(self) -> bool:
+        try:
+            self.ssm.delete_parameter(Name=self.name)
+        except ClientError as error:
+            if _code(error) == "ParameterNotFound":
+                return False
+            raise cloud_error(error, f"deleting account defaults {self.name}") from None
+        return True

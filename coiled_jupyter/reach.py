@@ -1,0 +1,366 @@
+"""Reachability: can this notebook reach the scheduler and the dashboard through the rules?
+
+The most common complaint about cluster firewalls is a client that times out connecting to a scheduler
+it can no longer reach. Whether it can depends on which address of the notebook the traffic comes from:
+
+* ``use_scheduler_public_ip`` true: the client dials the scheduler's public IP, so the traffic leaves
+  through the notebook's NAT or internet gateway and arrives from the notebook's **public** address;
+* false: the client dials the scheduler's private IP inside the VPC (or over a VPN), so the traffic
+  arrives from one of the notebook's **private** addresses, those of its network interfaces.
+
+:func:`check` compares that address with the rules and gives, per port, a verdict ``yes``, ``no`` or
+``unknown`` (the address that matters is unknown, e.g. offline), plus warnings for the classic mistakes,
+each naming the values and a fix. It writes no HTML: ``display`` renders the :class:`Reachability`.
+
+Nothing here may hang a notebook: the public address is asked of small web services with a short
+deadline, and any failure means "unknown".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import settings
+from .rules import ME, IngressError, Rule, admits, open_to_everyone, resolve_me
+
+YES, NO, UNKNOWN = "yes", "no", "unknown"
+PUBLIC_IP_CONFIG_KEY = "coiled.client_public_ip"
+# Address space that is only reachable inside a VPC, over a VPN or peering: RFC 1918, carrier-grade
+# NAT (also used by some VPNs such as Tailscale) and IPv6 unique local addresses.
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+# Dask speaks TCP on both ports.
+_PROTOCOL = "tcp"
+# A service's answer is one address; anything longer is an error page, not an answer.
+_MAX_ANSWER_BYTES = 256
+
+# This process's public address once a service has told it (see :func:`public_address`).
+_public: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# This notebook's addresses
+
+
+def local_addresses() -> list[str]:
+    """This machine's addresses from its network interfaces, IPv4 first, without loopback and link-local.
+
+    These are the addresses traffic to a scheduler's private IP comes from. Loopback never leaves the
+    machine and link-local addresses do not cross a router, so neither can be admitted by a rule.
+    """
+    import psutil
+
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            # IPv6 addresses may carry a zone (fe80::1%eth0); the zone is not part of the address.
+            ip = ipaddress.ip_address(address.address.split("%", 1)[0])
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                found.add(ip)
+    return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, int(ip)))]
+
+
+def public_address(*, services: Sequence[str] | None = None, timeout: float | None = None) -> str | None:
+    """This notebook's public address, or ``None`` when it cannot be known (offline, blocked, garbage).
+
+    Dask's ``coiled.client_public_ip`` (Coiled's own key) wins, so a person behind an unusual NAT or
+    without internet access can say it; it is read on every call so a change shows at once. Else
+    the answer cached from an earlier call of this process is returned, so repeated views do not ask
+    again (:func:`forget_public_address` clears it, e.g. after moving to another network). Else each
+    of ``services`` (default: option ``public-ip.services``) is asked in turn, each given ``timeout``
+    seconds (default: option ``public-ip.timeout``), and the first answer that is an IP address wins
+    and is cached. A failure is not cached, so coming back online is noticed on the next call.
+
+    Raises :class:`~coiled_jupyter.rules.IngressError` (as settings does for a bad toggle) only for a
+    ``coiled.client_public_ip`` that is not an IP address: a person typed it, so they are told rather
+    than silently ignored.
+    """
+    global _public
+    configured = _configured_public_address()
+    if configured is not None:
+        return configured
+    if _public is not None:
+        return _public
+    if services is None:
+        services = settings.option("public-ip.services") or []
+    if isinstance(services, str):
+        # A single URL from a DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES variable is a string, not a list.
+        services = [services]
+    if timeout is None:
+        timeout = float(settings.option("public-ip.timeout"))
+    for url in services:
+        answer = _ask(url, timeout)
+        if answer is not None:
+            _public = answer
+            return answer
+    return None
+
+
+def forget_public_address() -> None:
+    """Drop the cached public address, so the next :func:`public_address` asks the services again."""
+    global _public
+    _public = None
+
+
+def _configured_public_address() -> str | None:
+    import dask.config
+
+    value = dask.config.get(PUBLIC_IP_CONFIG_KEY, None)
+    if value is None:
+        return None
+    address = _as_address(str(value))
+    if address is None:
+        raise IngressError([f"{PUBLIC_IP_CONFIG_KEY} is {value!r}, which is not an IP address; set "
+                            "it to this notebook's public address, e.g. 203.0.113.7, or remove it to "
+                            "have it looked up."])
+    return address
+
+
+def _ask(url: str, timeout: float) -> str | None:
+    """One service's answer within about ``timeout`` seconds, or ``None``.
+
+    urllib's timeout bounds each socket operation, but not the name lookup (which can block for many
+    seconds when offline) nor a server that trickles bytes. So the request runs in a daemon thread that
+    is abandoned at the deadline; being a daemon, it never holds up the kernel's exit.
+    """
+    answers: list[str | None] = []
+    thread = threading.Thread(target=lambda: answers.append(_fetch(url, timeout)),
+                              name="coiled-jupyter-public-ip", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answers[0] if answers else None
+
+
+def _fetch(url: str, timeout: float) -> str | None:
+    import http.client
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read(_MAX_ANSWER_BYTES + 1)
+    except (OSError, ValueError, http.client.HTTPException):
+        # URLError, HTTPError (4xx/5xx), refused, reset and timeouts are OSErrors; a malformed URL is a
+        # ValueError; a server that answers something other than HTTP is an HTTPException.
+        return None
+    if len(body) > _MAX_ANSWER_BYTES:
+        return None
+    return _as_address(body.decode("utf-8", "replace"))
+
+
+def _as_address(text: str) -> str | None:
+    """``text`` as a canonical IP address if that is all it is (surrounding whitespace aside)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Verdicts
+
+
+@dataclass(frozen=True)
+class PortReach:
+    """Can this notebook reach one port? ``verdict`` is ``yes``, ``no`` or ``unknown``.
+
+    ``address`` is the notebook address the verdict is about (the admitted one for ``yes``), ``rule``
+    the source of the rule that admits it (``me (203.0.113.7)`` for a ``me`` rule), and ``reason`` one
+    sentence saying why.
+    """
+
+    name: str
+    port: int
+    verdict: str
+    reason: str
+    address: str | None = None
+    rule: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "port": self.port, "verdict": self.verdict,
+                "reason": self.reason, "address": self.address, "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """What the rules mean for this notebook: a verdict per port, its addresses, and warnings.
+
+    ``public`` is ``None`` when the public address is unknown or was not needed (the private IP is
+    used and no rule says ``me``), since it is only looked up when it matters.
+    """
+
+    use_scheduler_public_ip: bool
+    local: tuple[str, ...]
+    public: str | None
+    scheduler: PortReach
+    dashboard: PortReach
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ports(self) -> tuple[PortReach, PortReach]:
+        return (self.scheduler, self.dashboard)
+
+    def to_dict(self) -> dict:
+        """A JSON-able form, e.g. for the JSON mimetype of the tables and the REST API."""
+        return {
+            "use_scheduler_public_ip": self.use_scheduler_public_ip,
+            "local_addresses": list(self.local),
+            "public_address": self.public,
+            "scheduler": self.scheduler.to_dict(),
+            "dashboard": self.dashboard.to_dict(),
+            "warnings": list(self.warnings),
+        }
+
+    def summary(self) -> str:
+        """A few lines of plain text: how the client connects, one line per port, then warnings."""
+        if self.use_scheduler_public_ip:
+            origin = f"from its public address {self.public or '(unknown)'}"
+            lines = [f"The client connects on the scheduler's public IP, {origin}."]
+        else:
+            origin = (f"from {_words(self.local)}" if self.local
+                      else "but this notebook has no private address")
+            lines = [f"The client connects on the scheduler's private IP, {origin}."]
+        for reach in self.ports:
+            lines.append(f"{reach.name.capitalize()} port {reach.port}: {reach.verdict}; "
+                         f"{reach.reason}")
+        lines.extend(f"Warning: {warning}" for warning in self.warnings)
+        return "\n".join(lines)
+
+
+def check(rules: Iterable[Rule], use_scheduler_public_ip: bool, *,
+          local: Iterable[str] | None = None, public: str | None = None,
+          scheduler_port: int | None = None, dashboard_port: int | None = None) -> Reachability:
+    """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
+
+    ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_address`, which
+    is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
+    that judging private-IP settings never waits on the network. The ports default to the options
+    ``scheduler-port`` and ``dashboard-port``.
+    """
+    rules = list(rules)
+    if scheduler_port is None:
+        scheduler_port = int(settings.option("scheduler-port"))
+    if dashboard_port is None:
+        dashboard_port = int(settings.option("dashboard-port"))
+    local = tuple(local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local))
+    if public is None and (use_scheduler_public_ip or any(r.source == ME for r in rules)):
+        public = public_address()
+    elif public is not None:
+        public = str(ipaddress.ip_address(public))
+
+    if use_scheduler_public_ip:
+        candidates = (public,) if public else ()
+        kind = "this notebook's public address"
+        unknown = (f"{kind} is unknown (offline?); set {PUBLIC_IP_CONFIG_KEY} to tell it.")
+    else:
+        candidates = local
+        kind = "this notebook's private address"
+        unknown = ("this notebook has no private address on its network interfaces (only loopback "
+                   "or link-local); connect on the public IP with `%coiled_scheduler_ip public`.")
+    scheduler, dashboard = (
+        _judge(name, port, rules, candidates, kind, unknown, public)
+        for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port)))
+
+    warnings: list[str] = []
+    public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
+    if public_only:
+        warnings.append(_private_ip_warning(public_only, scheduler_port, local))
+    elif scheduler.verdict == NO:
+        warnings.append(_not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local,
+                                              public))
+    opened = open_to_everyone(rules)
+    if opened:
+        warnings.append(_open_warning(opened, scheduler_port, public))
+    return Reachability(use_scheduler_public_ip, local, public, scheduler, dashboard,
+                        tuple(warnings))
+
+
+def _judge(name: str, port: int, rules: list[Rule], candidates: Sequence[str], kind: str,
+           unknown: str, public: str | None) -> PortReach:
+    if not candidates:
+        return PortReach(name, port, UNKNOWN, unknown)
+    for address in candidates:
+        rule = _admitting_rule(rules, port, address, public)
+        if rule is not None:
+            source = f"me ({public})" if rule.source == ME else rule.source
+            return PortReach(name, port, YES, f"{address} ({kind}) is admitted by {source}.",
+                             address, source)
+    kinds = kind + ("es" if len(candidates) > 1 else "")
+    return PortReach(name, port, NO, f"no rule admits {_words(candidates)} ({kinds}) on port {port}.",
+                     candidates[0])
+
+
+def _admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
+    """The first rule admitting ``address`` on ``port``; ``me`` stands for the public address."""
+    for rule in rules:
+        if admits(resolve_me([rule], [public] if public else []), _PROTOCOL, port, address):
+            return rule
+    return None
+
+
+def _public_only(rules: list[Rule], port: int) -> list[str]:
+    """The networks admitted on ``port`` when none of them overlaps private space, else ``[]``."""
+    networks = [r.network for r in rules
+                if r.protocol == _PROTOCOL and r.from_port <= port <= r.to_port and r.network]
+    if any(net.overlaps(private) for net in networks for private in PRIVATE_NETWORKS
+           if net.version == private.version):
+        return []
+    return list(dict.fromkeys(str(net) for net in networks))
+
+
+def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> str:
+    own = next((a for a in local if _is_private(a) and ipaddress.ip_address(a).version == 4), None)
+    example = (str(ipaddress.ip_network(f"{own}/16", strict=False)) if own else "10.0.0.0/16")
+    here = f" (this notebook is {own})" if own else ""
+    return (f"the client will connect on the scheduler's private IP, but the rules only admit public "
+            f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, e.g. "
+            f"`%coiled_ingress add {port} {example}`{here}, or connect on the public IP with "
+            "`%coiled_scheduler_ip public`.")
+
+
+def _not_admitted_warning(rules: list[Rule], scheduler: PortReach, use_public: bool,
+                          local: Sequence[str], public: str | None) -> str:
+    port, address = scheduler.port, scheduler.address
+    if use_public:
+        text = (f"this notebook's public address {address} is not admitted on port {port}, so the "
+                f"client will time out connecting to the scheduler; add it with "
+                f"`%coiled_ingress add {port} {address}` or `%coiled_ingress add {port} me`")
+        admitted_local = next((a for a in local if _admitting_rule(rules, port, a, public)), None)
+        if admitted_local:
+            text += (f", or, if this notebook is in the cluster's network, connect on the private IP "
+                     f"with `%coiled_scheduler_ip private` ({admitted_local} is admitted)")
+        return text + "."
+    addresses = "address" if len(local) == 1 else "addresses"
+    verb = "is" if len(local) == 1 else "are"
+    return (f"this notebook's private {addresses} {_words(local)} {verb} not admitted on port {port}, "
+            f"so the client will time out connecting to the scheduler; add your VPC range, or this "
+            f"notebook alone with `%coiled_ingress add {port} {address}`.")
+
+
+def _open_warning(opened: list[Rule], scheduler_port: int, public: str | None) -> str:
+    ports = list(dict.fromkeys(r.ports + ("" if r.protocol == _PROTOCOL else f"/{r.protocol}")
+                               for r in opened))
+    networks = _words(list(dict.fromkeys(r.source for r in opened)))
+    example = (scheduler_port if any(r.from_port <= scheduler_port <= r.to_port for r in opened)
+               else opened[0].from_port)
+    me = f"`me` ({public})" if public else "`me`"
+    return (f"{'port' if len(ports) == 1 else 'ports'} {_words(ports)} "
+            f"{'is' if len(ports) == 1 else 'are'} open to the whole internet ({networks}); restrict "
+            f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
+            f"`%coiled_ingress add {example} me`, then remove {networks}.")
+
+
+def _is_private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in net for net in PRIVATE_NETWORKS if net.version == ip.version)
+
+
+def _words(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
