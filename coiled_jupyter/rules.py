@@ -37,7 +37,10 @@ DESCRIPTION_MAX = 255
 # What AWS accepts in a security group rule description.
 _DESCRIPTION_OK = re.compile(r"^[a-zA-Z0-9. _\-:/()#,@\[\]+=&;{}!$*]*$")
 _GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+# ASCII digits only, and few of them: str.isdigit() also accepts '²', which int() refuses, and int()
+# refuses more than 4300 digits.
+_NUMBER = re.compile(r"[0-9]{1,10}")
+_RANGE = re.compile(r"^\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*$")
 
 
 class IngressError(ValueError):
@@ -240,7 +243,7 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
         return (_check_port(entry, where), _check_port(entry, where))
     if isinstance(entry, str):
         text = entry.strip()
-        if text.isdigit():
+        if _NUMBER.fullmatch(text):
             port = _check_port(int(text), where)
             return (port, port)
         match = _RANGE.match(text)
@@ -306,10 +309,13 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
         raise IngressError([f"{where} has cidr {text!r}, which is not an IP network; write it like "
                             "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."]
                            ) from None
+    if getattr(ip, "scope_id", None):
+        raise IngressError([f"{where} has cidr {text!r} with a zone '%{ip.scope_id}', which a firewall "
+                            "rule cannot hold; remove it."])
     if not slash:
         return str(ipaddress.ip_network(ip))
     limit = ip.max_prefixlen
-    if not prefix.isdigit() or not 0 <= int(prefix) <= limit:
+    if not _NUMBER.fullmatch(prefix) or not 0 <= int(prefix) <= limit:
         raise IngressError([f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
                             f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
                             "address."])
@@ -335,8 +341,8 @@ def parse_description(value, *, where: str = "description") -> str:
     if len(value) > DESCRIPTION_MAX:
         raise IngressError([f"{where} has a description of {len(value)} characters; AWS allows at "
                             f"most {DESCRIPTION_MAX}, shorten it."])
-    if not _DESCRIPTION_OK.match(value):
-        bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.match(c)}))
+    if not _DESCRIPTION_OK.fullmatch(value):  # match() would let a final "\n" through
+        bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.fullmatch(c)}))
         raise IngressError([f"{where} has description {value!r} with characters AWS refuses "
                             f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."])
     return value
@@ -366,18 +372,20 @@ def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
 def compact(rules: Iterable[Rule]) -> list[Rule]:
     """An equivalent, never larger rule set for the cloud: contiguous ports and adjacent networks merge.
 
-    Three steps repeat until nothing changes, each of which can only lower the count: rules wholly
-    covered by another rule are dropped; per protocol and source, overlapping or contiguous port ranges
-    merge (so ``{"ports": [8786, 8787]}`` becomes one rule 8786-8787); per protocol and port range,
-    networks collapse (``10.0.0.0/25`` and ``10.0.0.128/25`` become ``10.0.0.0/24``). The result admits
-    exactly the traffic the input admits, is sorted, and compacting it again changes nothing.
+    Three steps repeat until nothing changes, each of which can only lower the count: per protocol and
+    source, overlapping or contiguous port ranges merge (so ``{"ports": [8786, 8787]}`` becomes one
+    rule 8786-8787); per protocol and port range, networks collapse (``10.0.0.0/25`` and
+    ``10.0.0.128/25`` become ``10.0.0.0/24``); rules wholly covered by another rule are dropped. The
+    result admits exactly the traffic the input admits, is sorted, and compacting it again changes
+    nothing. Ports merge first, so that splitting ranges into single ports (:func:`expand`) does not
+    change the result: dropping covered single ports first could leave holes that no longer merge.
     Descriptions of merged rules are joined.
     """
     current = canonical(rules)
     if any(r.source == ME for r in current):
         raise ValueError("resolve 'me' with resolve_me() before compacting")
     while True:
-        reduced = _collapse_networks(_merge_ports(_drop_covered(current)))
+        reduced = _drop_covered(_collapse_networks(_merge_ports(current)))
         if reduced == current:
             return current
         current = reduced
@@ -443,7 +451,8 @@ def _covers(outer: str, inner: str) -> bool:
 
 
 def _join_descriptions(rules: Iterable[Rule]) -> str:
-    parts = list(dict.fromkeys(r.description for r in rules if r.description))
+    # Split joined descriptions again, so that joining twice does not repeat a part.
+    parts = list(dict.fromkeys(part for r in rules for part in r.description.split("; ") if part))
     joined = "; ".join(parts)
     if len(joined) > DESCRIPTION_MAX:
         joined = joined[: DESCRIPTION_MAX - 3] + "..."

@@ -199,11 +199,12 @@ def config_layer() -> LayerValues:
         if options["use_scheduler_public_ip"] is not None:
             public_ip_origin = _env_origin("USE_SCHEDULER_PUBLIC_IP") if data is env else origin
             public_ip = options["use_scheduler_public_ip"]
-    values = layer_from_options(Layer.CONFIG, {**(ingress or {}),
-                                               "use_scheduler_public_ip": public_ip},
-                                origin=ingress_origin or public_ip_origin)
-    return LayerValues(Layer.CONFIG, values.ingress, values.use_scheduler_public_ip,
-                       ingress_origin, public_ip_origin)
+    # Parsed apart, so that a bad value is reported with the place it came from.
+    ingress_values = layer_from_options(Layer.CONFIG, ingress, origin=ingress_origin)
+    public_ip_values = layer_from_options(Layer.CONFIG, {"use_scheduler_public_ip": public_ip},
+                                          origin=public_ip_origin)
+    return LayerValues(Layer.CONFIG, ingress_values.ingress,
+                       public_ip_values.use_scheduler_public_ip, ingress_origin, public_ip_origin)
 
 
 def _env_origin(suffix: str = "") -> str:
@@ -269,13 +270,17 @@ def _mirror_session() -> None:
 
 
 def _set_or_drop(config: dict, path: tuple[str, ...], value) -> None:
+    # Keep the spelling already there ('backend_options' from DASK_COILED__BACKEND_OPTIONS__...):
+    # a second spelling next to it would leave the old value visible under that name.
     node = config
     for key in path[:-1]:
-        node = node.setdefault(key, {})
+        if value is None and not isinstance(node.get(_spelling(node, key)), dict):
+            return  # nothing to drop; do not leave empty mappings behind
+        node = node.setdefault(_spelling(node, key), {})
     if value is None:
-        node.pop(path[-1], None)
+        node.pop(_spelling(node, path[-1]), None)
     else:
-        node[path[-1]] = value
+        node[_spelling(node, path[-1])] = value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,15 +394,21 @@ def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
+    header = ""
     if target.exists():
         text = target.read_text()
+        # ruamel re-emits the whole file: with the file's own indentation, lines we do not own (the
+        # token) come out byte for byte.
+        yaml.indent(**_guess_indent(text))
         try:
             data = yaml.load(text) if text.strip() else CommentedMap()
         except YAMLError as error:
             raise ConfigFileError(f"{target} cannot be parsed as YAML ({_first_line(error)}); fix or "
                                   "move it, nothing was written.") from None
-        if data is None:
+        if data is None:  # ruamel drops the comments of a file that holds nothing else
             data = CommentedMap()
+            header = "".join(line for line in text.splitlines(keepends=True)
+                             if line.lstrip().startswith("#"))
         if not isinstance(data, dict):
             raise ConfigFileError(f"{target} does not hold a mapping at the top; fix or move it, "
                                   "nothing was written.")
@@ -417,6 +428,7 @@ def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as out:
+            out.write(header if not header or header.endswith("\n") else header + "\n")
             yaml.dump(data, out)
             out.flush()
             os.fsync(out.fileno())
@@ -426,6 +438,27 @@ def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _guess_indent(text: str) -> dict:
+    """The indentation a YAML file uses (ruamel's ``mapping``, ``sequence`` and dash ``offset``)."""
+    found = {"mapping": None, "sequence": None, "offset": None}
+    lines = [line.rstrip() for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    for parent, child in zip(lines, lines[1:]):
+        if not parent.endswith(":") or parent.lstrip().startswith("- "):
+            continue
+        depth = len(child) - len(child.lstrip()) - (len(parent) - len(parent.lstrip()))
+        item = child.lstrip()
+        if item.startswith("- ") and found["sequence"] is None and depth >= 0:
+            after = item[2:]
+            found["offset"] = depth
+            found["sequence"] = depth + 2 + len(after) - len(after.lstrip())
+        elif not item.startswith("- ") and found["mapping"] is None and depth > 0:
+            found["mapping"] = depth
+    if found["sequence"] is None:
+        found["offset"], found["sequence"] = 2, 4
+    return {"mapping": found["mapping"] or 2, **{k: found[k] for k in ("sequence", "offset")}}
 
 
 def _child(mapping, key: str):
