@@ -23,6 +23,7 @@ together in one :class:`IngressError`, and nothing is returned for a partly vali
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -85,7 +86,7 @@ class Rule:
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         if self.source_kind in ("ipv4", "ipv6"):
-            return ipaddress.ip_network(self.source)
+            return _network(self.source)
         return None
 
     @property
@@ -446,8 +447,14 @@ def _covers(outer: str, inner: str) -> bool:
         return True
     if outer.startswith("sg-") or inner.startswith("sg-"):
         return False
-    a, b = ipaddress.ip_network(outer), ipaddress.ip_network(inner)
+    a, b = _network(outer), _network(inner)
     return a.version == b.version and b.subnet_of(a)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(source: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parse a canonical network once: compaction compares every pair of rules."""
+    return ipaddress.ip_network(source)
 
 
 def _join_descriptions(rules: Iterable[Rule]) -> str:
