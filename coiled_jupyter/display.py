@@ -26,7 +26,7 @@ _STYLE = """<style>
 .cj-result table { border-collapse: collapse; margin: 0.25em 0; }
 .cj-result th, .cj-result td { text-align: left; padding: 0.2em 0.8em;
   border-bottom: 1px solid var(--jp-border-color2, #e0e0e0); }
-  color: var(--jp-ui-font-color1, inherit); }
+.cj-result th { color: var(--jp-ui-font-color1, inherit); }
 .cj-result .cj-meta { color: var(--jp-ui-font-color2, #616161); }
 .cj-result .cj-warning { color: var(--jp-warn-color0, #e65100); }
 .cj-result tr.cj-add td:first-child { color: var(--jp-success-color0, #2e7d32); }
@@ -90,12 +90,14 @@ def payload(result) -> dict:
         summary = (f"deleted group {result.group_id}" if result.deleted else
                    f"cluster {result.target.cluster!r} has no group to delete")
         return {"version": SCHEMA_VERSION, "kind": "destroy", **_target(result.target),
-                "group_id": result.group_id, "deleted": result.deleted, "summary": summary,
+                "account": result.account, "group_id": result.group_id, "deleted": result.deleted,
+                "summary": summary,
                 "rows": [], "notes": [], "warnings": []}
     if isinstance(result, core.SchedulerAddress):
         kind = "public" if result.public else "private"
         return {"version": SCHEMA_VERSION, "kind": "scheduler", **_target(result.target),
-                "instance_id": result.instance_id, "ip": result.ip, "address": result.address,
+                "account": result.account, "instance_id": result.instance_id, "ip": result.ip,
+                "address": result.address,
                 "summary": f"scheduler {result.instance_id}: connect to {result.address} "
                            f"({kind} IP)", "rows": [], "notes": [], "warnings": []}
     raise TypeError(f"no display for {type(result).__name__}")
@@ -130,10 +132,8 @@ def _settings_payload(view) -> dict:
 
 
 def _header(data: dict) -> str:
-    parts = [f"cluster {data['cluster']!r}", f"backend {data['backend_label']}"]
-    if data.get("account"):
-        parts.append(f"account {data['account']}")
-    parts.append(f"region {data['region']}")
+    parts = [f"cluster {data['cluster']!r}", f"backend {data['backend_label']}",
+             f"account {data.get('account') or 'unknown'}", f"region {data['region']}"]
     if data.get("vpc_id"):
         parts.append(f"vpc {data['vpc_id']}")
     if data.get("group_id"):

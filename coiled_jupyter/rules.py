@@ -89,6 +89,9 @@ class Rule:
             return _network(self.source)
         return None
 
+    def __str__(self) -> str:
+        return f"{self.protocol} {self.ports} from {self.source}"
+
     @property
     def key(self) -> tuple[str, int, int, str]:
         return (self.protocol, self.from_port, self.to_port, self.source)
@@ -139,7 +142,7 @@ def parse_ingress(value, *, where: str = "ingress") -> list[Rule]:
     empty list mean "no rules".
     """
     if isinstance(value, str):
-        value = _load_text(value, where)
+        value = load_text(value, where)
     if value is None:
         return []
     if isinstance(value, Mapping):
@@ -202,7 +205,8 @@ def _collect(problems: list[str], parser, value, where):
         return None
 
 
-def _load_text(text: str, where: str):
+def load_text(text: str, where: str):
+    """YAML (or JSON) text into Python values, with the line and column of a mistake."""
     import yaml
 
     try:
@@ -367,6 +371,49 @@ def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
             out.extend(replace(rule, source=network) for network in networks)
         else:
             out.append(rule)
+    return canonical(out)
+
+
+def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, provenance: str = "") -> list[Rule]:
+    """``current`` without ``removing``: a port inside a range is cut out of the range.
+
+    Every rule to remove must be admitted by ``current``, or an :class:`IngressError` names it and
+    lists what is there. ``everyone`` is two rules (IPv4 and IPv6); removing it is fine when only one
+    half is there, as in Coiled's default, which opens to ``0.0.0.0/0`` only.
+    """
+    current, removing = list(current), list(removing)
+
+    def covered(rule: Rule) -> bool:
+        spans = sorted((r.from_port, r.to_port) for r in current
+                       if r.protocol == rule.protocol and r.source == rule.source)
+        need = rule.from_port
+        for low, high in spans:
+            if low <= need <= high:
+                need = high + 1
+            if need > rule.to_port:
+                return True
+        return False
+
+    present = [r for r in removing if covered(r)]
+    missing = [r for r in removing if not covered(r) and not (
+        r.source in EVERYONE_NETWORKS
+        and any(p.source in EVERYONE_NETWORKS and (p.protocol, p.from_port, p.to_port)
+                == (r.protocol, r.from_port, r.to_port) for p in present))]
+    if missing:
+        where = f" (from {provenance})" if provenance else ""
+        there = ", ".join(str(r) for r in current) or "no rules at all"
+        raise IngressError([f"cannot remove {', '.join(str(r) for r in missing)}: it is not in the "
+                            f"effective rules{where}, which are: {there}."])
+    out: list[Rule] = []
+    for rule in current:
+        pieces = [(rule.from_port, rule.to_port)]
+        for cut in present:
+            if (cut.protocol, cut.source) != (rule.protocol, rule.source):
+                continue
+            pieces = [piece for low, high in pieces for piece in (
+                (low, min(high, cut.from_port - 1)), (max(low, cut.to_port + 1), high))
+                if piece[0] <= piece[1]]
+        out.extend(replace(rule, from_port=low, to_port=high) for low, high in pieces)
     return canonical(out)
 
 

@@ -129,6 +129,86 @@ def layer_from_options(layer: Layer, options: dict | None, origin: str = "") -> 
                        origin if public_ip is not None else "")
 
 
+def parse_coiled_options(value, *, where: str = "the settings") -> tuple[list[Rule] | None,
+                                                                        bool | None]:
+    """Rules and the toggle from what people paste: a rule list, one rule,
+    ``{ingress: ..., use_scheduler_public_ip: ...}``, or a whole ``coiled:`` snippet exactly as in
+    Coiled's documentation; as YAML/JSON text or Python values. Every problem is reported at once.
+    Returns ``(rules or None, use_scheduler_public_ip or None)``.
+    """
+    from .rules import load_text
+
+    data = load_text(value, where) if isinstance(value, str) else value
+    if data is None:
+        raise IngressError([f"{where} is empty; write a rule list like [{{ports: [8786], cidr: "
+                            "10.1.0.0/16}] or a coiled: snippet."])
+    problems: list[str] = []
+    if isinstance(data, dict) and _get(data, "coiled") is not None:
+        coiled = _get(data, "coiled")
+        if not isinstance(coiled, dict):
+            raise IngressError([f"'coiled' in {where} must be a mapping with backend-options and "
+                                "use_scheduler_public_ip, as in Coiled's documentation."])
+        problems += _unknown_keys(coiled, ("backend-options", "use_scheduler_public_ip"),
+                                  f"'coiled' in {where}", strict=False)
+        backend = _get(coiled, "backend-options") or {}
+        if not isinstance(backend, dict):
+            problems.append(f"'coiled.backend-options' in {where} must be a mapping with ingress.")
+            backend = {}
+        problems += _unknown_keys(backend, ("ingress", "firewall"),
+                                  f"'coiled.backend-options' in {where}", strict=False)
+        options = {"ingress": _get(backend, "ingress"), "firewall": _get(backend, "firewall"),
+                   "use_scheduler_public_ip": _get(coiled, "use_scheduler_public_ip")}
+    elif isinstance(data, dict) and (_get(data, "ingress") is not None
+                                     or _get(data, "use_scheduler_public_ip") is not None):
+        problems += _unknown_keys(data, ("ingress", "use_scheduler_public_ip"), where)
+        options = {"ingress": _get(data, "ingress"),
+                   "use_scheduler_public_ip": _get(data, "use_scheduler_public_ip")}
+    else:
+        options = {"ingress": data}
+    rules = public_ip = None
+    try:
+        if options.get("ingress") is not None:
+            rules = parse_ingress(options["ingress"], where="ingress")
+        elif options.get("firewall") is not None:
+            rules = layer_from_options(Layer.SESSION, {"firewall": options["firewall"]}).ingress
+    except IngressError as error:
+        problems += error.problems
+    try:
+        if options.get("use_scheduler_public_ip") is not None:
+            public_ip = parse_public_ip(options["use_scheduler_public_ip"])
+    except IngressError as error:
+        problems += error.problems
+    if not problems and rules is None and public_ip is None:
+        problems.append(f"{where} sets neither coiled.backend-options.ingress nor "
+                        "coiled.use_scheduler_public_ip; write them as in Coiled's documentation.")
+    if problems:
+        raise IngressError(problems)
+    return rules, public_ip
+
+
+def _unknown_keys(mapping: dict, known: tuple[str, ...], where: str, *,
+                  strict: bool = True) -> list[str]:
+    """Keys Coiled's format does not have, with a did-you-mean ('-' and '_' are alike, as in Dask).
+
+    Not ``strict``: only near-misses of ``known`` are reported, since a pasted ``coiled:`` snippet
+    may hold Coiled's other keys (token, workspace, region...) that are not ours to judge.
+    """
+    import difflib
+
+    spellings = [k.replace("_", "-") for k in known]
+    problems = []
+    for key in mapping:
+        name = str(key).replace("_", "-")
+        if name in spellings:
+            continue
+        close = difflib.get_close_matches(name, spellings, n=1, cutoff=0.7)
+        if not close and not strict:
+            continue
+        hint = f"did you mean {close[0]!r}?" if close else f"use only {', '.join(known)}."
+        problems.append(f"{where} has unknown key {key!r}; {hint}")
+    return problems
+
+
 def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:
     """``True``/``False`` (YAML and env give booleans; ``public``/``private`` are accepted too)."""
     if isinstance(value, bool):
@@ -247,6 +327,13 @@ def set_session(*, ingress=None, use_scheduler_public_ip=None) -> None:
 def set_session_rules(rules: list[Rule]) -> None:
     """Replace the session rules with already-parsed rules (``[]`` means no rules at all)."""
     _session.ingress = canonical(rules)
+    _mirror_session()
+
+
+def restore_session(snapshot: LayerValues) -> None:
+    """Put back a session layer taken earlier with :func:`session_layer` (undo of a failed step)."""
+    _session.ingress = snapshot.ingress
+    _session.use_scheduler_public_ip = snapshot.use_scheduler_public_ip
     _mirror_session()
 
 

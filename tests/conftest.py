@@ -78,3 +78,162 @@ def api_calls(sandbox):
     yield counts
     for client in clients:
         client.meta.events.unregister("before-call", count)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the sandbox independently, and injecting faults moto never produces
+
+
+@pytest.fixture(scope="session")
+def _independent_clients(sandbox_server):
+    import boto3
+
+    def make(service):
+        return boto3.client(service, endpoint_url=sandbox_server.url, region_name="us-east-1",
+                            aws_access_key_id="reader", aws_secret_access_key="reader")
+
+    return {"ec2": make("ec2"), "ssm": make("ssm")}
+
+
+@pytest.fixture
+def cloud(sandbox, _independent_clients):
+    """boto3 clients of their own (``cloud.ec2``, ``cloud.ssm``) to the sandbox, to read back (or change
+    by hand) what the code under test did, independently of its clients and parsing."""
+    import types
+
+    return types.SimpleNamespace(url=sandbox.url, **_independent_clients)
+
+
+class _Body:
+    """What botocore reads a response body from: ``stream()`` (``AWSResponse.content``) or ``read()``."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def stream(self, **_):
+        yield self._data
+
+    def read(self, *_):
+        data, self._data = self._data, b""
+        return data
+
+
+class Faults:
+    """Synthetic AWS error responses from a botocore ``before-send`` handler on real clients.
+
+    ``fail(operation, code, status=..., times=1, skip=0, before=None)`` makes the next ``times`` sends
+    of ``operation`` (after letting ``skip`` through) answer with that AWS error code; ``times=None``
+    means every send. ``before(request)`` runs first, e.g. another writer changing the group.
+    ``sent[operation]`` counts HTTP sends (each retry is one), ``log`` lists them in order.
+    """
+
+    def __init__(self):
+        self.sent: collections.Counter = collections.Counter()
+        self.log: list[str] = []
+        self._rules: dict[str, list[dict]] = {}
+        self._clients: list = []
+
+    def watch(self, client) -> None:
+        if client not in self._clients:
+            client.meta.events.register("before-send", self._handler)
+            self._clients.append(client)
+
+    def fail(self, operation: str, code: str, *, status: int = 400, times: int | None = 1,
+             skip: int = 0, message: str | None = None, before=None) -> None:
+        self._rules.setdefault(operation, []).append(
+            {"code": code, "status": status, "times": times, "skip": skip, "before": before,
+             "message": message or f"injected {code}"})
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.meta.events.unregister("before-send", self._handler)
+        self._clients.clear()
+
+    def _handler(self, request, event_name, **_):
+        from botocore.awsrequest import AWSResponse
+
+        service, operation = event_name.split(".")[1:3]
+        self.sent[operation] += 1
+        self.log.append(operation)
+        for rule in self._rules.get(operation, []):
+            if rule["skip"]:
+                rule["skip"] -= 1
+                continue
+            if rule["times"] is not None:
+                if rule["times"] <= 0:
+                    continue
+                rule["times"] -= 1
+            if rule["before"] is not None:
+                rule["before"](request)
+            if service == "ec2":
+                body = (f"<Response><Errors><Error><Code>{rule['code']}</Code><Message>"
+                        f"{rule['message']}</Message></Error></Errors><RequestID>injected"
+                        "</RequestID></Response>").encode()
+                headers = {"Content-Type": "text/xml"}
+            else:
+                import json
+
+                body = json.dumps({"__type": rule["code"], "message": rule["message"]}).encode()
+                headers = {"Content-Type": "application/x-amz-json-1.1"}
+            return AWSResponse(request.url, rule["status"], headers, _Body(body))
+        return None
+
+
+@pytest.fixture
+def make_faults():
+    """``make_faults(*clients)``: a :class:`Faults` injector on those clients, removed after the test."""
+    made: list[Faults] = []
+
+    def make(*clients) -> Faults:
+        injector = Faults()
+        made.append(injector)
+        for client in clients:
+            injector.watch(client)
+        return injector
+
+    try:
+        yield make
+    finally:
+        for injector in made:
+            injector.close()
+
+
+@pytest.fixture
+def faults(sandbox, make_faults):
+    """A :class:`Faults` injector on the core's cached EC2 and SSM clients for the sandbox."""
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.core import target
+
+    connection = target().connection()
+    return make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
+
+
+@pytest.fixture(scope="session")
+def _image_id(_independent_clients):
+    ec2 = _independent_clients["ec2"]
+    # moto knows ~1300 images and lists them all in ~1 s; a filter answers at once.
+    images = ec2.describe_images(Owners=["amazon"], Filters=[
+        {"Name": "name", "Values": ["amzn2-ami-hvm-*"]}])["Images"]
+    return (images or ec2.describe_images(Owners=["amazon"])["Images"])[0]["ImageId"]
+
+
+@pytest.fixture(scope="session")
+def launch(_independent_clients, _image_id):
+    """``launch(group_id, name, subnet=None)``: run one instance in the sandbox with that security group
+    and Name tag (e.g. ``'<cluster>-scheduler'``), and return it as ``describe_instances`` reports it."""
+    ec2 = _independent_clients["ec2"]
+
+    def run(group_id: str, name: str, subnet: str | None = None) -> dict:
+        kwargs = {"ImageId": _image_id, "MinCount": 1, "MaxCount": 1,
+                  "SecurityGroupIds": [group_id],
+                  "TagSpecifications": [{"ResourceType": "instance",
+                                         "Tags": [{"Key": "Name", "Value": name}]}]}
+        if subnet:
+            kwargs["SubnetId"] = subnet
+        instance_id = ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]
+        return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+    return run

@@ -28,6 +28,8 @@ TAG_CLUSTER = "coiled-jupyter:cluster"
 ALL_PROTOCOLS = "all"
 SELF_DESCRIPTION = "cluster-internal traffic (this group)"
 _NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
+# Rounds of "the call conflicted with the group as read; read again and retry the rest".
+_CONFLICT_ROUNDS = 3
 
 
 class CloudError(RuntimeError):
@@ -135,6 +137,10 @@ class Group:
     tags: dict
     rules: tuple[Rule, ...]
     unmanageable: tuple[str, ...] = ()
+    # How the cloud spells each rule's source when that differs from the canonical form (moto keeps
+    # host bits: a rule read as 10.1.0.0/16 may be stored as 10.1.0.2/16, and only that spelling
+    # revokes it there). Keyed by Rule.key.
+    stored_as: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def owned(self) -> bool:
@@ -155,6 +161,7 @@ def _group(description: dict) -> Group:
         tags={t["Key"]: t["Value"] for t in description.get("Tags", [])},
         rules=tuple(rules),
         unmanageable=tuple(unmanageable),
+        stored_as=stored_sources(description.get("IpPermissions", [])),
     )
 
 
@@ -187,8 +194,31 @@ def rules_from_permissions(permissions: Iterable[dict]) -> tuple[list[Rule], lis
     return sorted(set(rules), key=sort_key), unmanageable
 
 
-def permissions_from_rules(rules: Iterable[Rule]) -> list[dict]:
-    """Rules into as few ``IpPermissions`` entries as AWS allows: one per protocol and port range."""
+def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
+    """Rule key -> the source spellings as stored, for the sources stored in a non-canonical form."""
+    found: dict[tuple, list[str]] = {}
+    for permission in permissions:
+        protocol = str(permission.get("IpProtocol", "")).lower()
+        if protocol == "-1":
+            protocol, low, high = ALL_PROTOCOLS, 0, 65535
+        else:
+            protocol = {"6": "tcp", "17": "udp"}.get(protocol, protocol)
+            low, high = int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
+        spelled = [e["CidrIp"] for e in permission.get("IpRanges", [])]
+        spelled += [e["CidrIpv6"] for e in permission.get("Ipv6Ranges", [])]
+        for text in spelled:
+            network = str(ipaddress.ip_network(text, strict=False))
+            found.setdefault((protocol, low, high, network), []).append(text)
+    return {key: tuple(dict.fromkeys(texts)) for key, texts in found.items()
+            if texts != [key[3]]}
+
+
+def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None) -> list[dict]:
+    """Rules into as few ``IpPermissions`` entries as AWS allows: one per protocol and port range.
+
+    ``stored_as`` (from :attr:`Group.stored_as`) gives the spellings to send instead of the canonical
+    source, so that a revoke names the rule exactly as the cloud holds it.
+    """
     grouped: dict[tuple[str, int, int], dict] = {}
     for rule in sorted(rules, key=sort_key):
         key = (rule.protocol, rule.from_port, rule.to_port)
@@ -203,10 +233,12 @@ def permissions_from_rules(rules: Iterable[Rule]) -> list[dict]:
         described = {"Description": rule.description} if rule.description else {}
         if rule.source_kind == "group":
             permission.setdefault("UserIdGroupPairs", []).append({"GroupId": rule.source, **described})
-        elif rule.source_kind == "ipv6":
-            permission.setdefault("Ipv6Ranges", []).append({"CidrIpv6": rule.source, **described})
-        else:
-            permission.setdefault("IpRanges", []).append({"CidrIp": rule.source, **described})
+            continue
+        for source in (stored_as or {}).get(rule.key, (rule.source,)):
+            if rule.source_kind == "ipv6":
+                permission.setdefault("Ipv6Ranges", []).append({"CidrIpv6": source, **described})
+            else:
+                permission.setdefault("IpRanges", []).append({"CidrIp": source, **described})
     return list(grouped.values())
 
 
@@ -216,6 +248,8 @@ class SecurityGroups:
     def __init__(self, connection: Connection):
         self.connection = connection
         self.ec2 = client("ec2", connection)
+        # Group id -> Group.stored_as of its latest read, used to name rules exactly when revoking.
+        self._stored_as: dict[str, dict] = {}
 
     @property
     def region(self) -> str:
@@ -260,7 +294,10 @@ class SecurityGroups:
             raise cloud_error(error, "reading security groups") from None
         except BotoCoreError as error:
             raise cloud_error(error, "reading security groups") from None
-        return [_group(g) for g in response.get("SecurityGroups", [])]
+        groups = [_group(g) for g in response.get("SecurityGroups", [])]
+        for group in groups:
+            self._stored_as[group.group_id] = group.stored_as
+        return groups
 
     def create(self, cluster: str, vpc_id: str | None) -> str:
         """Create the cluster's group with its tags; a concurrent creator winning is not an error."""
@@ -288,35 +325,44 @@ class SecurityGroups:
 
     def authorize(self, group_id: str, rules: list[Rule]) -> None:
         """Add rules in one call; if some already exist (a concurrent apply), add only the rest."""
-        if not rules:
-            return
-        try:
-            self._retry_not_found(lambda: self.ec2.authorize_security_group_ingress(
-                GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
-                f"adding rules to {group_id}")
-        except ClientError as error:
-            if _code(error) != "InvalidPermission.Duplicate":
-                raise cloud_error(error, f"adding rules to {group_id}") from None
+        for _ in range(_CONFLICT_ROUNDS):
+            if not rules:
+                return
+            try:
+                self._retry_not_found(lambda: self.ec2.authorize_security_group_ingress(
+                    GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
+                    f"adding rules to {group_id}")
+                return
+            except ClientError as error:
+                if _code(error) != "InvalidPermission.Duplicate":
+                    raise cloud_error(error, f"adding rules to {group_id}") from None
             present = {r.key for r in self.get(group_id).rules}
-            missing = [r for r in rules if r.key not in present]
-            if missing:
-                self.authorize(group_id, missing)
+            rules = [r for r in rules if r.key not in present]
+        if rules:
+            raise CloudError("ConcurrentChange", f"adding rules to {group_id} kept failing as "
+                             "duplicates of rules it does not hold (another writer?); run it again.")
 
     def revoke(self, group_id: str, rules: list[Rule]) -> None:
-        """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest."""
-        if not rules:
-            return
-        try:
-            self._retry_not_found(lambda: self.ec2.revoke_security_group_ingress(
-                GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
-                f"removing rules from {group_id}")
-        except ClientError as error:
-            if _code(error) != "InvalidPermission.NotFound":
-                raise cloud_error(error, f"removing rules from {group_id}") from None
+        """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest.
+
+        Rules are named as the group's latest read spells them (see :attr:`Group.stored_as`)."""
+        for _ in range(_CONFLICT_ROUNDS):
+            if not rules:
+                return
+            stored_as = self._stored_as.get(group_id)
+            try:
+                self._retry_not_found(lambda: self.ec2.revoke_security_group_ingress(
+                    GroupId=group_id, IpPermissions=permissions_from_rules(rules, stored_as)),
+                    f"removing rules from {group_id}")
+                return
+            except ClientError as error:
+                if _code(error) != "InvalidPermission.NotFound":
+                    raise cloud_error(error, f"removing rules from {group_id}") from None
             present = {r.key for r in self.get(group_id).rules}
-            remaining = [r for r in rules if r.key in present]
-            if remaining:
-                self.revoke(group_id, remaining)
+            rules = [r for r in rules if r.key in present]
+        if rules:
+            raise CloudError("ConcurrentChange", f"removing rules from {group_id} kept failing as "
+                             "not found while the group still holds them; run it again.")
 
     def delete(self, group_id: str) -> bool:
         """Delete a group; False when it was already gone."""

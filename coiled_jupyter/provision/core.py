@@ -180,6 +180,7 @@ class DestroyResult(_Displayed):
     target: Target
     group_id: str | None
     deleted: bool
+    account: str = ""
 
 
 @dataclass(frozen=True, repr=False)
@@ -191,6 +192,7 @@ class SchedulerAddress(_Displayed):
     ip: str
     public: bool
     port: int
+    account: str = ""
 
     @property
     def address(self) -> str:
@@ -267,7 +269,10 @@ def _warnings(rules) -> tuple[str, ...]:
     wide = open_to_everyone(rules)
     if not wide:
         return ()
-    ports = ", ".join(sorted({r.ports for r in wide}, key=lambda p: int(p.split("-")[0])))
+    # Sorted by the numbers, not by parsing r.ports: a rule added by hand may be ICMP, whose "ports"
+    # are a type and code, -1 for all ("-1" has no number before its "-").
+    ports = ", ".join(dict.fromkeys(r.ports for r in sorted(wide, key=lambda r: (r.from_port,
+                                                                                 r.to_port))))
     return (f"port {ports} is open to the whole internet; restrict it to your network "
             "(e.g. %coiled_ingress set with a CIDR, or 'me').",)
 
@@ -368,7 +373,7 @@ def destroy(cluster=None, **where) -> DestroyResult:
         group = groups.find(t.cluster, t.vpc_id)
         if group is None:
             return DestroyResult(t, None, False)
-        return DestroyResult(t, group.group_id, groups.delete(group.group_id))
+        return DestroyResult(t, group.group_id, groups.delete(group.group_id), group.account)
 
 
 def _table(t: Target, group, settings: Settings) -> RuleTable:
@@ -444,7 +449,8 @@ def scheduler_address(cluster=None, *, backend_options=None, settings: Settings 
         raise IngressError([f"use_scheduler_public_ip is true but scheduler {scheduler['InstanceId']}"
                             " has no public IP; run %coiled_scheduler_ip private (and admit your "
                             "VPC/VPN range), or start the cluster in a public subnet."])
-    return SchedulerAddress(t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")))
+    return SchedulerAddress(t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")),
+                            group.account)
 
 
 def _pick_scheduler(instances: list[dict], cluster: str):

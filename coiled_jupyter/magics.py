@@ -1,0 +1,714 @@
+"""IPython magics: ``%coiled_ingress``, ``%%coiled_ingress``, ``%coiled_scheduler_ip``, ``%coiled_firewall``.
+
+A front end only (DESIGN.md "Shape of the code"): every command validates what was typed, then calls
+:mod:`.settings` and :mod:`.provision.core` and returns the core's result object, so that
+``t = %coiled_ingress describe`` works and the same tables appear as in the panel and the sidebar.
+
+Style follows jupysql's ``SqlMagic``: one ``Magics``/``Configurable`` class whose options are traitlets
+(``%config CoiledMagics.cluster = "prod"``, or ``c.CoiledMagics.cluster`` in ``ipython_config.py``), and
+``magic_arguments`` for the help text. A person's mistake (a bad port or network, an unknown subcommand,
+a missing variable, a cloud call that failed) raises a plain :class:`~IPython.core.error.UsageError` with
+the project's one sentence, so the cell fails (a headless run stops) and no traceback is shown. Every
+input is validated before anything is changed or sent, so nothing is half-applied.
+
+Only IPython, traitlets and the standard library are imported here at module level, so that
+``%load_ext coiled_jupyter`` stays light: boto3, moto and distributed load on the first command that
+needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import re
+import shlex
+import string
+import sys
+from dataclasses import dataclass
+from html import escape
+
+from IPython.core.error import TryNext, UsageError
+from IPython.core.magic import (
+    Magics,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from traitlets import Bool, Unicode
+from traitlets.config.configurable import Configurable
+
+SUBCOMMANDS = ("add", "remove", "set", "clear", "reset", "plan", "apply", "describe", "destroy",
+               "save")
+SCOPES = ("user", "account")
+SCHEDULER_IP_WORDS = ("public", "private")
+PANEL_NOT_AVAILABLE = (
+    "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
+    "(add, remove, set, plan, apply; %coiled_ingress -h for help) and %coiled_scheduler_ip for the "
+    "public/private scheduler IP."
+)
+
+# Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
+_OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
+_OPTION_FLAGS = {"description": "--description", "protocol": "--protocol", "scope": "--scope",
+                 "apply": "--apply"}
+# Options that take a value, to find where the subcommand word is.
+_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
+_CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
+_HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
+
+_INGRESS_DESCRIPTION = """\
+Show or change the firewall ingress rules of Dask clusters (an EC2 security group per cluster).
+
+  %coiled_ingress                       the effective settings, where each came from, and whether
+                                        this notebook can reach the scheduler and the dashboard
+  %coiled_ingress add PORTS SOURCE      admit SOURCE on PORTS [--description TEXT] [--protocol udp]
+  %coiled_ingress remove PORTS SOURCE   remove exactly those rules [--protocol udp]
+  %coiled_ingress set RULES             replace the rules by a YAML or JSON rule list, e.g.
+                                        %coiled_ingress set [{ports: [8786], cidr: 10.1.0.0/16}]
+  %coiled_ingress clear                 no rules: only the cluster's own internal traffic
+  %coiled_ingress reset                 drop this session's settings (back to config and defaults)
+  %coiled_ingress plan                  what apply would change (one read, no change)
+  %coiled_ingress apply                 make the cluster's security group match; show its rules
+  %coiled_ingress describe              the group's rules as the cloud reports them
+  %coiled_ingress destroy               delete the cluster's security group
+  %coiled_ingress save [--scope user]   keep the effective settings in Dask's config file
+  %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+
+PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
+(203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
+
+The cell magic takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's docs.
+Without --apply it sets the session and shows the settings; with --apply it also applies.
+
+  %%coiled_ingress [--cluster NAME] [--apply]
+  coiled:
+    backend-options:
+      ingress:
+        - ports: [8786, 8787]
+          cidr: 10.1.0.0/16
+    use_scheduler_public_ip: false
+
+add, remove, set, clear, reset and the cell change this notebook's session layer (the kernel's
+Dask config, so a coiled.Cluster() created later sees them too); they return the new settings.
+--cluster NAME picks the cluster (default: %config CoiledMagics.cluster, else the Dask config
+key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
+variable name; write $$ for a literal $.
+"""
+
+_SCHEDULER_IP_DESCRIPTION = """\
+Show, or set for this notebook session, whether clients connect to the scheduler's public or
+private IP (Coiled's use_scheduler_public_ip). It is mirrored into the kernel's Dask config
+(coiled.use_scheduler_public_ip), so a coiled.Cluster() created later in this kernel uses it.
+
+  %coiled_scheduler_ip            show the setting, where it came from, and reachability
+  %coiled_scheduler_ip private    connect on the private IP (VPN, peered VPC, same VPC)
+  %coiled_scheduler_ip public     connect on the public IP
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+@contextlib.contextmanager
+def _usage_errors():
+    """Turn a person's mistake or a failed cloud call into a plain UsageError: one sentence, no
+    traceback (IPython shows a traceback for every other class, subclasses of UsageError included)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as error:
+        message = _user_message(error)
+        if message is None:
+            raise
+        raise UsageError(message) from None
+
+
+def _user_message(error: Exception) -> str | None:
+    from .rules import IngressError
+    from .settings import ConfigFileError
+
+    if isinstance(error, (IngressError, ConfigFileError)):
+        return str(error)
+    # CloudError can only have been raised if its module was imported; importing it here would
+    # import boto3.
+    aws = sys.modules.get("coiled_jupyter.provision.aws")
+    if aws is not None and isinstance(error, aws.CloudError):
+        return str(error)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# ${name} substitution
+
+
+class _Values:
+    """The notebook's namespace as text for string.Template: strings as they are, other values as
+    JSON (which is YAML), so ``${rules}`` can insert a Python list of rule dicts."""
+
+    def __init__(self, namespace: dict):
+        self.namespace = namespace
+
+    def __getitem__(self, name: str) -> str:
+        value = self.namespace[name]
+        if isinstance(value, str):
+            return value
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
+
+
+def substitute(text: str, namespace: dict, where: str) -> str:
+    """Replace ``${name}`` (and ``$name``) by notebook variables, ``$$`` by ``$`` (string.Template)."""
+    if "$" not in text:
+        return text
+    template = string.Template(text)
+    for match in template.pattern.finditer(text):
+        if match.group("invalid") is not None:
+            before = text[:match.start("invalid")].splitlines(keepends=True)
+            line_number = max(len(before), 1)
+            column = match.start("invalid") - len("".join(before[:-1])) if before else 1
+            raise UsageError(f"'$' at line {line_number}, column {column} of {where} does not "
+                             "start a variable; write ${name} to insert the notebook variable "
+                             "name, or $$ for a literal '$'.")
+    missing = [name for name in dict.fromkeys(template.get_identifiers()) if name not in namespace]
+    if missing:
+        names = " and ".join(repr(n) for n in missing)
+        plural = "variables" if len(missing) > 1 else "variable"
+        raise UsageError(f"{plural} {names} in {where} {'are' if len(missing) > 1 else 'is'} not "
+                         f"defined in this notebook; define {'them' if len(missing) > 1 else 'it'} "
+                         f"in an earlier cell (e.g. {missing[0]} = \"10.1.0.0/16\"), or write $$ "
+                         "for a literal '$'.")
+    return template.substitute(_Values(namespace))
+
+
+# --------------------------------------------------------------------------------------------------
+# Results of the magics
+
+
+@dataclass(frozen=True, repr=False)
+class SaveResult:
+    """Where ``%coiled_ingress save`` kept the effective settings."""
+
+    scope: str
+    where: str
+    settings: object
+
+    @property
+    def path(self) -> str | None:
+        return self.where if self.scope == "user" else None
+
+    def _lines(self) -> list[str]:
+        rules = self.settings.rules
+        toggle = str(self.settings.use_scheduler_public_ip.value).lower()
+        if self.scope == "user":
+            head = (f"Saved to {self.where}: ingress ({len(rules)} rules) and "
+                    f"use_scheduler_public_ip: {toggle}. New kernels and coiled.Cluster() read "
+                    "them from this file.")
+        else:
+            head = (f"Saved as account-wide defaults in {self.where}: ingress ({len(rules)} rules) "
+                    f"and use_scheduler_public_ip: {toggle}. Everyone in the account gets them "
+                    "unless their Dask config, session or cluster options say otherwise.")
+        return [head, *(f"  {r}" + (f" ({r.description})" if r.description else "")
+                        for r in rules)]
+
+    def __repr__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _repr_html_(self) -> str:
+        head, *rules = self._lines()
+        items = "".join(f"<li>{escape(line.strip())}</li>" for line in rules)
+        return f"<p>{escape(head)}</p>" + (f"<ul>{items}</ul>" if items else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# The magics
+
+
+@magics_class
+class CoiledMagics(Magics, Configurable):
+    """``%coiled_ingress``, ``%%coiled_ingress``, ``%coiled_scheduler_ip`` and ``%coiled_firewall``."""
+
+    cluster = Unicode(
+        "",
+        config=True,
+        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
+             "key coiled-jupyter.cluster.",
+    )
+    show_reachability = Bool(
+        True,
+        config=True,
+        help="Say whether this notebook can reach the scheduler and dashboard when showing settings.",
+    )
+
+    def __init__(self, shell=None, **kwargs):
+        # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
+        # shell as traitlets parent (for ipython_config.py).
+        super().__init__(shell=shell, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    # %coiled_ingress and %%coiled_ingress
+
+    @no_var_expand
+    @line_cell_magic
+    @magic_arguments()
+    @kwds(description=_INGRESS_DESCRIPTION,
+          usage="coiled_ingress [SUBCOMMAND [ARGS]] [--cluster NAME] [options]\n"
+                "  %%%%coiled_ingress [--cluster NAME] [--apply]")
+    @argument("words", nargs="*", metavar="SUBCOMMAND [ARGS]",
+              help="one of " + ", ".join(SUBCOMMANDS) + "; none shows the settings")
+    @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
+    @argument("-d", "--description", metavar="TEXT", help="add: the rule's description")
+    @argument("-p", "--protocol", metavar="tcp|udp", help="add, remove: protocol (default tcp)")
+    @argument("--scope", metavar="user|account",
+              help="save: your Dask config file (user, default) or account-wide defaults")
+    @argument("--apply", action="store_true", help="cell: apply after setting the rules")
+    @argument("-h", "--help", action="store_true", help="print this help")
+    def coiled_ingress(self, line="", cell=None):
+        with _usage_errors():
+            line = substitute(line, self.shell.user_ns, "the magic's line")
+            if cell is not None:
+                return self._ingress_cell(line, cell)
+            return self._ingress_line(line)
+
+    def _ingress_line(self, line: str):
+        parser = self.coiled_ingress.parser
+        word, start, end = _first_word(line)
+        if word == "set":
+            before, body = line[:start], line[end:]
+            body, options = _peel_options(body)
+            args = _parse(parser, [*_split(before), *options])
+            args.words = ["set"]
+        else:
+            args = _parse(parser, _split(line))
+            body = None
+        if args.help:
+            return _print_help(parser)
+        command = args.words[0] if args.words else None
+        if command is not None and command not in SUBCOMMANDS:
+            close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"%coiled_ingress has no subcommand {command!r}; {hint}use one of "
+                             f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h).")
+        self._check_options(args, command)
+        cluster = self._cluster(args)
+        if command is None:
+            return self._show(cluster)
+        positional = args.words[1:]
+        if command in ("add", "remove"):
+            if len(positional) != 2:
+                raise UsageError(_ports_source_problem(command, positional))
+            return self._add_or_remove(command, positional[0], positional[1], args, cluster)
+        if command == "set":
+            if not body.strip():
+                raise UsageError("%coiled_ingress set needs the rules, e.g. %coiled_ingress set "
+                                 "[{ports: [8786], cidr: 10.1.0.0/16}]; use clear for no rules.")
+            from .settings import parse_coiled_options
+
+            rules, public_ip = parse_coiled_options(body, where="the rules of %coiled_ingress set")
+            return self._set_session(cluster, rules, public_ip)
+        if positional:
+            raise UsageError(f"%coiled_ingress {command} takes no arguments but got "
+                             f"{' '.join(positional)!r}; to name a cluster write --cluster "
+                             f"{positional[0]}.")
+        return getattr(self, f"_{command}")(cluster, args)
+
+    def _ingress_cell(self, line: str, cell: str):
+        parser = self.coiled_ingress.parser
+        args = _parse(parser, _split(line))
+        if args.help:
+            return _print_help(parser)
+        if args.words:
+            raise UsageError(f"the %%coiled_ingress cell takes only --cluster and --apply on its "
+                             f"first line, not {' '.join(args.words)!r}; put the rules in the cell "
+                             "body.")
+        for name in ("description", "protocol", "scope"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"the %%coiled_ingress cell takes only --cluster and --apply, not "
+                                 f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body.")
+        cell = substitute(cell, self.shell.user_ns, "the cell")
+        from .settings import parse_coiled_options
+
+        rules, public_ip = parse_coiled_options(cell, where="the cell")
+        cluster = self._cluster(args)
+        if not args.apply:
+            return self._set_session(cluster, rules, public_ip)
+        return self._set_session_and_apply(cluster, rules, public_ip)
+
+    def _check_options(self, args, command):
+        for name, flag in _OPTION_FLAGS.items():
+            value = getattr(args, name)
+            if value in (None, False) or name in _OPTIONS_OF.get(command, ()):
+                continue
+            if name == "apply":
+                raise UsageError("--apply is for the %%coiled_ingress cell; on a line, run "
+                                 "%coiled_ingress apply.")
+            takers = [c for c, names in _OPTIONS_OF.items() if name in names]
+            what = f"%coiled_ingress {command}" if command else "%coiled_ingress"
+            raise UsageError(f"{what} does not take {flag}; it is for "
+                             f"{' and '.join(takers)}.")
+
+    def _cluster(self, args) -> str | None:
+        """The cluster name, validated (with the backend, region and VPC) before any call."""
+        from .provision import core
+
+        cluster = args.cluster or self.cluster or None
+        core.validate_target(cluster)
+        return cluster
+
+    # ----------------------------------------------------------------------------------------------
+    # Subcommands
+
+    def _show(self, cluster):
+        from .provision import core
+
+        return core.show_settings(cluster, reach=self.show_reachability)
+
+    def _add_or_remove(self, command, ports, source, args, cluster):
+        from .rules import parse_rule, subtract
+        from .settings import effective_settings, set_session_rules
+
+        item = {"ports": ports.split(","), "cidr": source}
+        if args.protocol is not None:
+            item["protocol"] = args.protocol
+        if args.description is not None:
+            item["description"] = args.description
+        rules = parse_rule(item, where="rule")
+        current = effective_settings()
+        if command == "add":
+            new = [*current.rules, *rules]
+        else:
+            new = subtract(current.rules, rules, provenance=current.ingress.provenance)
+        set_session_rules(new)
+        return self._show(cluster)
+
+    def _set_session(self, cluster, rules, public_ip):
+        from .settings import effective_settings
+
+        # Read every layer first: if the Dask config file or the account store cannot be read,
+        # the session is left as it was.
+        effective_settings()
+        _change_session(rules, public_ip)
+        return self._show(cluster)
+
+    def _set_session_and_apply(self, cluster, rules, public_ip):
+        """The cell with --apply is all or nothing: the rules are checked as they will be sent
+        (``me`` resolved, quota) before the session changes, and a failed apply restores it."""
+        from dataclasses import replace
+
+        from .provision import core
+        from .settings import (Layer, Resolved, effective_settings, restore_session,
+                               session_layer)
+
+        current = effective_settings()
+        prospective = current
+        if rules is not None:
+            prospective = replace(prospective, ingress=Resolved(rules, Layer.SESSION, "this kernel"))
+        core.desired_rules(prospective)
+        before = session_layer()
+        _change_session(rules, public_ip)
+        try:
+            return core.apply(cluster)
+        except BaseException:
+            restore_session(before)
+            raise
+
+    def _clear(self, cluster, args):
+        return self._set_session(cluster, [], None)
+
+    def _reset(self, cluster, args):
+        from .settings import effective_settings, reset_session
+
+        effective_settings()
+        reset_session()
+        return self._show(cluster)
+
+    def _plan(self, cluster, args):
+        from .provision import core
+
+        return core.plan(cluster)
+
+    def _apply(self, cluster, args):
+        from .provision import core
+
+        return core.apply(cluster)
+
+    def _describe(self, cluster, args):
+        from .provision import core
+
+        return core.describe(cluster)
+
+    def _destroy(self, cluster, args):
+        from .provision import core
+
+        return core.destroy(cluster)
+
+    def _save(self, cluster, args):
+        from .rules import to_coiled
+        from .settings import effective_settings, save_config
+
+        scope = (args.scope or "user").strip().lower()
+        if scope not in SCOPES:
+            close = difflib.get_close_matches(scope, SCOPES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"--scope {args.scope!r} is not known; {hint}use 'user' (your Dask "
+                             "config file) or 'account' (account-wide defaults for the team).")
+        current = effective_settings()
+        public_ip = current.use_scheduler_public_ip.value
+        if scope == "user":
+            path = save_config(current.rules, public_ip)
+            return SaveResult("user", str(path), current)
+        from .provision import core
+
+        core.set_backend_options(ingress=to_coiled(current.rules), use_scheduler_public_ip=public_ip)
+        stored = core.load_account_layer()
+        return SaveResult("account", stored.ingress_origin or "the account store", current)
+
+    # ----------------------------------------------------------------------------------------------
+    # %coiled_scheduler_ip
+
+    @no_var_expand
+    @line_magic
+    @magic_arguments()
+    @kwds(description=_SCHEDULER_IP_DESCRIPTION)
+    @argument("choice", nargs="?", metavar="public|private",
+              help="set it for this session; none shows it")
+    @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
+    @argument("-h", "--help", action="store_true", help="print this help")
+    def coiled_scheduler_ip(self, line=""):
+        with _usage_errors():
+            line = substitute(line, self.shell.user_ns, "the magic's line")
+            parser = self.coiled_scheduler_ip.parser
+            args = _parse(parser, _split(line))
+            if args.help:
+                return _print_help(parser)
+            choice = args.choice
+            if choice is not None and choice.strip().lower() not in SCHEDULER_IP_WORDS:
+                close = difflib.get_close_matches(choice.strip().lower(), SCHEDULER_IP_WORDS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UsageError(f"%coiled_scheduler_ip takes 'public' or 'private', not "
+                                 f"{choice!r}; {hint}public connects clients on the scheduler's "
+                                 "public IP, private on its private IP (VPN or peered VPC).")
+            cluster = self._cluster(args)
+            if choice is None:
+                return self._show(cluster)
+            return self._set_session(cluster, None, choice.strip().lower() == "public")
+
+    # ----------------------------------------------------------------------------------------------
+    # %coiled_firewall
+
+    @line_magic
+    def coiled_firewall(self, line=""):
+        """The firewall panel: not available yet; use %coiled_ingress and %coiled_scheduler_ip."""
+        print(PANEL_NOT_AVAILABLE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError:
+        raise UsageError(f"the line {text.strip()!r} has a quote that is not closed; close it, or "
+                         "write the value without quotes.") from None
+
+
+def _parse(parser, argv: list[str]):
+    # Intermixed, so that options may come before, between or after the subcommand's words.
+    return parser.parse_intermixed_args(argv)
+
+
+def _first_word(line: str) -> tuple[str | None, int, int]:
+    """The first word that is neither an option nor an option's value, with its position."""
+    expect_value = False
+    for match in re.finditer(r"\S+", line):
+        word = match.group()
+        if expect_value:
+            expect_value = False
+        elif word.startswith("-") and len(word) > 1:
+            expect_value = word in _VALUE_OPTIONS
+        else:
+            return word, match.start(), match.end()
+    return None, len(line), len(line)
+
+
+def _peel_options(body: str) -> tuple[str, list[str]]:
+    """``--cluster NAME`` and ``-h`` before or after the YAML text of ``set``; the text stays raw."""
+    options: list[str] = []
+    text = body
+    while True:
+        stripped = text.lstrip()
+        match = _CLUSTER_OPTION.match(stripped)
+        if match:
+            options += ["--cluster", match.group(1)]
+        else:
+            match = _HELP_OPTION.match(stripped)
+            if match:
+                options.append("--help")
+        if not match:
+            break
+        text = stripped[match.end():]
+    while True:
+        match = re.search(r"(?:^|\s)(?:-c|--cluster)(?:=|\s+)(\S+)\s*$", text)
+        if match:
+            options += ["--cluster", match.group(1)]
+        else:
+            match = re.search(r"(?:^|\s)(?:-h|--help)\s*$", text)
+            if match:
+                options.append("--help")
+        if not match:
+            break
+        text = text[:match.start()]
+    return text, options
+
+
+def _ports_source_problem(command: str, positional: list[str]) -> str:
+    example = f"%coiled_ingress {command} 8786,8787 10.1.0.0/16"
+    if len(positional) < 2:
+        got = f"only {positional[0]!r}" if positional else "nothing"
+        return f"%coiled_ingress {command} needs PORTS and SOURCE but got {got}; e.g. {example}."
+    if any(word.endswith(",") for word in positional[:-1]) or any(
+            word.startswith(",") for word in positional[1:]):
+        ports = "".join(word for word in positional if word.strip(",").replace(",", "").isdigit())
+        return (f"%coiled_ingress {command} takes PORTS as one word; write them without spaces, "
+                f"e.g. {ports or '8786,8787'!r}.")
+    extra = " ".join(positional[2:])
+    hint = (f"; for a description write --description {shlex.quote(extra)}" if command == "add"
+            else "")
+    return (f"%coiled_ingress {command} takes PORTS and SOURCE but also got {extra!r}{hint}; "
+            f"e.g. {example}.")
+
+
+def _help_text(parser) -> str:
+    text = parser.format_help()
+    return text.replace("::\n\n  %", "%", 1) if text.startswith("::") else text
+
+
+def _print_help(parser) -> None:
+    # Printed, not paged: nbclient and papermill keep stdout but drop the pager.
+    print(_help_text(parser))
+
+
+def _change_session(rules, public_ip) -> None:
+    """Set the session's rules (None: leave them) and toggle (None: leave it) in one step."""
+    from .rules import to_coiled
+    from .settings import set_session
+
+    set_session(ingress=to_coiled(rules) if rules is not None else None,
+                use_scheduler_public_ip=public_ip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tab completion
+
+
+def _words_before(event) -> tuple[list[str], str]:
+    text = event.text_until_cursor
+    parts = text.split()
+    if text and not text[-1].isspace() and parts:
+        return parts[1:-1], parts[-1]
+    return parts[1:], ""
+
+
+_INGRESS_OPTIONS = {
+    None: ["--cluster", "--help"],
+    "add": ["--description", "--protocol", "--cluster"],
+    "remove": ["--protocol", "--cluster"],
+    "save": ["--scope", "--cluster"],
+}
+
+
+def complete_ingress(shell, event) -> list[str]:
+    """Completions for ``%coiled_ingress``: subcommands, their options and option values."""
+    before, current = _words_before(event)
+    previous = before[-1] if before else ""
+    if previous == "--scope":
+        return list(SCOPES)
+    if previous in ("-p", "--protocol"):
+        return ["tcp", "udp"]
+    if previous in ("-c", "--cluster"):
+        raise TryNext()
+    words, skip = [], False
+    for word in before:
+        if skip:
+            skip = False
+        elif word.startswith("-"):
+            skip = word in _VALUE_OPTIONS
+        else:
+            words.append(word)
+    command = words[0] if words else None
+    if current.startswith("-"):
+        return _INGRESS_OPTIONS.get(command, ["--cluster"])
+    if command is None:
+        return list(SUBCOMMANDS)
+    if command in ("add", "remove") and len(words) == 2:
+        return ["me", "everyone"]
+    raise TryNext()
+
+
+def complete_ingress_cell(shell, event) -> list[str]:
+    before, current = _words_before(event)
+    if before and before[-1] in ("-c", "--cluster"):
+        raise TryNext()
+    return ["--cluster", "--apply", "--help"]
+
+
+def complete_scheduler_ip(shell, event) -> list[str]:
+    before, current = _words_before(event)
+    if before and before[-1] in ("-c", "--cluster"):
+        raise TryNext()
+    if current.startswith("-"):
+        return ["--cluster", "--help"]
+    return list(SCHEDULER_IP_WORDS)
+
+
+_COMPLETERS = (
+    ("%coiled_ingress", complete_ingress),
+    ("%%coiled_ingress", complete_ingress_cell),
+    ("%coiled_scheduler_ip", complete_scheduler_ip),
+)
+_LINE_MAGICS = ("coiled_ingress", "coiled_scheduler_ip", "coiled_firewall")
+_CELL_MAGICS = ("coiled_ingress",)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extension entry points
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext coiled_jupyter``: register the magics and their tab completion."""
+    magics = CoiledMagics(shell=ipython)
+    ipython.register_magics(magics)
+    for key, completer in _COMPLETERS:
+        ipython.set_hook("complete_command", completer, str_key=key)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext coiled_jupyter``: remove the magics, their completion and their %config entry."""
+    manager = ipython.magics_manager
+    magics = dict.pop(manager.registry, CoiledMagics.__name__, None)
+    for kind, names in (("line", _LINE_MAGICS), ("cell", _CELL_MAGICS)):
+        table = manager.magics[kind]
+        for name in names:
+            found = table.get(name)
+            if found is not None and getattr(found, "__self__", None) is magics:
+                del table[name]
+    if magics is not None:
+        ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+    dispatcher = ipython.strdispatchers.get("complete_command")
+    if dispatcher is not None:
+        for key, completer in _COMPLETERS:
+            chain = dispatcher.strs.get(key)
+            if chain is None:
+                continue
+            chain.chain = [(priority, f) for priority, f in chain.chain
+                           if getattr(f, "__func__", f) is not completer]
+            if not chain.chain:
+                del dispatcher.strs[key]

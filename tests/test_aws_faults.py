@@ -1,0 +1,332 @@
+"""Faults moto never produces, injected with a botocore ``before-send`` handler on the real clients
+(``faults`` fixture): throttling, eventual consistency after create, runs cut off half-way, concurrent
+writers, dependency violations, and credentials kept out of every error.
+
+The handler answers with a synthetic EC2 XML error instead of sending; everything else goes over HTTP
+to the sandbox, and the outcome is read back with a client of the test's own.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from coiled_jupyter.provision import aws, core
+from coiled_jupyter.provision.aws import CloudError
+from coiled_jupyter.settings import effective_settings
+
+VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}
+PEERED = {"ports": [8786], "cidr": "10.2.0.0/16"}
+OFFICE = {"ports": [8786], "cidr": "192.168.0.0/16"}
+
+A = {("tcp", 8786, 8787, "10.1.0.0/16"), ("tcp", 8786, 8786, "10.2.0.0/16")}
+B = {("tcp", 8786, 8787, "10.1.0.0/16"), ("tcp", 8786, 8786, "192.168.0.0/16")}
+AUTHORIZE = "AuthorizeSecurityGroupIngress"
+REVOKE = "RevokeSecurityGroupIngress"
+DESCRIBE = "DescribeSecurityGroups"
+
+
+def settings_for(ingress):
+    return effective_settings({"ingress": ingress}, account=lambda: None)
+
+
+def group(ec2, cluster: str) -> dict:
+    found = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [cluster]}])["SecurityGroups"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def declared(ec2, cluster: str) -> set[tuple]:
+    """The group's entries as the server holds them, without the self rule (which is checked)."""
+    g = group(ec2, cluster)
+    out = set()
+    for p in g["IpPermissions"]:
+        key = (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"))
+        out.update((*key, r["CidrIp"]) for r in p.get("IpRanges", []))
+        out.update((*key, r["CidrIpv6"]) for r in p.get("Ipv6Ranges", []))
+        out.update((*key, r["GroupId"]) for r in p.get("UserIdGroupPairs", []))
+    self_entry = ("-1", None, None, g["GroupId"])
+    assert self_entry in out
+    return out - {self_entry}
+
+
+def _as_permissions(entries: set[tuple]) -> list[dict]:
+    return [{"IpProtocol": p, "FromPort": lo, "ToPort": hi, "IpRanges": [{"CidrIp": cidr}]}
+            for p, lo, hi, cidr in entries]
+
+
+# --------------------------------------------------------------------------------------------------
+# Retried faults
+
+
+def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
+    faults.fail(AUTHORIZE, "RequestLimitExceeded", status=503, times=1)
+
+    result = core.apply("throttled", settings=settings_for([VPN, PEERED]))
+
+    assert result.changed
+    assert faults.sent[AUTHORIZE] == 2  # one throttled send, one retry
+    assert api_calls[f"ec2:{AUTHORIZE}"] == 1  # one operation
+    assert declared(cloud.ec2, "throttled") == A
+
+
+def test_throttling_with_http_400_is_retried_too(cloud, faults):
+    faults.fail(DESCRIBE, "RequestLimitExceeded", status=400, times=1)
+    core.apply("throttled-400", settings=settings_for([VPN]))
+    assert faults.sent[DESCRIBE] == 3  # find (throttled, retried) + read back
+    assert declared(cloud.ec2, "throttled-400") == {("tcp", 8786, 8787, "10.1.0.0/16")}
+
+
+def test_not_found_right_after_create_is_retried(cloud, faults):
+    faults.fail(AUTHORIZE, "InvalidGroup.NotFound", times=1)
+
+    result = core.apply("eventual", settings=settings_for([VPN, PEERED]))
+
+    assert result.changed and result.plan.create
+    assert faults.sent[AUTHORIZE] == 2
+    assert declared(cloud.ec2, "eventual") == A
+
+
+def test_not_found_on_the_read_back_after_create_is_retried(cloud, faults):
+    faults.fail(DESCRIBE, "InvalidGroup.NotFound", skip=1, times=2)  # the find passes
+
+    result = core.apply("eventual-read", settings=settings_for([VPN, PEERED]))
+
+    assert faults.sent[DESCRIBE] == 4
+    assert {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules
+            if r.protocol == "tcp"} == A
+    assert declared(cloud.ec2, "eventual-read") == A
+
+
+def test_a_server_error_once_is_retried(cloud, faults):
+    core.apply("flaky", settings=settings_for([VPN, PEERED]))
+    faults.sent.clear()
+    faults.fail(REVOKE, "InternalError", status=500, times=1)
+
+    core.apply("flaky", settings=settings_for([VPN, OFFICE]))
+
+    assert faults.sent[REVOKE] == 2
+    assert declared(cloud.ec2, "flaky") == B
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs cut off half-way are finished by the next run
+
+
+def test_a_run_cut_off_after_authorize_is_finished_by_the_next(cloud, faults):
+    core.apply("cut", settings=settings_for([VPN, PEERED]))
+    faults.fail(REVOKE, "UnauthorizedOperation", status=403, times=1)
+
+    with pytest.raises(CloudError) as info:
+        core.apply("cut", settings=settings_for([VPN, OFFICE]))
+
+    assert info.value.code == "UnauthorizedOperation"
+    assert "UnauthorizedOperation" in str(info.value) and "permissions" in str(info.value)
+    # added before removing: access never dropped below what is declared
+    assert declared(cloud.ec2, "cut") == A | B
+
+    planned = core.plan("cut", settings=settings_for([VPN, OFFICE]))
+    assert [r.source for r in planned.remove] == ["10.2.0.0/16"] and planned.add == ()
+    finished = core.apply("cut", settings=settings_for([VPN, OFFICE]))
+    assert finished.changed
+    assert declared(cloud.ec2, "cut") == B
+    assert not core.apply("cut", settings=settings_for([VPN, OFFICE])).changed
+
+
+def test_a_run_cut_off_after_create_is_finished_by_the_next(cloud, faults):
+    # Not a retried code: a 500 would be retried with up to 30 s of backoff first.
+    faults.fail(AUTHORIZE, "UnauthorizedOperation", status=403, times=None)
+
+    with pytest.raises(CloudError) as info:
+        core.apply("cut-create", settings=settings_for([VPN, PEERED]))
+
+    assert info.value.code == "UnauthorizedOperation"
+    assert faults.sent[AUTHORIZE] == 1
+    g = group(cloud.ec2, "cut-create")
+    assert g["IpPermissions"] == []
+    faults.clear()
+
+    planned = core.plan("cut-create", settings=settings_for([VPN, PEERED]))
+    assert not planned.create and len(planned.add) == 3  # the two rules and the self rule
+    core.apply("cut-create", settings=settings_for([VPN, PEERED]))
+    assert declared(cloud.ec2, "cut-create") == A
+    assert [g["GroupId"]] == [group(cloud.ec2, "cut-create")["GroupId"]]
+
+
+def test_a_failed_find_changes_nothing(cloud, faults):
+    core.apply("unchanged", settings=settings_for([VPN, PEERED]))
+    faults.sent.clear()
+    faults.fail(DESCRIBE, "UnauthorizedOperation", status=403, times=1)
+    with pytest.raises(CloudError, match="UnauthorizedOperation"):
+        core.apply("unchanged", settings=settings_for([OFFICE]))
+    assert faults.sent[AUTHORIZE] == faults.sent[REVOKE] == 0
+    assert declared(cloud.ec2, "unchanged") == A
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrent writers
+
+
+def _another_writer(cloud, cluster: str, call: str, entries: set[tuple]):
+    """A ``before`` hook: another writer changes the group just before our request arrives."""
+    def act(_request):
+        gid = group(cloud.ec2, cluster)["GroupId"]
+        getattr(cloud.ec2, call)(GroupId=gid, IpPermissions=_as_permissions(entries))
+    return act
+
+
+def test_duplicate_on_authorize_from_a_concurrent_writer_is_success(cloud, faults):
+    core.apply("dup", settings=settings_for([VPN, PEERED]))
+    faults.sent.clear()
+    new = {("tcp", 8786, 8786, "192.168.0.0/16")}
+    faults.fail(AUTHORIZE, "InvalidPermission.Duplicate",
+                before=_another_writer(cloud, "dup", "authorize_security_group_ingress", new))
+
+    result = core.apply("dup", settings=settings_for([VPN, OFFICE]))
+
+    assert result.changed
+    assert faults.sent[AUTHORIZE] == 1  # nothing was left to add
+    assert declared(cloud.ec2, "dup") == B
+
+
+def test_a_partial_duplicate_adds_only_the_rest(cloud, faults):
+    core.apply("dup-part", settings=settings_for([VPN]))
+    faults.sent.clear()
+    wanted = [VPN, PEERED, OFFICE]
+    faults.fail(AUTHORIZE, "InvalidPermission.Duplicate", before=_another_writer(
+        cloud, "dup-part", "authorize_security_group_ingress", {("tcp", 8786, 8786, "10.2.0.0/16")}))
+
+    core.apply("dup-part", settings=settings_for(wanted))
+
+    assert faults.sent[AUTHORIZE] == 2
+    assert declared(cloud.ec2, "dup-part") == A | B
+
+
+def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
+    core.apply("gone", settings=settings_for([VPN, PEERED]))
+    faults.sent.clear()
+    old = {("tcp", 8786, 8786, "10.2.0.0/16")}
+    faults.fail(REVOKE, "InvalidPermission.NotFound",
+                before=_another_writer(cloud, "gone", "revoke_security_group_ingress", old))
+
+    core.apply("gone", settings=settings_for([VPN, OFFICE]))
+
+    assert faults.sent[REVOKE] == 1
+    assert declared(cloud.ec2, "gone") == B
+
+
+def test_a_duplicate_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
+    core.apply("stuck", settings=settings_for([VPN]))
+    faults.sent.clear()
+    faults.fail(AUTHORIZE, "InvalidPermission.Duplicate", times=None)
+
+    with pytest.raises(CloudError) as info:
+        core.apply("stuck", settings=settings_for([VPN, OFFICE]))
+
+    assert info.value.code == "ConcurrentChange"
+    assert faults.sent[AUTHORIZE] <= 5
+    assert declared(cloud.ec2, "stuck") == {("tcp", 8786, 8787, "10.1.0.0/16")}
+
+
+def test_a_not_found_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
+    core.apply("stuck-revoke", settings=settings_for([VPN, PEERED]))
+    faults.sent.clear()
+    faults.fail(REVOKE, "InvalidPermission.NotFound", times=None)
+
+    with pytest.raises(CloudError) as info:
+        core.apply("stuck-revoke", settings=settings_for([VPN]))
+
+    assert info.value.code == "ConcurrentChange"
+    assert faults.sent[REVOKE] <= 5
+    assert declared(cloud.ec2, "stuck-revoke") == A
+
+
+def test_a_group_created_concurrently_is_adopted(cloud, faults):
+    """Another kernel created the group between our find and our create."""
+    def create_it(_request):
+        cloud.ec2.create_security_group(
+            GroupName="coiled-jupyter-twice", Description="Dask cluster twice",
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                {"Key": "coiled-jupyter:owner", "Value": "coiled-jupyter"},
+                {"Key": "coiled-jupyter:cluster", "Value": "twice"}]}])
+    faults.fail("CreateSecurityGroup", "InvalidGroup.Duplicate", before=create_it)
+
+    core.apply("twice", settings=settings_for([VPN, PEERED]))
+
+    assert declared(cloud.ec2, "twice") == A
+
+
+# --------------------------------------------------------------------------------------------------
+# Destroy of a group in use
+
+
+def test_dependency_violation_on_destroy_says_what_to_do(cloud, faults):
+    core.apply("in-use", settings=settings_for([VPN]))
+    faults.fail("DeleteSecurityGroup", "DependencyViolation",
+                message="resource sg-x has a dependent object")
+
+    with pytest.raises(CloudError) as info:
+        core.destroy("in-use")
+
+    assert info.value.code == "DependencyViolation"
+    assert "stop the cluster first" in str(info.value)
+    assert group(cloud.ec2, "in-use")  # still there
+    assert core.destroy("in-use").deleted
+
+
+# --------------------------------------------------------------------------------------------------
+# Credentials never in errors
+
+
+KEY_ID = "AKIAEXAMPLEKEYID7777"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def _everything_said(error: BaseException) -> str:
+    return "\n".join([str(error), repr(error),
+                      "".join(traceback.format_exception(type(error), error, error.__traceback__))])
+
+
+@pytest.mark.parametrize("code", ["AuthFailure", "UnauthorizedOperation", "SignatureDoesNotMatch",
+                                  "OptInRequired"])
+def test_cloud_errors_never_carry_credentials(aws_backend, code):
+    """With the aws backend (pointed at the sandbox) and explicit keys in the environment."""
+    aws_backend.faults.fail(DESCRIBE, code, status=403, times=None,
+                            message="AWS was not able to validate the provided access credentials")
+    with pytest.raises(CloudError) as info:
+        core.apply("secret", settings=settings_for([VPN]))
+    said = _everything_said(info.value)
+    assert code in str(info.value)
+    assert KEY_ID not in said and SECRET not in said
+
+
+def test_connections_do_not_show_their_keys():
+    connection = aws.Connection(region="us-east-1", access_key_id=KEY_ID, secret_access_key=SECRET)
+    assert KEY_ID not in repr(connection) and SECRET not in repr(connection)
+
+
+@pytest.fixture
+def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
+    """The ``aws`` backend, its endpoint redirected to the sandbox with ``AWS_ENDPOINT_URL`` and keys
+    given in the environment; the client is checked to point at loopback before any call."""
+    import dask.config
+    import types
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
+        connection = core.target().connection()
+        ec2 = aws.client("ec2", connection)
+        assert ec2.meta.endpoint_url == sandbox.url
+        try:
+            yield types.SimpleNamespace(faults=make_faults(ec2), ec2=ec2)
+        finally:
+            with aws._clients_lock:
+                for key in [k for k in aws._clients if k[2] is None]:
+                    del aws._clients[key]

@@ -1,0 +1,197 @@
+"""The example notebooks, executed in fresh kernels against the sandbox, twice each.
+
+Each notebook runs in a real ipykernel (the venv's ``python3`` kernel) started by nbclient, with this
+process's environment (conftest's sandbox state folder and no public-IP services) and a Dask config
+folder of its own. The second run of a notebook must plan no change. The parameterised notebook also
+runs under papermill with injected parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RAISES = "raises-exception"
+
+# Per notebook: its cluster, the sentence of its deliberate mistake, and what its cells must show.
+EXPECTED = {
+    "quickstart.ipynb": {
+        "cluster": "quickstart",
+        "mistake": "UsageError: rule has cidr '10.1.0.2/16' with host bits set, which would admit all "
+                   "of 10.1.0.0/16; did you mean '10.1.0.0/16'?",
+        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>office VPN</td>"],
+        "first": {"show": ["ingress from: built-in default"]},
+        "second": {"show": ["ingress from: dask config ("]},
+        "both": {"dask-config": ["False"], "private": ["use_scheduler_public_ip: false"],
+                 "save": ["coiled.yaml: ingress (2 rules) and use_scheduler_public_ip: false"]},
+    },
+    "vpn-and-vpc.ipynb": {
+        "cluster": "vpn-and-vpc",
+        "mistake": "UsageError: ingress rule has cidr '10.2.0.1/16' with host bits set",
+        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>VPN</td>",
+                  "<td>8786</td>", "<td>10.2.0.0/16</td>", "<td>peered VPC</td>"],
+        "both": {"declare": ["use_scheduler_public_ip: false", "ingress from: notebook session"],
+                 "describe": ["('8786-8787', '10.1.0.0/16')", "('8786', '10.2.0.0/16')"]},
+    },
+    "team-defaults.ipynb": {
+        "cluster": "team-defaults",
+        "mistake": "UsageError: rule has port 87860, outside 1-65535; use a port from 1 to 65535.",
+        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>company VPN</td>",
+                  "<td>10.3.0.0/16</td>", "<td>data team VPN</td>"],
+        "both": {"show": ["ingress from: account default (SSM /coiled-jupyter/backend-options)",
+                          "use_scheduler_public_ip: false"],
+                 "override": ["ingress from: notebook session", "10.3.0.0/16"],
+                 "reset": ["ingress from: account default"]},
+    },
+    "parameterised.ipynb": {
+        "cluster": "papermill-demo",
+        "mistake": "UsageError: variable 'office_cidr' in the magic's line is not defined in this "
+                   "notebook",
+        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>set by papermill</td>"],
+    },
+}
+
+# What would betray a secret in an output: AWS key ids, secret keys, session tokens, Coiled tokens.
+SECRETS = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}|aws_secret_access_key|secret_access_key"
+                     r"|aws_session_token|[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", re.IGNORECASE)
+
+
+@pytest.fixture
+def kernel_env(sandbox, monkeypatch, tmp_path):
+    """A clean sandbox and a Dask config folder of the test's own, inherited by the kernels."""
+    monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "dask-config"))
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *([path] if path else [])]))
+    return tmp_path
+
+
+def execute(path: Path, cwd: Path) -> nbformat.NotebookNode:
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(cwd)}}).execute()
+    return notebook
+
+
+def cell(notebook, cell_id: str):
+    found = [c for c in notebook.cells if c.get("id") == cell_id]
+    assert found, f"no cell {cell_id!r}"
+    return found[0]
+
+
+def shown(code_cell) -> str:
+    """Everything a cell showed: text, HTML and streams."""
+    parts = []
+    for output in code_cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        for mimetype in ("text/plain", "text/html"):
+            if mimetype in output.get("data", {}):
+                parts.append(output.data[mimetype])
+    return "\n".join(parts)
+
+
+def html(code_cell) -> str:
+    return "\n".join(o.data["text/html"] for o in code_cell.get("outputs", [])
+                     if "text/html" in o.get("data", {}))
+
+
+def check_run(name: str, notebook, run: str) -> None:
+    expected = EXPECTED[name]
+    for code_cell in notebook.cells:
+        if code_cell.cell_type != "code":
+            continue
+        tags = code_cell.metadata.get("tags", [])
+        outputs = code_cell.get("outputs", [])
+        assert not [o for o in outputs if o.output_type == "error"], (name, code_cell.source)
+        if RAISES in tags:
+            # One line on stderr, the sentence, and no traceback.
+            assert [o.output_type for o in outputs] == ["stream"], (name, outputs)
+            assert outputs[0].name == "stderr"
+            error = outputs[0].text
+            assert error.startswith(expected["mistake"]), (name, error)
+            assert "Traceback" not in error and 'File "' not in error
+        else:
+            streams = [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+            assert not [s for s in streams if "UsageError" in s.text], (name, code_cell.source)
+    plan = shown(cell(notebook, "plan"))
+    if run == "first":
+        assert "create group" in plan, (name, plan)
+    else:
+        assert "\nno change\n" in plan, (name, plan)
+    assert f"cluster '{expected['cluster']}'" in plan
+    applied = html(cell(notebook, "apply"))
+    for fragment in expected["apply"]:
+        assert fragment in applied, (name, fragment)
+    assert "Firewall applied" in applied and "sandbox" in applied
+    for cell_id, fragments in {**expected.get("both", {}), **expected.get(run, {})}.items():
+        text = shown(cell(notebook, cell_id))
+        for fragment in fragments:
+            assert fragment in text, (name, run, cell_id, fragment, text)
+    outputs = json.dumps([c.get("outputs", []) for c in notebook.cells])
+    assert not SECRETS.search(outputs), SECRETS.search(outputs).group()
+
+
+def test_every_notebook_is_expected():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_is_saved_clean(name):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.cells[0].cell_type == "markdown"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert len([c for c in code if RAISES in c.metadata.get("tags", [])]) == 1
+    ids = [c.id for c in notebook.cells]
+    assert ids.index("plan") < ids.index("apply")
+    assert notebook.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_twice_to_the_same_state(name, kernel_env):
+    first = execute(NOTEBOOKS / name, kernel_env)
+    check_run(name, first, "first")
+    second = execute(NOTEBOOKS / name, kernel_env)
+    check_run(name, second, "second")
+    # Both runs end with the same rules in the cloud.
+    assert html(cell(first, "apply")).split("<table>")[1].split("</table>")[0].replace(
+        _group_id(first), "") == html(cell(second, "apply")).split("<table>")[1].split(
+        "</table>")[0].replace(_group_id(second), "")
+    assert _group_id(first) == _group_id(second)
+
+
+def _group_id(notebook) -> str:
+    found = re.search(r"group (sg-[0-9a-f]+)", shown(cell(notebook, "apply")))
+    assert found
+    return found.group(1)
+
+
+def test_parameterised_notebook_with_papermill(kernel_env):
+    import papermill
+
+    output = kernel_env / "parameterised-out.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "parameterised.ipynb"), str(output),
+        parameters={"cidr": "10.7.0.0/16", "cluster": "pm-test"},
+        kernel_name="python3", cwd=str(kernel_env), progress_bar=False, log_output=False,
+    )
+    notebook = nbformat.read(output, as_version=4)
+    injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and 'cidr = "10.7.0.0/16"' in injected[0].source
+    applied = cell(notebook, "apply")
+    assert "<td>10.7.0.0/16</td>" in html(applied)
+    assert "<td>10.1.0.0/16</td>" not in html(applied)
+    assert "cluster 'pm-test'" in shown(applied)
+    assert "create group" in shown(cell(notebook, "plan"))
+    mistake = shown(cell(notebook, "mistake"))
+    assert mistake.startswith("UsageError: variable 'office_cidr'") and "Traceback" not in mistake
+    assert not SECRETS.search(json.dumps([c.get("outputs", []) for c in notebook.cells]))
