@@ -20,6 +20,8 @@ _COLUMNS = {
              ("source", "Source"), ("description", "Description")],
     "settings": [("protocol", "Protocol"), ("ports", "Port"), ("source", "Source"),
                  ("description", "Description")],
+    "save": [("protocol", "Protocol"), ("ports", "Port"), ("source", "Source"),
+             ("description", "Description")],
 }
 
 _STYLE = """<style>
@@ -39,14 +41,12 @@ _STYLE = """<style>
 
 
 def _rule_row(rule, **extra) -> dict:
-    from .provision.aws import ALL_PROTOCOLS
-
-    if rule.protocol == ALL_PROTOCOLS:
-        ports = "all"
-    else:
-        ports = rule.ports
-    return {"protocol": rule.protocol, "ports": ports, "source": rule.source,
+    return {"protocol": rule.protocol, "ports": rule.ports, "source": rule.source,
             "description": rule.description, **extra}
+
+
+def _count(rules) -> str:
+    return f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
 
 
 def _target(t, **extra) -> dict:
@@ -86,6 +86,16 @@ def payload(result) -> dict:
                 "plan": plan}
     if isinstance(result, core.SettingsView):
         return _settings_payload(result)
+    if isinstance(result, core.SaveResult):
+        toggle = str(result.settings.use_scheduler_public_ip.value).lower()
+        readers = ("new kernels and coiled.Cluster() read them from this file" if result.scope == "user"
+                   else "everyone in the account gets them unless their Dask config, session or "
+                   "cluster options say otherwise")
+        return {"version": SCHEMA_VERSION, "kind": "save", **_target(result.target), "account": "",
+                "scope": result.scope, "where": result.where,
+                "summary": f"saved to {result.where}: ingress ({_count(result.settings.rules)}) and "
+                           f"use_scheduler_public_ip: {toggle}; {readers}.",
+                "rows": [_rule_row(r) for r in result.settings.rules], "notes": [], "warnings": []}
     if isinstance(result, core.DestroyResult):
         summary = (f"deleted group {result.group_id}" if result.deleted else
                    f"cluster {result.target.cluster!r} has no group to delete")
@@ -110,7 +120,7 @@ def _settings_payload(view) -> dict:
     for values in settings.layers:
         sets = []
         if values.ingress is not None:
-            sets.append(f"ingress ({len(values.ingress)} rules"
+            sets.append(f"ingress ({_count(values.ingress)}"
                         f"{', ' + values.ingress_origin if values.ingress_origin else ''})")
         if values.use_scheduler_public_ip is not None:
             sets.append(f"use_scheduler_public_ip={values.use_scheduler_public_ip}"
@@ -143,7 +153,7 @@ def _header(data: dict) -> str:
 
 _TITLES = {"rules": "Firewall rules", "plan": "Firewall plan", "apply": "Firewall applied",
            "settings": "Firewall settings", "destroy": "Firewall destroyed",
-           "scheduler": "Scheduler address"}
+           "scheduler": "Scheduler address", "save": "Firewall settings saved"}
 
 
 def _columns(data: dict) -> list[tuple[str, str]]:

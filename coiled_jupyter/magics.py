@@ -25,8 +25,6 @@ import re
 import shlex
 import string
 import sys
-from dataclasses import dataclass
-from html import escape
 
 from IPython.core.error import TryNext, UsageError
 from IPython.core.magic import (
@@ -42,7 +40,7 @@ from traitlets.config.configurable import Configurable
 
 SUBCOMMANDS = ("add", "remove", "set", "clear", "reset", "plan", "apply", "describe", "destroy",
                "save")
-SCOPES = ("user", "account")
+SCOPES = ("user", "account")  # as provision.core.SCOPES, without importing the core at load
 SCHEDULER_IP_WORDS = ("public", "private")
 PANEL_NOT_AVAILABLE = (
     "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
@@ -185,45 +183,6 @@ def substitute(text: str, namespace: dict, where: str) -> str:
                          f"in an earlier cell (e.g. {missing[0]} = \"10.1.0.0/16\"), or write $$ "
                          "for a literal '$'.")
     return template.substitute(_Values(namespace))
-
-
-# --------------------------------------------------------------------------------------------------
-# Results of the magics
-
-
-@dataclass(frozen=True, repr=False)
-class SaveResult:
-    """Where ``%coiled_ingress save`` kept the effective settings."""
-
-    scope: str
-    where: str
-    settings: object
-
-    @property
-    def path(self) -> str | None:
-        return self.where if self.scope == "user" else None
-
-    def _lines(self) -> list[str]:
-        rules = self.settings.rules
-        toggle = str(self.settings.use_scheduler_public_ip.value).lower()
-        if self.scope == "user":
-            head = (f"Saved to {self.where}: ingress ({len(rules)} rules) and "
-                    f"use_scheduler_public_ip: {toggle}. New kernels and coiled.Cluster() read "
-                    "them from this file.")
-        else:
-            head = (f"Saved as account-wide defaults in {self.where}: ingress ({len(rules)} rules) "
-                    f"and use_scheduler_public_ip: {toggle}. Everyone in the account gets them "
-                    "unless their Dask config, session or cluster options say otherwise.")
-        return [head, *(f"  {r}" + (f" ({r.description})" if r.description else "")
-                        for r in rules)]
-
-    def __repr__(self) -> str:
-        return "\n".join(self._lines())
-
-    def _repr_html_(self) -> str:
-        head, *rules = self._lines()
-        items = "".join(f"<li>{escape(line.strip())}</li>" for line in rules)
-        return f"<p>{escape(head)}</p>" + (f"<ul>{items}</ul>" if items else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,25 +408,9 @@ class CoiledMagics(Magics, Configurable):
         return core.destroy(cluster)
 
     def _save(self, cluster, args):
-        from .rules import to_coiled
-        from .settings import effective_settings, save_config
-
-        scope = (args.scope or "user").strip().lower()
-        if scope not in SCOPES:
-            close = difflib.get_close_matches(scope, SCOPES, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UsageError(f"--scope {args.scope!r} is not known; {hint}use 'user' (your Dask "
-                             "config file) or 'account' (account-wide defaults for the team).")
-        current = effective_settings()
-        public_ip = current.use_scheduler_public_ip.value
-        if scope == "user":
-            path = save_config(current.rules, public_ip)
-            return SaveResult("user", str(path), current)
         from .provision import core
 
-        core.set_backend_options(ingress=to_coiled(current.rules), use_scheduler_public_ip=public_ip)
-        stored = core.load_account_layer()
-        return SaveResult("account", stored.ingress_origin or "the account store", current)
+        return core.save(args.scope or "user")
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_scheduler_ip

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 PROTOCOLS = ("tcp", "udp")
+# AWS's protocol "-1": every protocol and port; only read from the cloud or used for the self rule.
+ALL_PROTOCOLS = "all"
 ALLOWED_KEYS = ("ports", "cidr", "protocol", "description")
 EVERYONE = "everyone"
 ME = "me"
@@ -69,7 +71,9 @@ class Rule:
 
     @property
     def ports(self) -> str:
-        """The port or range as people write it: ``8786`` or ``8000-8100``."""
+        """The port or range as people write it: ``8786``, ``8000-8100``, or ``all``."""
+        if self.protocol == ALL_PROTOCOLS:
+            return "all"
         if self.from_port == self.to_port:
             return str(self.from_port)
         return f"{self.from_port}-{self.to_port}"

@@ -22,7 +22,8 @@ from coiled_jupyter.settings import effective_settings
 MIME = "application/vnd.coiled-jupyter.rules+json"
 VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN & office"}
 PEERED = {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"}
-KINDS = ["rules", "plan", "apply", "destroy", "settings", "scheduler", "plan-new", "destroy-none"]
+KINDS = ["rules", "plan", "apply", "destroy", "settings", "scheduler", "plan-new", "destroy-none",
+         "save"]
 
 
 def settings_for(ingress):
@@ -52,6 +53,7 @@ def results(sandbox_server, _independent_clients, launch):
     with dask.config.set({"coiled.client_public_ip": "203.0.113.7"}):
         out["settings"] = core.show_settings("shown", backend_options={"ingress": [VPN, PEERED]},
                                              reach=True)
+    out["save"] = core.save("user", settings=wanted)
     out["destroy-none"] = core.destroy("never-made")
     cloud.ec2.terminate_instances(InstanceIds=[out["scheduler"].instance_id])
     out["destroy"] = core.destroy("shown")
@@ -131,7 +133,7 @@ def test_every_result_has_three_forms_that_agree(results, kind):
     for words in (f"cluster '{t.cluster}'", "backend sandbox", f"region {t.region}", "account "):
         assert words in header, (words, header)
         assert words.replace("'", "&#x27;") in html, words
-    if kind not in ("plan-new", "destroy-none", "settings"):
+    if kind not in ("plan-new", "destroy-none", "settings", "save"):
         account = results["apply"].table.account
         assert account and f"account {account}" in header and data["account"] == account
 

@@ -275,7 +275,7 @@ def test_save_user_scope(ip, sandbox, config_file):
     line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}]")
     ip.run_line_magic("coiled_scheduler_ip", "private")
     saved = line(ip, "save")
-    assert saved.scope == "user" and saved.path == str(config_file)
+    assert saved.scope == "user" and saved.where == str(config_file)
     assert str(config_file) in repr(saved)
     text = config_file.read_text()
     assert text.startswith("# my settings")
@@ -409,7 +409,7 @@ MISTAKES = [
     ("line", "plan prod", "takes no arguments but got 'prod'; to name a cluster write --cluster prod"),
     ("line", "plan --description x", "%coiled_ingress plan does not take --description"),
     ("line", "apply --apply", "--apply is for the %%coiled_ingress cell"),
-    ("line", "save --scope team", "--scope 'team' is not known"),
+    ("line", "save --scope team", "scope 'team' is not known"),
     ("line", "plan --cluster 'bad name!'", "cluster name 'bad name!' is not valid"),
     ("line", "describe --frobnicate", "unrecognized arguments: --frobnicate"),
     ("scheduler_ip", "publik", "takes 'public' or 'private', not 'publik'; did you mean 'public'?"),

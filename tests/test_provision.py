@@ -189,6 +189,9 @@ def test_a_group_with_our_name_but_not_our_owner_tag_is_refused(cloud):
 
     assert gid in str(info.value) and "not owned" in str(info.value)
     assert _rules_of(cloud.ec2, gid) == before == {("tcp", 22, 22, "10.9.0.0/16")}
+    # the plan says so before any apply, instead of promising a new group
+    with pytest.raises(ForeignGroupError, match=gid):
+        core.plan("epsilon", settings=settings_for([VPN]))
     named = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-epsilon"]}])["SecurityGroups"]
     assert [g["GroupId"] for g in named] == [gid]
@@ -599,3 +602,16 @@ def test_hand_added_icmp_and_all_traffic_rules_open_to_everyone_are_shown_and_re
 
     core.apply("ping", settings=wanted)
     assert state(cloud.ec2, "ping") == {("tcp", 8786, 8786, "10.2.0.0/16"), self_entry(gid)}
+
+
+def test_a_rule_naming_a_missing_group_fails_at_once_without_retrying(cloud, api_calls):
+    core.apply("kappa", settings=settings_for([VPN]))
+    api_calls.clear()
+
+    with pytest.raises(CloudError) as info:
+        core.apply("kappa", settings=settings_for([VPN, {"ports": [8786],
+                                                         "cidr": "sg-0123456789abcdef0"}]))
+
+    assert info.value.code == "InvalidGroup.NotFound"
+    # find + one authorize: the NotFound of a group we did not just create is not retried
+    assert api_calls["ec2:AuthorizeSecurityGroupIngress"] == 1

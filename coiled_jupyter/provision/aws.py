@@ -20,12 +20,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from ..rules import Rule, sort_key
+from ..rules import ALL_PROTOCOLS, Rule, sort_key
 
 TOOL = "coiled-jupyter"
 TAG_OWNER = "coiled-jupyter:owner"
 TAG_CLUSTER = "coiled-jupyter:cluster"
-ALL_PROTOCOLS = "all"
 SELF_DESCRIPTION = "cluster-internal traffic (this group)"
 _NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
 # Rounds of "the call conflicted with the group as read; read again and retry the rest".
@@ -250,6 +249,8 @@ class SecurityGroups:
         self.ec2 = client("ec2", connection)
         # Group id -> Group.stored_as of its latest read, used to name rules exactly when revoking.
         self._stored_as: dict[str, dict] = {}
+        # Groups this object created: only for them is InvalidGroup.NotFound a passing state.
+        self._created: set[str] = set()
 
     @property
     def region(self) -> str:
@@ -282,7 +283,7 @@ class SecurityGroups:
 
     def get(self, group_id: str) -> Group:
         """Read one group by id, retrying the NotFound that follows a fresh create."""
-        return self._retry_not_found(lambda: self._describe(GroupIds=[group_id])[0],
+        return self._retry_not_found(group_id, lambda: self._describe(GroupIds=[group_id])[0],
                                      f"reading group {group_id}")
 
     def _describe(self, **kwargs) -> list[Group]:
@@ -311,7 +312,9 @@ class SecurityGroups:
         if vpc_id:
             kwargs["VpcId"] = vpc_id
         try:
-            return self.ec2.create_security_group(**kwargs)["GroupId"]
+            group_id = self.ec2.create_security_group(**kwargs)["GroupId"]
+            self._created.add(group_id)
+            return group_id
         except ClientError as error:
             if _code(error) != "InvalidGroup.Duplicate":
                 raise cloud_error(error, f"creating group {group_name(cluster)}") from None
@@ -329,7 +332,7 @@ class SecurityGroups:
             if not rules:
                 return
             try:
-                self._retry_not_found(lambda: self.ec2.authorize_security_group_ingress(
+                self._retry_not_found(group_id, lambda: self.ec2.authorize_security_group_ingress(
                     GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
                     f"adding rules to {group_id}")
                 return
@@ -351,7 +354,7 @@ class SecurityGroups:
                 return
             stored_as = self._stored_as.get(group_id)
             try:
-                self._retry_not_found(lambda: self.ec2.revoke_security_group_ingress(
+                self._retry_not_found(group_id, lambda: self.ec2.revoke_security_group_ingress(
                     GroupId=group_id, IpPermissions=permissions_from_rules(rules, stored_as)),
                     f"removing rules from {group_id}")
                 return
@@ -385,11 +388,12 @@ class SecurityGroups:
             raise cloud_error(error, f"listing instances of {group_id}") from None
         return [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
 
-    @staticmethod
-    def _retry_not_found(call, doing: str):
-        """Retry ``InvalidGroup.NotFound``: right after CreateSecurityGroup, AWS may not see the group
-        for a few seconds (eventual consistency), and botocore does not retry that code."""
-        for delay in (*_NOT_FOUND_RETRIES, None):
+    def _retry_not_found(self, group_id: str, call, doing: str):
+        """Retry ``InvalidGroup.NotFound`` for a group this object just created: AWS may not see it
+        for a few seconds (eventual consistency), and botocore does not retry that code. For any other
+        group (or a rule naming a group id that does not exist) the error is reported at once."""
+        delays = _NOT_FOUND_RETRIES if group_id in self._created else ()
+        for delay in (*delays, None):
             try:
                 return call()
             except ClientError as error:

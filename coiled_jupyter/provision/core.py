@@ -212,6 +212,16 @@ class SettingsView(_Displayed):
     reachability: object = None
 
 
+@dataclass(frozen=True, repr=False)
+class SaveResult(_Displayed):
+    """Where the effective settings were kept: the Dask config file, or the account store."""
+
+    target: Target
+    scope: str
+    where: str
+    settings: Settings
+
+
 class ClusterKwargs(dict):
     """Keyword arguments for ``coiled.Cluster`` (``backend_options``, ``use_scheduler_public_ip``),
     with the group id for other launchers, e.g. dask-cloudprovider's ``security_groups=``."""
@@ -230,7 +240,8 @@ class ClusterKwargs(dict):
 
 
 def self_rule(group_id: str) -> Rule:
-    from .aws import ALL_PROTOCOLS, SELF_DESCRIPTION
+    from ..rules import ALL_PROTOCOLS
+    from .aws import SELF_DESCRIPTION
 
     return Rule(ALL_PROTOCOLS, 0, 65535, group_id, SELF_DESCRIPTION)
 
@@ -318,8 +329,24 @@ def plan(cluster=None, *, backend_options=None, settings: Settings | None = None
     settings = settings or effective_settings(backend_options)
     desired = desired_rules(settings)
     t = target(cluster, **where)
-    group = _groups(t).find(t.cluster, t.vpc_id)
+    groups = _groups(t)
+    group = groups.find(t.cluster, t.vpc_id)
+    if group is None:
+        _refuse_foreign_name(groups, t)
     return make_plan(t, group, desired, settings.ingress.provenance)
+
+
+def _refuse_foreign_name(groups, t: Target) -> None:
+    """Before planning a new group, make sure its name is not taken by a group that is not ours
+    (apply would be refused at CreateSecurityGroup; the plan must say so first)."""
+    from .aws import ForeignGroupError, group_name
+
+    existing = groups.find_by_name(t.cluster, t.vpc_id)
+    if existing is not None and not existing.owned:
+        raise ForeignGroupError("ForeignGroup", f"a group named {group_name(t.cluster)} "
+                                f"({existing.group_id}) exists and is not owned by coiled_jupyter; "
+                                "apply would leave it alone and fail. Rename the cluster or delete "
+                                "that group by hand.")
 
 
 def apply(cluster=None, *, backend_options=None, settings: Settings | None = None,
@@ -412,10 +439,10 @@ def _apply_lock(t: Target):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def show_settings(cluster=None, *, backend_options=None, reach: bool = True,
-                  **where) -> SettingsView:
+def show_settings(cluster=None, *, backend_options=None, settings: Settings | None = None,
+                  reach: bool = True, **where) -> SettingsView:
     """The effective settings for a cluster, with this notebook's reachability verdict."""
-    settings = effective_settings(backend_options)
+    settings = settings or effective_settings(backend_options)
     t = target(cluster, **where)
     reachability = None
     if reach:
@@ -482,6 +509,37 @@ def cluster_kwargs(cluster=None, *, backend_options=None, settings: Settings | N
     return ClusterKwargs({"backend_options": options,
                           "use_scheduler_public_ip": settings.use_scheduler_public_ip.value},
                          group.group_id if group else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Keeping settings
+
+SCOPES = ("user", "account")
+
+
+def save(scope: str = "user", *, backend_options=None, settings: Settings | None = None,
+         **where) -> SaveResult:
+    """Keep the effective settings: ``user`` in Dask's config file (new kernels and
+    ``coiled.Cluster()`` read it), ``account`` as account-wide defaults for the whole team."""
+    from ..settings import save_config
+
+    word = scope.strip().lower() if isinstance(scope, str) else scope
+    if word not in SCOPES:
+        import difflib
+
+        close = difflib.get_close_matches(str(word), SCOPES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise IngressError([f"scope {scope!r} is not known; {hint}use 'user' (your Dask config "
+                            "file) or 'account' (account-wide defaults for the team)."])
+    settings = settings or effective_settings(backend_options)
+    t = target(**where)
+    public_ip = settings.use_scheduler_public_ip.value
+    if word == "user":
+        return SaveResult(t, word, str(save_config(settings.rules, public_ip)), settings)
+    from ..rules import to_coiled
+
+    set_backend_options(ingress=to_coiled(settings.rules), use_scheduler_public_ip=public_ip)
+    return SaveResult(t, word, f"SSM {_account_store(t).name}", settings)
 
 
 # --------------------------------------------------------------------------------------------------
