@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m coiled_jupyter demo
 
-## Run every test (unit, moto server, notebooks in real kernels).
+## Lint, then run every test (unit, moto server, notebooks in real kernels).
 test: $(VENV)/.installed
+	$(PY) -m ruff check coiled_jupyter tests benchmarks
+	$(PY) -m ruff format --check coiled_jupyter tests benchmarks
 	$(PY) -m pytest -q
 
 ## Benchmarks: apply latency and API calls, cold start of %load_ext; needs the bench extra.

@@ -55,7 +55,6 @@ from coiled_jupyter.provision import aws, core, sandbox  # noqa: E402
 from coiled_jupyter.rules import compact, parse_ingress  # noqa: E402
 from coiled_jupyter.settings import effective_settings  # noqa: E402
 
-
 # --------------------------------------------------------------------------------------------------
 # Rule sets
 
@@ -133,6 +132,7 @@ def timed(counter: Counter, fn) -> tuple[Sample, object]:
 
 def summary(samples: list[Sample]) -> dict:
     """Median latency, and the call counts (with their spread if they were not all the same)."""
+
     def spread(values):
         low, high = min(values), max(values)
         return str(low) if low == high else f"{statistics.median(values):g} ({low}-{high})"
@@ -151,9 +151,13 @@ def summary(samples: list[Sample]) -> dict:
 
 
 def _ops(calls: list[str]) -> str:
-    short = {"DescribeSecurityGroups": "Describe", "CreateSecurityGroup": "Create",
-             "AuthorizeSecurityGroupIngress": "Authorize", "RevokeSecurityGroupIngress": "Revoke",
-             "GetParameter": "SSM.GetParameter"}
+    short = {
+        "DescribeSecurityGroups": "Describe",
+        "CreateSecurityGroup": "Create",
+        "AuthorizeSecurityGroupIngress": "Authorize",
+        "RevokeSecurityGroupIngress": "Revoke",
+        "GetParameter": "SSM.GetParameter",
+    }
     return ", ".join(short.get(c, c) for c in calls)
 
 
@@ -194,8 +198,12 @@ class CloudProvider:
     def open(self) -> None:
         async def _open():
             self._context = self.session.create_client(
-                "ec2", region_name=sandbox.REGION, endpoint_url=self.url,
-                aws_access_key_id=sandbox.DUMMY_KEY, aws_secret_access_key=sandbox.DUMMY_KEY)
+                "ec2",
+                region_name=sandbox.REGION,
+                endpoint_url=self.url,
+                aws_access_key_id=sandbox.DUMMY_KEY,
+                aws_secret_access_key=sandbox.DUMMY_KEY,
+            )
             self.client = await self._context.__aenter__()
             self.counter.attach(self.client, "dcp")
 
@@ -214,8 +222,9 @@ class CloudProvider:
             self.workaround = None
         except RuntimeError as error:
             cause = error.__cause__
-            self.workaround = (f"{type(cause).__name__}: {cause}" if cause is not None
-                               else str(error))
+            self.workaround = (
+                f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+            )
         self.delete()
 
     async def _create(self) -> str:
@@ -224,15 +233,21 @@ class CloudProvider:
         # The released get_security_group() fails before any call (see warm_up); do what it means
         # to do: the same lookup, then create_default_security_group() with its tags argument.
         try:
-            found = (await self.client.describe_security_groups(
-                GroupNames=[self.helper.DEFAULT_SECURITY_GROUP_NAME]))["SecurityGroups"]
+            found = (
+                await self.client.describe_security_groups(
+                    GroupNames=[self.helper.DEFAULT_SECURITY_GROUP_NAME]
+                )
+            )["SecurityGroups"]
         except Exception:
             found = []
         if found:
             return found[0]["GroupId"]
         return await self.helper.create_default_security_group(
-            self.client, self.helper.DEFAULT_SECURITY_GROUP_NAME, self.vpc,
-            {"createdBy": "dask-cloudprovider"})
+            self.client,
+            self.helper.DEFAULT_SECURITY_GROUP_NAME,
+            self.vpc,
+            {"createdBy": "dask-cloudprovider"},
+        )
 
     def create(self) -> tuple[Sample, str]:
         async def _timed():
@@ -240,16 +255,24 @@ class CloudProvider:
             start = time.perf_counter()
             group_id = await self._create()
             seconds = time.perf_counter() - start
-            return (Sample(seconds, list(self.counter.calls), self.counter.sends,
-                           self.counter.in_calls), group_id)
+            return (
+                Sample(
+                    seconds, list(self.counter.calls), self.counter.sends, self.counter.in_calls
+                ),
+                group_id,
+            )
 
         return self.run(_timed())
 
     def delete(self) -> None:
         """Remove ``dask-default`` (untimed) so that the next repetition creates it again."""
+
         async def _delete():
-            response = await self.client.describe_security_groups(Filters=[
-                {"Name": "group-name", "Values": [self.helper.DEFAULT_SECURITY_GROUP_NAME]}])
+            response = await self.client.describe_security_groups(
+                Filters=[
+                    {"Name": "group-name", "Values": [self.helper.DEFAULT_SECURITY_GROUP_NAME]}
+                ]
+            )
             for group in response["SecurityGroups"]:
                 await self.client.delete_security_group(GroupId=group["GroupId"])
 
@@ -260,14 +283,19 @@ def start_cloudprovider(url: str) -> tuple[CloudProvider | None, str | None]:
     try:
         provider = CloudProvider(url)
     except Exception as error:  # ImportError, or anything its import chain raises here
-        return None, (f"dask-cloudprovider cannot be used here ({type(error).__name__}: {error}); "
-                      "install the bench extra: pip install 'coiled_jupyter[bench]'")
+        return None, (
+            f"dask-cloudprovider cannot be used here ({type(error).__name__}: {error}); "
+            "install the bench extra: pip install 'coiled_jupyter[bench]'"
+        )
     try:
         provider.open()
         provider.warm_up()
     except Exception as error:
         provider.close()
-        return None, f"dask-cloudprovider could not run against moto ({type(error).__name__}: {error})"
+        return (
+            None,
+            f"dask-cloudprovider could not run against moto ({type(error).__name__}: {error})",
+        )
     return provider, None
 
 
@@ -316,8 +344,13 @@ def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider 
     # against the quota (desired_rules), once by apply and once more for the read-back table.
     local = [timed(counter, lambda: core.desired_rules(first))[0] for _ in range(reps)]
 
-    return {"fresh": summary(fresh), "same": summary(same), "changed": summary(changed),
-            "dcp": summary(dcp) if dcp else None, "desired_rules": summary(local)}
+    return {
+        "fresh": summary(fresh),
+        "same": summary(same),
+        "changed": summary(changed),
+        "dcp": summary(dcp) if dcp else None,
+        "desired_rules": summary(local),
+    }
 
 
 def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
@@ -325,17 +358,27 @@ def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
     reset_and_warm(ec2, None)
     options = {"ingress": rule_set(n)}
     core.apply("warm-default", backend_options=options)
-    fresh = [timed(counter, lambda: core.apply(f"default-{rep}", backend_options=options))[0]
-             for rep in range(reps)]
-    same = [timed(counter, lambda: core.apply("default-0", backend_options=options))[0]
-            for _ in range(reps)]
+    fresh = [
+        timed(counter, lambda: core.apply(f"default-{rep}", backend_options=options))[0]
+        for rep in range(reps)
+    ]
+    same = [
+        timed(counter, lambda: core.apply("default-0", backend_options=options))[0]
+        for _ in range(reps)
+    ]
     settings_only = [timed(counter, lambda: effective_settings(options))[0] for _ in range(reps)]
-    settings_local = [timed(counter, lambda: explicit_settings(options["ingress"]))[0]
-                      for _ in range(reps)]
+    settings_local = [
+        timed(counter, lambda: explicit_settings(options["ingress"]))[0] for _ in range(reps)
+    ]
     target_only = [timed(counter, lambda: core.target("default-0"))[0] for _ in range(reps)]
-    return {"n": n, "fresh": summary(fresh), "same": summary(same),
-            "settings": summary(settings_only), "settings_local": summary(settings_local),
-            "target": summary(target_only)}
+    return {
+        "n": n,
+        "fresh": summary(fresh),
+        "same": summary(same),
+        "settings": summary(settings_only),
+        "settings_local": summary(settings_local),
+        "target": summary(target_only),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,73 +388,156 @@ def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
+    return "\n".join(
+        [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )
 
 
 def ms(value: float) -> str:
     return f"{value:.1f}"
 
 
-def report(results: dict, default: dict, dcp_note: str | None, dcp_version: str | None,
-           reps: int) -> None:
+def report(
+    results: dict, default: dict, dcp_note: str | None, dcp_version: str | None, reps: int
+) -> None:
     dcp_name = f"dask-cloudprovider {dcp_version}" if dcp_version else "dask-cloudprovider"
     rows = []
     for n, r in results.items():
-        for key, scenario in (("fresh", "fresh apply"), ("same", "no-change apply"),
-                              ("changed", "one rule changed")):
+        for key, scenario in (
+            ("fresh", "fresh apply"),
+            ("same", "no-change apply"),
+            ("changed", "one rule changed"),
+        ):
             s = r[key]
-            rows.append([scenario, "coiled_jupyter", n, ms(s["ms"]),
-                         f"{ms(s['min_ms'])}-{ms(s['max_ms'])}", ms(s["api_ms"]), s["calls"],
-                         s["sends"], s["ops"]])
+            rows.append(
+                [
+                    scenario,
+                    "coiled_jupyter",
+                    n,
+                    ms(s["ms"]),
+                    f"{ms(s['min_ms'])}-{ms(s['max_ms'])}",
+                    ms(s["api_ms"]),
+                    s["calls"],
+                    s["sends"],
+                    s["ops"],
+                ]
+            )
     dcp_all = [r["dcp"] for r in results.values() if r["dcp"]]
     if dcp_all:
         for n, r in results.items():
             s = r["dcp"]
-            rows.append([f"default group (beside n={n})", dcp_name, "fixed (3)", ms(s["ms"]),
-                         f"{ms(s['min_ms'])}-{ms(s['max_ms'])}", ms(s["api_ms"]), s["calls"],
-                         s["sends"], s["ops"]])
-        rows.append(["no-change / update", dcp_name, NA, NA, NA, NA, NA, NA,
-                     "never reconciles an existing group"])
+            rows.append(
+                [
+                    f"default group (beside n={n})",
+                    dcp_name,
+                    "fixed (3)",
+                    ms(s["ms"]),
+                    f"{ms(s['min_ms'])}-{ms(s['max_ms'])}",
+                    ms(s["api_ms"]),
+                    s["calls"],
+                    s["sends"],
+                    s["ops"],
+                ]
+            )
+        rows.append(
+            [
+                "no-change / update",
+                dcp_name,
+                NA,
+                NA,
+                NA,
+                NA,
+                NA,
+                NA,
+                "never reconciles an existing group",
+            ]
+        )
     else:
         rows.append(["default group", dcp_name, NA, NA, NA, NA, NA, NA, dcp_note or "not run"])
     print(f"\nApply latency and cloud calls (median of {reps}; ms from the caller's side)\n")
-    print(table(["scenario", "tool", "rules", "median ms", "min-max ms", "in API calls ms",
-                 "API calls", "HTTP sends", "calls (first repetition)"], rows))
-    print("\n'in API calls ms': time inside botocore calls (serialise, sign, HTTP to moto, parse); "
-          "the rest of 'median ms' is work on this side (rules, plan, table, lock, target).")
-    print("coiled_jupyter's desired_rules() (compact + quota check; an apply runs it twice): " +
-          ", ".join(f"{n} rules {ms(r['desired_rules']['ms'])} ms" for n, r in results.items()))
+    print(
+        table(
+            [
+                "scenario",
+                "tool",
+                "rules",
+                "median ms",
+                "min-max ms",
+                "in API calls ms",
+                "API calls",
+                "HTTP sends",
+                "calls (first repetition)",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\n'in API calls ms': time inside botocore calls (serialise, sign, HTTP to moto, parse); "
+        "the rest of 'median ms' is work on this side (rules, plan, table, lock, target)."
+    )
+    print(
+        "coiled_jupyter's desired_rules() (compact + quota check; an apply runs it twice): "
+        + ", ".join(f"{n} rules {ms(r['desired_rules']['ms'])} ms" for n, r in results.items())
+    )
 
     if dcp_all:
         ratio_rows = []
         for n, r in results.items():
             mine, theirs = r["fresh"], r["dcp"]
-            ratio_rows.append([n, ms(mine["ms"]), ms(theirs["ms"]),
-                               f"{mine['ms'] / theirs['ms']:.2f}x", f"{mine['calls_n']:g}",
-                               f"{theirs['calls_n']:g}",
-                               f"{mine['calls_n'] / theirs['calls_n']:.2f}x"])
-        print("\nRatios: coiled_jupyter fresh apply / dask-cloudprovider default group creation "
-              "(same round, same server)\n")
-        print(table(["rules", "cj ms", "dcp ms", "latency ratio", "cj calls", "dcp calls",
-                     "call ratio"], ratio_rows))
+            ratio_rows.append(
+                [
+                    n,
+                    ms(mine["ms"]),
+                    ms(theirs["ms"]),
+                    f"{mine['ms'] / theirs['ms']:.2f}x",
+                    f"{mine['calls_n']:g}",
+                    f"{theirs['calls_n']:g}",
+                    f"{mine['calls_n'] / theirs['calls_n']:.2f}x",
+                ]
+            )
+        print(
+            "\nRatios: coiled_jupyter fresh apply / dask-cloudprovider default group creation "
+            "(same round, same server)\n"
+        )
+        print(
+            table(
+                [
+                    "rules",
+                    "cj ms",
+                    "dcp ms",
+                    "latency ratio",
+                    "cj calls",
+                    "dcp calls",
+                    "call ratio",
+                ],
+                ratio_rows,
+            )
+        )
     if dcp_note:
         print(f"\nNOTE: {dcp_note}")
 
     d = default["fresh"], default["same"]
-    print(f"\nFull default path, {default['n']} rules (core.apply(name, backend_options=...): "
-          "settings resolution with the account layer read from SSM, then apply):")
+    print(
+        f"\nFull default path, {default['n']} rules (core.apply(name, backend_options=...): "
+        "settings resolution with the account layer read from SSM, then apply):"
+    )
     for label, s in zip(("fresh", "no change"), d):
-        print(f"  {label:9}: median {ms(s['ms'])} ms, {s['calls']} API calls "
-              f"({s['ops']}), {s['sends']} HTTP sends")
+        print(
+            f"  {label:9}: median {ms(s['ms'])} ms, {s['calls']} API calls "
+            f"({s['ops']}), {s['sends']} HTTP sends"
+        )
     s = default["settings"]
-    print(f"  of which effective_settings() with the SSM read: median {ms(s['ms'])} ms, "
-          f"{s['calls']} API call ({s['ops']})")
+    print(
+        f"  of which effective_settings() with the SSM read: median {ms(s['ms'])} ms, "
+        f"{s['calls']} API call ({s['ops']})"
+    )
     s = default["settings_local"]
     print(f"  effective_settings(account=lambda: None), no SSM: median {ms(s['ms'])} ms")
     s = default["target"]
-    print(f"  core.target() (sandbox: reads its state file and GETs /moto-api/ once, not an EC2 "
-          f"call; counted in every apply above): median {ms(s['ms'])} ms")
+    print(
+        f"  core.target() (sandbox: reads its state file and GETs /moto-api/ once, not an EC2 "
+        f"call; counted in every apply above): median {ms(s['ms'])} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,21 +549,29 @@ def main(argv: list[str] | None = None) -> int:
     import moto
 
     print("bench_apply: coiled_jupyter.provision.core.apply on a local moto server (not AWS)")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
-          f"boto3 {boto3.__version__}, moto {moto.__version__}")
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"boto3 {boto3.__version__}, moto {moto.__version__}"
+    )
     if _IGNORED_ENV:
         print(f"ignored for this run: {', '.join(_IGNORED_ENV)}")
 
     state = Path(_TMP.name) / "sandbox"
-    with dask.config.set({"coiled-jupyter.sandbox.state-dir": str(state),
-                          "coiled-jupyter.backend": "sandbox",
-                          "coiled-jupyter.public-ip.services": []}):
+    with dask.config.set(
+        {
+            "coiled-jupyter.sandbox.state-dir": str(state),
+            "coiled-jupyter.backend": "sandbox",
+            "coiled-jupyter.public-ip.services": [],
+        }
+    ):
         if sandbox.running() is not None:  # cannot happen with a fresh folder; never reuse one
             raise SystemExit("a sandbox is already registered in the temporary folder")
         start = time.perf_counter()
         server = sandbox.ensure()
-        print(f"moto server started at {server.url} (pid {server.pid}) in "
-              f"{time.perf_counter() - start:.2f} s; state in {state}")
+        print(
+            f"moto server started at {server.url} (pid {server.pid}) in "
+            f"{time.perf_counter() - start:.2f} s; state in {state}"
+        )
         provider = None
         try:
             t = core.target()
@@ -446,19 +580,24 @@ def main(argv: list[str] | None = None) -> int:
             counter.attach(ec2, "ec2")
             counter.attach(aws.client("ssm", t.connection()), "ssm")
             start = time.perf_counter()
-            urllib.request.urlopen(urllib.request.Request(f"{server.url}/moto-api/reset",
-                                                          method="POST"), timeout=10).close()
+            urllib.request.urlopen(
+                urllib.request.Request(f"{server.url}/moto-api/reset", method="POST"), timeout=10
+            ).close()
             ec2.describe_security_groups(MaxResults=5)
-            print(f"first EC2 call on the fresh server (moto backend load): "
-                  f"{time.perf_counter() - start:.2f} s (excluded)")
+            print(
+                f"first EC2 call on the fresh server (moto backend load): "
+                f"{time.perf_counter() - start:.2f} s (excluded)"
+            )
 
             provider, dcp_note = start_cloudprovider(server.url)
             if provider is not None and provider.workaround:
-                dcp_note = (f"dask-cloudprovider {provider.version}: get_security_group() fails as "
-                            f"released ({provider.workaround}; dask/dask-cloudprovider#481), so "
-                            "EC2Cluster cannot create dask-default by itself. Timed instead: its "
-                            "same DescribeSecurityGroups(GroupNames=['dask-default']) lookup, then "
-                            "create_default_security_group(client, 'dask-default', vpc, tags).")
+                dcp_note = (
+                    f"dask-cloudprovider {provider.version}: get_security_group() fails as "
+                    f"released ({provider.workaround}; dask/dask-cloudprovider#481), so "
+                    "EC2Cluster cannot create dask-default by itself. Timed instead: its "
+                    "same DescribeSecurityGroups(GroupNames=['dask-default']) lookup, then "
+                    "create_default_security_group(client, 'dask-default', vpc, tags)."
+                )
             if dcp_note:
                 print(f"NOTE: {dcp_note}")
 

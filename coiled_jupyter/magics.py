@@ -38,8 +38,18 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Bool, Unicode
 from traitlets.config.configurable import Configurable
 
-SUBCOMMANDS = ("add", "remove", "set", "clear", "reset", "plan", "apply", "describe", "destroy",
-               "save")
+SUBCOMMANDS = (
+    "add",
+    "remove",
+    "set",
+    "clear",
+    "reset",
+    "plan",
+    "apply",
+    "describe",
+    "destroy",
+    "save",
+)
 SCOPES = ("user", "account")  # as provision.core.SCOPES, without importing the core at load
 SCHEDULER_IP_WORDS = ("public", "private")
 PANEL_NOT_AVAILABLE = (
@@ -50,8 +60,12 @@ PANEL_NOT_AVAILABLE = (
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
 _OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
-_OPTION_FLAGS = {"description": "--description", "protocol": "--protocol", "scope": "--scope",
-                 "apply": "--apply"}
+_OPTION_FLAGS = {
+    "description": "--description",
+    "protocol": "--protocol",
+    "scope": "--scope",
+    "apply": "--apply",
+}
 # Options that take a value, to find where the subcommand word is.
 _VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
@@ -168,20 +182,24 @@ def substitute(text: str, namespace: dict, where: str) -> str:
     template = string.Template(text)
     for match in template.pattern.finditer(text):
         if match.group("invalid") is not None:
-            before = text[:match.start("invalid")].splitlines(keepends=True)
+            before = text[: match.start("invalid")].splitlines(keepends=True)
             line_number = max(len(before), 1)
             column = match.start("invalid") - len("".join(before[:-1])) if before else 1
-            raise UsageError(f"'$' at line {line_number}, column {column} of {where} does not "
-                             "start a variable; write ${name} to insert the notebook variable "
-                             "name, or $$ for a literal '$'.")
+            raise UsageError(
+                f"'$' at line {line_number}, column {column} of {where} does not "
+                "start a variable; write ${name} to insert the notebook variable "
+                "name, or $$ for a literal '$'."
+            )
     missing = [name for name in dict.fromkeys(template.get_identifiers()) if name not in namespace]
     if missing:
         names = " and ".join(repr(n) for n in missing)
         plural = "variables" if len(missing) > 1 else "variable"
-        raise UsageError(f"{plural} {names} in {where} {'are' if len(missing) > 1 else 'is'} not "
-                         f"defined in this notebook; define {'them' if len(missing) > 1 else 'it'} "
-                         f"in an earlier cell (e.g. {missing[0]} = \"10.1.0.0/16\"), or write $$ "
-                         "for a literal '$'.")
+        raise UsageError(
+            f"{plural} {names} in {where} {'are' if len(missing) > 1 else 'is'} not "
+            f"defined in this notebook; define {'them' if len(missing) > 1 else 'it'} "
+            f'in an earlier cell (e.g. {missing[0]} = "10.1.0.0/16"), or write $$ '
+            "for a literal '$'."
+        )
     return template.substitute(_Values(namespace))
 
 
@@ -197,7 +215,7 @@ class CoiledMagics(Magics, Configurable):
         "",
         config=True,
         help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-             "key coiled-jupyter.cluster.",
+        "key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -216,16 +234,25 @@ class CoiledMagics(Magics, Configurable):
     @no_var_expand
     @line_cell_magic
     @magic_arguments()
-    @kwds(description=_INGRESS_DESCRIPTION,
-          usage="coiled_ingress [SUBCOMMAND [ARGS]] [--cluster NAME] [options]\n"
-                "  %%%%coiled_ingress [--cluster NAME] [--apply]")
-    @argument("words", nargs="*", metavar="SUBCOMMAND [ARGS]",
-              help="one of " + ", ".join(SUBCOMMANDS) + "; none shows the settings")
+    @kwds(
+        description=_INGRESS_DESCRIPTION,
+        usage="coiled_ingress [SUBCOMMAND [ARGS]] [--cluster NAME] [options]\n"
+        "  %%%%coiled_ingress [--cluster NAME] [--apply]",
+    )
+    @argument(
+        "words",
+        nargs="*",
+        metavar="SUBCOMMAND [ARGS]",
+        help="one of " + ", ".join(SUBCOMMANDS) + "; none shows the settings",
+    )
     @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
     @argument("-d", "--description", metavar="TEXT", help="add: the rule's description")
     @argument("-p", "--protocol", metavar="tcp|udp", help="add, remove: protocol (default tcp)")
-    @argument("--scope", metavar="user|account",
-              help="save: your Dask config file (user, default) or account-wide defaults")
+    @argument(
+        "--scope",
+        metavar="user|account",
+        help="save: your Dask config file (user, default) or account-wide defaults",
+    )
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
@@ -252,8 +279,10 @@ class CoiledMagics(Magics, Configurable):
         if command is not None and command not in SUBCOMMANDS:
             close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UsageError(f"%coiled_ingress has no subcommand {command!r}; {hint}use one of "
-                             f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h).")
+            raise UsageError(
+                f"%coiled_ingress has no subcommand {command!r}; {hint}use one of "
+                f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h)."
+            )
         self._check_options(args, command)
         cluster = self._cluster(args)
         if command is None:
@@ -265,16 +294,20 @@ class CoiledMagics(Magics, Configurable):
             return self._add_or_remove(command, positional[0], positional[1], args, cluster)
         if command == "set":
             if not body.strip():
-                raise UsageError("%coiled_ingress set needs the rules, e.g. %coiled_ingress set "
-                                 "[{ports: [8786], cidr: 10.1.0.0/16}]; use clear for no rules.")
+                raise UsageError(
+                    "%coiled_ingress set needs the rules, e.g. %coiled_ingress set "
+                    "[{ports: [8786], cidr: 10.1.0.0/16}]; use clear for no rules."
+                )
             from .settings import parse_coiled_options
 
             rules, public_ip = parse_coiled_options(body, where="the rules of %coiled_ingress set")
             return self._set_session(cluster, rules, public_ip)
         if positional:
-            raise UsageError(f"%coiled_ingress {command} takes no arguments but got "
-                             f"{' '.join(positional)!r}; to name a cluster write --cluster "
-                             f"{positional[0]}.")
+            raise UsageError(
+                f"%coiled_ingress {command} takes no arguments but got "
+                f"{' '.join(positional)!r}; to name a cluster write --cluster "
+                f"{positional[0]}."
+            )
         return getattr(self, f"_{command}")(cluster, args)
 
     def _ingress_cell(self, line: str, cell: str):
@@ -283,13 +316,17 @@ class CoiledMagics(Magics, Configurable):
         if args.help:
             return _print_help(parser)
         if args.words:
-            raise UsageError(f"the %%coiled_ingress cell takes only --cluster and --apply on its "
-                             f"first line, not {' '.join(args.words)!r}; put the rules in the cell "
-                             "body.")
+            raise UsageError(
+                f"the %%coiled_ingress cell takes only --cluster and --apply on its "
+                f"first line, not {' '.join(args.words)!r}; put the rules in the cell "
+                "body."
+            )
         for name in ("description", "protocol", "scope"):
             if getattr(args, name) is not None:
-                raise UsageError(f"the %%coiled_ingress cell takes only --cluster and --apply, not "
-                                 f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body.")
+                raise UsageError(
+                    f"the %%coiled_ingress cell takes only --cluster and --apply, not "
+                    f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
+                )
         cell = substitute(cell, self.shell.user_ns, "the cell")
         from .settings import parse_coiled_options
 
@@ -305,12 +342,13 @@ class CoiledMagics(Magics, Configurable):
             if value in (None, False) or name in _OPTIONS_OF.get(command, ()):
                 continue
             if name == "apply":
-                raise UsageError("--apply is for the %%coiled_ingress cell; on a line, run "
-                                 "%coiled_ingress apply.")
+                raise UsageError(
+                    "--apply is for the %%coiled_ingress cell; on a line, run "
+                    "%coiled_ingress apply."
+                )
             takers = [c for c, names in _OPTIONS_OF.items() if name in names]
             what = f"%coiled_ingress {command}" if command else "%coiled_ingress"
-            raise UsageError(f"{what} does not take {flag}; it is for "
-                             f"{' and '.join(takers)}.")
+            raise UsageError(f"{what} does not take {flag}; it is for {' and '.join(takers)}.")
 
     def _cluster(self, args) -> str | None:
         """The cluster name, validated (with the backend, region and VPC) before any call."""
@@ -361,13 +399,14 @@ class CoiledMagics(Magics, Configurable):
         from dataclasses import replace
 
         from .provision import core
-        from .settings import (Layer, Resolved, effective_settings, restore_session,
-                               session_layer)
+        from .settings import Layer, Resolved, effective_settings, restore_session, session_layer
 
         current = effective_settings()
         prospective = current
         if rules is not None:
-            prospective = replace(prospective, ingress=Resolved(rules, Layer.SESSION, "this kernel"))
+            prospective = replace(
+                prospective, ingress=Resolved(rules, Layer.SESSION, "this kernel")
+            )
         core.desired_rules(prospective)
         before = session_layer()
         _change_session(rules, public_ip)
@@ -419,8 +458,9 @@ class CoiledMagics(Magics, Configurable):
     @line_magic
     @magic_arguments()
     @kwds(description=_SCHEDULER_IP_DESCRIPTION)
-    @argument("choice", nargs="?", metavar="public|private",
-              help="set it for this session; none shows it")
+    @argument(
+        "choice", nargs="?", metavar="public|private", help="set it for this session; none shows it"
+    )
     @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_scheduler_ip(self, line=""):
@@ -434,9 +474,11 @@ class CoiledMagics(Magics, Configurable):
             if choice is not None and choice.strip().lower() not in SCHEDULER_IP_WORDS:
                 close = difflib.get_close_matches(choice.strip().lower(), SCHEDULER_IP_WORDS, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UsageError(f"%coiled_scheduler_ip takes 'public' or 'private', not "
-                                 f"{choice!r}; {hint}public connects clients on the scheduler's "
-                                 "public IP, private on its private IP (VPN or peered VPC).")
+                raise UsageError(
+                    f"%coiled_scheduler_ip takes 'public' or 'private', not "
+                    f"{choice!r}; {hint}public connects clients on the scheduler's "
+                    "public IP, private on its private IP (VPN or peered VPC)."
+                )
             cluster = self._cluster(args)
             if choice is None:
                 return self._show(cluster)
@@ -459,8 +501,10 @@ def _split(text: str) -> list[str]:
     try:
         return shlex.split(text)
     except ValueError:
-        raise UsageError(f"the line {text.strip()!r} has a quote that is not closed; close it, or "
-                         "write the value without quotes.") from None
+        raise UsageError(
+            f"the line {text.strip()!r} has a quote that is not closed; close it, or "
+            "write the value without quotes."
+        ) from None
 
 
 def _parse(parser, argv: list[str]):
@@ -497,7 +541,7 @@ def _peel_options(body: str) -> tuple[str, list[str]]:
                 options.append("--help")
         if not match:
             break
-        text = stripped[match.end():]
+        text = stripped[match.end() :]
     while True:
         match = re.search(r"(?:^|\s)(?:-c|--cluster)(?:=|\s+)(\S+)\s*$", text)
         if match:
@@ -508,7 +552,7 @@ def _peel_options(body: str) -> tuple[str, list[str]]:
                 options.append("--help")
         if not match:
             break
-        text = text[:match.start()]
+        text = text[: match.start()]
     return text, options
 
 
@@ -518,15 +562,21 @@ def _ports_source_problem(command: str, positional: list[str]) -> str:
         got = f"only {positional[0]!r}" if positional else "nothing"
         return f"%coiled_ingress {command} needs PORTS and SOURCE but got {got}; e.g. {example}."
     if any(word.endswith(",") for word in positional[:-1]) or any(
-            word.startswith(",") for word in positional[1:]):
+        word.startswith(",") for word in positional[1:]
+    ):
         ports = "".join(word for word in positional if word.strip(",").replace(",", "").isdigit())
-        return (f"%coiled_ingress {command} takes PORTS as one word; write them without spaces, "
-                f"e.g. {ports or '8786,8787'!r}.")
+        return (
+            f"%coiled_ingress {command} takes PORTS as one word; write them without spaces, "
+            f"e.g. {ports or '8786,8787'!r}."
+        )
     extra = " ".join(positional[2:])
-    hint = (f"; for a description write --description {shlex.quote(extra)}" if command == "add"
-            else "")
-    return (f"%coiled_ingress {command} takes PORTS and SOURCE but also got {extra!r}{hint}; "
-            f"e.g. {example}.")
+    hint = (
+        f"; for a description write --description {shlex.quote(extra)}" if command == "add" else ""
+    )
+    return (
+        f"%coiled_ingress {command} takes PORTS and SOURCE but also got {extra!r}{hint}; "
+        f"e.g. {example}."
+    )
 
 
 def _help_text(parser) -> str:
@@ -544,8 +594,9 @@ def _change_session(rules, public_ip) -> None:
     from .rules import to_coiled
     from .settings import set_session
 
-    set_session(ingress=to_coiled(rules) if rules is not None else None,
-                use_scheduler_public_ip=public_ip)
+    set_session(
+        ingress=to_coiled(rules) if rules is not None else None, use_scheduler_public_ip=public_ip
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -651,7 +702,10 @@ def unload_ipython_extension(ipython) -> None:
             chain = dispatcher.strs.get(key)
             if chain is None:
                 continue
-            chain.chain = [(priority, f) for priority, f in chain.chain
-                           if getattr(f, "__func__", f) is not completer]
+            chain.chain = [
+                (priority, f)
+                for priority, f in chain.chain
+                if getattr(f, "__func__", f) is not completer
+            ]
             if not chain.chain:
                 del dispatcher.strs[key]

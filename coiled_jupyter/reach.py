@@ -31,8 +31,10 @@ YES, NO, UNKNOWN = "yes", "no", "unknown"
 PUBLIC_IP_CONFIG_KEY = "coiled.client_public_ip"
 # Address space that is only reachable inside a VPC, over a VPN or peering: RFC 1918, carrier-grade
 # NAT (also used by some VPNs such as Tailscale) and IPv6 unique local addresses.
-PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 # Dask speaks TCP on both ports.
 _PROTOCOL = "tcp"
 # A service's answer is one address; anything longer is an error page, not an answer.
@@ -66,7 +68,9 @@ def local_addresses() -> list[str]:
     return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, int(ip)))]
 
 
-def public_address(*, services: Sequence[str] | None = None, timeout: float | None = None) -> str | None:
+def public_address(
+    *, services: Sequence[str] | None = None, timeout: float | None = None
+) -> str | None:
     """This notebook's public address, or ``None`` when it cannot be known (offline, blocked, garbage).
 
     Dask's ``coiled.client_public_ip`` (Coiled's own key) wins, so a person behind an unusual NAT or
@@ -116,9 +120,13 @@ def _configured_public_address() -> str | None:
         return None
     address = _as_address(str(value))
     if address is None:
-        raise IngressError([f"{PUBLIC_IP_CONFIG_KEY} is {value!r}, which is not an IP address; set "
-                            "it to this notebook's public address, e.g. 203.0.113.7, or remove it to "
-                            "have it looked up."])
+        raise IngressError(
+            [
+                f"{PUBLIC_IP_CONFIG_KEY} is {value!r}, which is not an IP address; set "
+                "it to this notebook's public address, e.g. 203.0.113.7, or remove it to "
+                "have it looked up."
+            ]
+        )
     return address
 
 
@@ -130,8 +138,11 @@ def _ask(url: str, timeout: float) -> str | None:
     is abandoned at the deadline; being a daemon, it never holds up the kernel's exit.
     """
     answers: list[str | None] = []
-    thread = threading.Thread(target=lambda: answers.append(_fetch(url, timeout)),
-                              name="coiled-jupyter-public-ip", daemon=True)
+    thread = threading.Thread(
+        target=lambda: answers.append(_fetch(url, timeout)),
+        name="coiled-jupyter-public-ip",
+        daemon=True,
+    )
     thread.start()
     thread.join(timeout)
     return answers[0] if answers else None
@@ -182,8 +193,14 @@ class PortReach:
     rule: str | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "port": self.port, "verdict": self.verdict,
-                "reason": self.reason, "address": self.address, "rule": self.rule}
+        return {
+            "name": self.name,
+            "port": self.port,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "address": self.address,
+            "rule": self.rule,
+        }
 
 
 @dataclass(frozen=True)
@@ -222,19 +239,29 @@ class Reachability:
             origin = f"from its public address {self.public or '(unknown)'}"
             lines = [f"The client connects on the scheduler's public IP, {origin}."]
         else:
-            origin = (f"from {_words(self.local)}" if self.local
-                      else "but this notebook has no private address")
+            origin = (
+                f"from {_words(self.local)}"
+                if self.local
+                else "but this notebook has no private address"
+            )
             lines = [f"The client connects on the scheduler's private IP, {origin}."]
         for reach in self.ports:
-            lines.append(f"{reach.name.capitalize()} port {reach.port}: {reach.verdict}; "
-                         f"{reach.reason}")
+            lines.append(
+                f"{reach.name.capitalize()} port {reach.port}: {reach.verdict}; {reach.reason}"
+            )
         lines.extend(f"Warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
-def check(rules: Iterable[Rule], use_scheduler_public_ip: bool, *,
-          local: Iterable[str] | None = None, public: str | None = None,
-          scheduler_port: int | None = None, dashboard_port: int | None = None) -> Reachability:
+def check(
+    rules: Iterable[Rule],
+    use_scheduler_public_ip: bool,
+    *,
+    local: Iterable[str] | None = None,
+    public: str | None = None,
+    scheduler_port: int | None = None,
+    dashboard_port: int | None = None,
+) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
 
     ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_address`, which
@@ -247,7 +274,9 @@ def check(rules: Iterable[Rule], use_scheduler_public_ip: bool, *,
         scheduler_port = int(settings.option("scheduler-port"))
     if dashboard_port is None:
         dashboard_port = int(settings.option("dashboard-port"))
-    local = tuple(local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local))
+    local = tuple(
+        local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local)
+    )
     if public is None and (use_scheduler_public_ip or any(r.source == ME for r in rules)):
         public = public_address()
     elif public is not None:
@@ -256,43 +285,61 @@ def check(rules: Iterable[Rule], use_scheduler_public_ip: bool, *,
     if use_scheduler_public_ip:
         candidates = (public,) if public else ()
         kind = "this notebook's public address"
-        unknown = (f"{kind} is unknown (offline?); set {PUBLIC_IP_CONFIG_KEY} to tell it.")
+        unknown = f"{kind} is unknown (offline?); set {PUBLIC_IP_CONFIG_KEY} to tell it."
     else:
         candidates = local
         kind = "this notebook's private address"
-        unknown = ("this notebook has no private address on its network interfaces (only loopback "
-                   "or link-local); connect on the public IP with `%coiled_scheduler_ip public`.")
+        unknown = (
+            "this notebook has no private address on its network interfaces (only loopback "
+            "or link-local); connect on the public IP with `%coiled_scheduler_ip public`."
+        )
     scheduler, dashboard = (
         _judge(name, port, rules, candidates, kind, unknown, public)
-        for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port)))
+        for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port))
+    )
 
     warnings: list[str] = []
     public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
     if public_only:
         warnings.append(_private_ip_warning(public_only, scheduler_port, local))
     elif scheduler.verdict == NO:
-        warnings.append(_not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local,
-                                              public))
+        warnings.append(
+            _not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local, public)
+        )
     opened = open_to_everyone(rules)
     if opened:
         warnings.append(_open_warning(opened, scheduler_port, public))
-    return Reachability(use_scheduler_public_ip, local, public, scheduler, dashboard,
-                        tuple(warnings))
+    return Reachability(
+        use_scheduler_public_ip, local, public, scheduler, dashboard, tuple(warnings)
+    )
 
 
-def _judge(name: str, port: int, rules: list[Rule], candidates: Sequence[str], kind: str,
-           unknown: str, public: str | None) -> PortReach:
+def _judge(
+    name: str,
+    port: int,
+    rules: list[Rule],
+    candidates: Sequence[str],
+    kind: str,
+    unknown: str,
+    public: str | None,
+) -> PortReach:
     if not candidates:
         return PortReach(name, port, UNKNOWN, unknown)
     for address in candidates:
         rule = _admitting_rule(rules, port, address, public)
         if rule is not None:
             source = f"me ({public})" if rule.source == ME else rule.source
-            return PortReach(name, port, YES, f"{address} ({kind}) is admitted by {source}.",
-                             address, source)
+            return PortReach(
+                name, port, YES, f"{address} ({kind}) is admitted by {source}.", address, source
+            )
     kinds = kind + ("es" if len(candidates) > 1 else "")
-    return PortReach(name, port, NO, f"no rule admits {_words(candidates)} ({kinds}) on port {port}.",
-                     candidates[0])
+    return PortReach(
+        name,
+        port,
+        NO,
+        f"no rule admits {_words(candidates)} ({kinds}) on port {port}.",
+        candidates[0],
+    )
 
 
 def _admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
@@ -305,54 +352,82 @@ def _admitting_rule(rules: list[Rule], port: int, address: str, public: str | No
 
 def _public_only(rules: list[Rule], port: int) -> list[str]:
     """The networks admitted on ``port`` when none of them overlaps private space, else ``[]``."""
-    networks = [r.network for r in rules
-                if r.protocol == _PROTOCOL and r.from_port <= port <= r.to_port and r.network]
-    if any(net.overlaps(private) for net in networks for private in PRIVATE_NETWORKS
-           if net.version == private.version):
+    networks = [
+        r.network
+        for r in rules
+        if r.protocol == _PROTOCOL and r.from_port <= port <= r.to_port and r.network
+    ]
+    if any(
+        net.overlaps(private)
+        for net in networks
+        for private in PRIVATE_NETWORKS
+        if net.version == private.version
+    ):
         return []
     return list(dict.fromkeys(str(net) for net in networks))
 
 
 def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> str:
     own = next((a for a in local if _is_private(a) and ipaddress.ip_address(a).version == 4), None)
-    example = (str(ipaddress.ip_network(f"{own}/16", strict=False)) if own else "10.0.0.0/16")
+    example = str(ipaddress.ip_network(f"{own}/16", strict=False)) if own else "10.0.0.0/16"
     here = f" (this notebook is {own})" if own else ""
-    return (f"the client will connect on the scheduler's private IP, but the rules only admit public "
-            f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, e.g. "
-            f"`%coiled_ingress add {port} {example}`{here}, or connect on the public IP with "
-            "`%coiled_scheduler_ip public`.")
+    return (
+        f"the client will connect on the scheduler's private IP, but the rules only admit public "
+        f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, e.g. "
+        f"`%coiled_ingress add {port} {example}`{here}, or connect on the public IP with "
+        "`%coiled_scheduler_ip public`."
+    )
 
 
-def _not_admitted_warning(rules: list[Rule], scheduler: PortReach, use_public: bool,
-                          local: Sequence[str], public: str | None) -> str:
+def _not_admitted_warning(
+    rules: list[Rule],
+    scheduler: PortReach,
+    use_public: bool,
+    local: Sequence[str],
+    public: str | None,
+) -> str:
     port, address = scheduler.port, scheduler.address
     if use_public:
-        text = (f"this notebook's public address {address} is not admitted on port {port}, so the "
-                f"client will time out connecting to the scheduler; add it with "
-                f"`%coiled_ingress add {port} {address}` or `%coiled_ingress add {port} me`")
+        text = (
+            f"this notebook's public address {address} is not admitted on port {port}, so the "
+            f"client will time out connecting to the scheduler; add it with "
+            f"`%coiled_ingress add {port} {address}` or `%coiled_ingress add {port} me`"
+        )
         admitted_local = next((a for a in local if _admitting_rule(rules, port, a, public)), None)
         if admitted_local:
-            text += (f", or, if this notebook is in the cluster's network, connect on the private IP "
-                     f"with `%coiled_scheduler_ip private` ({admitted_local} is admitted)")
+            text += (
+                f", or, if this notebook is in the cluster's network, connect on the private IP "
+                f"with `%coiled_scheduler_ip private` ({admitted_local} is admitted)"
+            )
         return text + "."
     addresses = "address" if len(local) == 1 else "addresses"
     verb = "is" if len(local) == 1 else "are"
-    return (f"this notebook's private {addresses} {_words(local)} {verb} not admitted on port {port}, "
-            f"so the client will time out connecting to the scheduler; add your VPC range, or this "
-            f"notebook alone with `%coiled_ingress add {port} {address}`.")
+    return (
+        f"this notebook's private {addresses} {_words(local)} {verb} not admitted on port {port}, "
+        f"so the client will time out connecting to the scheduler; add your VPC range, or this "
+        f"notebook alone with `%coiled_ingress add {port} {address}`."
+    )
 
 
 def _open_warning(opened: list[Rule], scheduler_port: int, public: str | None) -> str:
-    ports = list(dict.fromkeys(r.ports + ("" if r.protocol == _PROTOCOL else f"/{r.protocol}")
-                               for r in opened))
+    ports = list(
+        dict.fromkeys(
+            r.ports + ("" if r.protocol == _PROTOCOL else f"/{r.protocol}") for r in opened
+        )
+    )
     networks = _words(list(dict.fromkeys(r.source for r in opened)))
-    example = (scheduler_port if any(r.from_port <= scheduler_port <= r.to_port for r in opened)
-               else opened[0].from_port)
+    example = (
+        scheduler_port
+        if any(r.from_port <= scheduler_port <= r.to_port for r in opened)
+        else opened[0].from_port
+    )
     me = f"`me` ({public})" if public else "`me`"
-    return (f"{'port' if len(ports) == 1 else 'ports'} {_words(ports)} "
-            f"{'is' if len(ports) == 1 else 'are'} open to the whole internet ({networks}); restrict "
-            f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
-            f"`%coiled_ingress add {example} me`, then remove {networks}.")
+    return (
+        f"{'port' if len(ports) == 1 else 'ports'} {_words(ports)} "
+        f"{'is' if len(ports) == 1 else 'are'} open to the whole internet ({networks}); restrict "
+        f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
+        f"`%coiled_ingress add {example} me`, then remove {networks}."
+    )
 
 
 def _is_private(address: str) -> bool:

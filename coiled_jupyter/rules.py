@@ -153,8 +153,10 @@ def parse_ingress(value, *, where: str = "ingress") -> list[Rule]:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise IngressError(
-            [f"{where} must be a list of rules like [{{'ports': [8786], 'cidr': '10.1.0.0/16'}}], "
-             f"not {type(value).__name__} {value!r}."]
+            [
+                f"{where} must be a list of rules like [{{'ports': [8786], 'cidr': '10.1.0.0/16'}}], "
+                f"not {type(value).__name__} {value!r}."
+            ]
         )
     problems: list[str] = []
     rules: list[Rule] = []
@@ -173,19 +175,25 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
     """One ``{"ports": ..., "cidr": ...}`` dict into rules (one per port entry and source network)."""
     if not isinstance(item, Mapping):
         raise IngressError(
-            [f"{where} must be a mapping like {{'ports': [8786], 'cidr': '10.1.0.0/16'}}, "
-             f"not {type(item).__name__} {item!r}."]
+            [
+                f"{where} must be a mapping like {{'ports': [8786], 'cidr': '10.1.0.0/16'}}, "
+                f"not {type(item).__name__} {item!r}."
+            ]
         )
     problems: list[str] = []
     for key in item:
         if key not in ALLOWED_KEYS:
             close = difflib.get_close_matches(str(key), ALLOWED_KEYS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"use only {', '.join(ALLOWED_KEYS)}."
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"use only {', '.join(ALLOWED_KEYS)}."
+            )
             problems.append(f"{where} has unknown key {key!r}; {hint}")
     for required in ("ports", "cidr"):
         if required not in item:
             problems.append(f"{where} has no '{required}'; add e.g. {_EXAMPLE[required]}.")
-    port_ranges = _collect(problems, parse_ports, item.get("ports"), where) if "ports" in item else []
+    port_ranges = (
+        _collect(problems, parse_ports, item.get("ports"), where) if "ports" in item else []
+    )
     sources = _collect(problems, parse_source, item.get("cidr"), where) if "cidr" in item else []
     protocol = _collect(problems, parse_protocol, item.get("protocol", "tcp"), where)
     description = _collect(problems, parse_description, item.get("description", ""), where)
@@ -219,15 +227,21 @@ def load_text(text: str, where: str):
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "it is not valid YAML"
-        raise IngressError([f"{where} text could not be read{at}: {problem}; check the indentation "
-                            "and quote values that contain ':'."]) from None
+        raise IngressError(
+            [
+                f"{where} text could not be read{at}: {problem}; check the indentation "
+                "and quote values that contain ':'."
+            ]
+        ) from None
 
 
 def parse_ports(value, *, where: str = "ports") -> list[tuple[int, int]]:
     """A port, a range string, or a list of them, into sorted (low, high) ranges."""
     entries = value if isinstance(value, (list, tuple)) else [value]
     if not entries:
-        raise IngressError([f"{where} has an empty 'ports' list; list at least one port, e.g. [8786]."])
+        raise IngressError(
+            [f"{where} has an empty 'ports' list; list at least one port, e.g. [8786]."]
+        )
     problems: list[str] = []
     ranges: list[tuple[int, int]] = []
     for entry in entries:
@@ -242,12 +256,21 @@ def parse_ports(value, *, where: str = "ports") -> list[tuple[int, int]]:
 
 def _parse_port_entry(entry, where: str) -> tuple[int, int]:
     if isinstance(entry, bool):
-        raise IngressError([f"{where} has port {entry!r}, which is a boolean, not a port; "
-                            "write a number from 1 to 65535."])
+        raise IngressError(
+            [
+                f"{where} has port {entry!r}, which is a boolean, not a port; "
+                "write a number from 1 to 65535."
+            ]
+        )
     if isinstance(entry, float):
-        raise IngressError([f"{where} has port {entry!r}, which is not a whole number; "
-                            f"write {int(entry)} if that is what you mean." if entry.is_integer()
-                            else f"{where} has port {entry!r}, which is not a whole number."])
+        raise IngressError(
+            [
+                f"{where} has port {entry!r}, which is not a whole number; "
+                f"write {int(entry)} if that is what you mean."
+                if entry.is_integer()
+                else f"{where} has port {entry!r}, which is not a whole number."
+            ]
+        )
     if isinstance(entry, int):
         return (_check_port(entry, where), _check_port(entry, where))
     if isinstance(entry, str):
@@ -260,18 +283,32 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
             low = _check_port(int(match.group(1)), where)
             high = _check_port(int(match.group(2)), where)
             if low > high:
-                raise IngressError([f"{where} has range {entry!r} whose start is above its end; "
-                                    f"write '{high}-{low}'."])
+                raise IngressError(
+                    [
+                        f"{where} has range {entry!r} whose start is above its end; "
+                        f"write '{high}-{low}'."
+                    ]
+                )
             return (low, high)
-        raise IngressError([f"{where} has port {entry!r}, which is not a port; write a number like "
-                            "8786 or a range like '8000-8100'."])
-    raise IngressError([f"{where} has port {entry!r} of type {type(entry).__name__}; write a number "
-                        "like 8786 or a range like '8000-8100'."])
+        raise IngressError(
+            [
+                f"{where} has port {entry!r}, which is not a port; write a number like "
+                "8786 or a range like '8000-8100'."
+            ]
+        )
+    raise IngressError(
+        [
+            f"{where} has port {entry!r} of type {type(entry).__name__}; write a number "
+            "like 8786 or a range like '8000-8100'."
+        ]
+    )
 
 
 def _check_port(port: int, where: str) -> int:
     if not 1 <= port <= 65535:
-        raise IngressError([f"{where} has port {port}, outside 1-65535; use a port from 1 to 65535."])
+        raise IngressError(
+            [f"{where} has port {port}, outside 1-65535; use a port from 1 to 65535."]
+        )
     return port
 
 
@@ -288,11 +325,17 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
         if problems:
             raise IngressError(problems)
         if not value:
-            raise IngressError([f"{where} has an empty 'cidr' list; give a network like 10.1.0.0/16."])
+            raise IngressError(
+                [f"{where} has an empty 'cidr' list; give a network like 10.1.0.0/16."]
+            )
         return list(dict.fromkeys(sources))
     if not isinstance(value, str):
-        raise IngressError([f"{where} has cidr {value!r} of type {type(value).__name__}; write a "
-                            "network in quotes like '10.1.0.0/16', 'me' or 'everyone'."])
+        raise IngressError(
+            [
+                f"{where} has cidr {value!r} of type {type(value).__name__}; write a "
+                "network in quotes like '10.1.0.0/16', 'me' or 'everyone'."
+            ]
+        )
     text = value.strip()
     lowered = text.lower()
     if lowered == EVERYONE:
@@ -301,8 +344,12 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
         return [ME]
     if lowered.startswith("sg-"):
         if not _GROUP_ID.match(lowered):
-            raise IngressError([f"{where} has security group {value!r}, which is not a group id; "
-                                "a group id looks like 'sg-0123456789abcdef0'."])
+            raise IngressError(
+                [
+                    f"{where} has security group {value!r}, which is not a group id; "
+                    "a group id looks like 'sg-0123456789abcdef0'."
+                ]
+            )
         return [lowered]
     return [canonical_network(text, where=where)]
 
@@ -315,24 +362,39 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise IngressError([f"{where} has cidr {text!r}, which is not an IP network; write it like "
-                            "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."]
-                           ) from None
+        raise IngressError(
+            [
+                f"{where} has cidr {text!r}, which is not an IP network; write it like "
+                "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."
+            ]
+        ) from None
     if getattr(ip, "scope_id", None):
-        raise IngressError([f"{where} has cidr {text!r} with a zone '%{ip.scope_id}', which a firewall "
-                            "rule cannot hold; remove it."])
+        raise IngressError(
+            [
+                f"{where} has cidr {text!r} with a zone '%{ip.scope_id}', which a firewall "
+                "rule cannot hold; remove it."
+            ]
+        )
     if not slash:
         return str(ipaddress.ip_network(ip))
     limit = ip.max_prefixlen
     if not _NUMBER.fullmatch(prefix) or not 0 <= int(prefix) <= limit:
-        raise IngressError([f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
-                            f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
-                            "address."])
+        raise IngressError(
+            [
+                f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
+                f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
+                "address."
+            ]
+        )
     network = ipaddress.ip_network(f"{ip}/{int(prefix)}", strict=False)
     if network.network_address != ip:
-        raise IngressError([f"{where} has cidr {text!r} with host bits set, which would admit all of "
-                            f"{network}; did you mean '{network}'? (or '{ip}/{limit}' for the one "
-                            "address)"])
+        raise IngressError(
+            [
+                f"{where} has cidr {text!r} with host bits set, which would admit all of "
+                f"{network}; did you mean '{network}'? (or '{ip}/{limit}' for the one "
+                "address)"
+            ]
+        )
     return str(network)
 
 
@@ -348,12 +410,20 @@ def parse_description(value, *, where: str = "description") -> str:
     if not isinstance(value, str):
         raise IngressError([f"{where} has description {value!r}, which is not text; quote it."])
     if len(value) > DESCRIPTION_MAX:
-        raise IngressError([f"{where} has a description of {len(value)} characters; AWS allows at "
-                            f"most {DESCRIPTION_MAX}, shorten it."])
+        raise IngressError(
+            [
+                f"{where} has a description of {len(value)} characters; AWS allows at "
+                f"most {DESCRIPTION_MAX}, shorten it."
+            ]
+        )
     if not _DESCRIPTION_OK.fullmatch(value):  # match() would let a final "\n" through
         bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.fullmatch(c)}))
-        raise IngressError([f"{where} has description {value!r} with characters AWS refuses "
-                            f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."])
+        raise IngressError(
+            [
+                f"{where} has description {value!r} with characters AWS refuses "
+                f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."
+            ]
+        )
     return value
 
 
@@ -378,7 +448,9 @@ def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
     return canonical(out)
 
 
-def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, provenance: str = "") -> list[Rule]:
+def subtract(
+    current: Iterable[Rule], removing: Iterable[Rule], *, provenance: str = ""
+) -> list[Rule]:
     """``current`` without ``removing``: a port inside a range is cut out of the range.
 
     Every rule to remove must be admitted by ``current``, or an :class:`IngressError` names it and
@@ -388,8 +460,11 @@ def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, provenance: s
     current, removing = list(current), list(removing)
 
     def covered(rule: Rule) -> bool:
-        spans = sorted((r.from_port, r.to_port) for r in current
-                       if r.protocol == rule.protocol and r.source == rule.source)
+        spans = sorted(
+            (r.from_port, r.to_port)
+            for r in current
+            if r.protocol == rule.protocol and r.source == rule.source
+        )
         need = rule.from_port
         for low, high in spans:
             if low <= need <= high:
@@ -399,24 +474,43 @@ def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, provenance: s
         return False
 
     present = [r for r in removing if covered(r)]
-    missing = [r for r in removing if not covered(r) and not (
-        r.source in EVERYONE_NETWORKS
-        and any(p.source in EVERYONE_NETWORKS and (p.protocol, p.from_port, p.to_port)
-                == (r.protocol, r.from_port, r.to_port) for p in present))]
+    missing = [
+        r
+        for r in removing
+        if not covered(r)
+        and not (
+            r.source in EVERYONE_NETWORKS
+            and any(
+                p.source in EVERYONE_NETWORKS
+                and (p.protocol, p.from_port, p.to_port) == (r.protocol, r.from_port, r.to_port)
+                for p in present
+            )
+        )
+    ]
     if missing:
         where = f" (from {provenance})" if provenance else ""
         there = ", ".join(str(r) for r in current) or "no rules at all"
-        raise IngressError([f"cannot remove {', '.join(str(r) for r in missing)}: it is not in the "
-                            f"effective rules{where}, which are: {there}."])
+        raise IngressError(
+            [
+                f"cannot remove {', '.join(str(r) for r in missing)}: it is not in the "
+                f"effective rules{where}, which are: {there}."
+            ]
+        )
     out: list[Rule] = []
     for rule in current:
         pieces = [(rule.from_port, rule.to_port)]
         for cut in present:
             if (cut.protocol, cut.source) != (rule.protocol, rule.source):
                 continue
-            pieces = [piece for low, high in pieces for piece in (
-                (low, min(high, cut.from_port - 1)), (max(low, cut.to_port + 1), high))
-                if piece[0] <= piece[1]]
+            pieces = [
+                piece
+                for low, high in pieces
+                for piece in (
+                    (low, min(high, cut.from_port - 1)),
+                    (max(low, cut.to_port + 1), high),
+                )
+                if piece[0] <= piece[1]
+            ]
         out.extend(replace(rule, from_port=low, to_port=high) for low, high in pieces)
     return canonical(out)
 
@@ -445,10 +539,18 @@ def compact(rules: Iterable[Rule]) -> list[Rule]:
 
 def _drop_covered(rules: list[Rule]) -> list[Rule]:
     """Drop rules that another rule wholly covers (distinct canonical rules never cover each other)."""
-    return [rule for rule in rules if not any(
-        other.key != rule.key and other.protocol == rule.protocol
-        and other.from_port <= rule.from_port and rule.to_port <= other.to_port
-        and _covers(other.source, rule.source) for other in rules)]
+    return [
+        rule
+        for rule in rules
+        if not any(
+            other.key != rule.key
+            and other.protocol == rule.protocol
+            and other.from_port <= rule.from_port
+            and rule.to_port <= other.to_port
+            and _covers(other.source, rule.source)
+            for other in rules
+        )
+    ]
 
 
 def _merge_ports(rules: list[Rule]) -> list[Rule]:
@@ -471,8 +573,12 @@ def _merge_ports(rules: list[Rule]) -> list[Rule]:
 
 def _span(run: list[Rule]) -> Rule:
     first = run[0]
-    return replace(first, from_port=min(r.from_port for r in run),
-                   to_port=max(r.to_port for r in run), description=_join_descriptions(run))
+    return replace(
+        first,
+        from_port=min(r.from_port for r in run),
+        to_port=max(r.to_port for r in run),
+        description=_join_descriptions(run),
+    )
 
 
 def _collapse_networks(rules: list[Rule]) -> list[Rule]:
@@ -483,8 +589,9 @@ def _collapse_networks(rules: list[Rule]) -> list[Rule]:
         if network is None:
             out.append(rule)
         else:
-            by_ports.setdefault((rule.protocol, rule.from_port, rule.to_port, network.version),
-                                []).append(rule)
+            by_ports.setdefault(
+                (rule.protocol, rule.from_port, rule.to_port, network.version), []
+            ).append(rule)
     for (protocol, low, high, _), members in by_ports.items():
         for network in ipaddress.collapse_addresses(r.network for r in members):
             source = str(network)
@@ -526,8 +633,10 @@ def expand(rules: Iterable[Rule], *, max_ports: int = 16) -> list[Rule]:
     out: list[Rule] = []
     for rule in rules:
         if rule.to_port - rule.from_port < max_ports:
-            out.extend(replace(rule, from_port=p, to_port=p) for p in range(rule.from_port,
-                                                                             rule.to_port + 1))
+            out.extend(
+                replace(rule, from_port=p, to_port=p)
+                for p in range(rule.from_port, rule.to_port + 1)
+            )
         else:
             out.append(rule)
     return canonical(out)
@@ -538,8 +647,13 @@ def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> boo
     ip = ipaddress.ip_address(address)
     for rule in rules:
         net = rule.network
-        if (rule.protocol == protocol and rule.from_port <= port <= rule.to_port and net is not None
-                and net.version == ip.version and ip in net):
+        if (
+            rule.protocol == protocol
+            and rule.from_port <= port <= rule.to_port
+            and net is not None
+            and net.version == ip.version
+            and ip in net
+        ):
             return True
     return False
 

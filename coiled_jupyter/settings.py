@@ -16,9 +16,10 @@ import enum
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
 
@@ -98,8 +99,10 @@ class Settings:
 
     def to_coiled(self) -> dict:
         """Coiled's shape: ``{"ingress": [...], "use_scheduler_public_ip": bool}``."""
-        return {"ingress": to_coiled(self.rules),
-                "use_scheduler_public_ip": self.use_scheduler_public_ip.value}
+        return {
+            "ingress": to_coiled(self.rules),
+            "use_scheduler_public_ip": self.use_scheduler_public_ip.value,
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,13 +127,18 @@ def layer_from_options(layer: Layer, options: dict | None, origin: str = "") -> 
     public_ip = options.get("use_scheduler_public_ip")
     if public_ip is not None:
         public_ip = parse_public_ip(public_ip, where=f"use_scheduler_public_ip in {where}")
-    return LayerValues(layer, ingress, public_ip,
-                       origin if ingress is not None else "",
-                       origin if public_ip is not None else "")
+    return LayerValues(
+        layer,
+        ingress,
+        public_ip,
+        origin if ingress is not None else "",
+        origin if public_ip is not None else "",
+    )
 
 
-def parse_coiled_options(value, *, where: str = "the settings") -> tuple[list[Rule] | None,
-                                                                        bool | None]:
+def parse_coiled_options(
+    value, *, where: str = "the settings"
+) -> tuple[list[Rule] | None, bool | None]:
     """Rules and the toggle from what people paste: a rule list, one rule,
     ``{ingress: ..., use_scheduler_public_ip: ...}``, or a whole ``coiled:`` snippet exactly as in
     Coiled's documentation; as YAML/JSON text or Python values. Every problem is reported at once.
@@ -140,29 +148,48 @@ def parse_coiled_options(value, *, where: str = "the settings") -> tuple[list[Ru
 
     data = load_text(value, where) if isinstance(value, str) else value
     if data is None:
-        raise IngressError([f"{where} is empty; write a rule list like [{{ports: [8786], cidr: "
-                            "10.1.0.0/16}] or a coiled: snippet."])
+        raise IngressError(
+            [
+                f"{where} is empty; write a rule list like [{{ports: [8786], cidr: "
+                "10.1.0.0/16}] or a coiled: snippet."
+            ]
+        )
     problems: list[str] = []
     if isinstance(data, dict) and _get(data, "coiled") is not None:
         coiled = _get(data, "coiled")
         if not isinstance(coiled, dict):
-            raise IngressError([f"'coiled' in {where} must be a mapping with backend-options and "
-                                "use_scheduler_public_ip, as in Coiled's documentation."])
-        problems += _unknown_keys(coiled, ("backend-options", "use_scheduler_public_ip"),
-                                  f"'coiled' in {where}", strict=False)
+            raise IngressError(
+                [
+                    f"'coiled' in {where} must be a mapping with backend-options and "
+                    "use_scheduler_public_ip, as in Coiled's documentation."
+                ]
+            )
+        problems += _unknown_keys(
+            coiled,
+            ("backend-options", "use_scheduler_public_ip"),
+            f"'coiled' in {where}",
+            strict=False,
+        )
         backend = _get(coiled, "backend-options") or {}
         if not isinstance(backend, dict):
             problems.append(f"'coiled.backend-options' in {where} must be a mapping with ingress.")
             backend = {}
-        problems += _unknown_keys(backend, ("ingress", "firewall"),
-                                  f"'coiled.backend-options' in {where}", strict=False)
-        options = {"ingress": _get(backend, "ingress"), "firewall": _get(backend, "firewall"),
-                   "use_scheduler_public_ip": _get(coiled, "use_scheduler_public_ip")}
-    elif isinstance(data, dict) and (_get(data, "ingress") is not None
-                                     or _get(data, "use_scheduler_public_ip") is not None):
+        problems += _unknown_keys(
+            backend, ("ingress", "firewall"), f"'coiled.backend-options' in {where}", strict=False
+        )
+        options = {
+            "ingress": _get(backend, "ingress"),
+            "firewall": _get(backend, "firewall"),
+            "use_scheduler_public_ip": _get(coiled, "use_scheduler_public_ip"),
+        }
+    elif isinstance(data, dict) and (
+        _get(data, "ingress") is not None or _get(data, "use_scheduler_public_ip") is not None
+    ):
         problems += _unknown_keys(data, ("ingress", "use_scheduler_public_ip"), where)
-        options = {"ingress": _get(data, "ingress"),
-                   "use_scheduler_public_ip": _get(data, "use_scheduler_public_ip")}
+        options = {
+            "ingress": _get(data, "ingress"),
+            "use_scheduler_public_ip": _get(data, "use_scheduler_public_ip"),
+        }
     else:
         options = {"ingress": data}
     rules = public_ip = None
@@ -179,15 +206,18 @@ def parse_coiled_options(value, *, where: str = "the settings") -> tuple[list[Ru
     except IngressError as error:
         problems += error.problems
     if not problems and rules is None and public_ip is None:
-        problems.append(f"{where} sets neither coiled.backend-options.ingress nor "
-                        "coiled.use_scheduler_public_ip; write them as in Coiled's documentation.")
+        problems.append(
+            f"{where} sets neither coiled.backend-options.ingress nor "
+            "coiled.use_scheduler_public_ip; write them as in Coiled's documentation."
+        )
     if problems:
         raise IngressError(problems)
     return rules, public_ip
 
 
-def _unknown_keys(mapping: dict, known: tuple[str, ...], where: str, *,
-                  strict: bool = True) -> list[str]:
+def _unknown_keys(
+    mapping: dict, known: tuple[str, ...], where: str, *, strict: bool = True
+) -> list[str]:
     """Keys Coiled's format does not have, with a did-you-mean ('-' and '_' are alike, as in Dask).
 
     Not ``strict``: only near-misses of ``known`` are reported, since a pasted ``coiled:`` snippet
@@ -215,12 +245,22 @@ def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _PUBLIC_IP_WORDS:
         return _PUBLIC_IP_WORDS[value.strip().lower()]
-    raise IngressError([f"{where} is {value!r}; use true (connect on the scheduler's public IP) or "
-                        "false (its private IP)."])
+    raise IngressError(
+        [
+            f"{where} is {value!r}; use true (connect on the scheduler's public IP) or "
+            "false (its private IP)."
+        ]
+    )
 
 
-_PUBLIC_IP_WORDS = {"public": True, "true": True, "yes": True, "private": False, "false": False,
-                    "no": False}
+_PUBLIC_IP_WORDS = {
+    "public": True,
+    "true": True,
+    "yes": True,
+    "private": False,
+    "false": False,
+    "no": False,
+}
 
 
 def _get(mapping: dict, *path: str):
@@ -267,8 +307,10 @@ def config_layer() -> LayerValues:
 
     ingress, ingress_origin = None, ""
     public_ip, public_ip_origin = None, ""
-    sources = [(str(path), data) for path, data in dask.config.collect_yaml(
-        _config_search_paths(), return_paths=True)]
+    sources = [
+        (str(path), data)
+        for path, data in dask.config.collect_yaml(_config_search_paths(), return_paths=True)
+    ]
     env = dask.config.collect_env(os.environ)
     sources.append((_env_origin(), env))
     for origin, data in sources:
@@ -281,10 +323,16 @@ def config_layer() -> LayerValues:
             public_ip = options["use_scheduler_public_ip"]
     # Parsed apart, so that a bad value is reported with the place it came from.
     ingress_values = layer_from_options(Layer.CONFIG, ingress, origin=ingress_origin)
-    public_ip_values = layer_from_options(Layer.CONFIG, {"use_scheduler_public_ip": public_ip},
-                                          origin=public_ip_origin)
-    return LayerValues(Layer.CONFIG, ingress_values.ingress,
-                       public_ip_values.use_scheduler_public_ip, ingress_origin, public_ip_origin)
+    public_ip_values = layer_from_options(
+        Layer.CONFIG, {"use_scheduler_public_ip": public_ip}, origin=public_ip_origin
+    )
+    return LayerValues(
+        Layer.CONFIG,
+        ingress_values.ingress,
+        public_ip_values.use_scheduler_public_ip,
+        ingress_origin,
+        public_ip_origin,
+    )
 
 
 def _env_origin(suffix: str = "") -> str:
@@ -307,16 +355,21 @@ _session = _Session()
 
 
 def session_layer() -> LayerValues:
-    return LayerValues(Layer.SESSION, _session.ingress, _session.use_scheduler_public_ip,
-                       "this kernel" if _session.ingress is not None else "",
-                       "this kernel" if _session.use_scheduler_public_ip is not None else "")
+    return LayerValues(
+        Layer.SESSION,
+        _session.ingress,
+        _session.use_scheduler_public_ip,
+        "this kernel" if _session.ingress is not None else "",
+        "this kernel" if _session.use_scheduler_public_ip is not None else "",
+    )
 
 
 def set_session(*, ingress=None, use_scheduler_public_ip=None) -> None:
     """Set this kernel's session values; ``ingress`` is parsed first, so a bad value changes nothing."""
     rules = parse_ingress(ingress, where="ingress") if ingress is not None else None
-    public_ip = (parse_public_ip(use_scheduler_public_ip)
-                 if use_scheduler_public_ip is not None else None)
+    public_ip = (
+        parse_public_ip(use_scheduler_public_ip) if use_scheduler_public_ip is not None else None
+    )
     if rules is not None:
         _session.ingress = rules
     if public_ip is not None:
@@ -349,10 +402,16 @@ def _mirror_session() -> None:
 
     layer = config_layer()
     ingress = _session.ingress if _session.ingress is not None else layer.ingress
-    public_ip = (_session.use_scheduler_public_ip if _session.use_scheduler_public_ip is not None
-                 else layer.use_scheduler_public_ip)
-    _set_or_drop(dask.config.config, ("coiled", "backend-options", "ingress"),
-                 to_coiled(ingress) if ingress is not None else None)
+    public_ip = (
+        _session.use_scheduler_public_ip
+        if _session.use_scheduler_public_ip is not None
+        else layer.use_scheduler_public_ip
+    )
+    _set_or_drop(
+        dask.config.config,
+        ("coiled", "backend-options", "ingress"),
+        to_coiled(ingress) if ingress is not None else None,
+    )
     _set_or_drop(dask.config.config, ("coiled", "use_scheduler_public_ip"), public_ip)
 
 
@@ -377,8 +436,9 @@ def _set_or_drop(config: dict, path: tuple[str, ...], value) -> None:
 AccountLoader = Callable[[], "LayerValues | None"]
 
 
-def effective_settings(backend_options: dict | None = None, *,
-                       account: AccountLoader | None = None) -> Settings:
+def effective_settings(
+    backend_options: dict | None = None, *, account: AccountLoader | None = None
+) -> Settings:
     """Resolve every layer into the effective settings with provenance.
 
     ``backend_options`` is one cluster's options (the strongest layer). ``account`` loads the account
@@ -404,8 +464,9 @@ def resolve(layers: list[LayerValues]) -> Settings:
         if values.ingress is not None:
             ingress = Resolved(values.ingress, values.layer, values.ingress_origin)
         if values.use_scheduler_public_ip is not None:
-            public_ip = Resolved(values.use_scheduler_public_ip, values.layer,
-                                 values.public_ip_origin)
+            public_ip = Resolved(
+                values.use_scheduler_public_ip, values.layer, values.public_ip_origin
+            )
     if ingress is None or public_ip is None:
         raise ValueError("the built-in default layer must set every value")
     return Settings(ingress, public_ip, tuple(ordered))
@@ -463,8 +524,12 @@ def _ensure_defaults() -> None:
 # Writing the Dask config file
 
 
-def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool | None = None, *,
-                path: Path | str | None = None) -> Path:
+def save_config(
+    ingress: list[Rule] | None = None,
+    use_scheduler_public_ip: bool | None = None,
+    *,
+    path: Path | str | None = None,
+) -> Path:
     """Write ingress and the toggle into ``coiled.yaml`` in Dask's config directory.
 
     Every key and comment the tool does not own is kept, the write is atomic (a temporary file in the
@@ -490,15 +555,19 @@ def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool
         try:
             data = yaml.load(text) if text.strip() else CommentedMap()
         except YAMLError as error:
-            raise ConfigFileError(f"{target} cannot be parsed as YAML ({_first_line(error)}); fix or "
-                                  "move it, nothing was written.") from None
+            raise ConfigFileError(
+                f"{target} cannot be parsed as YAML ({_first_line(error)}); fix or "
+                "move it, nothing was written."
+            ) from None
         if data is None:  # ruamel drops the comments of a file that holds nothing else
             data = CommentedMap()
-            header = "".join(line for line in text.splitlines(keepends=True)
-                             if line.lstrip().startswith("#"))
+            header = "".join(
+                line for line in text.splitlines(keepends=True) if line.lstrip().startswith("#")
+            )
         if not isinstance(data, dict):
-            raise ConfigFileError(f"{target} does not hold a mapping at the top; fix or move it, "
-                                  "nothing was written.")
+            raise ConfigFileError(
+                f"{target} does not hold a mapping at the top; fix or move it, nothing was written."
+            )
         mode = target.stat().st_mode & 0o7777
     else:
         data = CommentedMap()
@@ -530,8 +599,11 @@ def save_config(ingress: list[Rule] | None = None, use_scheduler_public_ip: bool
 def _guess_indent(text: str) -> dict:
     """The indentation a YAML file uses (ruamel's ``mapping``, ``sequence`` and dash ``offset``)."""
     found = {"mapping": None, "sequence": None, "offset": None}
-    lines = [line.rstrip() for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line.rstrip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     for parent, child in zip(lines, lines[1:]):
         if not parent.endswith(":") or parent.lstrip().startswith("- "):
             continue
@@ -556,8 +628,10 @@ def _child(mapping, key: str):
     if node is None:
         node = mapping[spelling] = CommentedMap()
     elif not isinstance(node, dict):
-        raise ConfigFileError(f"'{key}' in the Dask config file is not a mapping; fix it by hand, "
-                              "nothing was written.")
+        raise ConfigFileError(
+            f"'{key}' in the Dask config file is not a mapping; fix it by hand, "
+            "nothing was written."
+        )
     return node
 
 

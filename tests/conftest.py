@@ -89,8 +89,13 @@ def _independent_clients(sandbox_server):
     import boto3
 
     def make(service):
-        return boto3.client(service, endpoint_url=sandbox_server.url, region_name="us-east-1",
-                            aws_access_key_id="reader", aws_secret_access_key="reader")
+        return boto3.client(
+            service,
+            endpoint_url=sandbox_server.url,
+            region_name="us-east-1",
+            aws_access_key_id="reader",
+            aws_secret_access_key="reader",
+        )
 
     return {"ec2": make("ec2"), "ssm": make("ssm")}
 
@@ -138,11 +143,27 @@ class Faults:
             client.meta.events.register("before-send", self._handler)
             self._clients.append(client)
 
-    def fail(self, operation: str, code: str, *, status: int = 400, times: int | None = 1,
-             skip: int = 0, message: str | None = None, before=None) -> None:
+    def fail(
+        self,
+        operation: str,
+        code: str,
+        *,
+        status: int = 400,
+        times: int | None = 1,
+        skip: int = 0,
+        message: str | None = None,
+        before=None,
+    ) -> None:
         self._rules.setdefault(operation, []).append(
-            {"code": code, "status": status, "times": times, "skip": skip, "before": before,
-             "message": message or f"injected {code}"})
+            {
+                "code": code,
+                "status": status,
+                "times": times,
+                "skip": skip,
+                "before": before,
+                "message": message or f"injected {code}",
+            }
+        )
 
     def clear(self) -> None:
         self._rules.clear()
@@ -169,9 +190,11 @@ class Faults:
             if rule["before"] is not None:
                 rule["before"](request)
             if service == "ec2":
-                body = (f"<Response><Errors><Error><Code>{rule['code']}</Code><Message>"
-                        f"{rule['message']}</Message></Error></Errors><RequestID>injected"
-                        "</RequestID></Response>").encode()
+                body = (
+                    f"<Response><Errors><Error><Code>{rule['code']}</Code><Message>"
+                    f"{rule['message']}</Message></Error></Errors><RequestID>injected"
+                    "</RequestID></Response>"
+                ).encode()
                 headers = {"Content-Type": "text/xml"}
             else:
                 import json
@@ -215,8 +238,9 @@ def faults(sandbox, make_faults):
 def _image_id(_independent_clients):
     ec2 = _independent_clients["ec2"]
     # moto knows ~1300 images and lists them all in ~1 s; a filter answers at once.
-    images = ec2.describe_images(Owners=["amazon"], Filters=[
-        {"Name": "name", "Values": ["amzn2-ami-hvm-*"]}])["Images"]
+    images = ec2.describe_images(
+        Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-hvm-*"]}]
+    )["Images"]
     return (images or ec2.describe_images(Owners=["amazon"])["Images"])[0]["ImageId"]
 
 
@@ -227,10 +251,15 @@ def launch(_independent_clients, _image_id):
     ec2 = _independent_clients["ec2"]
 
     def run(group_id: str, name: str, subnet: str | None = None) -> dict:
-        kwargs = {"ImageId": _image_id, "MinCount": 1, "MaxCount": 1,
-                  "SecurityGroupIds": [group_id],
-                  "TagSpecifications": [{"ResourceType": "instance",
-                                         "Tags": [{"Key": "Name", "Value": name}]}]}
+        kwargs = {
+            "ImageId": _image_id,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "SecurityGroupIds": [group_id],
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}
+            ],
+        }
         if subnet:
             kwargs["SubnetId"] = subnet
         instance_id = ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]

@@ -32,8 +32,13 @@ def stored(ssm, name: str = PARAMETER):
 
 
 def _everything_said(error: BaseException) -> str:
-    return "\n".join([str(error), repr(error), "".join(
-        traceback.format_exception(type(error), error, error.__traceback__))])
+    return "\n".join(
+        [
+            str(error),
+            repr(error),
+            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,9 +49,12 @@ def test_defaults_are_stored_in_ssm_and_become_the_account_layer(cloud):
     core.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
 
     assert stored(cloud.ssm) == {
-        "ingress": [{"ports": [8786], "cidr": "10.1.0.0/16", "description": "VPN"},
-                    {"ports": [8787], "cidr": "10.1.0.0/16", "description": "VPN"}],
-        "use_scheduler_public_ip": False}
+        "ingress": [
+            {"ports": [8786], "cidr": "10.1.0.0/16", "description": "VPN"},
+            {"ports": [8787], "cidr": "10.1.0.0/16", "description": "VPN"},
+        ],
+        "use_scheduler_public_ip": False,
+    }
     settings = effective_settings()
     assert settings.ingress.provenance == PROVENANCE
     assert settings.rules == parse_ingress(TEAM)
@@ -69,9 +77,13 @@ def test_the_account_layer_is_what_apply_uses(cloud):
     result = core.apply("team")
     assert result.plan.provenance == PROVENANCE
     group = cloud.ec2.describe_security_groups(
-        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": ["team"]}])["SecurityGroups"][0]
-    ranges = {(p["FromPort"], p["ToPort"], r["CidrIp"]) for p in group["IpPermissions"]
-              for r in p.get("IpRanges", [])}
+        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": ["team"]}]
+    )["SecurityGroups"][0]
+    ranges = {
+        (p["FromPort"], p["ToPort"], r["CidrIp"])
+        for p in group["IpPermissions"]
+        for r in p.get("IpRanges", [])
+    }
     assert ranges == {(8786, 8787, "10.1.0.0/16")}
     assert PROVENANCE in result.table.origins
 
@@ -83,7 +95,8 @@ def test_a_workspace_has_its_own_parameter(cloud):
     assert effective_settings().ingress.layer.label == "built-in default"
     with dask.config.set({"coiled.workspace": "team-a"}):
         assert effective_settings().ingress.provenance == (
-            f"account default (SSM {PARAMETER}/team-a)")
+            f"account default (SSM {PARAMETER}/team-a)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +109,8 @@ def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, mo
     folder.mkdir()
     (folder / "coiled.yaml").write_text(
         "coiled:\n  backend-options:\n    ingress:\n      - ports: [8786]\n"
-        "        cidr: 10.2.0.0/16\n")
+        "        cidr: 10.2.0.0/16\n"
+    )
     monkeypatch.setenv("DASK_CONFIG", str(folder))
 
     config = effective_settings()
@@ -112,8 +126,9 @@ def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, mo
     assert session.ingress.provenance == "notebook session (this kernel)"
     assert session.rules == [Rule("tcp", 8786, 8786, "10.3.0.0/16")]
 
-    cluster = effective_settings({"ingress": [{"ports": [8786], "cidr": "10.4.0.0/16"}],
-                                  "use_scheduler_public_ip": True})
+    cluster = effective_settings(
+        {"ingress": [{"ports": [8786], "cidr": "10.4.0.0/16"}], "use_scheduler_public_ip": True}
+    )
     assert cluster.ingress.provenance == "cluster options (backend_options)"
     assert cluster.use_scheduler_public_ip.provenance == "cluster options (backend_options)"
 
@@ -130,15 +145,18 @@ def test_the_deprecated_firewall_dict_works_with_a_future_warning(cloud):
     assert effective_settings().rules == [Rule("tcp", 8786, 8786, "10.5.0.0/16")]
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"ingress": [{"ports": [0], "cidr": "10.1.0.2/16"}]}, ["outside 1-65535", "10.1.0.0/16"]),
-    ({"ingress": [{"port": [8786], "cidr": "10.1.0.0/16"}]}, ["did you mean 'ports'"]),
-    ({"ingress": "ports: [8786\ncidr: x"}, ["could not be read"]),
-    ({"firewall": {"ports": [8786], "cidr": "everyone!"}}, ["'everyone!'"]),
-    ({"use_scheduler_public_ip": "maybe"}, ["'maybe'", "true", "false"]),
-    ({"ingress": TEAM, "zone": "us-east-1a"}, ["zone", "coiled.set_backend_options"]),
-    ({"ingress": TEAM, "backend": "gcp"}, ["'gcp'", "backend='aws'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"ingress": [{"ports": [0], "cidr": "10.1.0.2/16"}]}, ["outside 1-65535", "10.1.0.0/16"]),
+        ({"ingress": [{"port": [8786], "cidr": "10.1.0.0/16"}]}, ["did you mean 'ports'"]),
+        ({"ingress": "ports: [8786\ncidr: x"}, ["could not be read"]),
+        ({"firewall": {"ports": [8786], "cidr": "everyone!"}}, ["'everyone!'"]),
+        ({"use_scheduler_public_ip": "maybe"}, ["'maybe'", "true", "false"]),
+        ({"ingress": TEAM, "zone": "us-east-1a"}, ["zone", "coiled.set_backend_options"]),
+        ({"ingress": TEAM, "backend": "gcp"}, ["'gcp'", "backend='aws'"]),
+    ],
+)
 def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
     core.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.9.0.0/16"}])
     before = stored(cloud.ssm)
@@ -160,7 +178,8 @@ def test_unknown_coiled_keywords_get_one_clear_sentence(sandbox):
         core.set_backend_options(ingress=TEAM, zone="us-east-1a", instance_types=["t3.large"])
     assert info.value.problems == [
         "set_backend_options here stores only firewall settings; instance_types, zone belong to "
-        "Coiled's own coiled.set_backend_options."]
+        "Coiled's own coiled.set_backend_options."
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,8 +189,9 @@ def test_unknown_coiled_keywords_get_one_clear_sentence(sandbox):
 def test_real_keys_are_never_sent_to_the_sandbox(cloud, api_calls):
     api_calls.clear()
     with pytest.raises(IngressError) as info:
-        core.set_backend_options(ingress=TEAM, aws_access_key_id=KEY_ID,
-                                 aws_secret_access_key=SECRET)
+        core.set_backend_options(
+            ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+        )
     assert "never sent to the sandbox" in str(info.value)
     said = _everything_said(info.value)
     assert KEY_ID not in said and SECRET not in said
@@ -188,8 +208,9 @@ def aws_backend_for_keys(sandbox, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
-        connection = aws.Connection(region="us-east-1", access_key_id=KEY_ID,
-                                    secret_access_key=SECRET)
+        connection = aws.Connection(
+            region="us-east-1", access_key_id=KEY_ID, secret_access_key=SECRET
+        )
         ssm = aws.client("ssm", connection)
         assert ssm.meta.endpoint_url == sandbox.url
         try:
@@ -211,11 +232,15 @@ def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_ke
     assert all(KEY_ID not in repr(key) and SECRET not in repr(key) for key in aws._clients)
 
     faults = make_faults(aws_backend_for_keys)
-    faults.fail("PutParameter", "AccessDeniedException",
-                message="User is not authorized to perform: ssm:PutParameter")
+    faults.fail(
+        "PutParameter",
+        "AccessDeniedException",
+        message="User is not authorized to perform: ssm:PutParameter",
+    )
     with pytest.raises(CloudError) as info:
-        core.set_backend_options(ingress=TEAM, aws_access_key_id=KEY_ID,
-                                 aws_secret_access_key=SECRET)
+        core.set_backend_options(
+            ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+        )
     assert faults.sent["PutParameter"] == 1
     assert info.value.code == "AccessDeniedException"
     assert "SSM parameters" in str(info.value)
@@ -236,8 +261,11 @@ def test_a_parameter_that_is_not_json_is_reported(cloud):
 
 
 def test_bad_rules_in_the_parameter_name_where_they_are(cloud):
-    cloud.ssm.put_parameter(Name=PARAMETER, Type="String", Value=json.dumps(
-        {"ingress": [{"ports": [8786], "cidr": "10.1.0.2/16"}]}))
+    cloud.ssm.put_parameter(
+        Name=PARAMETER,
+        Type="String",
+        Value=json.dumps({"ingress": [{"ports": [8786], "cidr": "10.1.0.2/16"}]}),
+    )
     with pytest.raises(IngressError) as info:
         effective_settings()
     assert "account default" in str(info.value) and PARAMETER in str(info.value)

@@ -33,7 +33,8 @@ def settings_for(ingress):
 
 def group(ec2, cluster: str) -> dict:
     found = ec2.describe_security_groups(
-        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [cluster]}])["SecurityGroups"]
+        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [cluster]}]
+    )["SecurityGroups"]
     assert len(found) == 1, found
     return found[0]
 
@@ -53,8 +54,10 @@ def declared(ec2, cluster: str) -> set[tuple]:
 
 
 def _as_permissions(entries: set[tuple]) -> list[dict]:
-    return [{"IpProtocol": p, "FromPort": lo, "ToPort": hi, "IpRanges": [{"CidrIp": cidr}]}
-            for p, lo, hi, cidr in entries]
+    return [
+        {"IpProtocol": p, "FromPort": lo, "ToPort": hi, "IpRanges": [{"CidrIp": cidr}]}
+        for p, lo, hi, cidr in entries
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,8 +98,11 @@ def test_not_found_on_the_read_back_after_create_is_retried(cloud, faults):
     result = core.apply("eventual-read", settings=settings_for([VPN, PEERED]))
 
     assert faults.sent[DESCRIBE] == 4
-    assert {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules
-            if r.protocol == "tcp"} == A
+    assert {
+        (r.protocol, r.from_port, r.to_port, r.source)
+        for r in result.table.rules
+        if r.protocol == "tcp"
+    } == A
     assert declared(cloud.ec2, "eventual-read") == A
 
 
@@ -171,9 +177,11 @@ def test_a_failed_find_changes_nothing(cloud, faults):
 
 def _another_writer(cloud, cluster: str, call: str, entries: set[tuple]):
     """A ``before`` hook: another writer changes the group just before our request arrives."""
+
     def act(_request):
         gid = group(cloud.ec2, cluster)["GroupId"]
         getattr(cloud.ec2, call)(GroupId=gid, IpPermissions=_as_permissions(entries))
+
     return act
 
 
@@ -181,8 +189,11 @@ def test_duplicate_on_authorize_from_a_concurrent_writer_is_success(cloud, fault
     core.apply("dup", settings=settings_for([VPN, PEERED]))
     faults.sent.clear()
     new = {("tcp", 8786, 8786, "192.168.0.0/16")}
-    faults.fail(AUTHORIZE, "InvalidPermission.Duplicate",
-                before=_another_writer(cloud, "dup", "authorize_security_group_ingress", new))
+    faults.fail(
+        AUTHORIZE,
+        "InvalidPermission.Duplicate",
+        before=_another_writer(cloud, "dup", "authorize_security_group_ingress", new),
+    )
 
     result = core.apply("dup", settings=settings_for([VPN, OFFICE]))
 
@@ -195,8 +206,16 @@ def test_a_partial_duplicate_adds_only_the_rest(cloud, faults):
     core.apply("dup-part", settings=settings_for([VPN]))
     faults.sent.clear()
     wanted = [VPN, PEERED, OFFICE]
-    faults.fail(AUTHORIZE, "InvalidPermission.Duplicate", before=_another_writer(
-        cloud, "dup-part", "authorize_security_group_ingress", {("tcp", 8786, 8786, "10.2.0.0/16")}))
+    faults.fail(
+        AUTHORIZE,
+        "InvalidPermission.Duplicate",
+        before=_another_writer(
+            cloud,
+            "dup-part",
+            "authorize_security_group_ingress",
+            {("tcp", 8786, 8786, "10.2.0.0/16")},
+        ),
+    )
 
     core.apply("dup-part", settings=settings_for(wanted))
 
@@ -208,8 +227,11 @@ def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
     core.apply("gone", settings=settings_for([VPN, PEERED]))
     faults.sent.clear()
     old = {("tcp", 8786, 8786, "10.2.0.0/16")}
-    faults.fail(REVOKE, "InvalidPermission.NotFound",
-                before=_another_writer(cloud, "gone", "revoke_security_group_ingress", old))
+    faults.fail(
+        REVOKE,
+        "InvalidPermission.NotFound",
+        before=_another_writer(cloud, "gone", "revoke_security_group_ingress", old),
+    )
 
     core.apply("gone", settings=settings_for([VPN, OFFICE]))
 
@@ -245,12 +267,22 @@ def test_a_not_found_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
 
 def test_a_group_created_concurrently_is_adopted(cloud, faults):
     """Another kernel created the group between our find and our create."""
+
     def create_it(_request):
         cloud.ec2.create_security_group(
-            GroupName="coiled-jupyter-twice", Description="Dask cluster twice",
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                {"Key": "coiled-jupyter:owner", "Value": "coiled-jupyter"},
-                {"Key": "coiled-jupyter:cluster", "Value": "twice"}]}])
+            GroupName="coiled-jupyter-twice",
+            Description="Dask cluster twice",
+            TagSpecifications=[
+                {
+                    "ResourceType": "security-group",
+                    "Tags": [
+                        {"Key": "coiled-jupyter:owner", "Value": "coiled-jupyter"},
+                        {"Key": "coiled-jupyter:cluster", "Value": "twice"},
+                    ],
+                }
+            ],
+        )
+
     faults.fail("CreateSecurityGroup", "InvalidGroup.Duplicate", before=create_it)
 
     core.apply("twice", settings=settings_for([VPN, PEERED]))
@@ -264,8 +296,9 @@ def test_a_group_created_concurrently_is_adopted(cloud, faults):
 
 def test_dependency_violation_on_destroy_says_what_to_do(cloud, faults):
     core.apply("in-use", settings=settings_for([VPN]))
-    faults.fail("DeleteSecurityGroup", "DependencyViolation",
-                message="resource sg-x has a dependent object")
+    faults.fail(
+        "DeleteSecurityGroup", "DependencyViolation", message="resource sg-x has a dependent object"
+    )
 
     with pytest.raises(CloudError) as info:
         core.destroy("in-use")
@@ -285,16 +318,27 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
 def _everything_said(error: BaseException) -> str:
-    return "\n".join([str(error), repr(error),
-                      "".join(traceback.format_exception(type(error), error, error.__traceback__))])
+    return "\n".join(
+        [
+            str(error),
+            repr(error),
+            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        ]
+    )
 
 
-@pytest.mark.parametrize("code", ["AuthFailure", "UnauthorizedOperation", "SignatureDoesNotMatch",
-                                  "OptInRequired"])
+@pytest.mark.parametrize(
+    "code", ["AuthFailure", "UnauthorizedOperation", "SignatureDoesNotMatch", "OptInRequired"]
+)
 def test_cloud_errors_never_carry_credentials(aws_backend, code):
     """With the aws backend (pointed at the sandbox) and explicit keys in the environment."""
-    aws_backend.faults.fail(DESCRIBE, code, status=403, times=None,
-                            message="AWS was not able to validate the provided access credentials")
+    aws_backend.faults.fail(
+        DESCRIBE,
+        code,
+        status=403,
+        times=None,
+        message="AWS was not able to validate the provided access credentials",
+    )
     with pytest.raises(CloudError) as info:
         core.apply("secret", settings=settings_for([VPN]))
     said = _everything_said(info.value)
@@ -311,8 +355,9 @@ def test_connections_do_not_show_their_keys():
 def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
     """The ``aws`` backend, its endpoint redirected to the sandbox with ``AWS_ENDPOINT_URL`` and keys
     given in the environment; the client is checked to point at loopback before any call."""
-    import dask.config
     import types
+
+    import dask.config
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)

@@ -15,11 +15,20 @@ from coiled_jupyter.settings import ConfigFileError, config_layer, config_path, 
 
 TOKEN = "abc123-secret"
 TOKEN_LINE = f'  token: "{TOKEN}"'
-RULES = parse_ingress([{"ports": [8786, 8787], "cidr": "10.1.0.0/16"},
-                       {"ports": [8786], "cidr": "10.2.0.0/16"}])
-OTHER_RULES = parse_ingress([{"ports": ["9000-9100"], "cidr": "2001:db8::/32", "protocol": "udp",
-                              "description": "lab (v6)"},
-                             {"ports": [22], "cidr": "me"}])
+RULES = parse_ingress(
+    [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]
+)
+OTHER_RULES = parse_ingress(
+    [
+        {
+            "ports": ["9000-9100"],
+            "cidr": "2001:db8::/32",
+            "protocol": "udp",
+            "description": "lab (v6)",
+        },
+        {"ports": [22], "cidr": "me"},
+    ]
+)
 
 # What `coiled login` and a person leave in ~/.config/dask/coiled.yaml.
 USER_FILE = textwrap.dedent(f"""\
@@ -77,13 +86,15 @@ def leftovers(folder: Path) -> list[str]:
 def test_round_trip_keeps_unrelated_keys_comments_and_values(user_file):
     save_config(RULES, False)
     text = user_file.read_text()
-    for line in ["# Coiled settings; written by `coiled login`, edited by hand.",
-                 "  account: my-team  # the team account",
-                 "  # keep this secret",
-                 "  server: https://cloud.coiled.io",
-                 "    region_name: us-east-2  # closest region",
-                 "# Dask's own settings",
-                 "    allowed-failures: 5"]:
+    for line in [
+        "# Coiled settings; written by `coiled login`, edited by hand.",
+        "  account: my-team  # the team account",
+        "  # keep this secret",
+        "  server: https://cloud.coiled.io",
+        "    region_name: us-east-2  # closest region",
+        "# Dask's own settings",
+        "    allowed-failures: 5",
+    ]:
         assert line in text.splitlines(), line
     data = read(user_file)
     assert data["coiled"]["account"] == "my-team"
@@ -128,9 +139,17 @@ def test_a_new_file_is_created_private(dask_config):
     path = save_config(RULES, True)
     assert path == dask_config / "coiled.yaml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert read(path) == {"coiled": {"backend-options": {"ingress": [
-        {"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]},
-        "use_scheduler_public_ip": True}}
+    assert read(path) == {
+        "coiled": {
+            "backend-options": {
+                "ingress": [
+                    {"ports": [8786, 8787], "cidr": "10.1.0.0/16"},
+                    {"ports": [8786], "cidr": "10.2.0.0/16"},
+                ]
+            },
+            "use_scheduler_public_ip": True,
+        }
+    }
 
 
 def test_a_missing_dask_config_folder_is_created(tmp_path, monkeypatch):
@@ -152,8 +171,10 @@ def test_dask_config_variable_is_honoured(tmp_path, monkeypatch):
 def test_an_explicit_path_is_written(tmp_path, dask_config):
     target = tmp_path / "team" / "coiled.yaml"
     assert save_config(RULES, path=target) == target
-    assert read(target)["coiled"]["backend-options"]["ingress"][1] == {"ports": [8786],
-                                                                        "cidr": "10.2.0.0/16"}
+    assert read(target)["coiled"]["backend-options"]["ingress"][1] == {
+        "ports": [8786],
+        "cidr": "10.2.0.0/16",
+    }
     assert not (dask_config / "coiled.yaml").exists()
 
 
@@ -161,8 +182,12 @@ def test_ingress_is_replaced_as_a_whole(user_file):
     save_config(OTHER_RULES)
     assert read(user_file)["coiled"]["backend_options"]["ingress"] == [
         {"ports": [22], "cidr": "me"},
-        {"ports": ["9000-9100"], "cidr": "2001:db8::/32", "protocol": "udp",
-         "description": "lab (v6)"},
+        {
+            "ports": ["9000-9100"],
+            "cidr": "2001:db8::/32",
+            "protocol": "udp",
+            "description": "lab (v6)",
+        },
     ]
     assert "192.0.2.0/24" not in user_file.read_text()
 
@@ -177,8 +202,9 @@ def test_only_the_toggle_leaves_ingress_alone(user_file):
     save_config(use_scheduler_public_ip=False)
     data = read(user_file)
     assert data["coiled"]["use_scheduler_public_ip"] is False
-    assert data["coiled"]["backend_options"]["ingress"] == [{"ports": [1, 2, 3],
-                                                            "cidr": "192.0.2.0/24"}]
+    assert data["coiled"]["backend_options"]["ingress"] == [
+        {"ports": [1, 2, 3], "cidr": "192.0.2.0/24"}
+    ]
 
 
 def test_writing_nothing_changes_no_value(user_file):
@@ -188,8 +214,10 @@ def test_writing_nothing_changes_no_value(user_file):
 
 def test_the_deprecated_firewall_key_is_removed_when_ingress_is_written(dask_config):
     path = dask_config / "coiled.yaml"
-    path.write_text("coiled:\n  backend_options:\n    region_name: us-east-2\n"
-                    "    firewall:\n      ports: [22]\n      cidr: 0.0.0.0/0\n")
+    path.write_text(
+        "coiled:\n  backend_options:\n    region_name: us-east-2\n"
+        "    firewall:\n      ports: [22]\n      cidr: 0.0.0.0/0\n"
+    )
     save_config(RULES)
     options = read(path)["coiled"]["backend_options"]
     assert "firewall" not in options
@@ -199,11 +227,14 @@ def test_the_deprecated_firewall_key_is_removed_when_ingress_is_written(dask_con
 
 def test_the_deprecated_firewall_key_stays_when_only_the_toggle_is_written(dask_config):
     path = dask_config / "coiled.yaml"
-    path.write_text("coiled:\n  backend_options:\n    firewall:\n      ports: [22]\n"
-                    "      cidr: 10.0.0.0/8\n")
+    path.write_text(
+        "coiled:\n  backend_options:\n    firewall:\n      ports: [22]\n      cidr: 10.0.0.0/8\n"
+    )
     save_config(use_scheduler_public_ip=False)
-    assert read(path)["coiled"]["backend_options"]["firewall"] == {"ports": [22],
-                                                                   "cidr": "10.0.0.0/8"}
+    assert read(path)["coiled"]["backend_options"]["firewall"] == {
+        "ports": [22],
+        "cidr": "10.0.0.0/8",
+    }
 
 
 @pytest.mark.parametrize("spelling", ["backend_options", "backend-options"])
@@ -247,12 +278,19 @@ def test_an_empty_file_gets_the_settings(dask_config, text):
 
 
 def test_what_is_written_is_read_back_by_the_config_layer(user_file):
-    rules = parse_ingress([{"ports": [8786, 8787, "9000-9010"], "cidr": "10.1.0.0/16",
-                            "description": "office: main (#1)"},
-                           {"ports": [53], "cidr": "2001:db8::/32", "protocol": "udp"},
-                           {"ports": [8786], "cidr": "everyone"},
-                           {"ports": [8787], "cidr": "me"},
-                           {"ports": [22], "cidr": "sg-0123456789abcdef0"}])
+    rules = parse_ingress(
+        [
+            {
+                "ports": [8786, 8787, "9000-9010"],
+                "cidr": "10.1.0.0/16",
+                "description": "office: main (#1)",
+            },
+            {"ports": [53], "cidr": "2001:db8::/32", "protocol": "udp"},
+            {"ports": [8786], "cidr": "everyone"},
+            {"ports": [8787], "cidr": "me"},
+            {"ports": [22], "cidr": "sg-0123456789abcdef0"},
+        ]
+    )
     save_config(rules, False)
     layer = config_layer()
     assert layer.ingress == rules
@@ -272,12 +310,15 @@ def test_saving_twice_gives_the_same_bytes(user_file):
 # Refusing, and atomicity
 
 
-@pytest.mark.parametrize("text", [
-    "coiled:\n  token: abc\n    nested: [unclosed\n",
-    "coiled: {token: abc\n",
-    "coiled:\n  token: a\n  token: b\n",  # duplicate keys are an error for ruamel
-    "\tcoiled: x\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "coiled:\n  token: abc\n    nested: [unclosed\n",
+        "coiled: {token: abc\n",
+        "coiled:\n  token: a\n  token: b\n",  # duplicate keys are an error for ruamel
+        "\tcoiled: x\n",
+    ],
+)
 def test_an_unparsable_file_is_refused_and_left_unchanged(dask_config, text):
     path = dask_config / "coiled.yaml"
     path.write_text(text)

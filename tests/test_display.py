@@ -10,6 +10,7 @@ import json
 import re
 from html import escape
 from html.parser import HTMLParser
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -22,8 +23,17 @@ from coiled_jupyter.settings import effective_settings
 MIME = "application/vnd.coiled-jupyter.rules+json"
 VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN & office"}
 PEERED = {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"}
-KINDS = ["rules", "plan", "apply", "destroy", "settings", "scheduler", "plan-new", "destroy-none",
-         "save"]
+KINDS = [
+    "rules",
+    "plan",
+    "apply",
+    "destroy",
+    "settings",
+    "scheduler",
+    "plan-new",
+    "destroy-none",
+    "save",
+]
 
 
 def settings_for(ingress):
@@ -43,17 +53,27 @@ def results(sandbox_server, _independent_clients, launch):
     out = {"plan-new": core.plan("shown", settings=wanted)}
     out["apply"] = core.apply("shown", settings=wanted)
     gid = out["apply"].table.group_id
-    cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-         "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "console"}]}])
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "console"}],
+            }
+        ],
+    )
     out["plan"] = core.plan("shown", settings=wanted)
     out["rules"] = core.describe("shown", settings=wanted)
     launch(gid, "shown-scheduler")
     out["scheduler"] = core.scheduler_address("shown", settings=wanted)
     with dask.config.set({"coiled.client_public_ip": "203.0.113.7"}):
-        out["settings"] = core.show_settings("shown", backend_options={"ingress": [VPN, PEERED]},
-                                             reach=True)
+        out["settings"] = core.show_settings(
+            "shown", backend_options={"ingress": [VPN, PEERED]}, reach=True
+        )
     out["save"] = core.save("user", settings=wanted)
+    Path(out["save"].where).unlink()  # the config folder is shared by the whole test session
     out["destroy-none"] = core.destroy("never-made")
     cloud.ec2.terminate_instances(InstanceIds=[out["scheduler"].instance_id])
     out["destroy"] = core.destroy("shown")
@@ -103,11 +123,11 @@ def text_rows(text: str) -> list[list[str]]:
     index = dashes[0]
     spans = [m.span() for m in re.finditer(r"-+", lines[index])]
     rows = []
-    for line in [lines[index - 1], *lines[index + 1:]]:
+    for line in [lines[index - 1], *lines[index + 1 :]]:
         if line.startswith(("note:", "warning:", "layer ", "can this notebook")):
             break
         cells = []
-        for n, (start, end) in enumerate(spans):
+        for n, (start, _end) in enumerate(spans):
             stop = spans[n + 1][0] if n + 1 < len(spans) else len(line)
             cells.append(line[start:stop].strip())
         rows.append(cells)
@@ -149,11 +169,21 @@ def test_the_tables_show_the_rules_and_where_they_came_from(results):
     rows = text_rows(text)
     assert rows[0] == ["Protocol", "Port", "Source", "Description", "From"]
     assert ["tcp", "22", "0.0.0.0/0", "console", "not declared"] in rows
-    assert ["tcp", "8786-8787", "10.1.0.0/16", "VPN & office",
-            "cluster options (backend_options)"] in rows
+    assert [
+        "tcp",
+        "8786-8787",
+        "10.1.0.0/16",
+        "VPN & office",
+        "cluster options (backend_options)",
+    ] in rows
     gid = results["rules"].group_id
-    assert ["all", "all", gid, "cluster-internal traffic (this group)",
-            "this group (cluster-internal)"] in rows
+    assert [
+        "all",
+        "all",
+        gid,
+        "cluster-internal traffic (this group)",
+        "this group (cluster-internal)",
+    ] in rows
     assert "whole internet" in text
 
     plan = results["plan"]._repr_mimebundle_()
@@ -169,7 +199,8 @@ def test_the_tables_show_the_rules_and_where_they_came_from(results):
 
 def test_apply_destroy_and_scheduler_summaries(results):
     assert results["apply"]._repr_mimebundle_()[MIME]["summary"] == (
-        "applied: create group, add 2, remove 0, keep 0")
+        "applied: create group, add 2, remove 0, keep 0"
+    )
     destroyed = results["destroy"]._repr_mimebundle_()
     assert destroyed[MIME]["summary"] == f"deleted group {results['destroy'].group_id}"
     assert destroyed[MIME]["deleted"] is True
@@ -190,26 +221,45 @@ def test_the_settings_view_shows_provenance_layers_and_reachability(results):
     assert "can this notebook reach the scheduler (port 8786)? no" in text
     assert any("203.0.113.7" in w for w in data["warnings"])
     assert [layer["layer"] for layer in data["layers"]] == [
-        "built-in default", "account default", "dask config", "notebook session", "cluster options"]
-    assert text_rows(text)[1:] == [["tcp", "8786", "10.1.0.0/16", "VPN & office"],
-                                   ["tcp", "8786", "10.2.0.0/16", "peered VPC"],
-                                   ["tcp", "8787", "10.1.0.0/16", "VPN & office"]]
+        "built-in default",
+        "account default",
+        "dask config",
+        "notebook session",
+        "cluster options",
+    ]
+    assert text_rows(text)[1:] == [
+        ["tcp", "8786", "10.1.0.0/16", "VPN & office"],
+        ["tcp", "8786", "10.2.0.0/16", "peered VPC"],
+        ["tcp", "8787", "10.1.0.0/16", "VPN & office"],
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # HTML safety and style
 
 
-HOSTILE = '<script>alert(1)</script> & "quoted" \'single\''
+HOSTILE = "<script>alert(1)</script> & \"quoted\" 'single'"
 
 
 def _hostile_table() -> core.RuleTable:
-    target = core.Target("sandbox", "us-east-1", "<img src=x onerror=alert(2)>", "vpc-<b>",
-                         "http://127.0.0.1:1/<i>")
-    rules = (Rule("tcp", 8786, 8786, "10.1.0.0/16", HOSTILE),
-             Rule("tcp", 22, 22, "0.0.0.0/0", "<b>bold</b>"))
-    return core.RuleTable(target, "<account>", "sg-<x>", "<name>", "vpc-<c>", rules,
-                          ("<origin>", "not declared"), ("prefix list <pl>",), ("<warning>",))
+    target = core.Target(
+        "sandbox", "us-east-1", "<img src=x onerror=alert(2)>", "vpc-<b>", "http://127.0.0.1:1/<i>"
+    )
+    rules = (
+        Rule("tcp", 8786, 8786, "10.1.0.0/16", HOSTILE),
+        Rule("tcp", 22, 22, "0.0.0.0/0", "<b>bold</b>"),
+    )
+    return core.RuleTable(
+        target,
+        "<account>",
+        "sg-<x>",
+        "<name>",
+        "vpc-<c>",
+        rules,
+        ("<origin>", "not declared"),
+        ("prefix list <pl>",),
+        ("<warning>",),
+    )
 
 
 def test_everything_from_outside_is_escaped_in_html():

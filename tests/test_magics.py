@@ -115,8 +115,14 @@ def test_load_ext_is_light():
         assert ip.find_line_magic("coiled_ingress") is not None
         print([m for m in ("boto3", "botocore", "moto", "distributed") if m in sys.modules])
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -172,10 +178,14 @@ def test_add_starts_from_the_effective_rules(ip, sandbox):
     view = line(ip, 'add 8786,8787 10.1.0.0/16 --description "office VPN"')
     assert view.settings.ingress.provenance == "notebook session (this kernel)"
     assert rules_of(view.settings) == [
-        ("tcp", "8786", "0.0.0.0/0"), ("tcp", "8786", "10.1.0.0/16"),
-        ("tcp", "8787", "0.0.0.0/0"), ("tcp", "8787", "10.1.0.0/16")]
+        ("tcp", "8786", "0.0.0.0/0"),
+        ("tcp", "8786", "10.1.0.0/16"),
+        ("tcp", "8787", "0.0.0.0/0"),
+        ("tcp", "8787", "10.1.0.0/16"),
+    ]
     assert {r.description for r in view.settings.rules if r.source == "10.1.0.0/16"} == {
-        "office VPN"}
+        "office VPN"
+    }
     # The session builds up, and is mirrored into the kernel's Dask config.
     view = line(ip, "add 8000-8100 203.0.113.7 --protocol udp")
     assert ("udp", "8000-8100", "203.0.113.7/32") in rules_of(view.settings)
@@ -198,22 +208,29 @@ def test_remove(ip, sandbox):
     assert rules_of(view.settings) == []
     line(ip, "set [{ports: ['8000-8010'], cidr: 10.1.0.0/16}, {ports: [8786], cidr: 10.2.0.0/16}]")
     view = line(ip, "remove 8005 10.1.0.0/16")
-    assert rules_of(view.settings) == [("tcp", "8000-8004", "10.1.0.0/16"),
-                                       ("tcp", "8006-8010", "10.1.0.0/16"),
-                                       ("tcp", "8786", "10.2.0.0/16")]
+    assert rules_of(view.settings) == [
+        ("tcp", "8000-8004", "10.1.0.0/16"),
+        ("tcp", "8006-8010", "10.1.0.0/16"),
+        ("tcp", "8786", "10.2.0.0/16"),
+    ]
     view = line(ip, "remove 8786 10.2.0.0/16")
     assert ("tcp", "8786", "10.2.0.0/16") not in rules_of(view.settings)
 
 
 def test_set_yaml_json_and_snippet(ip, sandbox):
     view = line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}]")
-    assert rules_of(view.settings) == [("tcp", "8786", "10.1.0.0/16"),
-                                       ("tcp", "8787", "10.1.0.0/16")]
+    assert rules_of(view.settings) == [
+        ("tcp", "8786", "10.1.0.0/16"),
+        ("tcp", "8787", "10.1.0.0/16"),
+    ]
     view = line(ip, 'set [{"ports": [8786], "cidr": "10.2.0.0/16", "description": "a: b"}]')
     assert rules_of(view.settings) == [("tcp", "8786", "10.2.0.0/16")]
     assert view.settings.rules[0].description == "a: b"
-    view = line(ip, "set --cluster other {ingress: [{ports: [8786], cidr: 10.3.0.0/16}], "
-                    "use_scheduler_public_ip: false}")
+    view = line(
+        ip,
+        "set --cluster other {ingress: [{ports: [8786], cidr: 10.3.0.0/16}], "
+        "use_scheduler_public_ip: false}",
+    )
     assert view.target.cluster == "other"
     assert rules_of(view.settings) == [("tcp", "8786", "10.3.0.0/16")]
     assert view.settings.use_scheduler_public_ip.value is False
@@ -259,9 +276,11 @@ def test_plan_apply_describe_destroy(ip, sandbox):
 def test_return_values_are_assignable(ip, sandbox):
     from coiled_jupyter.provision.core import ApplyResult, RuleTable, SettingsView
 
-    result = ip.run_cell("t = %coiled_ingress describe --cluster assign\n"
-                         "a = %coiled_ingress apply --cluster assign\n"
-                         "s = %coiled_scheduler_ip")
+    result = ip.run_cell(
+        "t = %coiled_ingress describe --cluster assign\n"
+        "a = %coiled_ingress apply --cluster assign\n"
+        "s = %coiled_scheduler_ip"
+    )
     result.raise_error()
     assert isinstance(ip.user_ns["t"], RuleTable)
     assert isinstance(ip.user_ns["a"], ApplyResult)
@@ -281,8 +300,9 @@ def test_save_user_scope(ip, sandbox, config_file):
     assert text.startswith("# my settings")
     data = yaml.safe_load(text)
     assert data["distributed"]["scheduler"]["work-stealing"] is False
-    assert data["coiled"]["backend-options"]["ingress"] == [{"ports": [8786, 8787],
-                                                             "cidr": "10.1.0.0/16"}]
+    assert data["coiled"]["backend-options"]["ingress"] == [
+        {"ports": [8786, 8787], "cidr": "10.1.0.0/16"}
+    ]
     assert data["coiled"]["use_scheduler_public_ip"] is False
     # Without the session, the file is where the settings come from.
     view = line(ip, "reset")
@@ -309,9 +329,11 @@ def test_cell_with_coiled_snippet(ip, sandbox):
 
     view = ip.run_cell_magic("coiled_ingress", "--cluster vpn", SNIPPET)
     assert isinstance(view, SettingsView) and view.target.cluster == "vpn"
-    assert rules_of(view.settings) == [("tcp", "8786", "10.1.0.0/16"),
-                                       ("tcp", "8786", "10.2.0.0/16"),
-                                       ("tcp", "8787", "10.1.0.0/16")]
+    assert rules_of(view.settings) == [
+        ("tcp", "8786", "10.1.0.0/16"),
+        ("tcp", "8786", "10.2.0.0/16"),
+        ("tcp", "8787", "10.1.0.0/16"),
+    ]
     assert view.settings.use_scheduler_public_ip.value is False
     assert dask.config.get("coiled.use_scheduler_public_ip") is False
     assert session().ingress is not None
@@ -329,8 +351,9 @@ def test_cell_with_rule_list_and_apply(ip, sandbox):
 
 
 def test_variables_in_cell_and_line(ip, sandbox):
-    ip.user_ns.update(cidr="10.7.0.0/16", name="vars", port=8786,
-                      more=[{"ports": [8787], "cidr": "10.8.0.0/16"}])
+    ip.user_ns.update(
+        cidr="10.7.0.0/16", name="vars", port=8786, more=[{"ports": [8787], "cidr": "10.8.0.0/16"}]
+    )
     body = "- ports: [${port}]\n  cidr: ${cidr}\n  description: costs $$5\n"
     view = ip.run_cell_magic("coiled_ingress", "--cluster ${name}", body)
     assert view.target.cluster == "vars"
@@ -397,16 +420,27 @@ MISTAKES = [
     ("line", "add 8786 ${office}", "variable 'office' in the magic's line is not defined"),
     ("line", "add 8786 10.1.0.0/16 --description 'costs $5'", "does not start a variable"),
     ("line", "add 8786 10.1.0.0/16 --description 'unclosed", "quote that is not closed"),
-    ("line", "remove 8786 10.9.0.0/16", "cannot remove tcp 8786 from 10.9.0.0/16: it is not in "
-     "the effective rules (from notebook session (this kernel)), which are: tcp 8786 from "
-     "10.1.0.0/16, tcp 8787 from 10.1.0.0/16."),
+    (
+        "line",
+        "remove 8786 10.9.0.0/16",
+        "cannot remove tcp 8786 from 10.9.0.0/16: it is not in "
+        "the effective rules (from notebook session (this kernel)), which are: tcp 8786 from "
+        "10.1.0.0/16, tcp 8787 from 10.1.0.0/16.",
+    ),
     ("line", "remove 8786 10.1.0.0/16 --protocol udp", "cannot remove udp 8786 from 10.1.0.0/16"),
-    ("line", "set [{ports: [8786], cidr: 10.1.0.0/16}, {ports: [0], cidr: 10.2.0.0/16}]",
-     "ingress rule 2 has port 0, outside 1-65535"),
+    (
+        "line",
+        "set [{ports: [8786], cidr: 10.1.0.0/16}, {ports: [0], cidr: 10.2.0.0/16}]",
+        "ingress rule 2 has port 0, outside 1-65535",
+    ),
     ("line", "set [{ports: [8786], cidr: 10.1.0.0/16", "could not be read"),
     ("line", "set", "%coiled_ingress set needs the rules"),
     ("line", "set {coiled: {backend-option: {ingress: []}}}", "did you mean 'backend-options'?"),
-    ("line", "plan prod", "takes no arguments but got 'prod'; to name a cluster write --cluster prod"),
+    (
+        "line",
+        "plan prod",
+        "takes no arguments but got 'prod'; to name a cluster write --cluster prod",
+    ),
     ("line", "plan --description x", "%coiled_ingress plan does not take --description"),
     ("line", "apply --apply", "--apply is for the %%coiled_ingress cell"),
     ("line", "save --scope team", "scope 'team' is not known"),
@@ -415,17 +449,25 @@ MISTAKES = [
     ("scheduler_ip", "publik", "takes 'public' or 'private', not 'publik'; did you mean 'public'?"),
     ("scheduler_ip", "public private", "unrecognized arguments"),
     ("cell", "- ports: [8786]\n  cidr: 10.1.0.2/16\n", "host bits set"),
-    ("cell", "- ports: [8786]\n  cidr: ${office}\n", "variable 'office' in the cell is not defined"),
+    (
+        "cell",
+        "- ports: [8786]\n  cidr: ${office}\n",
+        "variable 'office' in the cell is not defined",
+    ),
     ("cell", SNIPPET.replace("ingress:", "ingres:"), "did you mean 'ingress'?"),
-    ("cell", SNIPPET.replace("use_scheduler_public_ip: false", "use_scheduler_public_ip: maybe"),
-     "use_scheduler_public_ip is 'maybe'; use true"),
+    (
+        "cell",
+        SNIPPET.replace("use_scheduler_public_ip: false", "use_scheduler_public_ip: maybe"),
+        "use_scheduler_public_ip is 'maybe'; use true",
+    ),
     ("cell", "# nothing yet\n", "the cell is empty"),
     ("cell-line", "add", "takes only --cluster and --apply on its first line, not 'add'"),
 ]
 
 
-@pytest.mark.parametrize(("kind", "text", "sentence"), MISTAKES,
-                         ids=[f"{k}:{t[:40]}" for k, t, _ in MISTAKES])
+@pytest.mark.parametrize(
+    ("kind", "text", "sentence"), MISTAKES, ids=[f"{k}:{t[:40]}" for k, t, _ in MISTAKES]
+)
 def test_mistakes_change_nothing(prepared, config_file, api_calls, kind, text, sentence):
     ip = prepared
     before_local, before_cloud = local_state(config_file), cloud_state()
@@ -472,8 +514,9 @@ def test_cloud_failure_is_a_usage_error_and_the_cell_restores_the_session(prepar
 
     ec2 = aws.client("ec2", core.target().connection())
     foreign = ec2.create_security_group(GroupName="someone-elses", Description="not ours")
-    ec2.create_tags(Resources=[foreign["GroupId"]],
-                    Tags=[{"Key": "coiled-jupyter:cluster", "Value": "foreign"}])
+    ec2.create_tags(
+        Resources=[foreign["GroupId"]], Tags=[{"Key": "coiled-jupyter:cluster", "Value": "foreign"}]
+    )
     ip = prepared
     before_local, before_cloud = local_state(config_file), cloud_state()
     with pytest.raises(UsageError) as raised:
@@ -482,8 +525,9 @@ def test_cloud_failure_is_a_usage_error_and_the_cell_restores_the_session(prepar
     assert str(raised.value).startswith("ForeignGroup: ")
     assert "it is left alone" in str(raised.value)
     with pytest.raises(UsageError) as raised:
-        ip.run_cell_magic("coiled_ingress", "--apply --cluster foreign",
-                          "- ports: [8786]\n  cidr: 10.9.0.0/16\n")
+        ip.run_cell_magic(
+            "coiled_ingress", "--apply --cluster foreign", "- ports: [8786]\n  cidr: 10.9.0.0/16\n"
+        )
     assert type(raised.value) is UsageError and str(raised.value).startswith("ForeignGroup: ")
     assert local_state(config_file) == before_local
     assert cloud_state() == before_cloud
@@ -495,18 +539,21 @@ def test_botocore_failure_is_a_usage_error_with_its_code(ip, sandbox, monkeypatc
     from coiled_jupyter.provision import aws
 
     def throttled(self, cluster, vpc_id):
-        error = ClientError({"Error": {"Code": "RequestLimitExceeded",
-                                       "Message": "Request limit exceeded."}},
-                            "DescribeSecurityGroups")
+        error = ClientError(
+            {"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}},
+            "DescribeSecurityGroups",
+        )
         raise aws.cloud_error(error, "reading security groups")
 
     monkeypatch.setattr(aws.SecurityGroups, "find", throttled)
     with pytest.raises(UsageError) as raised:
         line(ip, "plan --cluster throttled")
     assert type(raised.value) is UsageError
-    assert str(raised.value) == ("RequestLimitExceeded: reading security groups failed: Request "
-                                 "limit exceeded.; AWS is throttling this account; wait a minute "
-                                 "and run it again.")
+    assert str(raised.value) == (
+        "RequestLimitExceeded: reading security groups failed: Request "
+        "limit exceeded.; AWS is throttling this account; wait a minute "
+        "and run it again."
+    )
     result = ip.run_cell("%coiled_ingress describe --cluster throttled")
     assert type(result.error_in_exec) is UsageError
     err = capsys.readouterr().err
@@ -521,8 +568,9 @@ def test_config_file_refused_is_a_usage_error(ip, sandbox, config_file):
     with pytest.raises(UsageError) as raised:
         line(ip, "save")
     assert type(raised.value) is UsageError
-    assert str(raised.value) == ("'coiled' in the Dask config file is not a mapping; fix it by "
-                                 "hand, nothing was written.")
+    assert str(raised.value) == (
+        "'coiled' in the Dask config file is not a mapping; fix it by hand, nothing was written."
+    )
     assert local_state(config_file) == before
 
 
@@ -564,9 +612,17 @@ def test_config_lists_the_options(ip, capsys):
     assert "CoiledMagics.cluster" in out and "CoiledMagics.show_reachability" in out
 
 
-@pytest.mark.parametrize("how", [("line", "-h"), ("line", "--help"), ("line", "set -h"),
-                                 ("line", "add --help"), ("cell", "--help"),
-                                 ("scheduler_ip", "-h")])
+@pytest.mark.parametrize(
+    "how",
+    [
+        ("line", "-h"),
+        ("line", "--help"),
+        ("line", "set -h"),
+        ("line", "add --help"),
+        ("cell", "--help"),
+        ("scheduler_ip", "-h"),
+    ],
+)
 def test_help_is_printed(ip, capsys, how):
     kind, text = how
     if kind == "line":
@@ -580,8 +636,15 @@ def test_help_is_printed(ip, capsys, how):
         assert out.startswith("%coiled_scheduler_ip") and "public|private" in out
     else:
         assert out.startswith("%coiled_ingress")
-        for word in ("add PORTS SOURCE", "remove PORTS SOURCE", "set RULES", "save --scope account",
-                     "%%coiled_ingress [--cluster NAME] [--apply]", "${name}", "--description"):
+        for word in (
+            "add PORTS SOURCE",
+            "remove PORTS SOURCE",
+            "set RULES",
+            "save --scope account",
+            "%%coiled_ingress [--cluster NAME] [--apply]",
+            "${name}",
+            "--description",
+        ):
             assert word in out
 
 

@@ -26,42 +26,65 @@ EXPECTED = {
     "quickstart.ipynb": {
         "cluster": "quickstart",
         "mistake": "UsageError: rule has cidr '10.1.0.2/16' with host bits set, which would admit all "
-                   "of 10.1.0.0/16; did you mean '10.1.0.0/16'?",
+        "of 10.1.0.0/16; did you mean '10.1.0.0/16'?",
         "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>office VPN</td>"],
         "first": {"show": ["ingress from: built-in default"]},
         "second": {"show": ["ingress from: dask config ("]},
-        "both": {"dask-config": ["False"], "private": ["use_scheduler_public_ip: false"],
-                 "save": ["coiled.yaml: ingress (2 rules) and use_scheduler_public_ip: false"]},
+        "both": {
+            "dask-config": ["False"],
+            "private": ["use_scheduler_public_ip: false"],
+            "save": ["coiled.yaml: ingress (2 rules) and use_scheduler_public_ip: false"],
+        },
     },
     "vpn-and-vpc.ipynb": {
         "cluster": "vpn-and-vpc",
         "mistake": "UsageError: ingress rule has cidr '10.2.0.1/16' with host bits set",
-        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>VPN</td>",
-                  "<td>8786</td>", "<td>10.2.0.0/16</td>", "<td>peered VPC</td>"],
-        "both": {"declare": ["use_scheduler_public_ip: false", "ingress from: notebook session"],
-                 "describe": ["('8786-8787', '10.1.0.0/16')", "('8786', '10.2.0.0/16')"]},
+        "apply": [
+            "<td>8786-8787</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>VPN</td>",
+            "<td>8786</td>",
+            "<td>10.2.0.0/16</td>",
+            "<td>peered VPC</td>",
+        ],
+        "both": {
+            "declare": ["use_scheduler_public_ip: false", "ingress from: notebook session"],
+            "describe": ["('8786-8787', '10.1.0.0/16')", "('8786', '10.2.0.0/16')"],
+        },
     },
     "team-defaults.ipynb": {
         "cluster": "team-defaults",
         "mistake": "UsageError: rule has port 87860, outside 1-65535; use a port from 1 to 65535.",
-        "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>company VPN</td>",
-                  "<td>10.3.0.0/16</td>", "<td>data team VPN</td>"],
-        "both": {"show": ["ingress from: account default (SSM /coiled-jupyter/backend-options)",
-                          "use_scheduler_public_ip: false"],
-                 "override": ["ingress from: notebook session", "10.3.0.0/16"],
-                 "reset": ["ingress from: account default"]},
+        "apply": [
+            "<td>8786-8787</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>company VPN</td>",
+            "<td>10.3.0.0/16</td>",
+            "<td>data team VPN</td>",
+        ],
+        "both": {
+            "show": [
+                "ingress from: account default (SSM /coiled-jupyter/backend-options)",
+                "use_scheduler_public_ip: false",
+            ],
+            "override": ["ingress from: notebook session", "10.3.0.0/16"],
+            "reset": ["ingress from: account default"],
+        },
     },
     "parameterised.ipynb": {
         "cluster": "papermill-demo",
         "mistake": "UsageError: variable 'office_cidr' in the magic's line is not defined in this "
-                   "notebook",
+        "notebook",
         "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>set by papermill</td>"],
     },
 }
 
 # What would betray a secret in an output: AWS key ids, secret keys, session tokens, Coiled tokens.
-SECRETS = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}|aws_secret_access_key|secret_access_key"
-                     r"|aws_session_token|[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", re.IGNORECASE)
+SECRETS = re.compile(
+    r"(AKIA|ASIA)[0-9A-Z]{16}|aws_secret_access_key|secret_access_key"
+    r"|aws_session_token|[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture
@@ -75,8 +98,9 @@ def kernel_env(sandbox, monkeypatch, tmp_path):
 
 def execute(path: Path, cwd: Path) -> nbformat.NotebookNode:
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     return notebook
 
 
@@ -99,8 +123,11 @@ def shown(code_cell) -> str:
 
 
 def html(code_cell) -> str:
-    return "\n".join(o.data["text/html"] for o in code_cell.get("outputs", [])
-                     if "text/html" in o.get("data", {}))
+    return "\n".join(
+        o.data["text/html"]
+        for o in code_cell.get("outputs", [])
+        if "text/html" in o.get("data", {})
+    )
 
 
 def check_run(name: str, notebook, run: str) -> None:
@@ -164,8 +191,10 @@ def test_notebook_runs_twice_to_the_same_state(name, kernel_env):
     check_run(name, second, "second")
     # Both runs end with the same rules in the cloud.
     assert html(cell(first, "apply")).split("<table>")[1].split("</table>")[0].replace(
-        _group_id(first), "") == html(cell(second, "apply")).split("<table>")[1].split(
-        "</table>")[0].replace(_group_id(second), "")
+        _group_id(first), ""
+    ) == html(cell(second, "apply")).split("<table>")[1].split("</table>")[0].replace(
+        _group_id(second), ""
+    )
     assert _group_id(first) == _group_id(second)
 
 
@@ -180,9 +209,13 @@ def test_parameterised_notebook_with_papermill(kernel_env):
 
     output = kernel_env / "parameterised-out.ipynb"
     papermill.execute_notebook(
-        str(NOTEBOOKS / "parameterised.ipynb"), str(output),
+        str(NOTEBOOKS / "parameterised.ipynb"),
+        str(output),
         parameters={"cidr": "10.7.0.0/16", "cluster": "pm-test"},
-        kernel_name="python3", cwd=str(kernel_env), progress_bar=False, log_output=False,
+        kernel_name="python3",
+        cwd=str(kernel_env),
+        progress_bar=False,
+        log_output=False,
     )
     notebook = nbformat.read(output, as_version=4)
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]

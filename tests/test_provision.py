@@ -37,8 +37,9 @@ def settings_for(ingress, **options):
 
 
 def groups_of(ec2, cluster: str) -> list[dict]:
-    return ec2.describe_security_groups(
-        Filters=[{"Name": f"tag:{CLUSTER}", "Values": [cluster]}])["SecurityGroups"]
+    return ec2.describe_security_groups(Filters=[{"Name": f"tag:{CLUSTER}", "Values": [cluster]}])[
+        "SecurityGroups"
+    ]
 
 
 def held(group: dict) -> set[tuple]:
@@ -77,7 +78,10 @@ def networks(count: int, start: int = 0) -> list[dict]:
 
 
 def test_create_makes_a_tagged_group_with_compacted_rules_and_the_self_rule(cloud):
-    adjacent = [{"ports": [9000], "cidr": "10.7.0.0/25"}, {"ports": [9000], "cidr": "10.7.0.128/25"}]
+    adjacent = [
+        {"ports": [9000], "cidr": "10.7.0.0/25"},
+        {"ports": [9000], "cidr": "10.7.0.128/25"},
+    ]
     result = core.apply("alpha", settings=settings_for([VPN, PEERED, *adjacent]))
 
     group = the_group(cloud.ec2, "alpha")
@@ -99,8 +103,11 @@ def test_create_makes_a_tagged_group_with_compacted_rules_and_the_self_rule(clou
     assert result.table.group_id == gid
     assert result.table.account == group["OwnerId"]
     assert {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules} == {
-        ("tcp", 8786, 8787, "10.1.0.0/16"), ("tcp", 8786, 8786, "10.2.0.0/16"),
-        ("tcp", 9000, 9000, "10.7.0.0/24"), ("all", 0, 65535, gid)}
+        ("tcp", 8786, 8787, "10.1.0.0/16"),
+        ("tcp", 8786, 8786, "10.2.0.0/16"),
+        ("tcp", 9000, 9000, "10.7.0.0/24"),
+        ("all", 0, 65535, gid),
+    }
     origins = dict(zip((r.source for r in result.table.rules), result.table.origins))
     assert origins[gid] == "this group (cluster-internal)"
     assert origins["10.1.0.0/16"] == "cluster options (backend_options)"
@@ -119,8 +126,11 @@ def test_update_adds_and_removes_and_authorizes_before_revoking(cloud, faults):
     assert [r.source for r in result.plan.add] == ["10.3.0.0/16"]
     assert [r.source for r in result.plan.remove] == ["10.2.0.0/16"]
     assert {r.source for r in result.plan.keep} == {"10.1.0.0/16", gid}
-    assert state(cloud.ec2, "beta") == {("tcp", 8786, 8787, "10.1.0.0/16"),
-                                        ("tcp", 8786, 8786, "10.3.0.0/16"), self_entry(gid)}
+    assert state(cloud.ec2, "beta") == {
+        ("tcp", 8786, 8787, "10.1.0.0/16"),
+        ("tcp", 8786, 8786, "10.3.0.0/16"),
+        self_entry(gid),
+    }
     writes = [op for op in faults.log if op.endswith("SecurityGroupIngress")]
     assert writes == ["AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress"]
 
@@ -168,11 +178,24 @@ def test_describe_of_a_cluster_without_group_says_so(sandbox):
 def _hand_made_group(ec2, name: str, tags: dict | None = None) -> str:
     kwargs = {"GroupName": name, "Description": "made by hand"}
     if tags:
-        kwargs["TagSpecifications"] = [{"ResourceType": "security-group",
-                                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        kwargs["TagSpecifications"] = [
+            {
+                "ResourceType": "security-group",
+                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+            }
+        ]
     gid = ec2.create_security_group(**kwargs)["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.9.0.0/16"}]}])
+    ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "10.9.0.0/16"}],
+            }
+        ],
+    )
     return gid
 
 
@@ -193,7 +216,8 @@ def test_a_group_with_our_name_but_not_our_owner_tag_is_refused(cloud):
     with pytest.raises(ForeignGroupError, match=gid):
         core.plan("epsilon", settings=settings_for([VPN]))
     named = cloud.ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-epsilon"]}])["SecurityGroups"]
+        Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-epsilon"]}]
+    )["SecurityGroups"]
     assert [g["GroupId"] for g in named] == [gid]
     # destroy does not touch it either
     assert not core.destroy("epsilon").deleted
@@ -206,9 +230,11 @@ def test_a_group_with_our_cluster_tag_but_not_our_owner_tag_is_refused(cloud, ow
     gid = _hand_made_group(cloud.ec2, "zeta-by-hand", tags)
     before = _rules_of(cloud.ec2, gid)
 
-    for call in (lambda: core.apply("zeta", settings=settings_for([VPN])),
-                 lambda: core.plan("zeta", settings=settings_for([VPN])),
-                 lambda: core.destroy("zeta")):
+    for call in (
+        lambda: core.apply("zeta", settings=settings_for([VPN])),
+        lambda: core.plan("zeta", settings=settings_for([VPN])),
+        lambda: core.destroy("zeta"),
+    ):
         with pytest.raises(ForeignGroupError, match=gid):
             call()
 
@@ -225,9 +251,17 @@ def test_a_rule_added_by_hand_is_reported_then_removed(cloud):
     wanted = settings_for([VPN])
     core.apply("eta", settings=wanted)
     gid = the_group(cloud.ec2, "eta")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-         "IpRanges": [{"CidrIp": "10.99.0.0/16", "Description": "console"}]}])
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "10.99.0.0/16", "Description": "console"}],
+            }
+        ],
+    )
 
     planned = core.plan("eta", settings=wanted)
     assert planned.remove == (Rule("tcp", 22, 22, "10.99.0.0/16"),)
@@ -281,8 +315,9 @@ def test_ipv4_and_ipv6_are_counted_apart(sandbox):
     v6 = [{"ports": [8786], "cidr": f"2001:db8:{2 * k:x}::/48"} for k in range(60)]
     core.plan("lambda", settings=settings_for([*networks(59), *v6]))  # 60 + 60: fits
     with pytest.raises(QuotaError, match="61 IPv6"):
-        core.plan("lambda", settings=settings_for(
-            [*v6, {"ports": [8786], "cidr": "2001:db8:ff::/48"}]))
+        core.plan(
+            "lambda", settings=settings_for([*v6, {"ports": [8786], "cidr": "2001:db8:ff::/48"}])
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,9 +327,17 @@ def test_ipv4_and_ipv6_are_counted_apart(sandbox):
 def test_a_host_bit_cidr_stored_by_hand_matches_the_declared_network(cloud):
     core.apply("mu", settings=settings_for([]))
     gid = the_group(cloud.ec2, "mu")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 8786, "ToPort": 8786,
-         "IpRanges": [{"CidrIp": "10.1.0.2/16"}]}])
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 8786,
+                "ToPort": 8786,
+                "IpRanges": [{"CidrIp": "10.1.0.2/16"}],
+            }
+        ],
+    )
     assert ("tcp", 8786, 8786, "10.1.0.2/16") in state(cloud.ec2, "mu")  # moto keeps host bits
 
     wanted = settings_for([{"ports": [8786], "cidr": "10.1.0.0/16"}])
@@ -308,10 +351,18 @@ def test_a_host_bit_cidr_stored_by_hand_matches_the_declared_network(cloud):
 def test_a_host_bit_cidr_stored_by_hand_is_removed_when_not_declared(cloud):
     core.apply("nu", settings=settings_for([VPN]))
     gid = the_group(cloud.ec2, "nu")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-         "IpRanges": [{"CidrIp": "10.5.0.7/16"}, {"CidrIp": "10.5.0.0/16"}],
-         "Ipv6Ranges": [{"CidrIpv6": "2001:db8::1/32"}]}])
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "10.5.0.7/16"}, {"CidrIp": "10.5.0.0/16"}],
+                "Ipv6Ranges": [{"CidrIpv6": "2001:db8::1/32"}],
+            }
+        ],
+    )
 
     planned = core.plan("nu", settings=settings_for([VPN]))
     assert {r.source for r in planned.remove} == {"10.5.0.0/16", "2001:db8::/32"}
@@ -324,13 +375,20 @@ def test_a_host_bit_cidr_stored_by_hand_is_removed_when_not_declared(cloud):
 
 
 def test_ipv6_and_everyone(cloud):
-    wanted = settings_for([{"ports": [8786], "cidr": "2001:db8::/32", "description": "v6 office"},
-                           {"ports": [8787], "cidr": "everyone"}])
+    wanted = settings_for(
+        [
+            {"ports": [8786], "cidr": "2001:db8::/32", "description": "v6 office"},
+            {"ports": [8787], "cidr": "everyone"},
+        ]
+    )
     result = core.apply("xi", settings=wanted)
     gid = the_group(cloud.ec2, "xi")["GroupId"]
-    assert state(cloud.ec2, "xi") == {("tcp", 8786, 8786, "2001:db8::/32"),
-                                      ("tcp", 8787, 8787, "0.0.0.0/0"),
-                                      ("tcp", 8787, 8787, "::/0"), self_entry(gid)}
+    assert state(cloud.ec2, "xi") == {
+        ("tcp", 8786, 8786, "2001:db8::/32"),
+        ("tcp", 8787, 8787, "0.0.0.0/0"),
+        ("tcp", 8787, 8787, "::/0"),
+        self_entry(gid),
+    }
     assert any("8787" in w and "whole internet" in w for w in result.table.warnings)
     assert any("whole internet" in w for w in result.plan.warnings)
     assert not core.apply("xi", settings=wanted).changed
@@ -356,11 +414,22 @@ def test_a_prefix_list_entry_is_reported_as_unmanageable_and_left_alone(cloud):
     gid = the_group(cloud.ec2, "pi")["GroupId"]
     try:
         prefix_list = cloud.ec2.create_managed_prefix_list(
-            PrefixListName="office", MaxEntries=2, AddressFamily="IPv4",
-            Entries=[{"Cidr": "10.8.0.0/16"}])["PrefixList"]["PrefixListId"]
-        cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 8786, "ToPort": 8786,
-             "PrefixListIds": [{"PrefixListId": prefix_list}]}])
+            PrefixListName="office",
+            MaxEntries=2,
+            AddressFamily="IPv4",
+            Entries=[{"Cidr": "10.8.0.0/16"}],
+        )["PrefixList"]["PrefixListId"]
+        cloud.ec2.authorize_security_group_ingress(
+            GroupId=gid,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 8786,
+                    "ToPort": 8786,
+                    "PrefixListIds": [{"PrefixListId": prefix_list}],
+                }
+            ],
+        )
     except Exception as error:  # pragma: no cover - depends on the moto version
         pytest.skip(f"moto does not support prefix lists in security groups: {error}")
 
@@ -470,16 +539,28 @@ def _wait_for(paths: list[Path], procs) -> None:
 
 def test_two_processes_applying_at_once_end_in_one_declared_state(cloud, tmp_path):
     rounds = 4
-    sets = {"a": [VPN, PEERED], "b": [{"ports": [8786, 8787], "cidr": "172.16.0.0/12"},
-                                      {"ports": [8786], "cidr": "2001:db8::/32"}]}
+    sets = {
+        "a": [VPN, PEERED],
+        "b": [
+            {"ports": [8786, 8787], "cidr": "172.16.0.0/12"},
+            {"ports": [8786], "cidr": "2001:db8::/32"},
+        ],
+    }
     expected = {
         "a": {("tcp", 8786, 8787, "10.1.0.0/16"), ("tcp", 8786, 8786, "10.2.0.0/16")},
         "b": {("tcp", 8786, 8787, "172.16.0.0/12"), ("tcp", 8786, 8786, "2001:db8::/32")},
     }
     env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[2])}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, name, json.dumps(rules),
-                               str(tmp_path), str(rounds)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for name, rules in sets.items()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, name, json.dumps(rules), str(tmp_path), str(rounds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, rules in sets.items()
+    ]
     try:
         seen = []
         for n in range(rounds):
@@ -562,14 +643,23 @@ def test_cluster_kwargs_in_coileds_shape(cloud):
 
     core.apply("omega", settings=wanted)
     gid = the_group(cloud.ec2, "omega")["GroupId"]
-    kwargs = core.cluster_kwargs("omega", settings=wanted,
-                                 backend_options={"region_name": "us-east-1",
-                                                  "firewall": {"ports": [22], "cidr": "10.0.0.0/8"}})
+    kwargs = core.cluster_kwargs(
+        "omega",
+        settings=wanted,
+        backend_options={
+            "region_name": "us-east-1",
+            "firewall": {"ports": [22], "cidr": "10.0.0.0/8"},
+        },
+    )
 
     assert kwargs == {
-        "backend_options": {"region_name": "us-east-1", "ingress": [
-            {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"},
-            {"ports": ["8786-8787"], "cidr": "10.1.0.0/16", "description": "VPN"}]},
+        "backend_options": {
+            "region_name": "us-east-1",
+            "ingress": [
+                {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"},
+                {"ports": ["8786-8787"], "cidr": "10.1.0.0/16", "description": "VPN"},
+            ],
+        },
         "use_scheduler_public_ip": False,
     }
     assert kwargs.security_group_id == gid and kwargs.security_groups == [gid]
@@ -587,18 +677,31 @@ def test_hand_added_icmp_and_all_traffic_rules_open_to_everyone_are_shown_and_re
     wanted = settings_for([PEERED])
     core.apply("ping", settings=wanted)
     gid = the_group(cloud.ec2, "ping")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "anything"}]}])
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=gid,
+        IpPermissions=[
+            {
+                "IpProtocol": "icmp",
+                "FromPort": -1,
+                "ToPort": -1,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            },
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "anything"}]},
+        ],
+    )
 
     table = core.describe("ping", settings=wanted)
-    assert {(r.protocol, r.source) for r in table.rules} >= {("icmp", "0.0.0.0/0"),
-                                                             ("all", "0.0.0.0/0")}
+    assert {(r.protocol, r.source) for r in table.rules} >= {
+        ("icmp", "0.0.0.0/0"),
+        ("all", "0.0.0.0/0"),
+    }
     assert any("whole internet" in w for w in table.warnings)
     assert "0.0.0.0/0" in repr(table)
     planned = core.plan("ping", settings=wanted)
-    assert {(r.protocol, r.source) for r in planned.remove} == {("icmp", "0.0.0.0/0"),
-                                                                ("all", "0.0.0.0/0")}
+    assert {(r.protocol, r.source) for r in planned.remove} == {
+        ("icmp", "0.0.0.0/0"),
+        ("all", "0.0.0.0/0"),
+    }
 
     core.apply("ping", settings=wanted)
     assert state(cloud.ec2, "ping") == {("tcp", 8786, 8786, "10.2.0.0/16"), self_entry(gid)}
@@ -609,8 +712,9 @@ def test_a_rule_naming_a_missing_group_fails_at_once_without_retrying(cloud, api
     api_calls.clear()
 
     with pytest.raises(CloudError) as info:
-        core.apply("kappa", settings=settings_for([VPN, {"ports": [8786],
-                                                         "cidr": "sg-0123456789abcdef0"}]))
+        core.apply(
+            "kappa", settings=settings_for([VPN, {"ports": [8786], "cidr": "sg-0123456789abcdef0"}])
+        )
 
     assert info.value.code == "InvalidGroup.NotFound"
     # find + one authorize: the NotFound of a group we did not just create is not retried

@@ -30,7 +30,9 @@ def loopback_only(monkeypatch):
     # Registered before the override, so that leaving dask.config.set does not drop the defaults.
     settings.register_defaults()
     reach.forget_public_address()
-    with dask.config.set({"coiled-jupyter.public-ip.services": [], reach.PUBLIC_IP_CONFIG_KEY: None}):
+    with dask.config.set(
+        {"coiled-jupyter.public-ip.services": [], reach.PUBLIC_IP_CONFIG_KEY: None}
+    ):
         yield
     reach.forget_public_address()
 
@@ -38,9 +40,12 @@ def loopback_only(monkeypatch):
 class _Answers(http.server.BaseHTTPRequestHandler):
     """Answers by path: /ip and /ip6 give an address, /html an error page, /500 a server error."""
 
-    bodies = {"/ip": (200, b"203.0.113.7\n"), "/ip6": (200, b"  2001:DB8::7 \n"),
-              "/html": (200, b"<html><body>Service unavailable</body></html>"),
-              "/500": (500, b"oops")}
+    bodies = {
+        "/ip": (200, b"203.0.113.7\n"),
+        "/ip6": (200, b"  2001:DB8::7 \n"),
+        "/html": (200, b"<html><body>Service unavailable</body></html>"),
+        "/500": (500, b"oops"),
+    }
 
     def do_GET(self):
         self.server.asked.append(self.path)
@@ -61,8 +66,9 @@ def service():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
     server.asked = []
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     yield server
     server.shutdown()
@@ -82,7 +88,9 @@ def test_config_override_wins_without_asking(service):
 
 def test_config_override_that_is_not_an_address_is_refused(service):
     with dask.config.set({reach.PUBLIC_IP_CONFIG_KEY: "my-laptop"}):
-        with pytest.raises(IngressError, match="coiled.client_public_ip is 'my-laptop'.*203.0.113.7"):
+        with pytest.raises(
+            IngressError, match="coiled.client_public_ip is 'my-laptop'.*203.0.113.7"
+        ):
             reach.public_address(services=[service.url("/ip")])
     assert service.asked == []
 
@@ -96,10 +104,16 @@ def test_ipv6_answer_is_stripped_and_canonical(service):
 
 
 def test_garbage_and_errors_are_skipped_for_the_next_service(service):
-    assert reach.public_address(services=[service.url("/html"), service.url("/500")],
-                                timeout=2) is None
-    assert reach.public_address(services=[service.url("/html"), service.url("/500"),
-                                          service.url("/ip")], timeout=2) == "203.0.113.7"
+    assert (
+        reach.public_address(services=[service.url("/html"), service.url("/500")], timeout=2)
+        is None
+    )
+    assert (
+        reach.public_address(
+            services=[service.url("/html"), service.url("/500"), service.url("/ip")], timeout=2
+        )
+        == "203.0.113.7"
+    )
     assert service.asked == ["/html", "/500", "/html", "/500", "/ip"]
 
 
@@ -110,7 +124,8 @@ def test_silent_server_gives_none_without_hanging():
     try:
         start = time.monotonic()
         address = reach.public_address(
-            services=[f"http://127.0.0.1:{listener.getsockname()[1]}/"], timeout=0.3)
+            services=[f"http://127.0.0.1:{listener.getsockname()[1]}/"], timeout=0.3
+        )
         elapsed = time.monotonic() - start
     finally:
         listener.close()
@@ -176,8 +191,12 @@ def rules(*items):
 
 
 def test_public_ip_with_public_address_admitted():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "203.0.113.0/24"}), True,
-                         local=["10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "203.0.113.0/24"}),
+        True,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert (result.scheduler.verdict, result.dashboard.verdict) == ("yes", "yes")
     assert result.scheduler.address == "203.0.113.7"
     assert result.scheduler.rule == "203.0.113.0/24"
@@ -185,8 +204,12 @@ def test_public_ip_with_public_address_admitted():
 
 
 def test_public_ip_with_public_address_not_admitted():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}), True,
-                         local=["10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}),
+        True,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert (result.scheduler.verdict, result.dashboard.verdict) == ("no", "no")
     assert "203.0.113.7" in result.scheduler.reason
     [warning] = result.warnings
@@ -197,8 +220,12 @@ def test_public_ip_with_public_address_not_admitted():
 
 
 def test_public_ip_not_admitted_but_private_is_suggests_private_ip():
-    result = reach.check(rules({"ports": [8786], "cidr": "10.0.0.0/8"}), True,
-                         local=["10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786], "cidr": "10.0.0.0/8"}),
+        True,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert result.scheduler.verdict == "no"
     [warning] = result.warnings
     assert "`%coiled_scheduler_ip private` (10.1.2.3 is admitted)" in warning
@@ -206,12 +233,15 @@ def test_public_ip_not_admitted_but_private_is_suggests_private_ip():
 
 def test_public_ip_with_unknown_public_address(service):
     # The fixture configures no services, so the lookup finds nothing.
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}), True,
-                         local=["10.1.2.3"])
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}), True, local=["10.1.2.3"]
+    )
     assert (result.scheduler.verdict, result.dashboard.verdict) == ("unknown", "unknown")
     assert result.public is None
-    assert result.scheduler.reason == ("this notebook's public address is unknown (offline?); set "
-                                       "coiled.client_public_ip to tell it.")
+    assert result.scheduler.reason == (
+        "this notebook's public address is unknown (offline?); set "
+        "coiled.client_public_ip to tell it."
+    )
     assert result.warnings == ()
     assert service.asked == []
 
@@ -226,37 +256,53 @@ def test_public_address_is_looked_up_when_it_matters(service):
 
 def test_private_ip_does_not_look_up_the_public_address(service):
     with dask.config.set({"coiled-jupyter.public-ip.services": [service.url("/ip")]}):
-        result = reach.check(rules({"ports": [8786], "cidr": "10.0.0.0/8"}), False,
-                             local=["10.1.2.3"])
+        result = reach.check(
+            rules({"ports": [8786], "cidr": "10.0.0.0/8"}), False, local=["10.1.2.3"]
+        )
     assert result.public is None
     assert service.asked == []
 
 
 def test_private_ip_with_local_address_admitted():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "10.1.0.0/16"}), False,
-                         local=["192.0.2.2", "10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "10.1.0.0/16"}),
+        False,
+        local=["192.0.2.2", "10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert (result.scheduler.verdict, result.dashboard.verdict) == ("yes", "yes")
     assert result.scheduler.address == "10.1.2.3"
     assert result.warnings == ()
 
 
 def test_private_ip_with_only_public_ranges_warns():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": ["203.0.113.0/24", "198.51.100.7"]}),
-                         False, local=["10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": ["203.0.113.0/24", "198.51.100.7"]}),
+        False,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert result.scheduler.verdict == "no"
     [warning] = result.warnings
-    assert warning.startswith("the client will connect on the scheduler's private IP, but the rules "
-                              "only admit public networks (198.51.100.7/32, 203.0.113.0/24)")
+    assert warning.startswith(
+        "the client will connect on the scheduler's private IP, but the rules "
+        "only admit public networks (198.51.100.7/32, 203.0.113.0/24)"
+    )
     assert "add your VPC or VPN range, e.g. `%coiled_ingress add 8786 10.1.0.0/16`" in warning
     assert "(this notebook is 10.1.2.3)" in warning
 
 
 def test_private_ip_with_private_ranges_elsewhere_warns_only_about_this_notebook():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "172.16.0.0/12"}), False,
-                         local=["10.1.2.3", "fd00::2"])
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "172.16.0.0/12"}),
+        False,
+        local=["10.1.2.3", "fd00::2"],
+    )
     assert result.scheduler.verdict == "no"
-    assert "no rule admits 10.1.2.3 and fd00::2 (this notebook's private addresses)" in \
-        result.scheduler.reason
+    assert (
+        "no rule admits 10.1.2.3 and fd00::2 (this notebook's private addresses)"
+        in result.scheduler.reason
+    )
     [warning] = result.warnings
     assert "private addresses 10.1.2.3 and fd00::2 are not admitted on port 8786" in warning
     assert "`%coiled_ingress add 8786 10.1.2.3`" in warning
@@ -277,28 +323,40 @@ def test_ports_come_from_the_options_or_the_arguments():
     admitted = rules({"ports": [9000], "cidr": "10.0.0.0/8"})
     default = reach.check(admitted, False, local=["10.1.2.3"])
     assert (default.scheduler.port, default.dashboard.port) == (8786, 8787)
-    moved = reach.check(admitted, False, local=["10.1.2.3"], scheduler_port=9000, dashboard_port=9001)
+    moved = reach.check(
+        admitted, False, local=["10.1.2.3"], scheduler_port=9000, dashboard_port=9001
+    )
     assert (moved.scheduler.verdict, moved.dashboard.verdict) == ("yes", "no")
 
 
 def test_udp_and_security_group_rules_admit_no_client():
-    result = reach.check(rules({"ports": [8786], "cidr": "10.0.0.0/8", "protocol": "udp"},
-                               {"ports": [8786], "cidr": "sg-0123456789abcdef0"}), False,
-                         local=["10.1.2.3"])
+    result = reach.check(
+        rules(
+            {"ports": [8786], "cidr": "10.0.0.0/8", "protocol": "udp"},
+            {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
+        ),
+        False,
+        local=["10.1.2.3"],
+    )
     assert result.scheduler.verdict == "no"
 
 
 def test_me_admits_the_public_address():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "me"}), True, local=["10.1.2.3"],
-                         public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "me"}), True, local=["10.1.2.3"], public="203.0.113.7"
+    )
     assert result.scheduler.verdict == "yes"
     assert result.scheduler.rule == "me (203.0.113.7)"
     assert "admitted by me (203.0.113.7)" in result.scheduler.reason
 
 
 def test_me_does_not_admit_private_addresses():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "me"}), False, local=["10.1.2.3"],
-                         public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "me"}),
+        False,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     assert result.scheduler.verdict == "no"
 
 
@@ -308,21 +366,31 @@ def test_me_with_unknown_public_address_admits_nothing():
 
 
 def test_open_to_the_world_warns_with_the_ports():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "everyone"}), True, local=[],
-                         public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "everyone"}), True, local=[], public="203.0.113.7"
+    )
     assert (result.scheduler.verdict, result.dashboard.verdict) == ("yes", "yes")
     [warning] = result.warnings
-    assert warning.startswith("ports 8786 and 8787 are open to the whole internet (0.0.0.0/0 and ::/0)")
+    assert warning.startswith(
+        "ports 8786 and 8787 are open to the whole internet (0.0.0.0/0 and ::/0)"
+    )
     assert warning.endswith("e.g. `%coiled_ingress add 8786 me`, then remove 0.0.0.0/0 and ::/0.")
     assert "`me` (203.0.113.7)" in warning
 
 
 def test_open_to_the_world_names_ranges_and_protocols():
-    result = reach.check(rules({"ports": ["8000-8100"], "cidr": "0.0.0.0/0"},
-                               {"ports": [22], "cidr": "::/0", "protocol": "udp"}), False, local=[])
+    result = reach.check(
+        rules(
+            {"ports": ["8000-8100"], "cidr": "0.0.0.0/0"},
+            {"ports": [22], "cidr": "::/0", "protocol": "udp"},
+        ),
+        False,
+        local=[],
+    )
     [warning] = result.warnings
-    assert warning.startswith("ports 8000-8100 and 22/udp are open to the whole internet "
-                              "(0.0.0.0/0 and ::/0)")
+    assert warning.startswith(
+        "ports 8000-8100 and 22/udp are open to the whole internet (0.0.0.0/0 and ::/0)"
+    )
     assert "`%coiled_ingress add 8000 me`" in warning
 
 
@@ -346,12 +414,21 @@ def test_ipv6_addresses():
 
 
 def test_to_dict_is_json_and_summary_is_plain_text():
-    result = reach.check(rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}), True,
-                         local=["10.1.2.3"], public="203.0.113.7")
+    result = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "198.51.100.0/24"}),
+        True,
+        local=["10.1.2.3"],
+        public="203.0.113.7",
+    )
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["scheduler"] == {"name": "scheduler", "port": 8786, "verdict": "no",
-                                 "reason": result.scheduler.reason, "address": "203.0.113.7",
-                                 "rule": None}
+    assert data["scheduler"] == {
+        "name": "scheduler",
+        "port": 8786,
+        "verdict": "no",
+        "reason": result.scheduler.reason,
+        "address": "203.0.113.7",
+        "rule": None,
+    }
     assert data["public_address"] == "203.0.113.7"
     assert data["local_addresses"] == ["10.1.2.3"]
     assert data["warnings"] == list(result.warnings)

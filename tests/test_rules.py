@@ -79,7 +79,9 @@ def test_coiled_documented_example_as_yaml_text():
 
 
 def test_coiled_documented_example_as_json_text():
-    text = '[{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]'
+    text = (
+        '[{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]'
+    )
     assert parse_ingress(text) == COILED_EXAMPLE_RULES
 
 
@@ -189,11 +191,13 @@ def test_a_list_of_cidrs_gives_one_rule_per_source():
 
 
 def test_duplicates_are_removed_and_their_descriptions_joined():
-    rules = parse_ingress([
-        {"ports": [8786], "cidr": "10.1.0.0/16", "description": "office"},
-        {"ports": ["8786"], "cidr": "10.1.0.0/16", "description": "vpn"},
-        {"ports": [8786, 8786], "cidr": "10.1.0.0/16", "description": "office"},
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [8786], "cidr": "10.1.0.0/16", "description": "office"},
+            {"ports": ["8786"], "cidr": "10.1.0.0/16", "description": "vpn"},
+            {"ports": [8786, 8786], "cidr": "10.1.0.0/16", "description": "office"},
+        ]
+    )
     assert rules == [Rule("tcp", 8786, 8786, "10.1.0.0/16")]
     assert rules[0].description == "office; vpn"
 
@@ -269,8 +273,9 @@ def test_word_as_port_is_refused():
     assert "8786" in problem and "'8000-8100'" in problem
 
 
-@pytest.mark.parametrize("value, type_name", [(None, "NoneType"), ({"port": 1}, "dict"),
-                                              ([8786], "list")])
+@pytest.mark.parametrize(
+    "value, type_name", [(None, "NoneType"), ({"port": 1}, "dict"), ([8786], "list")]
+)
 def test_port_of_a_wrong_type_is_refused(value, type_name):
     problem = only_problem(one(ports=[value]))
     assert f"port {value!r} of type {type_name}" in problem
@@ -302,8 +307,10 @@ def test_missing_ports_and_cidr_are_both_reported():
     assert "has no 'cidr'; add e.g. 'cidr: 10.1.0.0/16'" in problems[1]
 
 
-@pytest.mark.parametrize("cidr", ["10.1.0/16", "10.1.0.0.0/16", "example.com", "256.1.1.1",
-                                  "10.1.0.0 /16", "2001:db8:::1/64"])
+@pytest.mark.parametrize(
+    "cidr",
+    ["10.1.0/16", "10.1.0.0.0/16", "example.com", "256.1.1.1", "10.1.0.0 /16", "2001:db8:::1/64"],
+)
 def test_malformed_cidr_is_refused(cidr):
     problem = only_problem(one(cidr=cidr))
     assert repr(cidr) in problem
@@ -332,8 +339,17 @@ def test_ipv6_prefix_length_above_128_is_refused():
     assert "'2001:db8::/128' for one address" in problem
 
 
-@pytest.mark.parametrize("cidr", ["10.1.0.0/-1", "10.1.0.0/x", "10.1.0.0/", "10.1.0.0/²",
-                                  "10.1.0.0/16/8", "10.1.0.0/99999999999"])
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "10.1.0.0/-1",
+        "10.1.0.0/x",
+        "10.1.0.0/",
+        "10.1.0.0/²",
+        "10.1.0.0/16/8",
+        "10.1.0.0/99999999999",
+    ],
+)
 def test_prefix_length_that_is_not_a_number_is_refused(cidr):
     problem = only_problem(one(cidr=cidr))
     assert f"cidr {cidr!r} whose prefix length" in problem
@@ -366,8 +382,10 @@ def test_ipv6_zone_is_refused():
     assert "'fe80::1%eth0'" in problem and "zone" in problem
 
 
-@pytest.mark.parametrize("key, suggestion", [("port", "ports"), ("cdir", "cidr"),
-                                             ("protcol", "protocol"), ("desciption", "description")])
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [("port", "ports"), ("cdir", "cidr"), ("protcol", "protocol"), ("desciption", "description")],
+)
 def test_unknown_key_gets_a_did_you_mean(key, suggestion):
     value = one()
     value[0][key] = "x"
@@ -422,8 +440,15 @@ def test_too_long_description_is_refused():
     assert f"at most {DESCRIPTION_MAX}, shorten it" in problem
 
 
-@pytest.mark.parametrize("text, bad", [("héllo <team>", "'<>é'"), ("two\nlines", "'\\n'"),
-                                       ("trailing newline\n", "'\\n'"), ("tab\there", "'\\t'")])
+@pytest.mark.parametrize(
+    "text, bad",
+    [
+        ("héllo <team>", "'<>é'"),
+        ("two\nlines", "'\\n'"),
+        ("trailing newline\n", "'\\n'"),
+        ("tab\there", "'\\t'"),
+    ],
+)
 def test_description_with_characters_aws_refuses(text, bad):
     problem = only_problem(one(description=text))
     assert f"description {text!r} with characters AWS refuses ({bad})" in problem
@@ -447,7 +472,9 @@ def test_bad_yaml_text_names_where_it_came_from():
     assert caught.value.problems[0].startswith("%%coiled_ingress body text could not be read")
 
 
-@pytest.mark.parametrize("group", ["sg-123", "sg-0123456789abcdefg", "sg-", "sg-0123456789abcdef01"])
+@pytest.mark.parametrize(
+    "group", ["sg-123", "sg-0123456789abcdefg", "sg-", "sg-0123456789abcdef01"]
+)
 def test_bad_security_group_id_is_refused(group):
     problem = only_problem(one(cidr=group))
     assert f"security group {group!r}, which is not a group id" in problem
@@ -480,13 +507,17 @@ def test_every_mistake_of_one_input_is_reported_together():
 
 def test_nothing_is_returned_for_a_partly_valid_input():
     with pytest.raises(IngressError):
-        parse_ingress([{"ports": [8786], "cidr": "10.1.0.0/16"}, {"ports": [0], "cidr": "10.2.0.0/16"}])
+        parse_ingress(
+            [{"ports": [8786], "cidr": "10.1.0.0/16"}, {"ports": [0], "cidr": "10.2.0.0/16"}]
+        )
 
 
 def test_the_where_label_names_the_origin():
     with pytest.raises(IngressError) as caught:
         parse_ingress(one(ports=[0]), where="ingress in dask config /x/coiled.yaml")
-    assert caught.value.problems[0].startswith("ingress in dask config /x/coiled.yaml rule has port 0")
+    assert caught.value.problems[0].startswith(
+        "ingress in dask config /x/coiled.yaml rule has port 0"
+    )
 
 
 def test_ingress_error_is_a_value_error():
@@ -496,22 +527,29 @@ def test_ingress_error_is_a_value_error():
 
 def test_parse_rule_and_parse_ports_can_be_used_alone():
     assert parse_rule({"ports": "8786", "cidr": "me"}) == [Rule("tcp", 8786, 8786, "me")]
-    assert parse_ports([8787, "8000-8100", 8786, 8786]) == [(8000, 8100), (8786, 8786), (8787, 8787)]
+    assert parse_ports([8787, "8000-8100", 8786, 8786]) == [
+        (8000, 8100),
+        (8786, 8786),
+        (8787, 8787),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # Canonical networks
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("10.1.0.0/16", "10.1.0.0/16"),
-    ("10.1.0.0/016", "10.1.0.0/16"),
-    ("203.0.113.7", "203.0.113.7/32"),
-    ("0.0.0.0/0", "0.0.0.0/0"),
-    ("2001:DB8::/32", "2001:db8::/32"),
-    ("2001:db8:0000::1", "2001:db8::1/128"),
-    ("::/0", "::/0"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10.1.0.0/16", "10.1.0.0/16"),
+        ("10.1.0.0/016", "10.1.0.0/16"),
+        ("203.0.113.7", "203.0.113.7/32"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("2001:DB8::/32", "2001:db8::/32"),
+        ("2001:db8:0000::1", "2001:db8::1/128"),
+        ("::/0", "::/0"),
+    ],
+)
 def test_canonical_network(text, expected):
     assert canonical_network(text) == expected
     assert canonical_network(expected) == expected
@@ -522,19 +560,25 @@ def test_canonical_network(text, expected):
 
 
 def test_open_to_everyone_reports_only_the_whole_internet():
-    rules = parse_ingress([
-        {"ports": [8786], "cidr": "0.0.0.0/0"},
-        {"ports": [8787], "cidr": "::/0"},
-        {"ports": [8786], "cidr": "0.0.0.0/1"},
-        {"ports": [8786], "cidr": "me"},
-        {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [8786], "cidr": "0.0.0.0/0"},
+            {"ports": [8787], "cidr": "::/0"},
+            {"ports": [8786], "cidr": "0.0.0.0/1"},
+            {"ports": [8786], "cidr": "me"},
+            {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
+        ]
+    )
     assert [r.source for r in open_to_everyone(rules)] == ["0.0.0.0/0", "::/0"]
 
 
 def test_resolve_me_replaces_me_with_this_notebooks_addresses():
-    rules = parse_ingress([{"ports": [8786, 8787], "cidr": "me", "description": "laptop"},
-                           {"ports": [8786], "cidr": "10.1.0.0/16"}])
+    rules = parse_ingress(
+        [
+            {"ports": [8786, 8787], "cidr": "me", "description": "laptop"},
+            {"ports": [8786], "cidr": "10.1.0.0/16"},
+        ]
+    )
     resolved = resolve_me(rules, ["203.0.113.7", "2001:db8::7"])
     assert [r.key for r in resolved] == [
         ("tcp", 8786, 8786, "10.1.0.0/16"),
@@ -552,11 +596,13 @@ def test_resolve_me_without_me_changes_nothing():
 
 
 def test_admits():
-    rules = parse_ingress([
-        {"ports": [8786, "9000-9010"], "cidr": "10.1.0.0/16"},
-        {"ports": [8786], "cidr": "2001:db8::/32", "protocol": "udp"},
-        {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [8786, "9000-9010"], "cidr": "10.1.0.0/16"},
+            {"ports": [8786], "cidr": "2001:db8::/32", "protocol": "udp"},
+            {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
+        ]
+    )
     assert admits(rules, "tcp", 8786, "10.1.255.255")
     assert admits(rules, "tcp", 9005, "10.1.0.1")
     assert not admits(rules, "tcp", 8787, "10.1.0.1")
@@ -586,23 +632,27 @@ def test_coiled_example_compacts_to_two_rules():
 
 
 def test_compaction_merges_contiguous_ports_and_adjacent_networks():
-    rules = parse_ingress([
-        {"ports": [8786, 8787, "8788-8790"], "cidr": "10.0.0.0/25", "description": "lab"},
-        {"ports": ["8786-8790"], "cidr": "10.0.0.128/25", "description": "lab; annex"},
-        {"ports": [8786], "cidr": "10.0.0.7"},  # inside the others: dropped
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [8786, 8787, "8788-8790"], "cidr": "10.0.0.0/25", "description": "lab"},
+            {"ports": ["8786-8790"], "cidr": "10.0.0.128/25", "description": "lab; annex"},
+            {"ports": [8786], "cidr": "10.0.0.7"},  # inside the others: dropped
+        ]
+    )
     [rule] = compact(rules)
     assert rule.key == ("tcp", 8786, 8790, "10.0.0.0/24")
     assert rule.description == "lab; annex"
 
 
 def test_compaction_keeps_protocols_families_and_groups_apart():
-    rules = parse_ingress([
-        {"ports": [53], "cidr": "10.0.0.0/24", "protocol": "udp"},
-        {"ports": [54], "cidr": "10.0.0.0/24"},
-        {"ports": [53], "cidr": "2001:db8::/64"},
-        {"ports": [53, 54], "cidr": "sg-0123456789abcdef0"},
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [53], "cidr": "10.0.0.0/24", "protocol": "udp"},
+            {"ports": [54], "cidr": "10.0.0.0/24"},
+            {"ports": [53], "cidr": "2001:db8::/64"},
+            {"ports": [53, 54], "cidr": "sg-0123456789abcdef0"},
+        ]
+    )
     assert [r.key for r in compact(rules)] == [
         ("tcp", 53, 53, "2001:db8::/64"),
         ("tcp", 53, 54, "sg-0123456789abcdef0"),
@@ -657,20 +707,25 @@ def test_to_coiled_groups_ports_by_source():
 
 
 def test_to_coiled_round_trip_keeps_every_kind_of_rule():
-    rules = parse_ingress([
-        {"ports": [8786, 8787, "9000-9100"], "cidr": "10.1.0.0/16", "description": "office"},
-        {"ports": [53], "cidr": "2001:db8::/32", "protocol": "udp"},
-        {"ports": [8786], "cidr": "everyone"},
-        {"ports": [8787], "cidr": "me"},
-        {"ports": [22], "cidr": "sg-0123456789abcdef0", "description": "bastion"},
-        {"ports": [8786], "cidr": "203.0.113.7"},
-    ])
+    rules = parse_ingress(
+        [
+            {"ports": [8786, 8787, "9000-9100"], "cidr": "10.1.0.0/16", "description": "office"},
+            {"ports": [53], "cidr": "2001:db8::/32", "protocol": "udp"},
+            {"ports": [8786], "cidr": "everyone"},
+            {"ports": [8787], "cidr": "me"},
+            {"ports": [22], "cidr": "sg-0123456789abcdef0", "description": "bastion"},
+            {"ports": [8786], "cidr": "203.0.113.7"},
+        ]
+    )
     coiled = to_coiled(rules)
     again = parse_ingress(coiled)
     assert again == rules
     assert [r.description for r in again] == [r.description for r in rules]
-    assert {"ports": [8786, 8787, "9000-9100"], "cidr": "10.1.0.0/16",
-            "description": "office"} in coiled
+    assert {
+        "ports": [8786, 8787, "9000-9100"],
+        "cidr": "10.1.0.0/16",
+        "description": "office",
+    } in coiled
     assert {"ports": [53], "cidr": "2001:db8::/32", "protocol": "udp"} in coiled
 
 
@@ -682,8 +737,14 @@ def test_to_coiled_round_trip_through_yaml_text():
 
 
 def test_rule_to_dict_and_ports_text():
-    assert Rule("tcp", 8000, 8100, "10.0.0.0/8").to_dict() == {"ports": ["8000-8100"],
-                                                                "cidr": "10.0.0.0/8"}
-    assert Rule("udp", 53, 53, "me", "dns").to_dict() == {"ports": [53], "cidr": "me",
-                                                          "protocol": "udp", "description": "dns"}
+    assert Rule("tcp", 8000, 8100, "10.0.0.0/8").to_dict() == {
+        "ports": ["8000-8100"],
+        "cidr": "10.0.0.0/8",
+    }
+    assert Rule("udp", 53, 53, "me", "dns").to_dict() == {
+        "ports": [53],
+        "cidr": "me",
+        "protocol": "udp",
+        "description": "dns",
+    }
     assert Rule("tcp", 8786, 8786, "10.0.0.0/8").ports == "8786"

@@ -45,14 +45,40 @@ GROUP_ID = re.compile(r"sg-[0-9a-f]{8}([0-9a-f]{9})?")
 # --------------------------------------------------------------------------------------------------
 # Strategies for (a): anything a person or a file could hand to parse_ingress
 
-scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-           | st.sampled_from(["8786", "8000-8100", "8100-8000", "me", "everyone", "10.1.0.0/16",
-                              "10.1.0.2/16", "::/0", "sg-12345678", "tcp", "udp", "²", "1e3"]))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "8786",
+            "8000-8100",
+            "8100-8000",
+            "me",
+            "everyone",
+            "10.1.0.0/16",
+            "10.1.0.2/16",
+            "::/0",
+            "sg-12345678",
+            "tcp",
+            "udp",
+            "²",
+            "1e3",
+        ]
+    )
+)
 json_like = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from([*ALLOWED_KEYS, "port", "cdir"]) | st.text(max_size=8),
-                      children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from([*ALLOWED_KEYS, "port", "cdir"]) | st.text(max_size=8),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=15,
 )
 
@@ -86,17 +112,30 @@ def bad_network(draw):
     return f"{ip}/{prefix}"  # a prefix length out of range, or (mostly) host bits set
 
 
-valid_port = (st.integers(1, 65535) | st.integers(1, 40) | st.integers(1, 40).map(str)
-              | st.tuples(st.integers(1, 65535), st.integers(0, 100)).map(
-                  lambda t: f"{t[0]}-{min(65535, t[0] + t[1])}"))
-bad_port = (st.integers(-2, 70_000) | st.booleans() | st.floats(allow_nan=True)
-            | st.tuples(st.integers(0, 70_000), st.integers(0, 70_000)).map(
-                lambda t: f"{t[0]}-{t[1]}")
-            | st.sampled_from(["abc", "", " 8786 ", "8786.0", "²", None]))
-valid_source = (valid_network() | st.sampled_from(["me", "everyone", "Everyone", "sg-12345678",
-                                                   "sg-0123456789ABCDEF0"]))
-bad_source = (bad_network() | st.sampled_from(["sg-xyz", "", "bad", "10.0.0/8"]) | st.integers()
-              | st.lists(valid_source | bad_network(), max_size=3))
+valid_port = (
+    st.integers(1, 65535)
+    | st.integers(1, 40)
+    | st.integers(1, 40).map(str)
+    | st.tuples(st.integers(1, 65535), st.integers(0, 100)).map(
+        lambda t: f"{t[0]}-{min(65535, t[0] + t[1])}"
+    )
+)
+bad_port = (
+    st.integers(-2, 70_000)
+    | st.booleans()
+    | st.floats(allow_nan=True)
+    | st.tuples(st.integers(0, 70_000), st.integers(0, 70_000)).map(lambda t: f"{t[0]}-{t[1]}")
+    | st.sampled_from(["abc", "", " 8786 ", "8786.0", "²", None])
+)
+valid_source = valid_network() | st.sampled_from(
+    ["me", "everyone", "Everyone", "sg-12345678", "sg-0123456789ABCDEF0"]
+)
+bad_source = (
+    bad_network()
+    | st.sampled_from(["sg-xyz", "", "bad", "10.0.0/8"])
+    | st.integers()
+    | st.lists(valid_source | bad_network(), max_size=3)
+)
 valid_values = {
     "ports": valid_port | st.lists(valid_port, min_size=1, max_size=4),
     "cidr": valid_source | st.lists(valid_source, min_size=1, max_size=3),
@@ -123,13 +162,21 @@ def near_valid_rule(draw):
     if draw(st.booleans()):
         keys = draw(st.lists(st.sampled_from(list(any_values)), unique=True, max_size=5))
     mistaken = draw(st.sampled_from(keys)) if keys else None
-    return {key: draw(any_values[key] if key == mistaken or key not in valid_values
-                      else valid_values[key]) for key in keys}
+    return {
+        key: draw(
+            any_values[key] if key == mistaken or key not in valid_values else valid_values[key]
+        )
+        for key in keys
+    }
 
 
 near_valid_input = st.lists(near_valid_rule(), max_size=5) | near_valid_rule()
-anything = (json_like | st.text(max_size=60) | near_valid_input
-            | near_valid_input.map(lambda v: yaml.safe_dump(v, default_flow_style=True)))
+anything = (
+    json_like
+    | st.text(max_size=60)
+    | near_valid_input
+    | near_valid_input.map(lambda v: yaml.safe_dump(v, default_flow_style=True))
+)
 
 
 def assert_canonical(rules):
@@ -213,15 +260,22 @@ def probe_points(rules):
         first, last = int(net.network_address), int(net.broadcast_address)
         for value in (first - 1, first, last, last + 1):
             if 0 <= value <= (2**net.max_prefixlen - 1):
-                addresses.add(str(ipaddress.ip_address(value) if net.version == 4
-                                  else ipaddress.IPv6Address(value)))
+                addresses.add(
+                    str(
+                        ipaddress.ip_address(value)
+                        if net.version == 4
+                        else ipaddress.IPv6Address(value)
+                    )
+                )
     return sorted(ports), sorted(addresses)
 
 
 def group_admits(rules, protocol, port, group):
     """The meaning of security-group rules, which ``admits`` leaves out."""
-    return any(r.protocol == protocol and r.from_port <= port <= r.to_port and r.source == group
-               for r in rules)
+    return any(
+        r.protocol == protocol and r.from_port <= port <= r.to_port and r.source == group
+        for r in rules
+    )
 
 
 def assert_same_meaning(before, after):
@@ -229,12 +283,13 @@ def assert_same_meaning(before, after):
     for protocol in PROTOCOLS:
         for port in ports:
             for address in addresses:
-                assert admits(after, protocol, port, address) == admits(before, protocol, port,
-                                                                        address), (protocol, port,
-                                                                                   address)
+                assert admits(after, protocol, port, address) == admits(
+                    before, protocol, port, address
+                ), (protocol, port, address)
             for group in GROUPS:
                 assert group_admits(after, protocol, port, group) == group_admits(
-                    before, protocol, port, group), (protocol, port, group)
+                    before, protocol, port, group
+                ), (protocol, port, group)
 
 
 @FAST

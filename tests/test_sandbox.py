@@ -18,7 +18,8 @@ import dask.config
 import psutil
 import pytest
 
-from coiled_jupyter.provision import core, sandbox as sandbox_module
+from coiled_jupyter.provision import core
+from coiled_jupyter.provision import sandbox as sandbox_module
 from coiled_jupyter.settings import effective_settings
 
 PACKAGE_ROOT = str(Path(core.__file__).parents[2])
@@ -28,8 +29,14 @@ def _python(code: str, state_dir: str | None = None, **kwargs) -> subprocess.Pop
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     if state_dir is not None:
         env["DASK_COILED_JUPYTER__SANDBOX__STATE_DIR"] = state_dir
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _run(code: str, state_dir: str | None = None) -> str:
@@ -80,8 +87,12 @@ def test_a_second_process_finds_the_shared_server(sandbox):
 
 
 def test_a_second_process_sees_the_same_groups(sandbox, cloud):
-    core.apply("shared", settings=effective_settings(
-        {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None))
+    core.apply(
+        "shared",
+        settings=effective_settings(
+            {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
+        ),
+    )
     gid = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-shared"]}]
     )["SecurityGroups"][0]["GroupId"]
@@ -123,8 +134,12 @@ def test_start_use_and_stop_a_server_of_our_own(sandbox_server, own_state_dir):
         assert sandbox_module.ensure() == server  # a second call starts nothing
         t = core.target("own")
         assert t.endpoint_url == server.url and t.backend == "sandbox"
-        result = core.apply("own", settings=effective_settings(
-            {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None))
+        result = core.apply(
+            "own",
+            settings=effective_settings(
+                {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
+            ),
+        )
         assert result.table.exists
     finally:
         assert sandbox_module.stop() is True
@@ -151,7 +166,9 @@ def test_a_stale_state_file_is_replaced_by_a_fresh_start(own_state_dir):
 
     assert server.pid != dead.pid
     assert json.loads((own_state_dir / "sandbox.json").read_text()) == {
-        "pid": server.pid, "port": server.port}
+        "pid": server.pid,
+        "port": server.port,
+    }
     assert sandbox_module.running() == server
 
 
@@ -197,8 +214,10 @@ def test_two_processes_ensuring_at_once_end_with_one_server(own_state_dir):
 
 
 def test_the_server_outlives_the_process_that_started_it(own_state_dir):
-    out = _run("from coiled_jupyter.provision import sandbox; print(sandbox.ensure().pid)",
-               str(own_state_dir))
+    out = _run(
+        "from coiled_jupyter.provision import sandbox; print(sandbox.ensure().pid)",
+        str(own_state_dir),
+    )
     server = sandbox_module.running()
     assert server is not None and server.pid == int(out)
 
@@ -210,15 +229,22 @@ def test_the_server_outlives_the_process_that_started_it(own_state_dir):
 def test_every_table_of_the_sandbox_says_sandbox_and_not_aws(cloud, launch):
     from coiled_jupyter.settings import set_session
 
-    wanted = effective_settings({"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]},
-                                account=lambda: None)
-    results = [core.plan("labelled", settings=wanted), core.apply("labelled", settings=wanted),
-               core.describe("labelled", settings=wanted)]
+    wanted = effective_settings(
+        {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
+    )
+    results = [
+        core.plan("labelled", settings=wanted),
+        core.apply("labelled", settings=wanted),
+        core.describe("labelled", settings=wanted),
+    ]
     gid = results[-1].group_id
     launch(gid, "labelled-scheduler")
     set_session(use_scheduler_public_ip=True)
-    results += [core.scheduler_address("labelled", settings=wanted),
-                core.show_settings("labelled", reach=False), core.destroy("labelled")]
+    results += [
+        core.scheduler_address("labelled", settings=wanted),
+        core.show_settings("labelled", reach=False),
+        core.destroy("labelled"),
+    ]
     for result in results:
         bundle = result._repr_mimebundle_()
         for mime in ("text/plain", "text/html"):

@@ -81,8 +81,14 @@ def write_config(folder: Path, text: str, name: str = "coiled.yaml") -> Path:
     return path
 
 
-def write_coiled_config(folder: Path, ingress=MISSING, public_ip=MISSING, *,
-                        name: str = "coiled.yaml", spelling: str = "backend_options") -> Path:
+def write_coiled_config(
+    folder: Path,
+    ingress=MISSING,
+    public_ip=MISSING,
+    *,
+    name: str = "coiled.yaml",
+    spelling: str = "backend_options",
+) -> Path:
     coiled: dict = {"token": "abc123-secret"}
     if ingress is not MISSING:
         coiled[spelling] = {"ingress": ingress}
@@ -95,9 +101,13 @@ def write_coiled_config(folder: Path, ingress=MISSING, public_ip=MISSING, *,
 
 def account_layer(ingress=None, public_ip=None):
     rules = parse_ingress(ingress) if ingress is not None else None
-    return lambda: LayerValues(Layer.ACCOUNT, rules, public_ip,
-                               ACCOUNT_ORIGIN if rules is not None else "",
-                               ACCOUNT_ORIGIN if public_ip is not None else "")
+    return lambda: LayerValues(
+        Layer.ACCOUNT,
+        rules,
+        public_ip,
+        ACCOUNT_ORIGIN if rules is not None else "",
+        ACCOUNT_ORIGIN if public_ip is not None else "",
+    )
 
 
 def resolve_with(folder: Path, values: dict[Layer, dict]):
@@ -106,19 +116,26 @@ def resolve_with(folder: Path, values: dict[Layer, dict]):
     ``values[layer]`` may hold ``ingress`` and ``use_scheduler_public_ip``; the built-in default is
     always there. Returns the settings and the expected origin of each layer.
     """
-    origins = {Layer.DEFAULT: "", Layer.ACCOUNT: ACCOUNT_ORIGIN, Layer.SESSION: "this kernel",
-               Layer.CLUSTER: "backend_options", Layer.CONFIG: ""}
+    origins = {
+        Layer.DEFAULT: "",
+        Layer.ACCOUNT: ACCOUNT_ORIGIN,
+        Layer.SESSION: "this kernel",
+        Layer.CLUSTER: "backend_options",
+        Layer.CONFIG: "",
+    }
     account = values.get(Layer.ACCOUNT, {})
     config = values.get(Layer.CONFIG)
     if config is not None:
-        path = write_coiled_config(folder, config.get("ingress", MISSING),
-                                   config.get("use_scheduler_public_ip", MISSING))
+        path = write_coiled_config(
+            folder, config.get("ingress", MISSING), config.get("use_scheduler_public_ip", MISSING)
+        )
         origins[Layer.CONFIG] = str(path)
     if Layer.SESSION in values:
         set_session(**values[Layer.SESSION])
-    result = effective_settings(values.get(Layer.CLUSTER),
-                                account=account_layer(account.get("ingress"),
-                                                      account.get("use_scheduler_public_ip")))
+    result = effective_settings(
+        values.get(Layer.CLUSTER),
+        account=account_layer(account.get("ingress"), account.get("use_scheduler_public_ip")),
+    )
     return result, origins
 
 
@@ -197,15 +214,20 @@ def test_ingress_from_a_stronger_layer_leaves_the_toggle_from_a_weaker_one(dask_
 
 
 def test_all_layers_at_once_the_cluster_wins(dask_config):
-    values = {layer: {"ingress": INGRESS[layer], "use_scheduler_public_ip": layer % 2 == 0}
-              for layer in Layer if layer != Layer.DEFAULT}
+    values = {
+        layer: {"ingress": INGRESS[layer], "use_scheduler_public_ip": layer % 2 == 0}
+        for layer in Layer
+        if layer != Layer.DEFAULT
+    }
     result, origins = resolve_with(dask_config, values)
     assert result.rules == parse_ingress(INGRESS[Layer.CLUSTER])
     assert_from(result.ingress, Layer.CLUSTER, "backend_options")
     assert result.use_scheduler_public_ip.value is True
     assert result.ingress.provenance == "cluster options (backend_options)"
-    assert result.to_coiled() == {"ingress": to_coiled(parse_ingress(INGRESS[Layer.CLUSTER])),
-                                  "use_scheduler_public_ip": True}
+    assert result.to_coiled() == {
+        "ingress": to_coiled(parse_ingress(INGRESS[Layer.CLUSTER])),
+        "use_scheduler_public_ip": True,
+    }
     # Every layer that was consulted is kept, weakest first, each with what it said.
     by_layer = {values.layer: values for values in result.layers}
     assert list(by_layer) == list(Layer)
@@ -246,7 +268,9 @@ def test_an_account_loader_that_finds_nothing(dask_config):
 
 
 def test_config_file_in_dask_config_folder_is_read(dask_config):
-    path = write_config(dask_config, """\
+    path = write_config(
+        dask_config,
+        """\
         # written by coiled login
         coiled:
           token: "abc123-secret"
@@ -257,10 +281,12 @@ def test_config_file_in_dask_config_folder_is_read(dask_config):
               - ports: [8786]
                 cidr: 10.2.0.0/16
           use_scheduler_public_ip: false
-        """)
+        """,
+    )
     layer = config_layer()
-    assert layer.ingress == parse_ingress([{"ports": [8786, 8787], "cidr": "10.1.0.0/16"},
-                                           {"ports": [8786], "cidr": "10.2.0.0/16"}])
+    assert layer.ingress == parse_ingress(
+        [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]
+    )
     assert layer.use_scheduler_public_ip is False
     assert layer.ingress_origin == layer.public_ip_origin == str(path)
 
@@ -279,7 +305,8 @@ def test_config_layer_agrees_with_dasks_own_merge(dask_config, monkeypatch):
     merged = dask.config.collect([str(dask_config)], env=os.environ)
     layer = config_layer()
     assert to_coiled(layer.ingress) == to_coiled(
-        parse_ingress(merged["coiled"]["backend_options"]["ingress"]))
+        parse_ingress(merged["coiled"]["backend_options"]["ingress"])
+    )
     assert layer.use_scheduler_public_ip is merged["coiled"]["use_scheduler_public_ip"] is True
 
 
@@ -320,8 +347,10 @@ def test_environment_toggle_beats_the_file_toggle(dask_config, monkeypatch):
     assert layer.ingress_origin == str(path)
 
 
-@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("private", False),
-                                            ("True", True), ("public", True)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("False", False), ("false", False), ("private", False), ("True", True), ("public", True)],
+)
 def test_environment_toggle_spellings(dask_config, monkeypatch, text, expected):
     monkeypatch.setenv(PUBLIC_IP_ENV, text)
     assert config_layer().use_scheduler_public_ip is expected
@@ -359,13 +388,16 @@ FIREWALL = {"ports": [22, 8786], "cidr": "10.5.0.0/16"}
 
 
 def test_deprecated_firewall_in_a_config_file(dask_config):
-    path = write_config(dask_config, """\
+    path = write_config(
+        dask_config,
+        """\
         coiled:
           backend_options:
             firewall:
               ports: [22, 8786]
               cidr: 10.5.0.0/16
-        """)
+        """,
+    )
     with pytest.warns(FutureWarning, match="'firewall' in dask config .* is deprecated"):
         result = effective_settings(account=lambda: None)
     assert result.rules == parse_ingress([FIREWALL])
@@ -390,17 +422,20 @@ def test_deprecated_firewall_in_cluster_options(dask_config):
 def test_ingress_wins_over_firewall_in_the_same_place(dask_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation warning: firewall is not used
-        values = layer_from_options(Layer.CLUSTER, {"ingress": INGRESS[Layer.CLUSTER],
-                                                    "firewall": FIREWALL})
+        values = layer_from_options(
+            Layer.CLUSTER, {"ingress": INGRESS[Layer.CLUSTER], "firewall": FIREWALL}
+        )
     assert values.ingress == parse_ingress(INGRESS[Layer.CLUSTER])
 
 
 def test_a_bad_deprecated_firewall_names_it(dask_config):
     with pytest.warns(FutureWarning), pytest.raises(IngressError) as caught:
-        layer_from_options(Layer.CLUSTER, {"firewall": {"ports": [0], "cidr": "10.0.0.0/8"}},
-                           "backend_options")
+        layer_from_options(
+            Layer.CLUSTER, {"firewall": {"ports": [0], "cidr": "10.0.0.0/8"}}, "backend_options"
+        )
     assert caught.value.problems[0].startswith(
-        "firewall in cluster options backend_options rule has port 0")
+        "firewall in cluster options backend_options rule has port 0"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,10 +491,21 @@ def test_bad_cluster_options_name_backend_options(dask_config):
 # parse_public_ip
 
 
-@pytest.mark.parametrize("value, expected", [
-    (True, True), (False, False), ("public", True), ("private", False), (" Public ", True),
-    ("PRIVATE", False), ("true", True), ("false", False), ("yes", True), ("no", False),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (True, True),
+        (False, False),
+        ("public", True),
+        ("private", False),
+        (" Public ", True),
+        ("PRIVATE", False),
+        ("true", True),
+        ("false", False),
+        ("yes", True),
+        ("no", False),
+    ],
+)
 def test_parse_public_ip_accepts_booleans_and_words(value, expected):
     assert parse_public_ip(value) is expected
 
@@ -469,8 +515,10 @@ def test_parse_public_ip_refuses_other_values_with_a_sentence(value):
     with pytest.raises(IngressError) as caught:
         parse_public_ip(value, where="%coiled_scheduler_ip")
     [problem] = caught.value.problems
-    assert problem == (f"%coiled_scheduler_ip is {value!r}; use true (connect on the scheduler's "
-                       "public IP) or false (its private IP).")
+    assert problem == (
+        f"%coiled_scheduler_ip is {value!r}; use true (connect on the scheduler's "
+        "public IP) or false (its private IP)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,7 +593,9 @@ def test_a_bad_session_value_changes_nothing(dask_config):
     set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip=True)
     before = (session_layer(), mirrored_ingress(), mirrored_public_ip())
     with pytest.raises(IngressError, match="did you mean '10.1.0.0/16'"):
-        set_session(ingress=[{"ports": [8786], "cidr": "10.1.0.2/16"}], use_scheduler_public_ip=False)
+        set_session(
+            ingress=[{"ports": [8786], "cidr": "10.1.0.2/16"}], use_scheduler_public_ip=False
+        )
     with pytest.raises(IngressError, match="'sometimes'"):
         set_session(ingress=INGRESS[Layer.CONFIG], use_scheduler_public_ip="sometimes")
     assert (session_layer(), mirrored_ingress(), mirrored_public_ip()) == before

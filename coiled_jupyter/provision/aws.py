@@ -8,6 +8,7 @@ into :class:`CloudError`, which says what to do and never carries credentials.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -65,8 +66,11 @@ def cloud_error(error: Exception, doing: str) -> CloudError:
         advice = _ADVICE.get(code, "")
         return CloudError(code, f"{doing} failed: {message}" + (f"; {advice}" if advice else ""))
     if isinstance(error, NoCredentialsError):
-        return CloudError("NoCredentials", f"{doing} failed: no AWS credentials were found; configure "
-                          "a profile (aws configure) or use the sandbox backend.")
+        return CloudError(
+            "NoCredentials",
+            f"{doing} failed: no AWS credentials were found; configure "
+            "a profile (aws configure) or use the sandbox backend.",
+        )
     return CloudError(type(error).__name__, f"{doing} failed: {error}")
 
 
@@ -95,8 +99,9 @@ _clients_lock = threading.Lock()
 
 def client(service: str, connection: Connection):
     """A cached boto3 client; the cache key holds a digest of the credentials, not the credentials."""
-    secret = hashlib.sha256(f"{connection.access_key_id}\0{connection.secret_access_key}".encode()
-                            ).hexdigest()
+    secret = hashlib.sha256(
+        f"{connection.access_key_id}\0{connection.secret_access_key}".encode()
+    ).hexdigest()
     key = (service, connection.region, connection.endpoint_url, connection.profile, secret)
     with _clients_lock:
         cached = _clients.get(key)
@@ -110,8 +115,11 @@ def client(service: str, connection: Connection):
             cached = session.client(
                 service,
                 endpoint_url=connection.endpoint_url,
-                config=Config(retries={"mode": "standard", "max_attempts": 5},
-                              connect_timeout=5, read_timeout=30),
+                config=Config(
+                    retries={"mode": "standard", "max_attempts": 5},
+                    connect_timeout=5,
+                    read_timeout=30,
+                ),
             )
             _clients[key] = cached
         return cached
@@ -208,8 +216,7 @@ def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
         for text in spelled:
             network = str(ipaddress.ip_network(text, strict=False))
             found.setdefault((protocol, low, high, network), []).append(text)
-    return {key: tuple(dict.fromkeys(texts)) for key, texts in found.items()
-            if texts != [key[3]]}
+    return {key: tuple(dict.fromkeys(texts)) for key, texts in found.items() if texts != [key[3]]}
 
 
 def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None) -> list[dict]:
@@ -226,12 +233,17 @@ def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None)
             if rule.protocol == ALL_PROTOCOLS:
                 permission = {"IpProtocol": "-1"}
             else:
-                permission = {"IpProtocol": rule.protocol, "FromPort": rule.from_port,
-                              "ToPort": rule.to_port}
+                permission = {
+                    "IpProtocol": rule.protocol,
+                    "FromPort": rule.from_port,
+                    "ToPort": rule.to_port,
+                }
             grouped[key] = permission
         described = {"Description": rule.description} if rule.description else {}
         if rule.source_kind == "group":
-            permission.setdefault("UserIdGroupPairs", []).append({"GroupId": rule.source, **described})
+            permission.setdefault("UserIdGroupPairs", []).append(
+                {"GroupId": rule.source, **described}
+            )
             continue
         for source in (stored_as or {}).get(rule.key, (rule.source,)):
             if rule.source_kind == "ipv6":
@@ -265,13 +277,19 @@ class SecurityGroups:
         ours = [g for g in groups if g.owned]
         if len(ours) > 1:
             vpcs = ", ".join(sorted(g.vpc_id for g in ours))
-            raise CloudError("AmbiguousCluster", f"cluster {cluster!r} has groups in several VPCs "
-                             f"({vpcs}); set coiled-jupyter.vpc-id to pick one.")
+            raise CloudError(
+                "AmbiguousCluster",
+                f"cluster {cluster!r} has groups in several VPCs "
+                f"({vpcs}); set coiled-jupyter.vpc-id to pick one.",
+            )
         if ours:
             return ours[0]
         if groups:
-            raise ForeignGroupError("ForeignGroup", f"group {groups[0].group_id} is tagged for "
-                                    f"cluster {cluster!r} but not owned by {TOOL}; it is left alone.")
+            raise ForeignGroupError(
+                "ForeignGroup",
+                f"group {groups[0].group_id} is tagged for "
+                f"cluster {cluster!r} but not owned by {TOOL}; it is left alone.",
+            )
         return None
 
     def find_by_name(self, cluster: str, vpc_id: str | None) -> Group | None:
@@ -283,8 +301,9 @@ class SecurityGroups:
 
     def get(self, group_id: str) -> Group:
         """Read one group by id, retrying the NotFound that follows a fresh create."""
-        return self._retry_not_found(group_id, lambda: self._describe(GroupIds=[group_id])[0],
-                                     f"reading group {group_id}")
+        return self._retry_not_found(
+            group_id, lambda: self._describe(GroupIds=[group_id])[0], f"reading group {group_id}"
+        )
 
     def _describe(self, **kwargs) -> list[Group]:
         try:
@@ -302,8 +321,11 @@ class SecurityGroups:
 
     def create(self, cluster: str, vpc_id: str | None) -> str:
         """Create the cluster's group with its tags; a concurrent creator winning is not an error."""
-        tags = [{"Key": TAG_OWNER, "Value": TOOL}, {"Key": TAG_CLUSTER, "Value": cluster},
-                {"Key": "Name", "Value": group_name(cluster)}]
+        tags = [
+            {"Key": TAG_OWNER, "Value": TOOL},
+            {"Key": TAG_CLUSTER, "Value": cluster},
+            {"Key": "Name", "Value": group_name(cluster)},
+        ]
         kwargs = {
             "GroupName": group_name(cluster),
             "Description": f"Dask cluster {cluster} (managed by {TOOL})",
@@ -321,9 +343,12 @@ class SecurityGroups:
         existing = self.find_by_name(cluster, vpc_id)
         if existing is None or not existing.owned:
             which = existing.group_id if existing else group_name(cluster)
-            raise ForeignGroupError("ForeignGroup", f"a group named {group_name(cluster)} "
-                                    f"({which}) exists and is not owned by {TOOL}; it is left "
-                                    "alone. Rename the cluster or delete that group by hand.")
+            raise ForeignGroupError(
+                "ForeignGroup",
+                f"a group named {group_name(cluster)} "
+                f"({which}) exists and is not owned by {TOOL}; it is left "
+                "alone. Rename the cluster or delete that group by hand.",
+            )
         return existing.group_id
 
     def authorize(self, group_id: str, rules: list[Rule]) -> None:
@@ -332,9 +357,15 @@ class SecurityGroups:
             if not rules:
                 return
             try:
-                self._retry_not_found(group_id, lambda: self.ec2.authorize_security_group_ingress(
-                    GroupId=group_id, IpPermissions=permissions_from_rules(rules)),
-                    f"adding rules to {group_id}")
+                self._retry_not_found(
+                    group_id,
+                    functools.partial(
+                        self.ec2.authorize_security_group_ingress,
+                        GroupId=group_id,
+                        IpPermissions=permissions_from_rules(rules),
+                    ),
+                    f"adding rules to {group_id}",
+                )
                 return
             except ClientError as error:
                 if _code(error) != "InvalidPermission.Duplicate":
@@ -342,8 +373,11 @@ class SecurityGroups:
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key not in present]
         if rules:
-            raise CloudError("ConcurrentChange", f"adding rules to {group_id} kept failing as "
-                             "duplicates of rules it does not hold (another writer?); run it again.")
+            raise CloudError(
+                "ConcurrentChange",
+                f"adding rules to {group_id} kept failing as "
+                "duplicates of rules it does not hold (another writer?); run it again.",
+            )
 
     def revoke(self, group_id: str, rules: list[Rule]) -> None:
         """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest.
@@ -354,9 +388,15 @@ class SecurityGroups:
                 return
             stored_as = self._stored_as.get(group_id)
             try:
-                self._retry_not_found(group_id, lambda: self.ec2.revoke_security_group_ingress(
-                    GroupId=group_id, IpPermissions=permissions_from_rules(rules, stored_as)),
-                    f"removing rules from {group_id}")
+                self._retry_not_found(
+                    group_id,
+                    functools.partial(
+                        self.ec2.revoke_security_group_ingress,
+                        GroupId=group_id,
+                        IpPermissions=permissions_from_rules(rules, stored_as),
+                    ),
+                    f"removing rules from {group_id}",
+                )
                 return
             except ClientError as error:
                 if _code(error) != "InvalidPermission.NotFound":
@@ -364,8 +404,11 @@ class SecurityGroups:
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key in present]
         if rules:
-            raise CloudError("ConcurrentChange", f"removing rules from {group_id} kept failing as "
-                             "not found while the group still holds them; run it again.")
+            raise CloudError(
+                "ConcurrentChange",
+                f"removing rules from {group_id} kept failing as "
+                "not found while the group still holds them; run it again.",
+            )
 
     def delete(self, group_id: str) -> bool:
         """Delete a group; False when it was already gone."""
@@ -380,10 +423,12 @@ class SecurityGroups:
     def instances(self, group_id: str) -> list[dict]:
         """Running instances that use the group (for the scheduler's address)."""
         try:
-            response = self.ec2.describe_instances(Filters=[
-                {"Name": "instance.group-id", "Values": [group_id]},
-                {"Name": "instance-state-name", "Values": ["pending", "running"]},
-            ])
+            response = self.ec2.describe_instances(
+                Filters=[
+                    {"Name": "instance.group-id", "Values": [group_id]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                ]
+            )
         except (ClientError, BotoCoreError) as error:
             raise cloud_error(error, f"listing instances of {group_id}") from None
         return [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
@@ -430,15 +475,22 @@ class AccountStore:
         try:
             value = json.loads(response["Parameter"]["Value"])
         except ValueError:
-            raise CloudError("InvalidAccountDefaults", f"parameter {self.name} does not hold JSON; "
-                             "set it again with set_backend_options().") from None
+            raise CloudError(
+                "InvalidAccountDefaults",
+                f"parameter {self.name} does not hold JSON; "
+                "set it again with set_backend_options().",
+            ) from None
         return value if isinstance(value, dict) else None
 
     def store(self, options: dict) -> None:
         try:
-            self.ssm.put_parameter(Name=self.name, Value=json.dumps(options, sort_keys=True),
-                                   Type="String", Overwrite=True,
-                                   Description=f"Account-wide Dask cluster firewall defaults ({TOOL})")
+            self.ssm.put_parameter(
+                Name=self.name,
+                Value=json.dumps(options, sort_keys=True),
+                Type="String",
+                Overwrite=True,
+                Description=f"Account-wide Dask cluster firewall defaults ({TOOL})",
+            )
         except (ClientError, BotoCoreError) as error:
             raise cloud_error(error, f"writing account defaults {self.name}") from None
 

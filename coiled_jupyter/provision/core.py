@@ -52,8 +52,12 @@ class Target:
         if self.backend == "sandbox":
             from .sandbox import DUMMY_KEY
 
-            return Connection(region=self.region, endpoint_url=self.endpoint_url,
-                              access_key_id=DUMMY_KEY, secret_access_key=DUMMY_KEY)
+            return Connection(
+                region=self.region,
+                endpoint_url=self.endpoint_url,
+                access_key_id=DUMMY_KEY,
+                secret_access_key=DUMMY_KEY,
+            )
         return Connection(region=self.region)
 
     @property
@@ -68,12 +72,15 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
     backend = backend if backend is not None else option("backend")
     problems = []
     if backend not in BACKENDS:
-        problems.append(f"backend {backend!r} is not known; use 'sandbox' (local, no account) or "
-                        "'aws'.")
+        problems.append(
+            f"backend {backend!r} is not known; use 'sandbox' (local, no account) or 'aws'."
+        )
     cluster = cluster if cluster is not None else option("cluster")
     if not isinstance(cluster, str) or not _CLUSTER_NAME.match(cluster):
-        problems.append(f"cluster name {cluster!r} is not valid; use up to 63 letters, digits, '.', "
-                        "'_' or '-', starting with a letter or digit.")
+        problems.append(
+            f"cluster name {cluster!r} is not valid; use up to 63 letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit."
+        )
     vpc_id = vpc_id if vpc_id is not None else option("vpc-id")
     if vpc_id is not None and (not isinstance(vpc_id, str) or not _VPC_ID.match(vpc_id)):
         problems.append(f"VPC id {vpc_id!r} is not valid; it looks like 'vpc-0123456789abcdef0'.")
@@ -87,8 +94,9 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
 
 def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
     """Resolve a cluster name (and optional overrides) into a :class:`Target`."""
-    backend, cluster, vpc_id, region = validate_target(cluster, backend=backend, region=region,
-                                                       vpc_id=vpc_id)
+    backend, cluster, vpc_id, region = validate_target(
+        cluster, backend=backend, region=region, vpc_id=vpc_id
+    )
     if backend == "sandbox":
         from .sandbox import REGION, endpoint
 
@@ -98,8 +106,12 @@ def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
 
         region = boto3.session.Session().region_name
         if region is None:
-            raise IngressError(["no AWS region is set; set coiled-jupyter.region in Dask's config "
-                                "or AWS_DEFAULT_REGION."])
+            raise IngressError(
+                [
+                    "no AWS region is set; set coiled-jupyter.region in Dask's config "
+                    "or AWS_DEFAULT_REGION."
+                ]
+            )
     return Target("aws", region, cluster, vpc_id)
 
 
@@ -254,9 +266,13 @@ def desired_rules(settings: Settings) -> list[Rule]:
 
         address = public_address()
         if address is None:
-            raise IngressError(["the rules use 'me', but this notebook's public address is unknown "
-                                "(offline?); set coiled.client_public_ip in Dask's config, or write "
-                                "the address instead of 'me'."])
+            raise IngressError(
+                [
+                    "the rules use 'me', but this notebook's public address is unknown "
+                    "(offline?); set coiled.client_public_ip in Dask's config, or write "
+                    "the address instead of 'me'."
+                ]
+            )
         rules = resolve_me(rules, [address])
     rules = compact(rules)
     check_quota(rules)
@@ -268,10 +284,13 @@ def check_quota(rules: list[Rule]) -> None:
     limit = int(option("rules-per-group"))
     ipv4 = sum(1 for r in rules if r.source_kind in ("ipv4", "group")) + 1
     ipv6 = sum(1 for r in rules if r.source_kind == "ipv6")
-    problems = [f"the rules need {count} {family} entries in one security group (counting the "
-                f"cluster's own rule), over the quota of {limit}; merge networks or ports, or raise "
-                "the quota with AWS and set coiled-jupyter.rules-per-group."
-                for family, count in (("IPv4", ipv4), ("IPv6", ipv6)) if count > limit]
+    problems = [
+        f"the rules need {count} {family} entries in one security group (counting the "
+        f"cluster's own rule), over the quota of {limit}; merge networks or ports, or raise "
+        "the quota with AWS and set coiled-jupyter.rules-per-group."
+        for family, count in (("IPv4", ipv4), ("IPv6", ipv6))
+        if count > limit
+    ]
     if problems:
         raise QuotaError(problems)
 
@@ -282,10 +301,13 @@ def _warnings(rules) -> tuple[str, ...]:
         return ()
     # Sorted by the numbers, not by parsing r.ports: a rule added by hand may be ICMP, whose "ports"
     # are a type and code, -1 for all ("-1" has no number before its "-").
-    ports = ", ".join(dict.fromkeys(r.ports for r in sorted(wide, key=lambda r: (r.from_port,
-                                                                                 r.to_port))))
-    return (f"port {ports} is open to the whole internet; restrict it to your network "
-            "(e.g. %coiled_ingress set with a CIDR, or 'me').",)
+    ports = ", ".join(
+        dict.fromkeys(r.ports for r in sorted(wide, key=lambda r: (r.from_port, r.to_port)))
+    )
+    return (
+        f"port {ports} is open to the whole internet; restrict it to your network "
+        "(e.g. %coiled_ingress set with a CIDR, or 'me').",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,29 +324,49 @@ def make_plan(t: Target, group, desired: list[Rule], provenance: str) -> Plan:
     """Diff the desired rules (plus the group's self rule) against the group as read."""
     notes: list[str] = []
     if group is None:
-        return Plan(t, "", None, tuple(desired), (), (), provenance,
-                    (f"a new security group will be created for cluster {t.cluster!r}, owned by "
-                     "coiled_jupyter; it also admits all traffic from itself.",),
-                    _warnings(desired))
+        return Plan(
+            t,
+            "",
+            None,
+            tuple(desired),
+            (),
+            (),
+            provenance,
+            (
+                f"a new security group will be created for cluster {t.cluster!r}, owned by "
+                "coiled_jupyter; it also admits all traffic from itself.",
+            ),
+            _warnings(desired),
+        )
     wanted = {r.key: r for r in [*desired, self_rule(group.group_id)]}
     current = {r.key: r for r in group.rules}
     add = tuple(r for k, r in wanted.items() if k not in current)
     remove = tuple(r for k, r in current.items() if k not in wanted)
     keep = tuple(r for k, r in current.items() if k in wanted)
     if remove:
-        notes.append(f"{len(remove)} rule(s) in the group are not declared in the settings (for "
-                     "example added by hand in the console); they will be removed because this group "
-                     "is owned by coiled_jupyter.")
+        notes.append(
+            f"{len(remove)} rule(s) in the group are not declared in the settings (for "
+            "example added by hand in the console); they will be removed because this group "
+            "is owned by coiled_jupyter."
+        )
     for item in group.unmanageable:
-        notes.append(f"the group also holds {item}, which coiled_jupyter cannot manage; it is left "
-                     "as it is.")
-    return Plan(t, group.account, group.group_id, tuple(sorted(add, key=sort_key)),
-                tuple(sorted(remove, key=sort_key)), tuple(sorted(keep, key=sort_key)),
-                provenance, tuple(notes), _warnings(desired))
+        notes.append(
+            f"the group also holds {item}, which coiled_jupyter cannot manage; it is left as it is."
+        )
+    return Plan(
+        t,
+        group.account,
+        group.group_id,
+        tuple(sorted(add, key=sort_key)),
+        tuple(sorted(remove, key=sort_key)),
+        tuple(sorted(keep, key=sort_key)),
+        provenance,
+        tuple(notes),
+        _warnings(desired),
+    )
 
 
-def plan(cluster=None, *, backend_options=None, settings: Settings | None = None,
-         **where) -> Plan:
+def plan(cluster=None, *, backend_options=None, settings: Settings | None = None, **where) -> Plan:
     """What :func:`apply` would change for this cluster (one read, no change)."""
     settings = settings or effective_settings(backend_options)
     desired = desired_rules(settings)
@@ -343,14 +385,18 @@ def _refuse_foreign_name(groups, t: Target) -> None:
 
     existing = groups.find_by_name(t.cluster, t.vpc_id)
     if existing is not None and not existing.owned:
-        raise ForeignGroupError("ForeignGroup", f"a group named {group_name(t.cluster)} "
-                                f"({existing.group_id}) exists and is not owned by coiled_jupyter; "
-                                "apply would leave it alone and fail. Rename the cluster or delete "
-                                "that group by hand.")
+        raise ForeignGroupError(
+            "ForeignGroup",
+            f"a group named {group_name(t.cluster)} "
+            f"({existing.group_id}) exists and is not owned by coiled_jupyter; "
+            "apply would leave it alone and fail. Rename the cluster or delete "
+            "that group by hand.",
+        )
 
 
-def apply(cluster=None, *, backend_options=None, settings: Settings | None = None,
-          **where) -> ApplyResult:
+def apply(
+    cluster=None, *, backend_options=None, settings: Settings | None = None, **where
+) -> ApplyResult:
     """Create or reconcile the cluster's group to the effective settings, and read it back.
 
     Calls: a fresh cluster takes 4 (find, create, authorize, read back), no change takes 1 (find), a
@@ -368,23 +414,27 @@ def apply(cluster=None, *, backend_options=None, settings: Settings | None = Non
             groups.authorize(group_id, [*desired, self_rule(group_id)])
             group = groups.get(group_id)
         elif not first.changes:
-            return ApplyResult(first, _table(t, group, settings))
+            return ApplyResult(first, _table(t, group, settings, desired))
         rounds = 0
         while (step := make_plan(t, group, desired, settings.ingress.provenance)).changes:
             if rounds == _CONVERGE_ROUNDS:
                 from .aws import CloudError
 
-                raise CloudError("ConcurrentChange", f"the group {group.group_id} kept changing "
-                                 "while it was applied (another writer?); run apply again.")
+                raise CloudError(
+                    "ConcurrentChange",
+                    f"the group {group.group_id} kept changing "
+                    "while it was applied (another writer?); run apply again.",
+                )
             rounds += 1
             groups.authorize(group.group_id, list(step.add))
             groups.revoke(group.group_id, list(step.remove))
             group = groups.get(group.group_id)
-    return ApplyResult(first, _table(t, group, settings))
+    return ApplyResult(first, _table(t, group, settings, desired))
 
 
-def describe(cluster=None, *, backend_options=None, settings: Settings | None = None,
-             **where) -> RuleTable:
+def describe(
+    cluster=None, *, backend_options=None, settings: Settings | None = None, **where
+) -> RuleTable:
     """The group's rules as the cloud reports them (one read)."""
     t = target(cluster, **where)
     group = _groups(t).find(t.cluster, t.vpc_id)
@@ -403,14 +453,25 @@ def destroy(cluster=None, **where) -> DestroyResult:
         return DestroyResult(t, group.group_id, groups.delete(group.group_id), group.account)
 
 
-def _table(t: Target, group, settings: Settings) -> RuleTable:
+def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = None) -> RuleTable:
+    """The group as read, each rule with its origin; ``desired`` saves compacting the rules again."""
     if group is None:
-        return RuleTable(t, "", None, None, None, (), (),
-                         warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",))
-    try:
-        declared = {r.key for r in desired_rules(settings)}
-    except IngressError:
-        declared = set()
+        return RuleTable(
+            t,
+            "",
+            None,
+            None,
+            None,
+            (),
+            (),
+            warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",),
+        )
+    if desired is None:
+        try:
+            desired = desired_rules(settings)
+        except IngressError:
+            desired = []
+    declared = {r.key for r in desired}
     origins = []
     for rule in group.rules:
         if rule.source == group.group_id:
@@ -419,8 +480,17 @@ def _table(t: Target, group, settings: Settings) -> RuleTable:
             origins.append(settings.ingress.provenance)
         else:
             origins.append("not declared")
-    return RuleTable(t, group.account, group.group_id, group.name, group.vpc_id, group.rules,
-                     tuple(origins), group.unmanageable, _warnings(group.rules))
+    return RuleTable(
+        t,
+        group.account,
+        group.group_id,
+        group.name,
+        group.vpc_id,
+        group.rules,
+        tuple(origins),
+        group.unmanageable,
+        _warnings(group.rules),
+    )
 
 
 @contextlib.contextmanager
@@ -439,8 +509,14 @@ def _apply_lock(t: Target):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def show_settings(cluster=None, *, backend_options=None, settings: Settings | None = None,
-                  reach: bool = True, **where) -> SettingsView:
+def show_settings(
+    cluster=None,
+    *,
+    backend_options=None,
+    settings: Settings | None = None,
+    reach: bool = True,
+    **where,
+) -> SettingsView:
     """The effective settings for a cluster, with this notebook's reachability verdict."""
     settings = settings or effective_settings(backend_options)
     t = target(cluster, **where)
@@ -456,8 +532,9 @@ def show_settings(cluster=None, *, backend_options=None, settings: Settings | No
 # Scheduler address and cluster kwargs
 
 
-def scheduler_address(cluster=None, *, backend_options=None, settings: Settings | None = None,
-                      **where) -> SchedulerAddress:
+def scheduler_address(
+    cluster=None, *, backend_options=None, settings: Settings | None = None, **where
+) -> SchedulerAddress:
     """The scheduler's public or private IP, as ``use_scheduler_public_ip`` says."""
     settings = settings or effective_settings(backend_options)
     t = target(cluster, **where)
@@ -468,34 +545,47 @@ def scheduler_address(cluster=None, *, backend_options=None, settings: Settings 
     instances = groups.instances(group.group_id)
     scheduler = _pick_scheduler(instances, t.cluster)
     if scheduler is None:
-        raise IngressError([f"no running scheduler instance uses the group of cluster "
-                            f"{t.cluster!r}; start the cluster first."])
+        raise IngressError(
+            [
+                f"no running scheduler instance uses the group of cluster "
+                f"{t.cluster!r}; start the cluster first."
+            ]
+        )
     public = settings.use_scheduler_public_ip.value
     ip = scheduler.get("PublicIpAddress") if public else scheduler.get("PrivateIpAddress")
     if not ip:
-        raise IngressError([f"use_scheduler_public_ip is true but scheduler {scheduler['InstanceId']}"
-                            " has no public IP; run %coiled_scheduler_ip private (and admit your "
-                            "VPC/VPN range), or start the cluster in a public subnet."])
-    return SchedulerAddress(t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")),
-                            group.account)
+        raise IngressError(
+            [
+                f"use_scheduler_public_ip is true but scheduler {scheduler['InstanceId']}"
+                " has no public IP; run %coiled_scheduler_ip private (and admit your "
+                "VPC/VPN range), or start the cluster in a public subnet."
+            ]
+        )
+    return SchedulerAddress(
+        t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")), group.account
+    )
 
 
 def _pick_scheduler(instances: list[dict], cluster: str):
     """The instance tagged as the scheduler (Coiled names it '<cluster>-scheduler'), or the only one."""
+
     def tags(i):
         return {t["Key"]: t["Value"] for t in i.get("Tags", [])}
 
     for instance in instances:
         found = tags(instance)
-        if (found.get("Name", "").endswith("-scheduler")
-                or found.get("coiled-jupyter:role") == "scheduler"
-                or found.get("dask:role") == "scheduler"):
+        if (
+            found.get("Name", "").endswith("-scheduler")
+            or found.get("coiled-jupyter:role") == "scheduler"
+            or found.get("dask:role") == "scheduler"
+        ):
             return instance
     return instances[0] if len(instances) == 1 else None
 
 
-def cluster_kwargs(cluster=None, *, backend_options=None, settings: Settings | None = None,
-                   **where) -> ClusterKwargs:
+def cluster_kwargs(
+    cluster=None, *, backend_options=None, settings: Settings | None = None, **where
+) -> ClusterKwargs:
     """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers."""
     from ..rules import to_coiled
 
@@ -506,9 +596,13 @@ def cluster_kwargs(cluster=None, *, backend_options=None, settings: Settings | N
     options = dict(backend_options or {})
     options.pop("firewall", None)
     options["ingress"] = to_coiled(desired)
-    return ClusterKwargs({"backend_options": options,
-                          "use_scheduler_public_ip": settings.use_scheduler_public_ip.value},
-                         group.group_id if group else None)
+    return ClusterKwargs(
+        {
+            "backend_options": options,
+            "use_scheduler_public_ip": settings.use_scheduler_public_ip.value,
+        },
+        group.group_id if group else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,8 +611,9 @@ def cluster_kwargs(cluster=None, *, backend_options=None, settings: Settings | N
 SCOPES = ("user", "account")
 
 
-def save(scope: str = "user", *, backend_options=None, settings: Settings | None = None,
-         **where) -> SaveResult:
+def save(
+    scope: str = "user", *, backend_options=None, settings: Settings | None = None, **where
+) -> SaveResult:
     """Keep the effective settings: ``user`` in Dask's config file (new kernels and
     ``coiled.Cluster()`` read it), ``account`` as account-wide defaults for the whole team."""
     from ..settings import save_config
@@ -529,8 +624,12 @@ def save(scope: str = "user", *, backend_options=None, settings: Settings | None
 
         close = difflib.get_close_matches(str(word), SCOPES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise IngressError([f"scope {scope!r} is not known; {hint}use 'user' (your Dask config "
-                            "file) or 'account' (account-wide defaults for the team)."])
+        raise IngressError(
+            [
+                f"scope {scope!r} is not known; {hint}use 'user' (your Dask config "
+                "file) or 'account' (account-wide defaults for the team)."
+            ]
+        )
     settings = settings or effective_settings(backend_options)
     t = target(**where)
     public_ip = settings.use_scheduler_public_ip.value
@@ -547,13 +646,16 @@ def save(scope: str = "user", *, backend_options=None, settings: Settings | None
 
 
 def _account_store(t: Target, account: str | None = None, connection=None):
-    from .aws import AccountStore
-
     import dask.config
 
+    from .aws import AccountStore
+
     name = option("account-parameter")
-    workspace = account or dask.config.get("coiled.workspace", None) or dask.config.get(
-        "coiled.account", None)
+    workspace = (
+        account
+        or dask.config.get("coiled.workspace", None)
+        or dask.config.get("coiled.account", None)
+    )
     if workspace:
         name = f"{name}/{workspace}"
     return AccountStore(connection or t.connection(), name)
@@ -566,11 +668,18 @@ def load_account_layer() -> LayerValues:
     return layer_from_options(Layer.ACCOUNT, store.load(), f"SSM {store.name}")
 
 
-def set_backend_options(account: str | None = None, workspace: str | None = None,
-                        backend: str = "aws", ingress=None, firewall=None,
-                        aws_region: str | None = None, aws_access_key_id: str | None = None,
-                        aws_secret_access_key: str | None = None,
-                        use_scheduler_public_ip: bool | None = None, **unsupported) -> None:
+def set_backend_options(
+    account: str | None = None,
+    workspace: str | None = None,
+    backend: str = "aws",
+    ingress=None,
+    firewall=None,
+    aws_region: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    use_scheduler_public_ip: bool | None = None,
+    **unsupported,
+) -> None:
     """Set account-wide defaults, with Coiled's signature, in the account store (SSM).
 
     Everyone in the account then gets these rules unless their Dask config, session or cluster options
@@ -579,12 +688,16 @@ def set_backend_options(account: str | None = None, workspace: str | None = None
     """
     problems = []
     if unsupported:
-        problems.append(f"set_backend_options here stores only firewall settings; "
-                        f"{', '.join(sorted(unsupported))} belong to Coiled's own "
-                        "coiled.set_backend_options.")
+        problems.append(
+            f"set_backend_options here stores only firewall settings; "
+            f"{', '.join(sorted(unsupported))} belong to Coiled's own "
+            "coiled.set_backend_options."
+        )
     if backend != "aws":
-        problems.append(f"backend {backend!r} is not supported; coiled_jupyter manages AWS security "
-                        "groups (backend='aws').")
+        problems.append(
+            f"backend {backend!r} is not supported; coiled_jupyter manages AWS security "
+            "groups (backend='aws')."
+        )
     if problems:
         raise IngressError(problems)
     options = {}
@@ -599,13 +712,20 @@ def set_backend_options(account: str | None = None, workspace: str | None = None
     connection = t.connection()
     if aws_access_key_id or aws_secret_access_key:
         if t.backend == "sandbox":
-            raise IngressError(["real AWS keys are never sent to the sandbox; drop "
-                                "aws_access_key_id/aws_secret_access_key or set "
-                                "coiled-jupyter.backend to 'aws'."])
+            raise IngressError(
+                [
+                    "real AWS keys are never sent to the sandbox; drop "
+                    "aws_access_key_id/aws_secret_access_key or set "
+                    "coiled-jupyter.backend to 'aws'."
+                ]
+            )
         from .aws import Connection
 
-        connection = Connection(region=t.region, access_key_id=aws_access_key_id,
-                                secret_access_key=aws_secret_access_key)
+        connection = Connection(
+            region=t.region,
+            access_key_id=aws_access_key_id,
+            secret_access_key=aws_secret_access_key,
+        )
     store = _account_store(t, account or workspace, connection)
     current = store.load() or {}
     store.store({**current, **options})

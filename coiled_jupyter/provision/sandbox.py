@@ -48,8 +48,11 @@ class Server:
 
 def state_dir() -> Path:
     configured = option("sandbox.state-dir")
-    return Path(configured).expanduser() if configured else Path("~/.local/share/coiled-jupyter"
-                                                                ).expanduser()
+    return (
+        Path(configured).expanduser()
+        if configured
+        else Path("~/.local/share/coiled-jupyter").expanduser()
+    )
 
 
 def _state_file() -> Path:
@@ -113,7 +116,10 @@ def _start() -> Server:
     log = open(state_dir() / "sandbox.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     log.close()
     server = Server(process.pid, port)
@@ -121,9 +127,11 @@ def _start() -> Server:
     while not _answers(server):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the sandbox server did not start; see {state_dir() / 'sandbox.log'}"
-                               " (is the 'sandbox' extra installed: pip install "
-                               "'coiled_jupyter[sandbox]'?)")
+            raise RuntimeError(
+                f"the sandbox server did not start; see {state_dir() / 'sandbox.log'}"
+                " (is the 'sandbox' extra installed: pip install "
+                "'coiled_jupyter[sandbox]'?)"
+            )
         time.sleep(0.05)
     temp = _state_file().with_suffix(".tmp")
     temp.write_text(json.dumps({"pid": server.pid, "port": server.port}))
@@ -182,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         print("sandbox stopped" if stop() else "no sandbox was running")
     elif command == "status":
         server = running()
-        print(f"sandbox running at {server.url} (pid {server.pid})" if server else
-              "no sandbox is running")
+        print(
+            f"sandbox running at {server.url} (pid {server.pid})"
+            if server
+            else "no sandbox is running"
+        )
     else:
-        print("usage: python -m coiled_jupyter.provision.sandbox start|stop|status", file=sys.stderr)
+        print(
+            "usage: python -m coiled_jupyter.provision.sandbox start|stop|status", file=sys.stderr
+        )
         return 2
     return 0
 
