@@ -476,7 +476,7 @@ def report(
         "the rest of 'median ms' is work on this side (rules, plan, table, lock, target)."
     )
     print(
-        "coiled_jupyter's desired_rules() (compact + quota check; an apply runs it twice): "
+        "coiled_jupyter's desired_rules() (compact + quota check; once per apply): "
         + ", ".join(f"{n} rules {ms(r['desired_rules']['ms'])} ms" for n, r in results.items())
     )
 

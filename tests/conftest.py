@@ -51,6 +51,35 @@ def sandbox(sandbox_server):
     yield sandbox_server
 
 
+def _without_coiled_variables(monkeypatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("DASK_COILED__"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def dask_config(monkeypatch, tmp_path) -> Path:
+    """A real, empty Dask config folder and no DASK_COILED__ variables; no session left afterwards."""
+    import copy
+
+    from coiled_jupyter.settings import reset_session
+
+    folder = tmp_path / "dask-config"
+    folder.mkdir()
+    monkeypatch.setenv("DASK_CONFIG", str(folder))
+    _without_coiled_variables(monkeypatch)
+    saved = copy.deepcopy(dask.config.config)
+    yield folder
+    # The test may have left a bad file or variable behind: reset against an empty folder.
+    empty = tmp_path / "empty-dask-config"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("DASK_CONFIG", str(empty))
+    _without_coiled_variables(monkeypatch)
+    reset_session()
+    dask.config.config.clear()
+    dask.config.config.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_session():
     """Every test starts without a notebook-session layer."""

@@ -52,15 +52,7 @@ USER_FILE = textwrap.dedent(f"""\
     """)
 
 
-@pytest.fixture(autouse=True)
-def dask_config(monkeypatch, tmp_path) -> Path:
-    folder = tmp_path / "dask-config"
-    folder.mkdir()
-    monkeypatch.setenv("DASK_CONFIG", str(folder))
-    for name in list(os.environ):
-        if name.upper().startswith("DASK_COILED__"):
-            monkeypatch.delenv(name)
-    return folder
+pytestmark = pytest.mark.usefixtures("dask_config")
 
 
 @pytest.fixture

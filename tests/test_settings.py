@@ -7,7 +7,6 @@ SSM, tested elsewhere) is always injected with ``account=``.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import textwrap
@@ -52,27 +51,7 @@ LAYER_PAIRS = list(itertools.combinations(list(Layer), 2))
 PAIR_IDS = [f"{low.name}<{high.name}" for low, high in LAYER_PAIRS]
 
 
-@pytest.fixture(autouse=True)
-def dask_config(monkeypatch, tmp_path) -> Path:
-    """A real, empty Dask config folder and no DASK_COILED__ variables; no session left afterwards."""
-    folder = tmp_path / "dask-config"
-    folder.mkdir()
-    monkeypatch.setenv("DASK_CONFIG", str(folder))
-    for name in list(os.environ):
-        if name.upper().startswith("DASK_COILED__"):
-            monkeypatch.delenv(name)
-    saved = copy.deepcopy(dask.config.config)
-    yield folder
-    # The test may have left a bad file or variable behind: reset against an empty folder.
-    empty = tmp_path / "empty-dask-config"
-    empty.mkdir(exist_ok=True)
-    monkeypatch.setenv("DASK_CONFIG", str(empty))
-    for name in list(os.environ):
-        if name.upper().startswith("DASK_COILED__"):
-            monkeypatch.delenv(name)
-    reset_session()
-    dask.config.config.clear()
-    dask.config.config.update(saved)
+pytestmark = pytest.mark.usefixtures("dask_config")
 
 
 def write_config(folder: Path, text: str, name: str = "coiled.yaml") -> Path:

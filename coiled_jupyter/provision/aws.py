@@ -182,12 +182,7 @@ def rules_from_permissions(permissions: Iterable[dict]) -> tuple[list[Rule], lis
     rules: list[Rule] = []
     unmanageable: list[str] = []
     for permission in permissions:
-        protocol = str(permission.get("IpProtocol", "")).lower()
-        if protocol == "-1":
-            protocol, low, high = ALL_PROTOCOLS, 0, 65535
-        else:
-            protocol = {"6": "tcp", "17": "udp"}.get(protocol, protocol)
-            low, high = int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
+        protocol, low, high = _protocol_and_ports(permission)
         for entry in permission.get("IpRanges", []):
             network = str(ipaddress.ip_network(entry["CidrIp"], strict=False))
             rules.append(Rule(protocol, low, high, network, entry.get("Description", "")))
@@ -201,16 +196,20 @@ def rules_from_permissions(permissions: Iterable[dict]) -> tuple[list[Rule], lis
     return sorted(set(rules), key=sort_key), unmanageable
 
 
+def _protocol_and_ports(permission: dict) -> tuple[str, int, int]:
+    """One ``IpPermissions`` entry's protocol (lowercased, ``-1`` as ``all``) and port range."""
+    protocol = str(permission.get("IpProtocol", "")).lower()
+    if protocol == "-1":
+        return ALL_PROTOCOLS, 0, 65535
+    protocol = {"6": "tcp", "17": "udp"}.get(protocol, protocol)
+    return protocol, int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
+
+
 def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
     """Rule key -> the source spellings as stored, for the sources stored in a non-canonical form."""
     found: dict[tuple, list[str]] = {}
     for permission in permissions:
-        protocol = str(permission.get("IpProtocol", "")).lower()
-        if protocol == "-1":
-            protocol, low, high = ALL_PROTOCOLS, 0, 65535
-        else:
-            protocol = {"6": "tcp", "17": "udp"}.get(protocol, protocol)
-            low, high = int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
+        protocol, low, high = _protocol_and_ports(permission)
         spelled = [e["CidrIp"] for e in permission.get("IpRanges", [])]
         spelled += [e["CidrIpv6"] for e in permission.get("Ipv6Ranges", [])]
         for text in spelled:
