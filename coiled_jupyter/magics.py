@@ -142,9 +142,9 @@ def _usage_errors():
 
 def _user_message(error: Exception) -> str | None:
     from .rules import IngressError
-    from .settings import ConfigFileError
+    from .settings import AccountStoreUnreadable, ConfigFileError
 
-    if isinstance(error, (IngressError, ConfigFileError)):
+    if isinstance(error, (IngressError, ConfigFileError, AccountStoreUnreadable)):
         return str(error)
     # CloudError can only have been raised if its module was imported; importing it here would
     # import boto3.

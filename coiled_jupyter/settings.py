@@ -61,6 +61,14 @@ class ConfigFileError(ValueError):
     """The Dask config file cannot be read or written safely; nothing was changed."""
 
 
+class AccountStoreUnreadable(RuntimeError):
+    """The account store could not be read (no credentials, no permission, no network).
+
+    It only matters when no stronger layer decides a value; otherwise the settings are complete
+    without it, and a person with a config file or session rules is not blocked by it.
+    """
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A value together with the layer that set it and where exactly (a file, a variable)."""
@@ -446,14 +454,24 @@ def effective_settings(
     """
     if account is None:
         from .provision.core import load_account_layer as account
-    layers = [
-        layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
-        account() or LayerValues(Layer.ACCOUNT),
-        config_layer(),
-        session_layer(),
-        layer_from_options(Layer.CLUSTER, backend_options, "backend_options"),
-    ]
-    return resolve(layers)
+    unreadable = None
+    try:
+        account_values = account() or LayerValues(Layer.ACCOUNT)
+    except AccountStoreUnreadable as error:
+        account_values, unreadable = LayerValues(Layer.ACCOUNT), error
+    settings = resolve(
+        [
+            layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
+            account_values,
+            config_layer(),
+            session_layer(),
+            layer_from_options(Layer.CLUSTER, backend_options, "backend_options"),
+        ]
+    )
+    weakest = min(settings.ingress.layer, settings.use_scheduler_public_ip.layer)
+    if unreadable is not None and weakest < Layer.ACCOUNT:
+        raise unreadable
+    return settings
 
 
 def resolve(layers: list[LayerValues]) -> Settings:

@@ -15,7 +15,13 @@ import pytest
 from coiled_jupyter.provision import aws, core
 from coiled_jupyter.provision.aws import CloudError
 from coiled_jupyter.rules import IngressError, Rule, parse_ingress
-from coiled_jupyter.settings import effective_settings, set_session
+from coiled_jupyter.settings import (
+    AccountStoreUnreadable,
+    Layer,
+    effective_settings,
+    reset_session,
+    set_session,
+)
 
 PARAMETER = "/coiled-jupyter/backend-options"
 PROVENANCE = f"account default (SSM {PARAMETER})"
@@ -254,10 +260,25 @@ def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_ke
 
 def test_a_parameter_that_is_not_json_is_reported(cloud):
     cloud.ssm.put_parameter(Name=PARAMETER, Value="ingress: oops", Type="String")
-    with pytest.raises(CloudError) as info:
+    with pytest.raises(AccountStoreUnreadable) as info:
         effective_settings()
-    assert info.value.code == "InvalidAccountDefaults"
-    assert PARAMETER in str(info.value) and "set_backend_options" in str(info.value)
+    message = str(info.value)
+    assert message.startswith("InvalidAccountDefaults: ")
+    assert PARAMETER in message and "set_backend_options" in message and ".;" not in message
+
+
+def test_an_unreadable_account_store_only_matters_when_it_would_decide(cloud):
+    cloud.ssm.put_parameter(Name=PARAMETER, Value="ingress: oops", Type="String")
+    set_session(ingress=TEAM, use_scheduler_public_ip=False)
+
+    settings = effective_settings()
+
+    assert settings.ingress.layer is Layer.SESSION
+    assert settings.use_scheduler_public_ip.layer is Layer.SESSION
+    reset_session()
+    set_session(ingress=TEAM)  # the toggle would come from the account layer or the default
+    with pytest.raises(AccountStoreUnreadable):
+        effective_settings()
 
 
 def test_bad_rules_in_the_parameter_name_where_they_are(cloud):

@@ -663,9 +663,19 @@ def _account_store(t: Target, account: str | None = None, connection=None):
 
 def load_account_layer() -> LayerValues:
     """The account layer from the configured backend's store (one SSM read)."""
+    from ..settings import AccountStoreUnreadable
+    from .aws import CloudError
+
     t = target()
     store = _account_store(t)
-    return layer_from_options(Layer.ACCOUNT, store.load(), f"SSM {store.name}")
+    try:
+        options = store.load()
+    except CloudError as error:
+        raise AccountStoreUnreadable(
+            f"{str(error).rstrip('.')}; the account defaults are needed because no Dask config, "
+            "session or cluster options set these values."
+        ) from None
+    return layer_from_options(Layer.ACCOUNT, options, f"SSM {store.name}")
 
 
 def set_backend_options(
