@@ -80,6 +80,27 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     dask.config.config.update(saved)
 
 
+@pytest.fixture(scope="session")
+def add_by_hand():
+    """Authorize one TCP rule with boto3 directly, as someone in the AWS console would."""
+
+    def add(ec2, group_id: str, port: int, cidr: str, description: str | None = None) -> None:
+        described = {"Description": description} if description else {}
+        ec2.authorize_security_group_ingress(
+            GroupId=group_id,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": port,
+                    "ToPort": port,
+                    "IpRanges": [{"CidrIp": cidr, **described}],
+                }
+            ],
+        )
+
+    return add
+
+
 @pytest.fixture(autouse=True)
 def _fresh_session():
     """Every test starts without a notebook-session layer."""

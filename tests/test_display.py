@@ -41,7 +41,7 @@ def settings_for(ingress):
 
 
 @pytest.fixture(scope="module")
-def results(sandbox_server, _independent_clients, launch):
+def results(sandbox_server, _independent_clients, launch, add_by_hand):
     """One of every result object, from the core against the sandbox (made once: they are values)."""
     import types
 
@@ -53,17 +53,7 @@ def results(sandbox_server, _independent_clients, launch):
     out = {"plan-new": core.plan("shown", settings=wanted)}
     out["apply"] = core.apply("shown", settings=wanted)
     gid = out["apply"].table.group_id
-    cloud.ec2.authorize_security_group_ingress(
-        GroupId=gid,
-        IpPermissions=[
-            {
-                "IpProtocol": "tcp",
-                "FromPort": 22,
-                "ToPort": 22,
-                "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "console"}],
-            }
-        ],
-    )
+    add_by_hand(cloud.ec2, gid, 22, "0.0.0.0/0", "console")
     out["plan"] = core.plan("shown", settings=wanted)
     out["rules"] = core.describe("shown", settings=wanted)
     launch(gid, "shown-scheduler")

@@ -247,21 +247,11 @@ def test_a_group_with_our_cluster_tag_but_not_our_owner_tag_is_refused(cloud, ow
 # Rules added by hand
 
 
-def test_a_rule_added_by_hand_is_reported_then_removed(cloud):
+def test_a_rule_added_by_hand_is_reported_then_removed(cloud, add_by_hand):
     wanted = settings_for([VPN])
     core.apply("eta", settings=wanted)
     gid = the_group(cloud.ec2, "eta")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(
-        GroupId=gid,
-        IpPermissions=[
-            {
-                "IpProtocol": "tcp",
-                "FromPort": 22,
-                "ToPort": 22,
-                "IpRanges": [{"CidrIp": "10.99.0.0/16", "Description": "console"}],
-            }
-        ],
-    )
+    add_by_hand(cloud.ec2, gid, 22, "10.99.0.0/16", "console")
 
     planned = core.plan("eta", settings=wanted)
     assert planned.remove == (Rule("tcp", 22, 22, "10.99.0.0/16"),)
@@ -324,20 +314,10 @@ def test_ipv4_and_ipv6_are_counted_apart(sandbox):
 # Canonical forms: host bits, IPv6, the self rule, prefix lists
 
 
-def test_a_host_bit_cidr_stored_by_hand_matches_the_declared_network(cloud):
+def test_a_host_bit_cidr_stored_by_hand_matches_the_declared_network(cloud, add_by_hand):
     core.apply("mu", settings=settings_for([]))
     gid = the_group(cloud.ec2, "mu")["GroupId"]
-    cloud.ec2.authorize_security_group_ingress(
-        GroupId=gid,
-        IpPermissions=[
-            {
-                "IpProtocol": "tcp",
-                "FromPort": 8786,
-                "ToPort": 8786,
-                "IpRanges": [{"CidrIp": "10.1.0.2/16"}],
-            }
-        ],
-    )
+    add_by_hand(cloud.ec2, gid, 8786, "10.1.0.2/16")
     assert ("tcp", 8786, 8786, "10.1.0.2/16") in state(cloud.ec2, "mu")  # moto keeps host bits
 
     wanted = settings_for([{"ports": [8786], "cidr": "10.1.0.0/16"}])
