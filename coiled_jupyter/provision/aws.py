@@ -298,6 +298,19 @@ class SecurityGroups:
         groups = self._describe(Filters=filters)
         return groups[0] if groups else None
 
+    def refuse_foreign_name(self, cluster: str, vpc_id: str | None) -> Group | None:
+        """The group holding the cluster's name, if it is ours; a group of that name that is not
+        ours raises :class:`ForeignGroupError`, since it must never be modified."""
+        existing = self.find_by_name(cluster, vpc_id)
+        if existing is not None and not existing.owned:
+            raise ForeignGroupError(
+                "ForeignGroup",
+                f"a group named {group_name(cluster)} ({existing.group_id}) exists and is not "
+                f"owned by {TOOL}; it is left alone. Rename the cluster or delete that group by "
+                "hand.",
+            )
+        return existing
+
     def get(self, group_id: str) -> Group:
         """Read one group by id, retrying the NotFound that follows a fresh create."""
         return self._retry_not_found(
@@ -339,14 +352,12 @@ class SecurityGroups:
         except ClientError as error:
             if _code(error) != "InvalidGroup.Duplicate":
                 raise cloud_error(error, f"creating group {group_name(cluster)}") from None
-        existing = self.find_by_name(cluster, vpc_id)
-        if existing is None or not existing.owned:
-            which = existing.group_id if existing else group_name(cluster)
-            raise ForeignGroupError(
-                "ForeignGroup",
-                f"a group named {group_name(cluster)} "
-                f"({which}) exists and is not owned by {TOOL}; it is left "
-                "alone. Rename the cluster or delete that group by hand.",
+        existing = self.refuse_foreign_name(cluster, vpc_id)
+        if existing is None:
+            raise CloudError(
+                "InvalidGroup.Duplicate",
+                f"the name {group_name(cluster)} is taken but no group of that name can be read; "
+                "run apply again.",
             )
         return existing.group_id
 

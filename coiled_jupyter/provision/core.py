@@ -374,24 +374,9 @@ def plan(cluster=None, *, backend_options=None, settings: Settings | None = None
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     if group is None:
-        _refuse_foreign_name(groups, t)
+        # apply would be refused at CreateSecurityGroup; the plan must say so first.
+        groups.refuse_foreign_name(t.cluster, t.vpc_id)
     return make_plan(t, group, desired, settings.ingress.provenance)
-
-
-def _refuse_foreign_name(groups, t: Target) -> None:
-    """Before planning a new group, make sure its name is not taken by a group that is not ours
-    (apply would be refused at CreateSecurityGroup; the plan must say so first)."""
-    from .aws import ForeignGroupError, group_name
-
-    existing = groups.find_by_name(t.cluster, t.vpc_id)
-    if existing is not None and not existing.owned:
-        raise ForeignGroupError(
-            "ForeignGroup",
-            f"a group named {group_name(t.cluster)} "
-            f"({existing.group_id}) exists and is not owned by coiled_jupyter; "
-            "apply would leave it alone and fail. Rename the cluster or delete "
-            "that group by hand.",
-        )
 
 
 def apply(
