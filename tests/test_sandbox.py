@@ -251,3 +251,24 @@ def test_every_table_of_the_sandbox_says_sandbox_and_not_aws(cloud, launch):
             assert "sandbox" in bundle[mime], (type(result).__name__, mime)
             assert "not AWS" in bundle[mime], (type(result).__name__, mime)
         assert bundle["application/vnd.coiled-jupyter.rules+json"]["backend"] == "sandbox"
+
+
+def test_a_proxy_in_the_environment_does_not_carry_sandbox_calls_away(sandbox, monkeypatch):
+    from coiled_jupyter.provision import aws
+
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port: a proxied call would fail
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, dead)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    cached = dict(aws._clients)
+    aws._clients.clear()  # clients read the environment's proxies when they are created
+    try:
+        assert sandbox_module.running() == sandbox
+        options = {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}
+        first = core.apply("proxied", backend_options=options)
+        assert ("tcp", 8786, 8786, "10.1.0.0/16") in {r.key for r in first.table.rules}
+        assert not core.apply("proxied", backend_options=options).changed
+    finally:
+        aws._clients.clear()
+        aws._clients.update(cached)

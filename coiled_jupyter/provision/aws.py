@@ -91,6 +91,8 @@ class Connection:
     profile: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    # The sandbox is on loopback: an HTTP(S)_PROXY of the environment must not carry its calls away.
+    direct: bool = False
 
 
 _clients: dict[tuple, object] = {}
@@ -102,7 +104,14 @@ def client(service: str, connection: Connection):
     secret = hashlib.sha256(
         f"{connection.access_key_id}\0{connection.secret_access_key}".encode()
     ).hexdigest()
-    key = (service, connection.region, connection.endpoint_url, connection.profile, secret)
+    key = (
+        service,
+        connection.region,
+        connection.endpoint_url,
+        connection.profile,
+        connection.direct,
+        secret,
+    )
     with _clients_lock:
         cached = _clients.get(key)
         if cached is None:
@@ -119,6 +128,7 @@ def client(service: str, connection: Connection):
                     retries={"mode": "standard", "max_attempts": 5},
                     connect_timeout=5,
                     read_timeout=30,
+                    proxies={"http": None, "https": None} if connection.direct else None,
                 ),
             )
             _clients[key] = cached

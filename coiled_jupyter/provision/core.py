@@ -57,6 +57,7 @@ class Target:
                 endpoint_url=self.endpoint_url,
                 access_key_id=DUMMY_KEY,
                 secret_access_key=DUMMY_KEY,
+                direct=True,
             )
         return Connection(region=self.region)
 

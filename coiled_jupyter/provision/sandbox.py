@@ -32,6 +32,8 @@ REGION = "us-east-1"
 DUMMY_KEY = "sandbox"
 STATE_FILE = "sandbox.json"
 _START_TIMEOUT = 30.0
+# The server is on loopback: requests to it never go through an HTTP(S)_PROXY of the environment.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def running() -> Server | None:
 
 def _answers(server: Server) -> bool:
     try:
-        with urllib.request.urlopen(f"{server.url}/moto-api/", timeout=2) as response:
+        with _direct.open(f"{server.url}/moto-api/", timeout=2) as response:
             return response.status == 200
     except (OSError, urllib.error.URLError):
         return False
@@ -144,7 +146,7 @@ def reset() -> None:
     server = running()
     if server is not None:
         request = urllib.request.Request(f"{server.url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10):
+        with _direct.open(request, timeout=10):
             pass
 
 
