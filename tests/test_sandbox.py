@@ -272,3 +272,14 @@ def test_a_proxy_in_the_environment_does_not_carry_sandbox_calls_away(sandbox, m
     finally:
         aws._clients.clear()
         aws._clients.update(cached)
+
+
+def test_a_state_file_naming_another_process_is_not_trusted(sandbox, tmp_path):
+    """A recycled pid (here: this test's own process) must never be taken for the server."""
+    with dask.config.set({"coiled-jupyter.sandbox.state-dir": str(tmp_path)}):
+        (tmp_path / sandbox_module.STATE_FILE).write_text(
+            json.dumps({"pid": os.getpid(), "port": sandbox.port})
+        )
+        assert sandbox_module.running() is None
+        assert sandbox_module.stop() is False
+    assert sandbox_module.running() == sandbox

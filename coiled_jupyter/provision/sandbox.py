@@ -74,13 +74,27 @@ def _locked():
 
 
 def running() -> Server | None:
-    """The shared server if one is alive and answering, else None."""
+    """The shared server if the state file's process is still that server and it answers, else None.
+
+    Checking the process, not only the port, matters: a recycled pid must never be signalled by
+    :func:`stop`, and another program's moto on that port is not ours to share.
+    """
     try:
         state = json.loads(_state_file().read_text())
         server = Server(int(state["pid"]), int(state["port"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return server if _answers(server) else None
+    return server if _is_our_process(server) and _answers(server) else None
+
+
+def _is_our_process(server: Server) -> bool:
+    import psutil
+
+    try:
+        command = psutil.Process(server.pid).cmdline()
+    except (psutil.Error, OSError):
+        return False
+    return "moto.server" in command and str(server.port) in command
 
 
 def _answers(server: Server) -> bool:
