@@ -23,7 +23,6 @@ _PUBLIC = {
     "destroy": "coiled_jupyter.provision.core",
     "scheduler_address": "coiled_jupyter.provision.core",
     "cluster_kwargs": "coiled_jupyter.provision.core",
-    "FirewallPanel": "coiled_jupyter.widgets",
 }
 
 __all__ = sorted(_PUBLIC)
