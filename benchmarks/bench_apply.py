@@ -34,6 +34,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _tables import table  # beside this script
+
 RULE_COUNTS = (1, 10, 50)
 PORTS = [8786, 8787]
 NA = "n/a"
@@ -385,16 +387,24 @@ def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
 # Output
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join(
-        [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
-    )
-
-
 def ms(value: float) -> str:
     return f"{value:.1f}"
+
+
+def measured_row(scenario: str, tool: str, rules, s: dict) -> list:
+    """One row of the apply table from one scenario's summary."""
+    span = f"{ms(s['min_ms'])}-{ms(s['max_ms'])}"
+    return [
+        scenario,
+        tool,
+        rules,
+        ms(s["ms"]),
+        span,
+        ms(s["api_ms"]),
+        s["calls"],
+        s["sends"],
+        s["ops"],
+    ]
 
 
 def report(
@@ -408,36 +418,12 @@ def report(
             ("same", "no-change apply"),
             ("changed", "one rule changed"),
         ):
-            s = r[key]
-            rows.append(
-                [
-                    scenario,
-                    "coiled_jupyter",
-                    n,
-                    ms(s["ms"]),
-                    f"{ms(s['min_ms'])}-{ms(s['max_ms'])}",
-                    ms(s["api_ms"]),
-                    s["calls"],
-                    s["sends"],
-                    s["ops"],
-                ]
-            )
+            rows.append(measured_row(scenario, "coiled_jupyter", n, r[key]))
     dcp_all = [r["dcp"] for r in results.values() if r["dcp"]]
     if dcp_all:
         for n, r in results.items():
-            s = r["dcp"]
             rows.append(
-                [
-                    f"default group (beside n={n})",
-                    dcp_name,
-                    "fixed (3)",
-                    ms(s["ms"]),
-                    f"{ms(s['min_ms'])}-{ms(s['max_ms'])}",
-                    ms(s["api_ms"]),
-                    s["calls"],
-                    s["sends"],
-                    s["ops"],
-                ]
+                measured_row(f"default group (beside n={n})", dcp_name, "fixed (3)", r["dcp"])
             )
         rows.append(
             [

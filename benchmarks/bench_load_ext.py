@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _tables import table  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("boto3", "botocore", "moto", "distributed", "dask", "coiled", "ipywidgets", "yaml")
 MARK = "@@BENCH@@"
@@ -128,14 +130,6 @@ def fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join(
-        [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
-    )
 
 
 def versions(env: dict) -> str:
