@@ -141,10 +141,9 @@ def _usage_errors():
 
 
 def _user_message(error: Exception) -> str | None:
-    from .rules import IngressError
-    from .settings import AccountStoreUnreadable, ConfigFileError
+    from .errors import CoiledJupyterError
 
-    if isinstance(error, (IngressError, ConfigFileError, AccountStoreUnreadable)):
+    if isinstance(error, CoiledJupyterError):
         return str(error)
     # CloudError can only have been raised if its module was imported; importing it here would
     # import boto3.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import AccountStoreUnreadable, ConfigFileError
 from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
 
 INGRESS_KEY = "coiled.backend-options.ingress"
@@ -55,18 +57,6 @@ _LAYER_LABELS = {
     Layer.SESSION: "notebook session",
     Layer.CLUSTER: "cluster options",
 }
-
-
-class ConfigFileError(ValueError):
-    """The Dask config file cannot be read or written safely; nothing was changed."""
-
-
-class AccountStoreUnreadable(RuntimeError):
-    """The account store could not be read (no credentials, no permission, no network).
-
-    It only matters when no stronger layer decides a value; otherwise the settings are complete
-    without it, and a person with a config file or session rules is not blocked by it.
-    """
 
 
 @dataclass(frozen=True)
@@ -309,16 +299,80 @@ def _config_search_paths() -> list[str]:
     return [*system, str(config_dir())]
 
 
+# The keys of ours a Dask config file may hold; the strict reader reads only these from a file.
+_OUR_KEYS = (
+    ("coiled", "backend-options", "ingress"),
+    ("coiled", "backend-options", "firewall"),
+    ("coiled", "use_scheduler_public_ip"),
+)
+_CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _config_files() -> list[str]:
+    """The files Dask reads its config from, in Dask's order.
+
+    Dask skips a folder or file it cannot read, silently; here that fails closed: restrictive rules
+    in a file this kernel cannot read must never give way to the world-open built-in default.
+    """
+    files: list[str] = []
+    for place in _config_search_paths():
+        try:
+            is_folder = stat.S_ISDIR(os.stat(place).st_mode)
+            if not is_folder:
+                files.append(place)
+                continue
+            names = os.listdir(place)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ConfigFileError(_unreadable(place, error)) from None
+        files.extend(
+            sorted(
+                os.path.join(place, name)
+                for name in names
+                if os.path.splitext(name)[1].lower() in _CONFIG_SUFFIXES
+            )
+        )
+    return files
+
+
+def _config_sources() -> list[tuple[str, dict]]:
+    """Our keys from each Dask config file, read strictly (see :mod:`.strict_yaml`); a file that
+    cannot be read or parsed is an error naming it, for every operation that uses the settings."""
+    from .strict_yaml import FILE_LIMITS, StrictYAMLError, load_keys
+
+    sources = []
+    for path in _config_files():
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(FILE_LIMITS.bytes + 1)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigFileError(_unreadable(path, error)) from None
+        try:
+            data = load_keys(text, f"the Dask config file {path}", _OUR_KEYS)
+        except StrictYAMLError as error:
+            raise ConfigFileError(
+                [f"{error} Fix or move the file: the coiled settings are not used until then."]
+            ) from None
+        sources.append((path, data))
+    return sources
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    reason = getattr(error, "strerror", None) or type(error).__name__
+    return (
+        f"the Dask config file {path} cannot be read ({reason.lower()}); it may hold coiled "
+        "settings, so none are used until it can be read or is moved away."
+    )
+
+
 def config_layer() -> LayerValues:
     """The Dask config layer from the files and the environment as they are now, with provenance."""
     import dask.config
 
     ingress, ingress_origin = None, ""
     public_ip, public_ip_origin = None, ""
-    sources = [
-        (str(path), data)
-        for path, data in dask.config.collect_yaml(_config_search_paths(), return_paths=True)
-    ]
+    sources = _config_sources()
     env = dask.config.collect_env(os.environ)
     sources.append((_env_origin(), env))
     for origin, data in sources:
@@ -378,37 +432,41 @@ def set_session(*, ingress=None, use_scheduler_public_ip=None) -> None:
     public_ip = (
         parse_public_ip(use_scheduler_public_ip) if use_scheduler_public_ip is not None else None
     )
+    layer = config_layer()
     if rules is not None:
         _session.ingress = rules
     if public_ip is not None:
         _session.use_scheduler_public_ip = public_ip
-    _mirror_session()
+    _mirror_session(layer)
 
 
 def set_session_rules(rules: list[Rule]) -> None:
     """Replace the session rules with already-parsed rules (``[]`` means no rules at all)."""
+    layer = config_layer()
     _session.ingress = canonical(rules)
-    _mirror_session()
+    _mirror_session(layer)
 
 
 def restore_session(snapshot: LayerValues) -> None:
     """Put back a session layer taken earlier with :func:`session_layer` (undo of a failed step)."""
     _session.ingress = snapshot.ingress
     _session.use_scheduler_public_ip = snapshot.use_scheduler_public_ip
-    _mirror_session()
+    _mirror_session(config_layer())
 
 
 def reset_session() -> None:
     """Drop the session layer; the kernel's Dask config falls back to the files and environment."""
+    layer = config_layer()
     _session.ingress = None
     _session.use_scheduler_public_ip = None
-    _mirror_session()
+    _mirror_session(layer)
 
 
-def _mirror_session() -> None:
+def _mirror_session(layer: LayerValues) -> None:
+    """Mirror the session into the kernel's Dask config; ``layer`` is the config layer, read before
+    the session changed, so that an unreadable config file changes nothing."""
     import dask.config
 
-    layer = config_layer()
     ingress = _session.ingress if _session.ingress is not None else layer.ingress
     public_ip = (
         _session.use_scheduler_public_ip

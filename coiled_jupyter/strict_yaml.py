@@ -97,6 +97,10 @@ def load_keys(text: str, where: str, paths: tuple[tuple[str, ...], ...], limits=
     check_depth(text, where, limits)
     loader = _Loader(text, where, limits, everywhere=False)
     node = loader.get_single_node()
+    if node is not None and not isinstance(node, loader.yaml.MappingNode):
+        raise loader.refusal(
+            "does not hold a mapping at the top, as Dask requires", node.start_mark
+        )
     found: dict = {}
     for path in paths:
         value = loader.lookup(node, path)
@@ -210,11 +214,10 @@ def _loader_class():
     class BoundedComposer(Composer):
         def compose_node(self, parent, index):
             event = self.peek_event()
-            if isinstance(event, AliasEvent) or event.anchor is not None:
-                self.anchored = True
-                if self.everywhere:
-                    raise _Refused(_ANCHOR_PROBLEM, event.start_mark)
-            if event.tag is not None and self.everywhere:
+            shared = isinstance(event, AliasEvent) or event.anchor is not None
+            if shared and self.everywhere:
+                raise _Refused(_ANCHOR_PROBLEM, event.start_mark)
+            if getattr(event, "tag", None) is not None and self.everywhere:
                 raise _Refused(_tag_problem(event.tag), event.start_mark)
             self.depth += 1
             self.nodes += 1
@@ -229,9 +232,12 @@ def _loader_class():
                     event.start_mark,
                 )
             try:
-                return super().compose_node(parent, index)
+                node = super().compose_node(parent, index)
             finally:
                 self.depth -= 1
+            if shared:
+                self.shared.add(id(node))
+            return node
 
     class Loader(BoundedComposer, _event_source(), BaseResolver):
         """Events from libyaml when PyYAML was built with it (a 64 KiB body in 0.07 s instead of
@@ -279,7 +285,6 @@ class _Loader:
         self.yaml = yaml
         self.loader_class = loader_class
         self.everywhere = everywhere
-        self._shared: set[int] | None = None
 
     def get_single_node(self):
         """Compose the one document, within the limits; PyYAML's own errors become sentences."""
@@ -288,7 +293,8 @@ class _Loader:
             self.loader.limits = self.limits
             self.loader.depth = 0
             self.loader.nodes = 0
-            self.loader.anchored = False
+            # Nodes with an anchor: convert() refuses them (an alias is the anchored node itself).
+            self.loader.shared = set()
             # Refuse anchors and tags while composing; else (a config file, which may use them
             # outside our keys) only convert() refuses them, in the values it converts.
             self.loader.everywhere = self.everywhere
@@ -309,7 +315,7 @@ class _Loader:
 
     def _convert(self, node):
         yaml = self.yaml
-        if self._is_shared(node):
+        if id(node) in self.loader.shared:
             raise _Refused(_ANCHOR_PROBLEM, node.start_mark)
         if node.tag not in _DEFAULT_TAGS:
             raise _Refused(_tag_problem(node.tag), node.start_mark)
@@ -338,13 +344,6 @@ class _Loader:
             seen[spelling] = key_node.start_mark
             mapping[key] = self._convert(value_node)
         return mapping
-
-    def _is_shared(self, node) -> bool:
-        if not self.loader.anchored:
-            return False
-        if self._shared is None:
-            self._shared = {id(n) for n in self.loader.anchors.values()}
-        return id(node) in self._shared
 
     def lookup(self, node, path: tuple[str, ...]):
         """The node at ``path`` in nested mappings, or None; duplicate keys on the path are refused."""
