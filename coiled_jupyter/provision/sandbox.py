@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CoiledJupyterError
 from ..settings import option
 
 HOST = "127.0.0.1"
@@ -64,8 +65,10 @@ def _state_file() -> Path:
 @contextlib.contextmanager
 def _locked():
     folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "sandbox.lock", "w") as lock:
+    with _environment("create the sandbox's state folder and lock", folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / "sandbox.lock", "w")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -91,8 +94,22 @@ def _server_of(state: dict) -> Server | None:
 
 def _write(state: dict) -> None:
     temp = _state_file().with_suffix(".tmp")
-    temp.write_text(json.dumps(state))
-    os.replace(temp, _state_file())
+    with _environment("record the sandbox server", _state_file()):
+        temp.write_text(json.dumps(state))
+        os.replace(temp, _state_file())
+
+
+@contextlib.contextmanager
+def _environment(doing: str, path: Path):
+    """A full disk, a read-only or foreign state folder: one sentence, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise CoiledJupyterError(
+            f"could not {doing} at {path} ({reason}); make that folder writable, or set "
+            "coiled-jupyter.sandbox.state-dir in Dask's config to a folder that is."
+        ) from None
 
 
 def running() -> Server | None:
@@ -173,7 +190,8 @@ def _start(restarted: dict | None = None) -> Server:
     """Start a server and record it before waiting for it to answer, so that a kernel killed during
     the start leaves a record (:func:`stop` finds it) rather than an unknown server."""
     port = _free_port()
-    log = open(state_dir() / "sandbox.log", "ab")
+    with _environment("open the sandbox's log", state_dir() / "sandbox.log"):
+        log = open(state_dir() / "sandbox.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
         stdin=subprocess.DEVNULL,
@@ -197,7 +215,7 @@ def _start(restarted: dict | None = None) -> Server:
         if process.poll() is not None or time.monotonic() > deadline:
             _terminate(server.pid)
             _state_file().unlink(missing_ok=True)
-            raise RuntimeError(
+            raise CoiledJupyterError(
                 f"the sandbox server did not start; see {state_dir() / 'sandbox.log'}"
                 " (is the 'sandbox' extra installed: pip install "
                 "'coiled_jupyter[sandbox]'?)"
