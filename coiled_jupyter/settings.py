@@ -298,10 +298,15 @@ def config_layer() -> LayerValues:
 
     ingress, ingress_detail = None, ""
     public_ip, public_ip_detail = None, ""
-    sources = [
-        (str(path), data)
-        for path, data in dask.config.collect_yaml(_config_search_paths(), return_paths=True)
-    ]
+    try:
+        collected = list(dask.config.collect_yaml(_config_search_paths(), return_paths=True))
+    except ValueError as error:
+        # Dask names the malformed file; its own message carries the parser's excerpt.
+        raise ConfigFileError(
+            f"{_first_line(error).rstrip(',')}; fix or move it: the firewall settings are not "
+            "read from a file that cannot be parsed."
+        ) from None
+    sources = [(str(path), data) for path, data in collected]
     env = dask.config.collect_env(os.environ)
     sources.append((_env_detail(), env))
     for detail, data in sources:

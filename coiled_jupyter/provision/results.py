@@ -58,6 +58,9 @@ def _header(t: Target, kind: str, account_id: str, **extra) -> dict:
         "cluster": t.cluster,
         "vpc_id": t.vpc_id,
         "account_id": account_id,
+        "rows": [],
+        "notes": [],
+        "warnings": [],
         **extra,
     }
 
@@ -188,9 +191,6 @@ class DestroyResult(_Displayed):
             group_id=self.group_id,
             deleted=self.deleted,
             summary=summary,
-            rows=[],
-            notes=[],
-            warnings=[],
         )
 
 
@@ -223,9 +223,6 @@ class SchedulerAddress(_Displayed):
             ip=self.ip,
             address=self.address,
             summary=f"scheduler {self.instance_id}: connect to {self.address} ({kind} IP)",
-            rows=[],
-            notes=[],
-            warnings=[],
         )
 
 
@@ -261,7 +258,6 @@ class SettingsView(_Displayed):
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=[],
             warnings=list(reach.warnings) if reach is not None else [],
         )
 
@@ -301,8 +297,6 @@ class SaveResult(_Displayed):
             location=self.location,
             summary=f"saved to {self.location}: {' and '.join(written)}; {readers}.",
             rows=[rule_row(r) for r in self.ingress or ()],
-            notes=[],
-            warnings=[],
         )
 
 
