@@ -1,5 +1,5 @@
 """Account-wide defaults: ``set_backend_options`` (Coiled's signature) into SSM Parameter Store in the
-sandbox, read back as the account layer of the settings, with provenance, below the Dask config, the
+sandbox, read back as the account layer of the settings, with its origin, below the Dask config, the
 session and the cluster options. Bad input and credentials are refused before any call.
 """
 
