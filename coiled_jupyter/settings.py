@@ -293,7 +293,7 @@ def _config_search_paths() -> list[str]:
 
 
 def config_layer() -> LayerValues:
-    """The Dask config layer from the files and the environment as they are now, with the origin of each value."""
+    """The Dask config layer from the files and the environment as they are now, with origins."""
     import dask.config
 
     ingress, ingress_detail = None, ""
