@@ -69,14 +69,18 @@ def excerpt(value, limit: int = EXCERPT) -> str:
 
 
 def check_size(text: str, where: str, limits: Limits = TEXT_LIMITS) -> None:
-    """Refuse a text over the size limit before any of it is read."""
-    if len(text) > limits.bytes or len(text.encode("utf-8", "surrogatepass")) > limits.bytes:
-        size = len(text.encode("utf-8", "surrogatepass")) if len(text) < 64 * limits.bytes else None
-        of = f"{size:,} bytes" if size is not None else f"{len(text):,} characters"
-        raise StrictYAMLError(
-            f"{where} is {of}, more than the {limits.bytes // 1024} KiB this tool reads; "
-            "shorten it (a rule list of this size cannot be a security group's rules)."
-        )
+    """Refuse a text over the size limit before any of it is read (a text with more characters
+    than the limit has bytes is refused without being encoded)."""
+    if len(text) > limits.bytes:
+        of = f"{len(text):,} characters"
+    elif len(text.encode("utf-8", "surrogatepass")) > limits.bytes:
+        of = f"{len(text.encode('utf-8', 'surrogatepass')):,} bytes"
+    else:
+        return
+    raise StrictYAMLError(
+        f"{where} is {of}, more than the {limits.bytes // 1024} KiB this tool reads; "
+        "shorten it (a rule list of this size cannot be a security group's rules)."
+    )
 
 
 def load(text: str, where: str, limits: Limits = TEXT_LIMITS):

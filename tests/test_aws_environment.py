@@ -16,7 +16,10 @@ import urllib.request
 import dask.config
 import pytest
 
-from coiled_jupyter.provision import aws, core
+from coiled_jupyter import session
+from coiled_jupyter.provision import aws
+from coiled_jupyter.provision.account import set_backend_options
+from coiled_jupyter.provision.target import target
 
 KEYS = {
     "a": ("AKIAACCOUNTAAAAAAAAA", "secret-of-account-a"),
@@ -105,10 +108,10 @@ def use_keys(monkeypatch, account: str) -> None:
 def test_a_new_endpoint_takes_effect_at_the_next_call(aws_environment, monkeypatch):
     use_keys(monkeypatch, "a")
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_environment["a"])
-    assert core.apply("two-accounts").changed
+    assert session.apply("two-accounts").changed
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_environment["b"])
     use_keys(monkeypatch, "b")
-    assert core.apply("two-accounts").changed
+    assert session.apply("two-accounts").changed
     assert len(groups_of(aws_environment["a"], "two-accounts")) == 1
     assert len(groups_of(aws_environment["b"], "two-accounts")) == 1
 
@@ -128,19 +131,19 @@ def test_a_new_profile_takes_effect_at_the_next_call(aws_environment, monkeypatc
         )
     )
     monkeypatch.setenv("AWS_PROFILE", "a")
-    core.apply("by-profile")
+    session.apply("by-profile")
     monkeypatch.setenv("AWS_PROFILE", "b")
-    core.apply("by-profile")
+    session.apply("by-profile")
     assert len(groups_of(aws_environment["b"], "by-profile")) == 1
 
 
 def test_new_keys_sign_the_next_call(aws_environment, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_environment["a"])
     use_keys(monkeypatch, "a")
-    core.describe("signed")
+    session.describe("signed")
     use_keys(monkeypatch, "b")
     signed: list[str] = []
-    ec2 = aws.client("ec2", core.target().connection())
+    ec2 = aws.client("ec2", target().connection())
 
     def record(request, **_):
         signed.append(
@@ -151,7 +154,7 @@ def test_new_keys_sign_the_next_call(aws_environment, monkeypatch):
 
     ec2.meta.events.register("before-send", record)
     try:
-        core.describe("signed")
+        session.describe("signed")
     finally:
         ec2.meta.events.unregister("before-send", record)
     assert signed and all(f"Credential={KEYS['b'][0]}/" in header for header in signed)
@@ -160,7 +163,7 @@ def test_new_keys_sign_the_next_call(aws_environment, monkeypatch):
 def test_the_cache_keeps_no_secret_in_its_keys(aws_environment, monkeypatch):
     use_keys(monkeypatch, "a")
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_environment["a"])
-    core.describe("cache")
+    session.describe("cache")
     text = repr(list(aws._clients))
     assert KEYS["a"][1] not in text and KEYS["a"][0] not in text
 
@@ -181,7 +184,7 @@ def test_a_verbose_traceback_does_not_show_the_keys(sandbox):
 
     key_id, secret = KEYS["a"]
     with pytest.raises(Exception) as caught:
-        core.set_backend_options(
+        set_backend_options(
             ingress=[{"ports": [8786], "cidr": "10.0.0.0/8"}],
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,

@@ -20,14 +20,9 @@ from pathlib import Path
 import dask.config
 import pytest
 
+from coiled_jupyter import session
 from coiled_jupyter.errors import CoiledJupyterError, ConfigFileError
-from coiled_jupyter.settings import (
-    config_layer,
-    effective_settings,
-    reset_session,
-    session_layer,
-    set_session,
-)
+from coiled_jupyter.settings import SESSION, config_layer, effective_settings
 
 RESTRICTIVE = textwrap.dedent("""\
     coiled:
@@ -102,15 +97,15 @@ def test_anchors_inside_our_keys_are_refused(dask_config):
 
 
 def test_a_refused_file_changes_no_session(dask_config):
-    set_session(ingress=[{"ports": [9000], "cidr": "10.9.0.0/16"}])
-    before = session_layer()
+    session.set_settings([{"ports": [9000], "cidr": "10.9.0.0/16"}])
+    before = SESSION.values
     mirrored = json.dumps(dask.config.config.get("coiled"), sort_keys=True)
     (dask_config / "coiled.yaml").mkdir()
     with pytest.raises(ConfigFileError):
-        set_session(ingress=[{"ports": [22], "cidr": "0.0.0.0/0"}])
+        session.set_settings([{"ports": [22], "cidr": "0.0.0.0/0"}])
     with pytest.raises(ConfigFileError):
-        reset_session()
-    assert session_layer() == before
+        session.reset()
+    assert SESSION.values == before
     assert json.dumps(dask.config.config.get("coiled"), sort_keys=True) == mirrored
     shutil.rmtree(dask_config / "coiled.yaml")
 
@@ -122,15 +117,13 @@ def test_an_oversized_file_is_refused(dask_config):
 
 
 def test_the_settings_view_refuses_with_the_same_sentence(dask_config, sandbox):
-    from coiled_jupyter.provision import core
-
     folder = dask_config / "coiled.yaml"
     folder.mkdir()
     with pytest.raises(CoiledJupyterError) as caught:
-        core.show_settings(reach=False)
+        session.show(reach=False)
     assert str(folder) in str(caught.value)
     with pytest.raises(CoiledJupyterError):
-        core.plan()
+        session.plan()
 
 
 # Imports first (Python itself lives under /root here), then file access as user nobody: dropping

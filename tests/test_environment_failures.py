@@ -42,7 +42,7 @@ def test_the_settings_magic_says_it_in_one_sentence(state_dir_is_a_file, dask_co
     ip = get_ipython()
     ip.run_line_magic("load_ext", "coiled_jupyter")
     try:
-        with pytest.raises(UsageError, match="could not create the sandbox's state folder"):
+        with pytest.raises(UsageError, match="state directory"):
             ip.run_line_magic("coiled_ingress", "")
     finally:
         ip.run_line_magic("unload_ext", "coiled_jupyter")
@@ -75,6 +75,6 @@ def test_a_state_folder_the_kernel_may_not_write_is_one_sentence():
         )
         assert result.returncode == 0, result.stderr
         answer = json.loads(result.stdout)
-        assert "permission denied" in answer.get("refused", ""), answer
+        assert "permission denied" in answer.get("refused", "").lower(), answer
     finally:
         shutil.rmtree(folder)

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
-from coiled_jupyter.settings import session_layer, set_session
+from coiled_jupyter import session
+from coiled_jupyter.settings import SESSION
 
 CORPUS = yaml.safe_load((Path(__file__).with_name("hostile_corpus.yaml")).read_text())["cases"]
 SECONDS = 2.0
@@ -95,13 +96,13 @@ def snapshot(cloud, dask_config) -> tuple:
     rules = sorted(
         json.dumps([g["GroupId"], g.get("IpPermissions", [])], sort_keys=True) for g in groups
     )
-    return session_layer(), (dask_config / "coiled.yaml").read_bytes(), rules
+    return SESSION.values, (dask_config / "coiled.yaml").read_bytes(), rules
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case["name"] for case in CORPUS])
 def test_corpus_case(ip, sandbox, cloud, dask_config, case):
     ip.run_line_magic("coiled_ingress", "apply")  # the default cluster has a group to lose
-    set_session(ingress=[{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}])
+    session.set_settings([{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}])
     before = snapshot(cloud, dask_config)
     outcome, message, seconds, peak = run(ip, case)
     assert seconds < SECONDS, f"{case['name']} took {seconds:.2f} s"
@@ -131,8 +132,8 @@ _YAMLISH = st.text(
     body=st.one_of(_YAMLISH, st.text(max_size=200)), kind=st.sampled_from(["cell", "set", "add"])
 )
 def test_random_input_ends_in_a_result_or_one_sentence(ip, body, kind):
-    set_session(ingress=[{"ports": [8786], "cidr": "10.1.0.0/16"}])
-    before = session_layer()
+    session.set_settings([{"ports": [8786], "cidr": "10.1.0.0/16"}])
+    before = SESSION.values
     ip.user_ns["v"] = body
     if kind == "cell":
         case = {"kind": "cell", "text": body.replace("$", "$$")}
@@ -143,5 +144,5 @@ def test_random_input_ends_in_a_result_or_one_sentence(ip, body, kind):
     outcome, message, seconds, peak = run(ip, case)
     assert seconds < SECONDS and peak < MEGABYTES
     if outcome == "refused":
-        assert session_layer() == before
+        assert SESSION.values == before
         assert message.strip()

@@ -13,8 +13,8 @@ from IPython.core.error import UsageError
 
 from coiled_jupyter.errors import CoiledJupyterError
 from coiled_jupyter.magics import substitute, substitute_yaml
-from coiled_jupyter.provision import core
-from coiled_jupyter.settings import session_layer
+from coiled_jupyter.provision.target import target, validate_target
+from coiled_jupyter.settings import SESSION
 
 
 @pytest.fixture
@@ -30,13 +30,13 @@ def ip(dask_config):
 @pytest.mark.parametrize("name", ["", " ", "\t", "  \n"])
 def test_a_blank_cluster_name_is_an_error_never_the_default(name):
     with pytest.raises(CoiledJupyterError, match="empty"):
-        core.validate_target(name)
+        validate_target(name)
 
 
 @pytest.mark.parametrize("quoted", ['"${name}"', "'${name}'", "${name}", "=${name}"])
 def test_destroy_with_an_empty_name_keeps_the_default_clusters_group(ip, sandbox, cloud, quoted):
     ip.run_line_magic("coiled_ingress", "apply")  # the default cluster's group
-    default = core.target().cluster
+    default = target().cluster
     group = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [default]}]
     )["SecurityGroups"]
@@ -76,10 +76,10 @@ def test_a_value_in_a_line_is_one_word_or_refused(value, quoted):
 
 def test_a_variable_cannot_add_options_to_a_magic(ip, sandbox):
     ip.user_ns["office"] = "10.1.0.0/16 --cluster other"
-    before = session_layer()
+    before = SESSION.values
     with pytest.raises(UsageError, match="cidr '10.1.0.0/16 --cluster other'"):
         ip.run_line_magic("coiled_ingress", "add 8786 ${office}")
-    assert session_layer() == before
+    assert SESSION.values == before
 
 
 @pytest.mark.parametrize(
@@ -92,13 +92,13 @@ def test_a_variable_cannot_add_options_to_a_magic(ip, sandbox):
 )
 def test_a_value_in_a_cell_cannot_add_rules_or_lines(ip, sandbox, value):
     ip.user_ns["net"] = value
-    before = session_layer()
+    before = SESSION.values
     for body in ("- ports: [8786]\n  cidr: ${net}\n", "[{ports: [8786], cidr: ${net}}]"):
         with pytest.raises(UsageError):
             ip.run_cell_magic("coiled_ingress", "", body)
         with pytest.raises(UsageError):
             ip.run_line_magic("coiled_ingress", f"set {body.splitlines()[0]}")
-    assert session_layer() == before
+    assert SESSION.values == before
 
 
 def test_whole_values_and_values_inside_text_in_yaml():

@@ -19,10 +19,10 @@ import dask.config
 import psutil
 import pytest
 
-from coiled_jupyter.provision import core
+from coiled_jupyter import session
 from coiled_jupyter.provision import sandbox as sandbox_module
 
-PACKAGE_ROOT = str(Path(core.__file__).parents[2])
+PACKAGE_ROOT = str(Path(session.__file__).parents[1])
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def wait_gone(pid: int, seconds: float = 15) -> bool:
 
 def test_a_killed_server_is_replaced_and_the_restart_announced(own_state_dir):
     first = sandbox_module.ensure()
-    core.apply("restarted")
+    session.apply("restarted")
     assert sandbox_module.restart_warning() is None
     os.killpg(first.pid, signal.SIGKILL)
     assert wait_gone(first.pid)
@@ -60,12 +60,12 @@ def test_a_killed_server_is_replaced_and_the_restart_announced(own_state_dir):
     assert second.pid != first.pid
     warning = sandbox_module.restart_warning()
     assert warning and "restarted" in warning and "gone" in warning
-    table = core.describe("restarted")
+    table = session.describe("restarted")
     assert warning in table.warnings
-    assert any("gone" in w for w in core.apply("restarted").table.warnings)
+    assert any("gone" in w for w in session.apply("restarted").table.warnings)
     assert sandbox_module.acknowledge_restart()
     assert sandbox_module.restart_warning() is None
-    assert not any("restarted at" in w for w in core.describe("restarted").warnings)
+    assert not any("restarted at" in w for w in session.describe("restarted").warnings)
 
 
 def test_a_hung_server_is_stopped_when_replaced_not_orphaned(own_state_dir):

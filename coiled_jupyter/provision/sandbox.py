@@ -12,7 +12,6 @@ Credentials for it are fixed dummy values: moto accepts any, and no real key mus
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CoiledJupyterError
-from ..settings import option
+from ..state import file_lock, state_dir
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -49,31 +48,12 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
 
-def state_dir() -> Path:
-    configured = option("sandbox.state-dir")
-    return (
-        Path(configured).expanduser()
-        if configured
-        else Path("~/.local/share/coiled-jupyter").expanduser()
-    )
-
-
 def _state_file() -> Path:
     return state_dir() / STATE_FILE
 
 
-@contextlib.contextmanager
 def _locked():
-    folder = state_dir()
-    with _environment("create the sandbox's state folder and lock", folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / "sandbox.lock", "w")
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_lock("sandbox.lock", what="the sandbox server's start or stop")
 
 
 def _record() -> dict:
