@@ -304,7 +304,9 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
     from .rules import load_text
+    from .strict_yaml import check_size
 
+    check_size(text, where)  # before any scan of it
     if "$" not in text:
         return load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
@@ -367,6 +369,9 @@ class CoiledMagics(Magics, Configurable):
         with _usage_errors():
             if cell is not None:
                 return self._ingress_cell(self._substitute(line), cell)
+            from .strict_yaml import check_size
+
+            check_size(line, "the magic's line")  # before any scan of it
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
