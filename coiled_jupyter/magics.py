@@ -384,6 +384,9 @@ class CoiledMagics(Magics, Configurable):
         return line
 
     def _ingress_line(self, line: str):
+        from .strict_yaml import check_size
+
+        check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
