@@ -369,9 +369,6 @@ class CoiledMagics(Magics, Configurable):
         with _usage_errors():
             if cell is not None:
                 return self._ingress_cell(self._substitute(line), cell)
-            from .strict_yaml import check_size
-
-            check_size(line, "the magic's line")  # before any scan of it
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
