@@ -62,6 +62,7 @@ def test_a_killed_server_is_replaced_and_the_restart_announced(own_state_dir):
     assert warning and "restarted" in warning and "gone" in warning
     table = session.describe("restarted")
     assert warning in table.warnings
+    assert warning in session.plan("restarted").warnings
     assert any("gone" in w for w in session.apply("restarted").table.warnings)
     assert sandbox_module.acknowledge_restart()
     assert sandbox_module.restart_warning() is None
