@@ -40,6 +40,7 @@ from traitlets.config.configurable import Configurable
 from . import session
 from .errors import CoiledJupyterError
 from .session import SCHEDULER_IP_WORDS, SCOPES
+from .strict_yaml import excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -402,7 +403,7 @@ class CoiledMagics(Magics, Configurable):
             close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UsageError(
-                f"%coiled_ingress has no subcommand {command!r}; {hint}use one of "
+                f"%coiled_ingress has no subcommand {excerpt(command)}; {hint}use one of "
                 f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h)."
             )
         self._check_options(args, command)
@@ -435,7 +436,7 @@ class CoiledMagics(Magics, Configurable):
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
-                f"{' '.join(positional)!r}; to name a cluster write --cluster "
+                f"{excerpt(' '.join(positional))}; to name a cluster write --cluster "
                 f"{positional[0]}."
             )
         if command == "save":
@@ -452,7 +453,7 @@ class CoiledMagics(Magics, Configurable):
         if args.words:
             raise UsageError(
                 f"the %%coiled_ingress cell takes only --cluster and --apply on its "
-                f"first line, not {' '.join(args.words)!r}; put the rules in the cell "
+                f"first line, not {excerpt(' '.join(args.words))}; put the rules in the cell "
                 "body."
             )
         for name in ("description", "protocol", "scope"):
@@ -531,7 +532,7 @@ def _split(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError:
         raise UsageError(
-            f"the line {text.strip()!r} has a quote that is not closed; close it, or "
+            f"the line {excerpt(text.strip())} has a quote that is not closed; close it, or "
             "write the value without quotes."
         ) from None
 
@@ -588,7 +589,7 @@ def _peel_options(body: str) -> tuple[str, list[str]]:
 def _ports_source_problem(command: str, positional: list[str]) -> str:
     example = f"%coiled_ingress {command} 8786,8787 10.1.0.0/16"
     if len(positional) < 2:
-        got = f"only {positional[0]!r}" if positional else "nothing"
+        got = f"only {excerpt(positional[0])}" if positional else "nothing"
         return f"%coiled_ingress {command} needs PORTS and SOURCE but got {got}; e.g. {example}."
     if any(word.endswith(",") for word in positional[:-1]) or any(
         word.startswith(",") for word in positional[1:]
@@ -603,7 +604,7 @@ def _ports_source_problem(command: str, positional: list[str]) -> str:
         f"; for a description write --description {shlex.quote(extra)}" if command == "add" else ""
     )
     return (
-        f"%coiled_ingress {command} takes PORTS and SOURCE but also got {extra!r}{hint}; "
+        f"%coiled_ingress {command} takes PORTS and SOURCE but also got {excerpt(extra)}{hint}; "
         f"e.g. {example}."
     )
 

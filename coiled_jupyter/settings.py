@@ -228,7 +228,7 @@ def _unknown_keys(
         if not close and not strict:
             continue
         hint = f"did you mean {close[0]!r}?" if close else f"use only {', '.join(known)}."
-        problems.append(f"{where} has unknown key {key!r}; {hint}")
+        problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
     return problems
 
 
