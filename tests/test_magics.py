@@ -394,12 +394,6 @@ def test_scheduler_ip(ip, sandbox):
     assert dask.config.get("coiled.use_scheduler_public_ip") is True
 
 
-def test_firewall_panel_says_not_yet(ip, capsys):
-    assert ip.run_line_magic("coiled_firewall", "") is None
-    out = capsys.readouterr().out
-    assert "not available yet" in out and "%coiled_ingress" in out
-
-
 # --------------------------------------------------------------------------------------------------
 # Mistakes: one sentence, a plain UsageError, nothing changed, no cloud call
 
