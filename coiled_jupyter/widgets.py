@@ -61,9 +61,26 @@ _MEANING = {
     False: "private: clients connect to the scheduler's private IP (same VPC, VPN or peering), so "
     "the rules must admit this notebook's private address.",
 }
+# Column widths shared by the headings and every row; a row wraps below ~500 px.
+_COLUMNS = {
+    "ports": {"flex": "0 1 100px", "min_width": "70px"},
+    "source": {"flex": "1 1 170px", "min_width": "120px"},
+    "protocol": {"flex": "0 0 68px"},
+    "description": {"flex": "1 1 130px", "min_width": "90px"},
+    "remove": {"flex": "0 0 76px"},
+}
 _ERROR = "var(--jp-error-color1)"
 _WARN = "var(--jp-warn-color1)"
 _MUTED = "var(--jp-ui-font-color2)"
+
+
+def _column(name: str) -> widgets.Layout:
+    return widgets.Layout(width="auto", **_COLUMNS[name])
+
+
+def _block(inner: str) -> str:
+    """HTML widget content with normal line spacing (widgets use one control's height per line)."""
+    return f'<div style="line-height: 1.45">{inner}</div>'
 
 
 def _span(text: str, color: str | None = None) -> str:
@@ -105,36 +122,35 @@ class RuleRow:
             ",".join(str(p) for p in ports),
             placeholder=PORTS,
             tooltip="ports: 8786, 8786,8787 or a range 8000-8100",
-            layout=widgets.Layout(width="130px"),
+            layout=_column("ports"),
         )
         self.source = widgets.Text(
             str(item.get("cidr", "")),
             placeholder=SOURCE,
             tooltip="source: a network 10.1.0.0/16, one address, me, everyone or sg-...",
-            layout=widgets.Layout(width="240px"),
+            layout=_column("source"),
         )
         self.protocol = widgets.Dropdown(
             options=list(PROTOCOLS),
             value=item.get("protocol", "tcp"),
             tooltip=PROTOCOL,
-            layout=widgets.Layout(width="72px"),
+            layout=_column("protocol"),
         )
         self.description = widgets.Text(
             str(item.get("description", "")),
             placeholder=DESCRIPTION,
             tooltip="description (optional, shown in the AWS console)",
-            layout=widgets.Layout(flex="1 1 120px", min_width="100px"),
+            layout=_column("description"),
         )
         self.remove = widgets.Button(
             description=REMOVE,
             tooltip="Remove this rule",
-            layout=widgets.Layout(width="76px"),
+            layout=_column("remove"),
         )
         self.message = widgets.HTML(layout=widgets.Layout(margin="0 0 2px 4px"))
         self.fields = {"ports": self.ports, "source": self.source, "description": self.description}
         line = widgets.HBox(
-            [self.ports, self.source, self.protocol, self.description, self.remove],
-            layout=widgets.Layout(width="100%", align_items="center"),
+            [self.ports, self.source, self.protocol, self.description, self.remove], layout=_wrap()
         )
         self.box = widgets.VBox([line, self.message], layout=widgets.Layout(width="100%"))
         for control in (self.ports, self.source, self.protocol, self.description):
@@ -183,7 +199,9 @@ class RuleRow:
         problems += [p for p in whole if p not in problems]
         for name, control in self.fields.items():
             control.layout.border = f"1px solid {_ERROR}" if found[name] else ""
-        self.message.value = "<br>".join(_span(p, _ERROR) for p in problems)
+        self.message.value = (
+            _block("<br>".join(_span(p, _ERROR) for p in problems)) if problems else ""
+        )
         self.message.layout.display = "" if problems else "none"
         self.problems = problems
         return not problems
@@ -228,7 +246,7 @@ class FirewallPanel(widgets.VBox):
             options=[("public", True), ("private", False)],
             description=SCHEDULER_IP,
             tooltips=[_MEANING[True], _MEANING[False]],
-            style={"button_width": "80px"},
+            style={"button_width": "80px", "description_width": "initial"},
         )
         self.scheduler_ip.observe(self._on_toggle, "value")
         self.meaning = widgets.HTML()
@@ -275,11 +293,16 @@ class FirewallPanel(widgets.VBox):
 
         headings = widgets.HBox(
             [
-                widgets.HTML(_span("Ports", _MUTED), layout=widgets.Layout(width="130px")),
-                widgets.HTML(_span("Source", _MUTED), layout=widgets.Layout(width="240px")),
-                widgets.HTML(_span("Protocol", _MUTED), layout=widgets.Layout(width="72px")),
-                widgets.HTML(_span("Description", _MUTED)),
-            ]
+                widgets.HTML(_span(title, _MUTED), layout=_column(name))
+                for name, title in (
+                    ("ports", "Ports"),
+                    ("source", "Source"),
+                    ("protocol", "Protocol"),
+                    ("description", "Description"),
+                    ("remove", ""),
+                )
+            ],
+            layout=_wrap(),
         )
         super().__init__(
             [
@@ -375,7 +398,7 @@ class FirewallPanel(widgets.VBox):
         self._view = view
         payload = view.to_payload()
         self.header.value = self._header_html(payload)
-        self.meaning.value = _span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED)
+        self.meaning.value = _block(_span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED))
         self.reachability.value = _reachability_html(payload)
         self.cell.value = cell_text(
             view.target.cluster, view.settings.rules, payload["use_scheduler_public_ip"]
@@ -386,7 +409,6 @@ class FirewallPanel(widgets.VBox):
         backend = html.escape(payload["backend_label"])
         if payload["backend"] == "sandbox":
             backend = f'<strong style="color: {_WARN}">{backend}</strong>'
-
         account = self._account_id or "shown after Plan or Apply"
         parts = [
             f"cluster <code>{html.escape(payload['cluster'])}</code>",
@@ -394,7 +416,7 @@ class FirewallPanel(widgets.VBox):
             f"region {html.escape(payload['region'])}",
             f"account {html.escape(account)}",
         ]
-        return (
+        return _block(
             "<strong>Firewall</strong> "
             f'<span style="color: {_MUTED}">rules from {html.escape(payload["ingress_origin"])}'
             "</span><br>" + " &middot; ".join(parts)
@@ -559,7 +581,7 @@ class FirewallPanel(widgets.VBox):
     # State of the controls
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.value = _span(text, _ERROR if error else _MUTED)
+        self.status.value = _block(_span(text, _ERROR if error else _MUTED))
 
     def _update_controls(self) -> None:
         valid = self.valid
@@ -583,7 +605,7 @@ class FirewallPanel(widgets.VBox):
             marks.append("unapplied changes")
         if _unsaved(self._view.settings):
             marks.append("unsaved changes")
-        return _span("● " + ", ".join(marks), _WARN) if marks else ""
+        return _block(_span("● " + ", ".join(marks), _WARN)) if marks else ""
 
 
 def _unsaved(settings) -> bool:
@@ -607,14 +629,19 @@ def _reachability_html(payload: dict) -> str:
     if not reach:
         return ""
     colors = {"yes": "var(--jp-success-color1)", "no": _ERROR}
+    # Ports with the same verdict for the same reason share one line.
+    verdicts: dict[tuple[str, str], list[str]] = {}
+    for port in (reach["scheduler"], reach["dashboard"]):
+        verdicts.setdefault((port["verdict"], port["reason"]), []).append(
+            f"{port['name']} (port {int(port['port'])})"
+        )
     lines = [
-        f"can this notebook reach the {html.escape(port['name'])} (port {int(port['port'])})? "
-        f"{_span(port['verdict'], colors.get(port['verdict'], _WARN))}: "
-        f"{html.escape(port['reason'])}"
-        for port in (reach["scheduler"], reach["dashboard"])
+        f"can this notebook reach the {html.escape(' and the '.join(names))}? "
+        f"{_span(verdict, colors.get(verdict, _WARN))}: {html.escape(reason)}"
+        for (verdict, reason), names in verdicts.items()
     ]
     lines += [_span(f"warning: {w}", _WARN) for w in payload.get("warnings", [])]
-    return "<br>".join(lines)
+    return _block("<br>".join(lines))
 
 
 def _wrap() -> widgets.Layout:
