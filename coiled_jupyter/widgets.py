@@ -7,8 +7,10 @@ panel shows the same tables (the same HTML and JSON mimetype) as the magics and 
 
 When edits reach the session: at once. Every edit that leaves all rows valid is sent with
 ``session.set_settings`` (the toggle with ``session.set_scheduler_ip``), so the next
-``%coiled_ingress`` shows exactly what the panel shows, and Plan, Apply and Save act on it. An edit
-that leaves a row invalid is not sent: the session keeps the last valid rules, Apply and Save are
+``%coiled_ingress`` shows exactly what the panel shows, and Plan, Apply and Save act on it. Edits are
+sent from a thread of the panel (each one re-judges reachability, which may wait on the public-address
+lookup), only the newest waiting one of each kind, and an operation waits for them before it starts.
+An edit that leaves a row invalid is not sent: the session keeps the last valid rules, Apply and Save are
 disabled and the sentence is shown beside the row. A row whose ports and source are both empty is a
 row still being filled in and is left out.
 
@@ -236,7 +238,10 @@ class FirewallPanel(widgets.VBox):
         self._worker: threading.Thread | None = None
         self._record = None
         self._account_id = ""
-        self._sent: list[dict] = []
+        self._sent: list[dict] | None = []
+        self._lock = threading.Lock()
+        self._pending: dict[str, Callable[[], object]] = {}
+        self._sender: threading.Thread | None = None
 
         self.header = widgets.HTML()
         self.rows_box = widgets.VBox(layout=widgets.Layout(width="100%"))
@@ -310,7 +315,8 @@ class FirewallPanel(widgets.VBox):
                 headings,
                 self.rows_box,
                 self.add_button,
-                widgets.HBox([self.scheduler_ip, self.meaning], layout=_wrap()),
+                self.scheduler_ip,
+                self.meaning,
                 widgets.HBox(list(self.buttons.values()), layout=_wrap()),
                 widgets.HBox([self.status, self.marker], layout=_wrap()),
                 self.reachability,
@@ -441,33 +447,68 @@ class FirewallPanel(widgets.VBox):
         valid = all([row.check() for row in self.rows])
         items = [row.item() for row in self.rows if not row.blank]
         if valid and items != self._sent:
-            if self._push(
-                lambda: session.set_settings(items, cluster=self.cluster, label="the panel")
-            ):
-                self._sent = items
+            self._sent = items
+            self._send_edit(
+                "rules",
+                lambda: session.set_settings(items, cluster=self.cluster, label="the panel"),
+            )
         else:
             self._update_controls()
 
     def _on_toggle(self, change) -> None:
         if self._loading:
             return
-        self._push(lambda: session.set_scheduler_ip(change["new"], cluster=self.cluster))
+        self._send_edit(
+            "scheduler IP", lambda: session.set_scheduler_ip(change["new"], cluster=self.cluster)
+        )
 
-    def _push(self, edit: Callable[[], object]) -> bool:
+    def _send_edit(self, kind: str, edit: Callable[[], object]) -> None:
+        """Make one edit in the session: at once, or (``background``) on the panel's edit thread.
+
+        Each edit shows the new settings, and with them the reachability verdict, which may wait
+        on the public-address lookup (seconds when offline): a thread keeps typing fluid. Only the
+        newest waiting edit of each kind is sent, so a burst of keystrokes makes one change.
+        """
+        if not self.background:
+            self._push(edit)
+            return
+        with self._lock:
+            self._pending[kind] = edit
+            if self._sender is not None and self._sender.is_alive():
+                return
+            context = contextvars.copy_context()
+            self._sender = threading.Thread(target=context.run, args=(self._drain,), daemon=True)
+            self._sender.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._sender = None
+                    return
+                kind = next(iter(self._pending))
+                edit = self._pending.pop(kind)
+            self._push(edit)
+
+    def _push(self, edit: Callable[[], object]) -> None:
         """Make one edit in the session; its sentence in the status line if the core refuses it."""
         self._pushing = True
         try:
             view = edit()
         except CoiledJupyterError as error:
+            self._sent = None  # not in the session: the next edit sends the rows again
             self._set_status(str(error), error=True)
             self._update_controls()
-            return False
+            return
+        except Exception as error:  # a bug: say so here, and keep the traceback below
+            self._sent = None
+            self._unexpected(error)
+            return
         finally:
             self._pushing = False
         self._edited = True
         self._set_status("ready")
         self._show_view(view)
-        return True
 
     # ----------------------------------------------------------------------------------------------
     # Buttons
@@ -493,12 +534,11 @@ class FirewallPanel(widgets.VBox):
         self._run("reverting", lambda progress: session.reset(self.cluster), None)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the running operation; True when none is running any more."""
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-            return not worker.is_alive()
-        return True
+        """Wait for the running operation and the edits still being sent; True when all are done."""
+        for thread in (self._sender, self._worker):
+            if thread is not None:
+                thread.join(timeout)
+        return not any(t is not None and t.is_alive() for t in (self._sender, self._worker))
 
     def _planned(self, plan) -> None:
         if not plan.changes:
@@ -522,6 +562,9 @@ class FirewallPanel(widgets.VBox):
             self._set_status(f"{doing}: {sentence}")
 
         def run() -> None:
+            sender = self._sender
+            if sender is not None:
+                sender.join()  # the operation acts on the newest edit
             try:
                 result = work(progress)
                 self._show_result(result)
@@ -531,8 +574,7 @@ class FirewallPanel(widgets.VBox):
             except CoiledJupyterError as error:
                 self._set_status(str(error), error=True)
             except Exception as error:  # a bug: say so here, and keep the traceback below
-                self._set_status(f"unexpected {type(error).__name__}: {error}", error=True)
-                self.output.append_stderr(traceback.format_exc())
+                self._unexpected(error)
             finally:
                 self._busy = False
                 self._refresh()
@@ -543,6 +585,10 @@ class FirewallPanel(widgets.VBox):
             self._worker.start()
         else:
             run()
+
+    def _unexpected(self, error: Exception) -> None:
+        self._set_status(f"unexpected {type(error).__name__}: {error}", error=True)
+        self.output.append_stderr(traceback.format_exc())
 
     def _starting(self, doing: str) -> str:
         """``doing``, or that the sandbox is starting first (its cold start takes seconds)."""

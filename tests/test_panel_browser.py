@@ -165,6 +165,7 @@ def test_panel_in_jupyterlab(lab, page, sandbox, cloud):
     page.screenshot(path=str(ARTIFACTS / "lab-dark.png"))
     _theme(page, "JupyterLab Light")
     page.screenshot(path=str(ARTIFACTS / "lab-light.png"))
+    panel.screenshot(path=str(ARTIFACTS / "panel-light.png"))
 
     # Saved, the notebook carries the applied table as a plain output with the rules mimetype.
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
