@@ -112,7 +112,7 @@ def test_load_ext_is_light():
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "coiled_jupyter")
         ip.run_line_magic("coiled_ingress", "--help")
-        ip.run_line_magic("coiled_firewall", "")
+        ip.run_line_magic("coiled_firewall", "--help")
         assert ip.find_line_magic("coiled_ingress") is not None
         print([m for m in ("boto3", "botocore", "moto", "distributed") if m in sys.modules])
     """)
