@@ -233,7 +233,7 @@ class FirewallPanel(widgets.VBox):
         self._applied: tuple | None = None
         self._edited = False
         self._loading = False
-        self._pushing = False
+        self._pushing: int | None = None  # the thread sending this panel's edit, if one is
         self._busy = False
         self._worker: threading.Thread | None = None
         self._record = None
@@ -430,8 +430,8 @@ class FirewallPanel(widgets.VBox):
 
     def _on_session(self, _values) -> None:
         """A session change: from a magic or another panel (this panel's own edits are skipped)."""
-        if self._pushing:
-            return
+        if self._pushing == threading.get_ident():
+            return  # this panel's own edit, made in this thread
         self._edited = True
         try:
             self._load(session.show(self.cluster))
@@ -492,7 +492,7 @@ class FirewallPanel(widgets.VBox):
 
     def _push(self, edit: Callable[[], object]) -> None:
         """Make one edit in the session; its sentence in the status line if the core refuses it."""
-        self._pushing = True
+        self._pushing = threading.get_ident()
         try:
             view = edit()
         except CoiledJupyterError as error:
@@ -505,7 +505,7 @@ class FirewallPanel(widgets.VBox):
             self._unexpected(error)
             return
         finally:
-            self._pushing = False
+            self._pushing = None
         self._edited = True
         self._set_status("ready")
         self._show_view(view)
