@@ -200,7 +200,7 @@ class RuleRow:
         problems = [p for sentences in found.values() for p in sentences]
         problems += [p for p in whole if p not in problems]
         for name, control in self.fields.items():
-            control.layout.border = f"1px solid {_ERROR}" if found[name] else ""
+            control.layout.border = f"2px solid {_ERROR}" if found[name] else ""
         self.message.value = (
             _block("<br>".join(_span(p, _ERROR) for p in problems)) if problems else ""
         )
