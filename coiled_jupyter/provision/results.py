@@ -307,12 +307,26 @@ class SaveResult(_Displayed):
 
 
 class ClusterKwargs(dict):
-    """Keyword arguments for ``coiled.Cluster`` (``backend_options``, ``use_scheduler_public_ip``),
-    with the group id for other launchers, e.g. dask-cloudprovider's ``security_groups=``."""
+    """Keyword arguments for ``coiled.Cluster(**kwargs)``: ``backend_options`` (its ``ingress`` in
+    Coiled's exact schema) and ``use_scheduler_public_ip``.
 
-    def __init__(self, kwargs: dict, security_group_id: str | None):
+    ``.security_group_id`` is the cluster's group for other launchers, e.g. dask-cloudprovider's
+    ``security_groups=``; it is None when there is no group yet and under the sandbox, whose group
+    (a moto group no real launcher can use) is ``.sandbox_group_id``. ``.notes`` says why.
+    """
+
+    def __init__(
+        self,
+        kwargs: dict,
+        security_group_id: str | None,
+        *,
+        sandbox_group_id: str | None = None,
+        notes: tuple[str, ...] = (),
+    ):
         super().__init__(kwargs)
         self.security_group_id = security_group_id
+        self.sandbox_group_id = sandbox_group_id
+        self.notes = notes
 
     @property
     def security_groups(self) -> list[str]:
