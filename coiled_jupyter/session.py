@@ -171,21 +171,27 @@ def reset(cluster=None):
     return _edit(cluster, ingress=None, use_scheduler_public_ip=None)
 
 
+def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
+    """``value`` as one of ``words`` (case and spaces ignored), or ``sentence`` with a did-you-mean;
+    ``sentence`` has ``{value}`` and ``{hint}`` fields."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in words:
+        return word
+    close = difflib.get_close_matches(str(word), words, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise IngressError([sentence.format(value=repr(value), hint=hint)])
+
+
 def parse_scheduler_ip(choice) -> bool:
     """``public``/``private`` (or a bool) as the value of ``use_scheduler_public_ip``."""
     if isinstance(choice, bool):
         return choice
-    word = choice.strip().lower() if isinstance(choice, str) else choice
-    if word not in SCHEDULER_IP_WORDS:
-        close = difflib.get_close_matches(str(word), SCHEDULER_IP_WORDS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise IngressError(
-            [
-                f"the scheduler IP is 'public' or 'private', not {choice!r}; {hint}public "
-                "connects clients on the scheduler's public IP, private on its private IP "
-                "(VPN or peered VPC)."
-            ]
-        )
+    word = _one_of(
+        choice,
+        SCHEDULER_IP_WORDS,
+        "the scheduler IP is 'public' or 'private', not {value}; {hint}public connects clients "
+        "on the scheduler's public IP, private on its private IP (VPN or peered VPC).",
+    )
     return word == "public"
 
 
@@ -207,16 +213,12 @@ def save(scope: str = "user", *, cluster=None):
     """
     from .provision.results import SaveResult
 
-    word = scope.strip().lower() if isinstance(scope, str) else scope
-    if word not in SCOPES:
-        close = difflib.get_close_matches(str(word), SCOPES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise IngressError(
-            [
-                f"scope {scope!r} is not known; {hint}use 'user' (your Dask config "
-                "file) or 'account' (account-wide defaults for the team)."
-            ]
-        )
+    word = _one_of(
+        scope,
+        SCOPES,
+        "scope {value} is not known; {hint}use 'user' (your Dask config file) or 'account' "
+        "(account-wide defaults for the team).",
+    )
     t = _target(cluster)
     values = SESSION.values
     if values.ingress is None and values.use_scheduler_public_ip is None:

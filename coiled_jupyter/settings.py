@@ -1,4 +1,4 @@
-"""Settings: the layers they come from, their resolution with provenance, and the Dask config file.
+"""Settings: the layers they come from, their resolution with origin, and the Dask config file.
 
 Layers, weakest to strongest (DESIGN.md "Words"): built-in default, account store, Dask config (YAML
 files, then ``DASK_COILED__*`` environment variables), notebook session, one cluster's
@@ -85,7 +85,7 @@ class LayerValues:
 
 @dataclass(frozen=True)
 class Settings:
-    """The effective settings, each value with its provenance, and every layer that was consulted."""
+    """The effective settings, each value with its origin, and every layer that was consulted."""
 
     ingress: Resolved
     use_scheduler_public_ip: Resolved
@@ -293,15 +293,20 @@ def _config_search_paths() -> list[str]:
 
 
 def config_layer() -> LayerValues:
-    """The Dask config layer from the files and the environment as they are now, with provenance."""
+    """The Dask config layer from the files and the environment as they are now, with origins."""
     import dask.config
 
     ingress, ingress_detail = None, ""
     public_ip, public_ip_detail = None, ""
-    sources = [
-        (str(path), data)
-        for path, data in dask.config.collect_yaml(_config_search_paths(), return_paths=True)
-    ]
+    try:
+        collected = list(dask.config.collect_yaml(_config_search_paths(), return_paths=True))
+    except ValueError as error:
+        # Dask names the malformed file; its own message carries the parser's excerpt.
+        raise ConfigFileError(
+            f"{_first_line(error).rstrip(',')}; fix or move it: the firewall settings are not "
+            "read from a file that cannot be parsed."
+        ) from None
+    sources = [(str(path), data) for path, data in collected]
     env = dask.config.collect_env(os.environ)
     sources.append((_env_detail(), env))
     for detail, data in sources:

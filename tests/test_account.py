@@ -1,5 +1,5 @@
 """Account-wide defaults: ``set_backend_options`` (Coiled's signature) into SSM Parameter Store in the
-sandbox, read back as the account layer of the settings, with provenance, below the Dask config, the
+sandbox, read back as the account layer of the settings, with its origin, below the Dask config, the
 session and the cluster options. Bad input and credentials are refused before any call.
 """
 
@@ -20,7 +20,7 @@ from coiled_jupyter.session import effective_settings
 from coiled_jupyter.settings import SESSION, Layer
 
 PARAMETER = "/coiled-jupyter/backend-options"
-PROVENANCE = f"account default (SSM {PARAMETER})"
+ACCOUNT_ORIGIN = f"account default (SSM {PARAMETER})"
 TEAM = [{"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}]
 KEY_ID = "AKIAEXAMPLEKEYID9999"
 SECRET = "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY"
@@ -55,10 +55,10 @@ def test_defaults_are_stored_in_ssm_and_become_the_account_layer(cloud):
         "use_scheduler_public_ip": False,
     }
     settings = effective_settings()
-    assert settings.ingress.origin == PROVENANCE
+    assert settings.ingress.origin == ACCOUNT_ORIGIN
     assert settings.rules == parse_ingress(TEAM)
     assert settings.use_scheduler_public_ip.value is False
-    assert settings.use_scheduler_public_ip.origin == PROVENANCE
+    assert settings.use_scheduler_public_ip.origin == ACCOUNT_ORIGIN
 
 
 def test_a_second_call_keeps_what_it_does_not_set(cloud):
@@ -68,13 +68,13 @@ def test_a_second_call_keeps_what_it_does_not_set(cloud):
     account.set_backend_options(ingress=[])
     assert stored(cloud.ssm) == {"ingress": [], "use_scheduler_public_ip": False}
     assert effective_settings().rules == []
-    assert effective_settings().ingress.origin == PROVENANCE
+    assert effective_settings().ingress.origin == ACCOUNT_ORIGIN
 
 
 def test_the_account_layer_is_what_apply_uses(cloud):
     account.set_backend_options(ingress=TEAM)
     result = session.apply("team")
-    assert result.plan.origin == PROVENANCE
+    assert result.plan.origin == ACCOUNT_ORIGIN
     group = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": ["team"]}]
     )["SecurityGroups"][0]
@@ -84,7 +84,7 @@ def test_the_account_layer_is_what_apply_uses(cloud):
         for r in p.get("IpRanges", [])
     }
     assert ranges == {(8786, 8787, "10.1.0.0/16")}
-    assert PROVENANCE in result.table.origins
+    assert ACCOUNT_ORIGIN in result.table.origins
 
 
 def test_a_workspace_has_its_own_parameter(cloud):
@@ -117,7 +117,7 @@ def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, mo
     assert config.rules == [Rule("tcp", 8786, 8786, "10.2.0.0/16")]
     # scalars win on their own: the config file does not set the toggle, the account does
     assert config.use_scheduler_public_ip.value is False
-    assert config.use_scheduler_public_ip.origin == PROVENANCE
+    assert config.use_scheduler_public_ip.origin == ACCOUNT_ORIGIN
 
     session.set_settings({"ingress": [{"ports": [8786], "cidr": "10.3.0.0/16"}]})
     in_session = effective_settings()

@@ -205,7 +205,7 @@ def test_apply_destroy_and_scheduler_summaries(results):
     assert "public IP" in scheduler["text/plain"]
 
 
-def test_the_settings_view_shows_provenance_layers_and_reachability(results):
+def test_the_settings_view_shows_origins_layers_and_reachability(results):
     bundle = results["settings"]._repr_mimebundle_()
     text, data = bundle["text/plain"], bundle[MIME]
     assert "rules from: cluster options (backend_options)" in text

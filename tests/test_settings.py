@@ -1,4 +1,4 @@
-"""Settings layers, their resolution with provenance, the session layer and its Dask config mirror.
+"""Settings layers, their resolution with origins, the session layer and its Dask config mirror.
 
 The Dask config layer is exercised with real files in a temporary ``DASK_CONFIG`` folder and real
 ``DASK_COILED__*`` environment variables; nothing inside Dask is patched. The account layer (kept in
@@ -151,7 +151,7 @@ def test_stronger_layer_wins_ingress_as_a_whole(dask_config, low, high):
 @pytest.mark.parametrize("low, high", LAYER_PAIRS, ids=PAIR_IDS)
 def test_stronger_layer_wins_the_public_ip_toggle(dask_config, low, high):
     # The default says True, so the weaker layer says False and the stronger one says True again;
-    # provenance tells the stronger layer from the default.
+    # the origin tells the stronger layer from the default.
     values = {}
     if low != Layer.DEFAULT:
         values[low] = {"use_scheduler_public_ip": False}
@@ -215,7 +215,7 @@ def test_an_empty_list_in_a_stronger_layer_means_no_rules(dask_config):
     assert_from(result.ingress, Layer.SESSION, "this kernel")
 
 
-def test_session_provenance(dask_config):
+def test_session_origin(dask_config):
     session.set_settings({"ingress": INGRESS[Layer.SESSION], "use_scheduler_public_ip": "private"})
     result = effective_settings(account=lambda: None)
     assert result.ingress.origin == "notebook session (this kernel)"

@@ -84,6 +84,11 @@ class Connection:
     direct: bool = False
 
 
+def default_region() -> str | None:
+    """The region of the boto3 session (AWS_DEFAULT_REGION, the profile's ~/.aws/config)."""
+    return boto3.session.Session().region_name
+
+
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
 

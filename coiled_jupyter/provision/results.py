@@ -23,6 +23,10 @@ class _Displayed:
     def to_payload(self) -> dict:
         raise NotImplementedError
 
+    def _payload(self, kind: str, **fields) -> dict:
+        """The payload's common header (what the table describes) with this result's ``fields``."""
+        return _header(self.target, kind, getattr(self, "account_id", ""), **fields)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         from ..display import mimebundle
 
@@ -58,6 +62,9 @@ def _header(t: Target, kind: str, account_id: str, **extra) -> dict:
         "cluster": t.cluster,
         "vpc_id": t.vpc_id,
         "account_id": account_id,
+        "rows": [],
+        "notes": [],
+        "warnings": [],
         **extra,
     }
 
@@ -81,10 +88,8 @@ class RuleTable(_Displayed):
         return self.group_id is not None
 
     def to_payload(self) -> dict:
-        return _header(
-            self.target,
+        return self._payload(
             "rules",
-            self.account_id,
             vpc_id=self.vpc_id or self.target.vpc_id,
             group_id=self.group_id,
             group_name=self.group_name,
@@ -131,10 +136,8 @@ class Plan(_Displayed):
             + [rule_row(r, action="remove") for r in self.remove]
             + [rule_row(r, action="keep") for r in self.keep]
         )
-        return _header(
-            self.target,
+        return self._payload(
             "plan",
-            self.account_id,
             group_id=self.group_id,
             summary=self.summary,
             changes=self.changes,
@@ -181,16 +184,11 @@ class DestroyResult(_Displayed):
             if self.deleted
             else f"cluster {self.target.cluster!r} has no group to delete"
         )
-        return _header(
-            self.target,
+        return self._payload(
             "destroy",
-            self.account_id,
             group_id=self.group_id,
             deleted=self.deleted,
             summary=summary,
-            rows=[],
-            notes=[],
-            warnings=[],
         )
 
 
@@ -215,17 +213,12 @@ class SchedulerAddress(_Displayed):
 
     def to_payload(self) -> dict:
         kind = "public" if self.public else "private"
-        return _header(
-            self.target,
+        return self._payload(
             "scheduler",
-            self.account_id,
             instance_id=self.instance_id,
             ip=self.ip,
             address=self.address,
             summary=f"scheduler {self.instance_id}: connect to {self.address} ({kind} IP)",
-            rows=[],
-            notes=[],
-            warnings=[],
         )
 
 
@@ -251,17 +244,14 @@ class SettingsView(_Displayed):
             layers.append({"layer": values.layer.label, "sets": sets})
         reach = self.reachability
         public_ip = settings.use_scheduler_public_ip
-        return _header(
-            self.target,
+        return self._payload(
             "settings",
-            "",
             ingress_origin=settings.ingress.origin,
             use_scheduler_public_ip=public_ip.value,
             use_scheduler_public_ip_origin=public_ip.origin,
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=[],
             warnings=list(reach.warnings) if reach is not None else [],
         )
 
@@ -293,16 +283,12 @@ class SaveResult(_Displayed):
             else "everyone in the account gets them unless their Dask config, session or "
             "cluster options say otherwise"
         )
-        return _header(
-            self.target,
+        return self._payload(
             "save",
-            "",
             scope=self.scope,
             location=self.location,
             summary=f"saved to {self.location}: {' and '.join(written)}; {readers}.",
             rows=[rule_row(r) for r in self.ingress or ()],
-            notes=[],
-            warnings=[],
         )
 
 

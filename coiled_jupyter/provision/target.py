@@ -94,9 +94,9 @@ def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
 
         return Target("sandbox", region or REGION, cluster, vpc_id)
     if region is None:
-        import boto3
+        from .aws import default_region
 
-        region = boto3.session.Session().region_name
+        region = default_region()
         if region is None:
             raise IngressError(
                 [
