@@ -167,9 +167,9 @@ def test_what_coileds_ingress_cannot_carry_is_refused_in_one_error(sandbox, dask
 # What Coiled's client reads from Dask's config (the README's claims)
 
 
-def _coileds_own_toggle_read():
+def _coileds_toggle_expression() -> str:
     """Coiled's own expression for ``self.use_scheduler_public_ip`` in ``Cluster.__init__``, taken
-    from its installed source, as a function of the ``use_scheduler_public_ip=`` argument."""
+    from its installed source; ``use_scheduler_public_ip`` in it is the argument of that name."""
     path = COILED_SOURCE / "v2" / "cluster.py"
     tree = ast.parse(path.read_text())
     cluster = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Cluster")
@@ -182,8 +182,14 @@ def _coileds_own_toggle_read():
         == "self.use_scheduler_public_ip"
     ]
     assert len(found) == 1, "Coiled's Cluster no longer sets use_scheduler_public_ip in one place"
-    assert "dask.config.get('coiled.use_scheduler_public_ip'" in ast.unparse(found[0])
-    code = compile(ast.Expression(found[0]), str(path), "eval")
+    expression = ast.unparse(found[0])
+    assert "dask.config.get('coiled.use_scheduler_public_ip'" in expression
+    return expression
+
+
+def _coileds_own_toggle_read():
+    """Coiled's expression as a function of the ``use_scheduler_public_ip=`` argument."""
+    code = compile(_coileds_toggle_expression(), "coiled/v2/cluster.py", "eval")
     return lambda argument=None: eval(code, {"dask": dask}, {"use_scheduler_public_ip": argument})
 
 
@@ -378,3 +384,48 @@ def test_what_account_writes_is_what_every_kernel_of_that_workspace_reads(cloud,
     # The writer's own workspace is another one: it does not read them, and was told so.
     elsewhere = json.loads(_kernel(READ, "coiled:\n  workspace: someone-else\n", tmp_path, "d"))
     assert elsewhere[0] == "built-in default"
+
+
+def test_the_settings_table_says_what_coiled_cluster_reads_by_itself(cloud, dask_config):
+    seen_by_coiled = _coileds_own_toggle_read()
+    account.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
+
+    view = session.show("told", reach=False)
+    assert view.settings.use_scheduler_public_ip.value is False  # our account default...
+    assert view.coiled_toggle is seen_by_coiled() is True  # ...which Coiled's client never reads
+    toggle_note, rules_note = view.to_payload()["notes"]
+    assert "by itself: true, not the false above (from account default" in toggle_note
+    assert "coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in toggle_note
+    assert "takes the rules only as coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in rules_note
+
+    view = session.set_scheduler_ip("private")
+    assert view.coiled_toggle is seen_by_coiled() is False
+    assert view.to_payload()["notes"][0].endswith("by itself: false.")
+    assert "note: coiled.Cluster() created in this kernel" in repr(view)
+
+
+def test_the_save_table_says_what_coiled_cluster_reads_from_the_file(sandbox, dask_config):
+    session.add(8786, "10.1.0.0/16")
+    session.set_scheduler_ip("private")
+    summary = session.save("user").to_payload()["summary"]
+    assert "coiled.Cluster() reads use_scheduler_public_ip from this file" in summary
+    assert "coiled.Cluster() takes the rules only as coiled.Cluster(**cluster_kwargs())" in summary
+    summary = session.save("account").to_payload()["summary"]
+    assert "coiled.Cluster() does not read use_scheduler_public_ip from here" in summary
+
+
+def test_a_new_kernel_after_save_gives_coiled_cluster_the_saved_toggle(sandbox, dask_config):
+    session.add(8786, "10.1.0.0/16")
+    session.set_scheduler_ip("private")
+    session.save("user")
+    code = (
+        "import coiled, dask\n"
+        f"print(eval({_coileds_toggle_expression()!r}, {{'dask': dask}}, "
+        "{'use_scheduler_public_ip': None}))\n"
+    )
+    environment = {**os.environ, "DASK_CONFIG": str(dask_config)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -100,9 +100,7 @@ def kernel_env(sandbox, monkeypatch, tmp_path):
 # (coiled.backend-options: null among them, unless a saved coiled.yaml sets it); every notebook also
 # runs in such a kernel.
 IMPORT_COILED = (
-    "import coiled\n"
-    "import dask.config\n"
-    "assert 'backend-options' in dask.config.get('coiled')"
+    "import coiled\nimport dask.config\nassert 'backend-options' in dask.config.get('coiled')"
 )
 KERNELS = {"plain": None, "after-import-coiled": IMPORT_COILED}
 
