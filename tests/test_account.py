@@ -209,12 +209,25 @@ def test_every_mistake_of_one_call_comes_in_one_error(cloud, api_calls):
 # Credentials
 
 
-def test_keys_are_never_sent_to_the_sandbox_and_a_pasted_example_still_works(cloud, api_calls):
-    api_calls.clear()
-    with pytest.warns(UserWarning) as caught:
-        account.set_backend_options(
-            ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
-        )
+def test_keys_are_never_sent_to_the_sandbox_and_a_pasted_example_still_works(cloud):
+    from coiled_jupyter.provision.target import target
+
+    sent = []
+
+    def record(request, **_):
+        sent.append(json.dumps({**dict(request.headers), "body": str(request.body)}, default=str))
+
+    ssm = aws.client("ssm", target().connection())
+    ssm.meta.events.register("before-send", record)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            account.set_backend_options(
+                ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+            )
+    finally:
+        ssm.meta.events.unregister("before-send", record)
+    assert len(sent) == 2  # read, then write the parameter: with the sandbox's own dummy key
+    assert all(KEY_ID not in request and SECRET not in request for request in sent)
     [warning] = caught
     assert "not used: the sandbox takes no AWS keys" in str(warning.message)
     assert KEY_ID not in str(warning.message) and SECRET not in str(warning.message)
