@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import AccountStoreUnreadable, CloudError
 from ..rules import IngressError, to_coiled
@@ -32,11 +32,17 @@ _SECRET = re.compile(r"^[A-Za-z0-9/+=]{16,128}$")
 
 @dataclass(frozen=True, repr=False)
 class AwsKeys:
-    """AWS keys given to one call. Never stored, and never in a repr, a message or a traceback's
-    locals beyond the call's first line (the call's own parameters are dropped at once)."""
+    """AWS keys given to one call, as :class:`~.aws.Secret` objects: never stored, and never in a
+    repr, a message or a traceback's locals."""
 
-    access_key_id: str | None = field(default=None)
-    secret_access_key: str | None = field(default=None)
+    access_key_id: object = None
+    secret_access_key: object = None
+
+    def __post_init__(self):
+        from .aws import Secret
+
+        object.__setattr__(self, "access_key_id", Secret.wrap(self.access_key_id))
+        object.__setattr__(self, "secret_access_key", Secret.wrap(self.secret_access_key))
 
     def __repr__(self) -> str:
         return f"AwsKeys({'<hidden>' if self.given else 'none'})"
@@ -57,13 +63,13 @@ class AwsKeys:
                 "or neither to use your usual AWS credentials (profile, environment or role)."
             ]
         problems = []
-        if not _KEY_ID.match(self.access_key_id):
+        if not _KEY_ID.match(self.access_key_id.reveal()):
             problems.append(
                 "aws_access_key_id is not an AWS access key id (a placeholder from the "
                 "documentation?); put your key id, or leave both keys out to use your usual AWS "
                 "credentials."
             )
-        if not _SECRET.match(self.secret_access_key):
+        if not _SECRET.match(self.secret_access_key.reveal()):
             problems.append(
                 "aws_secret_access_key is not an AWS secret key (a placeholder from the "
                 "documentation?); put your secret key, or leave both keys out to use your usual "
@@ -172,9 +178,16 @@ def set_backend_options(
     workspace whose defaults these are, exactly as the readers name it (see :func:`store_name`);
     ``aws_region``: the region of the store (default: the configured region).
     """
+    from .aws import Secret
+
+    # At once, so that a traceback's argument list (%xmode Verbose) shows the secrets masked. Of
+    # Coiled's own keywords only the names are kept; their values (secrets among them) are masked too.
+    aws_access_key_id = Secret.wrap(aws_access_key_id)
+    aws_secret_access_key = Secret.wrap(aws_secret_access_key)
+    gcp_service_creds_dict = Secret.wrap(gcp_service_creds_dict)
+    registry_access_token = Secret.wrap(registry_access_token)
+    kwargs = {name: Secret.wrap(value) for name, value in kwargs.items()}
     keys = AwsKeys(aws_access_key_id, aws_secret_access_key)
-    # Only the names of Coiled's own keywords are kept, so their values (some are secrets, like
-    # registry_access_token) stay nowhere; the keys' own parameters are dropped from this frame.
     coiled_only = {
         keyword
         for keyword, value in {
@@ -196,8 +209,6 @@ def set_backend_options(
         }.items()
         if value is not None
     }
-    del aws_access_key_id, aws_secret_access_key, gcp_service_creds_dict, registry_access_token
-    del kwargs
 
     problems: list[str] = []
     for keyword in sorted(coiled_only):

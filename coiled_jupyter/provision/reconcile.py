@@ -228,7 +228,10 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
             None,
             (),
             (),
-            warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",),
+            warnings=(
+                *_backend_warnings(t),
+                f"cluster {t.cluster!r} has no security group yet; run apply.",
+            ),
         )
     if desired is None:
         try:
@@ -253,8 +256,18 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
         group.rules,
         tuple(origins),
         group.unmanageable,
-        _warnings(group.rules),
+        (*_backend_warnings(t), *_warnings(group.rules)),
     )
+
+
+def _backend_warnings(t: Target) -> tuple[str, ...]:
+    """A sandbox restart, announced in every table until acknowledged (see sandbox.restart_warning)."""
+    if t.backend != "sandbox":
+        return ()
+    from .sandbox import restart_warning
+
+    warning = restart_warning()
+    return (warning,) if warning else ()
 
 
 def _apply_lock(t: Target, on_wait):
