@@ -178,7 +178,7 @@ export function sortableTable(
 /** The whole result: title, header, summary lines, sortable table, notes and warnings. */
 export function renderResult(data: IPayload): HTMLElement {
   const root = el('div', {
-    className: 'cj-result',
+    className: 'cj-rendered',
     attrs: { 'data-kind': String(data.kind) }
   });
   root.appendChild(el('div', { className: 'cj-title', text: TITLES[data.kind] ?? 'Firewall' }));
