@@ -43,6 +43,7 @@ export interface IPayload {
   cluster?: string;
   vpc_id?: string | null;
   account?: string | null;
+  account_id?: string | null;
   group_id?: string | null;
   summary?: string;
   rows?: IRow[];
@@ -58,6 +59,11 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+}
+
+/** The AWS account the result describes ('' when the call did not need to know it). */
+export function accountOf(data: IPayload): string {
+  return data.account_id || data.account || '';
 }
 
 /** Where the settings' rule list came from (the key was renamed once; read both spellings). */

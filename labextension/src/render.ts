@@ -10,6 +10,7 @@ import {
   IPayload,
   IRow,
   TITLES,
+  accountOf,
   columnsFor,
   ingressOrigin,
   planOrigin,
@@ -41,7 +42,7 @@ export function renderHeader(data: IPayload, account?: string): HTMLElement {
     );
   }
   item('region', data.region ?? '');
-  item('account', data.account || account || 'unknown');
+  item('account', accountOf(data) || account || 'unknown');
   if (data.vpc_id) {
     item('vpc', data.vpc_id);
   }

@@ -14,7 +14,7 @@ import { ApiError, FirewallApi, IRuleFields } from './api';
 import { ingressCell } from './cell';
 import { button, el, textField } from './dom';
 import { firewallIcon } from './icon';
-import { Column, IPayload, IRow, ingressOrigin, toggleOrigin } from './payload';
+import { Column, IPayload, IRow, accountOf, ingressOrigin, toggleOrigin } from './payload';
 import { renderHeader, renderResult, sortableTable } from './render';
 
 export const SIDEBAR_ID = 'coiled-jupyter-firewall';
@@ -89,7 +89,7 @@ export class FirewallSidebar extends Widget {
     await this.run(
       () => this.api.describe(),
       data => {
-        this._account = data.account || this._account;
+        this._account = accountOf(data) || this._account;
         this.showCloud(data);
         this.showHeader();
       }
@@ -239,7 +239,7 @@ export class FirewallSidebar extends Widget {
 
   private showAction(call: () => Promise<IPayload>): Promise<boolean> {
     return this.run(call, data => {
-      this._account = data.account || this._account;
+      this._account = accountOf(data) || this._account;
       this.resultBox.replaceChildren(renderResult(data));
       this.showHeader();
     });
@@ -249,7 +249,7 @@ export class FirewallSidebar extends Widget {
     await this.run(
       () => this.api.apply(),
       data => {
-        this._account = data.account || this._account;
+        this._account = accountOf(data) || this._account;
         this.resultBox.replaceChildren(
           el('p', { className: 'cj-line', text: data.summary ?? '' })
         );

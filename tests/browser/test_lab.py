@@ -23,9 +23,7 @@ def open_sidebar(lab_page, cluster: str):
     field.fill(cluster)
     field.press("Enter")
     sidebar.locator(".cj-header").first.wait_for()
-    page.wait_for_function(
-        "s => !document.querySelector(s).hasAttribute('aria-busy')", arg=SIDEBAR
-    )
+    page.wait_for_function("s => !document.querySelector(s).hasAttribute('aria-busy')", arg=SIDEBAR)
     return sidebar
 
 
@@ -137,7 +135,10 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     rendered.get_by_label("Sort by Port").click()
     assert rendered.locator("th[data-column=ports]").get_attribute("aria-sort") == "descending"
     resorted = rendered.locator("td[data-column=ports]").all_inner_texts()
-    assert sorted(resorted, key=lambda p: -1 if p == "all" else int(p.split("-")[0]), reverse=True) == resorted
+    assert (
+        sorted(resorted, key=lambda p: -1 if p == "all" else int(p.split("-")[0]), reverse=True)
+        == resorted
+    )
     assert sorted(ports) == sorted(resorted)
     lab_page.screenshot("notebook-light")
     lab_page.theme("JupyterLab Dark")
