@@ -89,7 +89,8 @@ export class FirewallApi {
   }
 
   remove(rule: IRuleFields): Promise<IPayload> {
-    return request('settings', 'PATCH', {}, { op: 'remove', ...rule, ...this.where() });
+    const { ports, source, protocol } = rule;
+    return request('settings', 'PATCH', {}, { op: 'remove', ports, source, protocol, ...this.where() });
   }
 
   schedulerIp(choice: 'public' | 'private'): Promise<IPayload> {

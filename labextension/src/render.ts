@@ -17,7 +17,7 @@ import {
   toggleOrigin
 } from './payload';
 
-const SANDBOX_MARK = 'sandbox: not AWS';
+const SANDBOX_MARK = 'local sandbox: not AWS';
 
 /** The header line: cluster, backend (the sandbox marked as not AWS), region, account, VPC, group. */
 export function renderHeader(data: IPayload, account?: string): HTMLElement {
@@ -31,15 +31,18 @@ export function renderHeader(data: IPayload, account?: string): HTMLElement {
     );
   };
   item('cluster', data.cluster ?? '');
-  item('backend', data.backend_label || data.backend || '', 'cj-backend');
   if (data.backend === 'sandbox') {
+    // The label names the local server; the badge says plainly that nothing here is AWS.
+    item('backend', 'sandbox', 'cj-backend');
     header.appendChild(
       el('span', {
         className: 'cj-sandbox-badge',
         text: SANDBOX_MARK,
-        attrs: { title: 'a local moto server on 127.0.0.1, not an AWS account' }
+        attrs: { title: data.backend_label || 'a local moto server, not an AWS account' }
       })
     );
+  } else {
+    item('backend', data.backend_label || data.backend || '', 'cj-backend');
   }
   item('region', data.region ?? '');
   item('account', accountOf(data) || account || 'unknown');
@@ -176,20 +179,31 @@ export function sortableTable(
   return table;
 }
 
-/** The whole result: title, header, summary lines, sortable table, notes and warnings. */
-export function renderResult(data: IPayload): HTMLElement {
+/**
+ * The whole result: title, header, summary lines, sortable table, notes and warnings. The sidebar,
+ * whose own header already names the cluster, passes `withHeader: false`.
+ */
+export function renderResult(data: IPayload, withHeader = true): HTMLElement {
   const root = el('div', {
     className: 'cj-rendered',
-    attrs: { 'data-kind': String(data.kind) }
+    attrs: { 'data-kind': String(data.kind), 'data-cluster': String(data.cluster ?? '') }
   });
-  root.appendChild(el('div', { className: 'cj-title', text: TITLES[data.kind] ?? 'Firewall' }));
-  root.appendChild(renderHeader(data));
+  if (withHeader) {
+    root.appendChild(
+      el('div', { className: 'cj-title', text: TITLES[data.kind] ?? 'Firewall' })
+    );
+    root.appendChild(renderHeader(data));
+  } else if (data.group_id) {
+    root.appendChild(el('p', { className: 'cj-line cj-meta', text: `group ${data.group_id}` }));
+  }
   for (const line of linesBefore(data)) {
     root.appendChild(el('p', { className: 'cj-line', text: line }));
   }
   const rows = Array.isArray(data.rows) ? data.rows : [];
   if (rows.length) {
-    root.appendChild(sortableTable(rows, columnsFor(data.kind)));
+    root.appendChild(
+      el('div', { className: 'cj-scroll' }, [sortableTable(rows, columnsFor(data.kind))])
+    );
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
   }

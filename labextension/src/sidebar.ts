@@ -19,12 +19,13 @@ import { renderHeader, renderResult, sortableTable } from './render';
 
 export const SIDEBAR_ID = 'coiled-jupyter-firewall';
 
+// Every rule of the settings comes from one layer (a list is replaced as a whole), so the origin
+// is said once above the table ("Rules from: ..."); the narrow sidebar keeps its width for the rules.
 const COLUMNS: Column[] = [
   ['protocol', 'Protocol'],
   ['ports', 'Port'],
   ['source', 'Source'],
-  ['description', 'Description'],
-  ['origin', 'From']
+  ['description', 'Description']
 ];
 
 const TOGGLE_HELP =
@@ -50,6 +51,16 @@ function protocolSelect(name: string, value = 'tcp'): HTMLSelectElement {
   }
   select.value = value;
   return select;
+}
+
+/** A rule's detail row (editor and sentence, under the rule) shows only when it holds something. */
+function showDetail(inside: HTMLElement): void {
+  const row = inside.closest('tr.cj-detail-row');
+  if (row) {
+    const editor = row.querySelector('.cj-editor');
+    const error = row.querySelector('.cj-error');
+    row.toggleAttribute('hidden', !editor?.childElementCount && !error?.textContent);
+  }
 }
 
 /** The sentence of a refusal, with the AWS code for cloud faults. */
@@ -83,15 +94,24 @@ export class FirewallSidebar extends Widget {
 
   /** Read the settings and the cloud's table again. */
   async refresh(): Promise<void> {
-    if (!(await this.run(() => this.api.settings(), data => this.showSettings(data)))) {
+    // A later refresh (another cluster name, say) wins over one still in flight.
+    const generation = ++this._generation;
+    const current = () => generation === this._generation;
+    const read = await this.run(
+      () => this.api.settings(),
+      data => current() && this.showSettings(data)
+    );
+    if (!read || !current()) {
       return;
     }
     await this.run(
       () => this.api.describe(),
       data => {
-        this._account = accountOf(data) || this._account;
-        this.showCloud(data);
-        this.showHeader();
+        if (current()) {
+          this._account = accountOf(data) || this._account;
+          this.showCloud(data);
+          this.showHeader();
+        }
       }
     );
   }
@@ -221,7 +241,11 @@ export class FirewallSidebar extends Widget {
     errorBox?: HTMLElement
   ): Promise<boolean> {
     const box = errorBox ?? this.status;
-    box.textContent = '';
+    const tell = (text: string): void => {
+      box.textContent = text;
+      showDetail(box);
+    };
+    tell('');
     this.status.textContent = '';
     this.status.classList.remove('cj-error');
     this.node.setAttribute('aria-busy', 'true');
@@ -229,7 +253,7 @@ export class FirewallSidebar extends Widget {
       show(await call());
       return true;
     } catch (error) {
-      box.textContent = describeError(error);
+      tell(describeError(error));
       box.classList.add('cj-error');
       return false;
     } finally {
@@ -240,7 +264,7 @@ export class FirewallSidebar extends Widget {
   private showAction(call: () => Promise<IPayload>): Promise<boolean> {
     return this.run(call, data => {
       this._account = accountOf(data) || this._account;
-      this.resultBox.replaceChildren(renderResult(data));
+      this.resultBox.replaceChildren(renderResult(data, false));
       this.showHeader();
     });
   }
@@ -250,9 +274,7 @@ export class FirewallSidebar extends Widget {
       () => this.api.apply(),
       data => {
         this._account = accountOf(data) || this._account;
-        this.resultBox.replaceChildren(
-          el('p', { className: 'cj-line', text: data.summary ?? '' })
-        );
+        this.resultBox.replaceChildren();
         this.showCloud(data);
         this.showHeader();
       }
@@ -276,7 +298,7 @@ export class FirewallSidebar extends Widget {
   }
 
   private showCloud(data: IPayload): void {
-    this.cloudBox.replaceChildren(renderResult(data));
+    this.cloudBox.replaceChildren(renderResult(data, false));
   }
 
   private showSettings(data: IPayload): void {
@@ -285,46 +307,62 @@ export class FirewallSidebar extends Widget {
       this.clusterInput.value = data.cluster;
     }
     this.showHeader();
-    const origin = ingressOrigin(data);
-    this.originLine.textContent = `Rules from: ${origin}`;
+    this.originLine.textContent = `Rules from: ${ingressOrigin(data)}`;
     this.toggle.checked = Boolean(data.use_scheduler_public_ip);
     this.toggleOrigin.textContent = `Now ${
       data.use_scheduler_public_ip ? 'public' : 'private'
     }, from ${toggleOrigin(data)}.`;
-    const rows = (data.rows ?? []).map(row => ({ ...row, origin }));
+    const rows = data.rows ?? [];
     if (!rows.length) {
       this.rulesBox.replaceChildren(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
       return;
     }
     this.rulesBox.replaceChildren(
-      sortableTable(rows, COLUMNS, (row, tr) => this.decorate(rows, row, tr), ['Change'])
+      el('div', { className: 'cj-scroll' }, [
+        sortableTable(rows, COLUMNS, (row, tr) => this.decorate(rows, row, tr), ['Change'])
+      ])
     );
   }
 
-  /** The Edit and Remove controls of one row; editing swaps the cells for fields in place. */
+  /**
+   * The Edit and Remove controls of one row, and the row under it that holds the editor (opened by
+   * Edit) and the server's sentence about this rule; that row shows only when it has something.
+   */
   private decorate(rows: IRow[], row: IRow, tr: HTMLTableRowElement): HTMLTableRowElement {
     const rule = fieldsOf(row);
     const label = `${rule.protocol} ${rule.ports} from ${rule.source}`;
-    const error = el('td', {
+    const editor = el('div', { className: 'cj-editor' });
+    const error = el('p', {
       className: 'cj-error',
       attrs: { role: 'alert', 'aria-label': `Error for rule ${label}` }
     });
-    const errorRow = el('tr', { className: 'cj-error-row' }, [error]);
-    error.colSpan = COLUMNS.length + 1;
-    const remove = button('Remove', `Remove rule ${label}`, () =>
-      void this.run(
-        () => this.api.remove(rule),
-        data => this.showSettings(data),
-        error
-      )
+    const cell = el('td', {}, [editor, error]);
+    cell.colSpan = COLUMNS.length + 1;
+    const detail = el('tr', { className: 'cj-detail-row', attrs: { hidden: '' } }, [cell]);
+    const remove = button(
+      '\u2715',
+      `Remove rule ${label}`,
+      () =>
+        void this.run(
+          () => this.api.remove(rule),
+          data => this.showSettings(data),
+          error
+        ),
+      'cj-button cj-icon-button'
     );
-    const edit = button('Edit', `Edit rule ${label}`, () => this.edit(rows, row, tr, error));
+    const edit = button(
+      '\u270E',
+      `Edit rule ${label}`,
+      () => this.edit(rows, row, editor, error),
+      'cj-button cj-icon-button'
+    );
     tr.appendChild(el('td', { className: 'cj-row-actions' }, [edit, remove]));
     tr.dataset.rule = label;
-    return errorRow;
+    return detail;
   }
 
-  private edit(rows: IRow[], row: IRow, tr: HTMLTableRowElement, error: HTMLElement): void {
+  /** Open the editor of one rule; Save replaces the whole rule list in one call (all or nothing). */
+  private edit(rows: IRow[], row: IRow, editor: HTMLElement, error: HTMLElement): void {
     const rule = fieldsOf(row);
     const label = `${rule.protocol} ${rule.ports} from ${rule.source}`;
     const protocol = protocolSelect(`Protocol of rule ${label}`, rule.protocol);
@@ -345,21 +383,20 @@ export class FirewallSidebar extends Widget {
         error
       );
     };
-    const cells = [protocol, ports, source, description].map(field =>
-      el('td', {}, [field])
+    const close = (): void => {
+      editor.replaceChildren();
+      error.textContent = '';
+      showDetail(editor);
+    };
+    editor.replaceChildren(
+      ports,
+      source,
+      protocol,
+      description,
+      button('Save', `Save rule ${label}`, save, 'cj-button cj-primary'),
+      button('Cancel', `Cancel editing rule ${label}`, close)
     );
-    tr.replaceChildren(
-      ...cells,
-      el('td', { text: String(row.origin ?? '') }),
-      el('td', { className: 'cj-row-actions' }, [
-        button('Save', `Save rule ${label}`, save, 'cj-button cj-primary'),
-        button('Cancel', `Cancel editing rule ${label}`, () => {
-          if (this._settings) {
-            this.showSettings(this._settings);
-          }
-        })
-      ])
-    );
+    showDetail(editor);
     ports.focus();
   }
 
@@ -386,4 +423,5 @@ export class FirewallSidebar extends Widget {
   private _settings: IPayload | null = null;
   private _account = '';
   private _loaded = false;
+  private _generation = 0;
 }

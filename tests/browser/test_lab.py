@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 SIDEBAR_TAB = 'li.lm-TabBar-tab[data-id="coiled-jupyter-firewall"]'
 SIDEBAR = "#coiled-jupyter-firewall"
@@ -15,15 +16,17 @@ HOSTILE_DESCRIPTION = "&lt;img src=x onerror=alert(1)&gt; ${alert(2)} javascript
 
 def open_sidebar(lab_page, cluster: str):
     page = lab_page.page
-    page.click(SIDEBAR_TAB)
     sidebar = page.locator(SIDEBAR)
+    if not sidebar.is_visible():
+        page.click(SIDEBAR_TAB)
     sidebar.wait_for(state="visible")
     sidebar.get_by_label("Reset session edits").click()
     field = sidebar.get_by_label("Cluster name")
     field.fill(cluster)
     field.press("Enter")
-    sidebar.locator(".cj-header").first.wait_for()
-    page.wait_for_function("s => !document.querySelector(s).hasAttribute('aria-busy')", arg=SIDEBAR)
+    expect(sidebar.locator(".cj-header").first).to_contain_text(f"cluster {cluster}")
+    # The refresh ends with the cloud's table of this cluster.
+    sidebar.get_by_label("Rules in the cloud").locator(f'[data-cluster="{cluster}"]').wait_for()
     return sidebar
 
 
@@ -57,15 +60,15 @@ def test_sidebar_refuses_host_bits_then_applies_the_fixed_rule(lab_page, cloud):
     error.wait_for(state="visible")
     assert "host bits" in error.inner_text()
     assert "10.1.0.0/16" in error.inner_text()
-    assert sidebar.locator(".cj-rules tr[data-rule]").count() == 0
+    assert sidebar.locator(".cj-rules tr[data-rule]", has_text="10.1.0").count() == 0
 
     sidebar.get_by_label("New rule source").fill("10.1.0.0/16")
     sidebar.get_by_label("Add rule").click()
     row = sidebar.locator('.cj-rules tr[data-rule="tcp 8786 from 10.1.0.0/16"]')
     row.wait_for()
-    assert error.inner_text() == ""
+    expect(error).to_be_empty()
     assert "office VPN" in row.inner_text()
-    assert "session" in row.inner_text().lower()
+    expect(sidebar.locator(".cj-line", has_text="Rules from:")).to_contain_text("session")
 
     sidebar.get_by_label("Apply", exact=True).click()
     cloud_row = sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="10.1.0.0/16")
@@ -111,7 +114,7 @@ def run_cell(lab_page, source: str):
 def new_notebook(lab_page) -> None:
     lab_page.command("notebook:create-new", {"kernelName": "python3"})
     page = lab_page.page
-    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for()
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
 
