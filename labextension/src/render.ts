@@ -179,11 +179,29 @@ export function sortableTable(
   return table;
 }
 
+/** One cell for protocol, ports and source ("8786/tcp", then the source on its own line). */
+export function ruleText(row: IRow): string {
+  const ports = cellText(row, 'ports');
+  const protocol = cellText(row, 'protocol');
+  const what = protocol === 'all' || !protocol ? ports : `${ports}/${protocol}`;
+  return `${what}\n${cellText(row, 'source')}`;
+}
+
+/** The rows and columns for a narrow place (the sidebar): the rule in one column. */
+export function compact(rows: IRow[], columns: Column[]): [IRow[], Column[]] {
+  const folded = new Set(['protocol', 'ports', 'source']);
+  return [
+    rows.map(row => ({ ...row, rule: ruleText(row) })),
+    [['rule', 'Rule'], ...columns.filter(([key]) => !folded.has(key))]
+  ];
+}
+
 /**
  * The whole result: title, header, summary lines, sortable table, notes and warnings. The sidebar,
- * whose own header already names the cluster, passes `withHeader: false`.
+ * whose own header already names the cluster, passes `narrow`: no header, the compact table.
  */
-export function renderResult(data: IPayload, withHeader = true): HTMLElement {
+export function renderResult(data: IPayload, narrow = false): HTMLElement {
+  const withHeader = !narrow;
   const root = el('div', {
     className: 'cj-rendered',
     attrs: { 'data-kind': String(data.kind), 'data-cluster': String(data.cluster ?? '') }
@@ -201,9 +219,10 @@ export function renderResult(data: IPayload, withHeader = true): HTMLElement {
   }
   const rows = Array.isArray(data.rows) ? data.rows : [];
   if (rows.length) {
-    root.appendChild(
-      el('div', { className: 'cj-scroll' }, [sortableTable(rows, columnsFor(data.kind))])
-    );
+    const [shown, columns] = narrow
+      ? compact(rows, columnsFor(data.kind))
+      : [rows, columnsFor(data.kind)];
+    root.appendChild(el('div', { className: 'cj-scroll' }, [sortableTable(shown, columns)]));
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
   }

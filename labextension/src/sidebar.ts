@@ -15,7 +15,7 @@ import { ingressCell } from './cell';
 import { button, el, textField } from './dom';
 import { firewallIcon } from './icon';
 import { Column, IPayload, IRow, accountOf, ingressOrigin, toggleOrigin } from './payload';
-import { renderHeader, renderResult, sortableTable } from './render';
+import { compact, renderHeader, renderResult, sortableTable } from './render';
 
 export const SIDEBAR_ID = 'coiled-jupyter-firewall';
 
@@ -264,7 +264,7 @@ export class FirewallSidebar extends Widget {
   private showAction(call: () => Promise<IPayload>): Promise<boolean> {
     return this.run(call, data => {
       this._account = accountOf(data) || this._account;
-      this.resultBox.replaceChildren(renderResult(data, false));
+      this.resultBox.replaceChildren(renderResult(data, true));
       this.showHeader();
     });
   }
@@ -298,7 +298,7 @@ export class FirewallSidebar extends Widget {
   }
 
   private showCloud(data: IPayload): void {
-    this.cloudBox.replaceChildren(renderResult(data, false));
+    this.cloudBox.replaceChildren(renderResult(data, true));
   }
 
   private showSettings(data: IPayload): void {
@@ -317,9 +317,10 @@ export class FirewallSidebar extends Widget {
       this.rulesBox.replaceChildren(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
       return;
     }
+    const [shown, columns] = compact(rows, COLUMNS);
     this.rulesBox.replaceChildren(
       el('div', { className: 'cj-scroll' }, [
-        sortableTable(rows, COLUMNS, (row, tr) => this.decorate(rows, row, tr), ['Change'])
+        sortableTable(shown, columns, (row, tr) => this.decorate(shown, row, tr), [''])
       ])
     );
   }
@@ -337,7 +338,7 @@ export class FirewallSidebar extends Widget {
       attrs: { role: 'alert', 'aria-label': `Error for rule ${label}` }
     });
     const cell = el('td', {}, [editor, error]);
-    cell.colSpan = COLUMNS.length + 1;
+    cell.colSpan = tr.childElementCount + 1;
     const detail = el('tr', { className: 'cj-detail-row', attrs: { hidden: '' } }, [cell]);
     const remove = button(
       '\u2715',
