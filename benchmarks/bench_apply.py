@@ -5,7 +5,7 @@ Not a test: it prints numbers and ratios and asserts nothing about timing.
 On a moto server started for this run only (the project's sandbox module, with a temporary state
 folder, stopped at the end), for 1, 10 and 50 rules it measures
 
-* fresh apply: a new cluster name, so the group is created (``core.apply``);
+* fresh apply: a new cluster name, so the group is created (``reconcile.apply``);
 * no-change apply: the same rules again on an existing group;
 * one-rule-changed apply: one CIDR of the rule set swapped (one add and one remove);
 
@@ -53,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dask.config  # noqa: E402
 
-from coiled_jupyter.provision import aws, core, sandbox  # noqa: E402
+from coiled_jupyter import session  # noqa: E402
+from coiled_jupyter.provision import aws, reconcile, sandbox  # noqa: E402
+from coiled_jupyter.provision.target import target  # noqa: E402
 from coiled_jupyter.rules import compact, parse_ingress  # noqa: E402
 from coiled_jupyter.settings import effective_settings  # noqa: E402
 
@@ -316,11 +318,11 @@ def reset_and_warm(ec2, provider: CloudProvider | None) -> None:
 def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider | None) -> dict:
     reset_and_warm(ec2, provider)
     first, second = explicit_settings(rule_set(n)), explicit_settings(rule_set(n, changed=True))
-    core.apply(f"warm-{n}", settings=first)  # untimed: first create in a fresh backend
+    reconcile.apply(target(f"warm-{n}"), first)  # untimed: first create in a fresh backend
 
     fresh, dcp = [], []
     for rep in range(reps):
-        sample, result = timed(counter, lambda: core.apply(f"bench-{n}-{rep}", settings=first))
+        sample, result = timed(counter, lambda: reconcile.apply(target(f"bench-{n}-{rep}"), first))
         if len(result.table.rules) != n + 1:  # setup check: n rules plus the group's own rule
             raise SystemExit(f"fresh apply of {n} rules read back {len(result.table.rules)} rules")
         fresh.append(sample)
@@ -330,21 +332,21 @@ def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider 
             provider.delete()
 
     cluster = f"bench-{n}-0"
-    same = [timed(counter, lambda: core.apply(cluster, settings=first))[0] for _ in range(reps)]
+    same = [timed(counter, lambda: reconcile.apply(target(cluster), first))[0] for _ in range(reps)]
 
     changed = []
     for rep in range(reps):
         settings = second if rep % 2 == 0 else first
-        sample, result = timed(counter, lambda: core.apply(cluster, settings=settings))
+        sample, result = timed(counter, lambda: reconcile.apply(target(cluster), settings))
         if (len(result.plan.add), len(result.plan.remove)) != (1, 1):
             raise SystemExit(f"the changed apply of {n} rules was not one add and one remove")
         changed.append(sample)
     if len(changed) % 2:
-        core.apply(cluster, settings=first)
+        reconcile.apply(target(cluster), first)
 
     # Client-side work that grows with the rules: the declared rules are compacted and checked
     # against the quota (desired_rules), once by apply and once more for the read-back table.
-    local = [timed(counter, lambda: core.desired_rules(first))[0] for _ in range(reps)]
+    local = [timed(counter, lambda: session.desired_rules(first))[0] for _ in range(reps)]
 
     return {
         "fresh": summary(fresh),
@@ -356,23 +358,23 @@ def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider 
 
 
 def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
-    """``core.apply(name, backend_options=...)``: settings, account layer (SSM), target, apply."""
+    """``session.apply(name, backend_options=...)``: settings, account layer (SSM), target, apply."""
     reset_and_warm(ec2, None)
     options = {"ingress": rule_set(n)}
-    core.apply("warm-default", backend_options=options)
+    session.apply("warm-default", backend_options=options)
     fresh = [
-        timed(counter, lambda: core.apply(f"default-{rep}", backend_options=options))[0]
+        timed(counter, lambda: session.apply(f"default-{rep}", backend_options=options))[0]
         for rep in range(reps)
     ]
     same = [
-        timed(counter, lambda: core.apply("default-0", backend_options=options))[0]
+        timed(counter, lambda: session.apply("default-0", backend_options=options))[0]
         for _ in range(reps)
     ]
     settings_only = [timed(counter, lambda: effective_settings(options))[0] for _ in range(reps)]
     settings_local = [
         timed(counter, lambda: explicit_settings(options["ingress"]))[0] for _ in range(reps)
     ]
-    target_only = [timed(counter, lambda: core.target("default-0"))[0] for _ in range(reps)]
+    target_only = [timed(counter, lambda: target("default-0"))[0] for _ in range(reps)]
     return {
         "n": n,
         "fresh": summary(fresh),
@@ -504,7 +506,7 @@ def report(
 
     d = default["fresh"], default["same"]
     print(
-        f"\nFull default path, {default['n']} rules (core.apply(name, backend_options=...): "
+        f"\nFull default path, {default['n']} rules (session.apply(name, backend_options=...): "
         "settings resolution with the account layer read from SSM, then apply):"
     )
     for label, s in zip(("fresh", "no change"), d):
@@ -521,7 +523,7 @@ def report(
     print(f"  effective_settings(account=lambda: None), no SSM: median {ms(s['ms'])} ms")
     s = default["target"]
     print(
-        f"  core.target() (sandbox: reads its state file and GETs /moto-api/ once, not an EC2 "
+        f"  target() (sandbox: reads its state file and GETs /moto-api/ once, not an EC2 "
         f"call; counted in every apply above): median {ms(s['ms'])} ms"
     )
 
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     import moto
 
-    print("bench_apply: coiled_jupyter.provision.core.apply on a local moto server (not AWS)")
+    print("bench_apply: coiled_jupyter.provision.reconcile.apply on a local moto server (not AWS)")
     print(
         f"python {platform.python_version()}, {os.cpu_count()} CPUs ({platform.machine()}), "
         f"boto3 {boto3.__version__}, moto {moto.__version__}"
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         provider = None
         try:
-            t = core.target()
+            t = target()
             ec2 = aws.client("ec2", t.connection())
             counter = Counter()
             counter.attach(ec2, "ec2")

@@ -19,15 +19,16 @@ EXAMPLE = [
 def demo(cluster: str = "demo") -> int:
     import dask.config
 
-    from .provision import core, sandbox
+    from . import session
+    from .provision import sandbox
 
     with dask.config.set({"coiled-jupyter.backend": "sandbox"}):
         was_running = sandbox.running() is not None
         try:
-            first = core.apply(cluster, backend_options={"ingress": EXAMPLE})
+            first = session.apply(cluster, backend_options={"ingress": EXAMPLE})
             print(first)
             print()
-            second = core.apply(cluster, backend_options={"ingress": EXAMPLE})
+            second = session.apply(cluster, backend_options={"ingress": EXAMPLE})
             print("second apply:", "no change" if not second.changed else "CHANGED (a bug)")
         finally:
             if not was_running:

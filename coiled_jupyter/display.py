@@ -1,9 +1,11 @@
-"""Rendering of result objects: text/plain, text/html and ``application/vnd.coiled-jupyter.rules+json``.
+"""Rendering of payloads: text/plain, text/html and ``application/vnd.coiled-jupyter.rules+json``.
 
-All three are built from one JSON payload, so they can never disagree, and the JupyterLab extension's
-MIME renderer reads the same payload. The HTML is a plain semantic table that reads well unstyled (GitHub
-strips styles); its few colours come only from JupyterLab's ``--jp-*`` variables, with fallbacks.
-Everything that came from outside (descriptions, names and ids from AWS, file paths) is escaped.
+Every result object makes its own JSON payload (``to_payload()``); this module renders payloads only and
+knows no result type, so all three forms come from one payload and can never disagree, and the
+JupyterLab extension's MIME renderer reads the same payload. The HTML is a plain semantic table that
+reads well unstyled (GitHub strips styles); its few colours come only from JupyterLab's ``--jp-*``
+variables, with fallbacks. Everything that came from outside (descriptions, names and ids from AWS,
+file paths) is escaped.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from html import escape
 
 MIMETYPE = "application/vnd.coiled-jupyter.rules+json"
-SCHEMA_VERSION = 1
 
 _COLUMNS = {
     "rules": [
@@ -19,7 +20,7 @@ _COLUMNS = {
         ("ports", "Port"),
         ("source", "Source"),
         ("description", "Description"),
-        ("origin", "From"),
+        ("origin", "Origin"),
     ],
     "plan": [
         ("action", "Action"),
@@ -55,184 +56,6 @@ _STYLE = """<style>
 
 
 # --------------------------------------------------------------------------------------------------
-# Payload
-
-
-def _rule_row(rule, **extra) -> dict:
-    return {
-        "protocol": rule.protocol,
-        "ports": rule.ports,
-        "source": rule.source,
-        "description": rule.description,
-        **extra,
-    }
-
-
-def _count(rules) -> str:
-    return f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
-
-
-def _target(t, **extra) -> dict:
-    return {
-        "backend": t.backend,
-        "backend_label": t.backend_label,
-        "region": t.region,
-        "cluster": t.cluster,
-        "vpc_id": t.vpc_id,
-        **extra,
-    }
-
-
-def payload(result) -> dict:
-    """The JSON form of any result object."""
-    from .provision import core
-
-    if isinstance(result, core.RuleTable):
-        rows = [_rule_row(r, origin=o) for r, o in zip(result.rules, result.origins)]
-        return {
-            "version": SCHEMA_VERSION,
-            "kind": "rules",
-            **_target(result.target, vpc_id=result.vpc_id or result.target.vpc_id),
-            "account": result.account,
-            "group_id": result.group_id,
-            "group_name": result.group_name,
-            "rows": rows,
-            "notes": [f"not managed: {u}" for u in result.unmanageable],
-            "warnings": list(result.warnings),
-        }
-    if isinstance(result, core.Plan):
-        rows = (
-            [_rule_row(r, action="add") for r in result.add]
-            + [_rule_row(r, action="remove") for r in result.remove]
-            + [_rule_row(r, action="keep") for r in result.keep]
-        )
-        summary = (
-            "no change"
-            if not result.changes
-            else f"{'create group, ' if result.create else ''}add {len(result.add)}, "
-            f"remove {len(result.remove)}, keep {len(result.keep)}"
-        )
-        return {
-            "version": SCHEMA_VERSION,
-            "kind": "plan",
-            **_target(result.target),
-            "account": result.account,
-            "group_id": result.group_id,
-            "summary": summary,
-            "changes": result.changes,
-            "declared_in": result.provenance,
-            "rows": rows,
-            "notes": list(result.notes),
-            "warnings": list(result.warnings),
-        }
-    if isinstance(result, core.ApplyResult):
-        table = payload(result.table)
-        plan = payload(result.plan)
-        return {
-            **table,
-            "kind": "apply",
-            "changed": result.changed,
-            "summary": "applied: " + plan["summary"]
-            if result.changed
-            else "no change: the group already matches the settings",
-            "plan": plan,
-        }
-    if isinstance(result, core.SettingsView):
-        return _settings_payload(result)
-    if isinstance(result, core.SaveResult):
-        toggle = str(result.settings.use_scheduler_public_ip.value).lower()
-        readers = (
-            "new kernels and coiled.Cluster() read them from this file"
-            if result.scope == "user"
-            else "everyone in the account gets them unless their Dask config, session or "
-            "cluster options say otherwise"
-        )
-        return {
-            "version": SCHEMA_VERSION,
-            "kind": "save",
-            **_target(result.target),
-            "account": "",
-            "scope": result.scope,
-            "where": result.where,
-            "summary": f"saved to {result.where}: ingress ({_count(result.settings.rules)}) and "
-            f"use_scheduler_public_ip: {toggle}; {readers}.",
-            "rows": [_rule_row(r) for r in result.settings.rules],
-            "notes": [],
-            "warnings": [],
-        }
-    if isinstance(result, core.DestroyResult):
-        summary = (
-            f"deleted group {result.group_id}"
-            if result.deleted
-            else f"cluster {result.target.cluster!r} has no group to delete"
-        )
-        return {
-            "version": SCHEMA_VERSION,
-            "kind": "destroy",
-            **_target(result.target),
-            "account": result.account,
-            "group_id": result.group_id,
-            "deleted": result.deleted,
-            "summary": summary,
-            "rows": [],
-            "notes": [],
-            "warnings": [],
-        }
-    if isinstance(result, core.SchedulerAddress):
-        kind = "public" if result.public else "private"
-        return {
-            "version": SCHEMA_VERSION,
-            "kind": "scheduler",
-            **_target(result.target),
-            "account": result.account,
-            "instance_id": result.instance_id,
-            "ip": result.ip,
-            "address": result.address,
-            "summary": f"scheduler {result.instance_id}: connect to {result.address} ({kind} IP)",
-            "rows": [],
-            "notes": [],
-            "warnings": [],
-        }
-    raise TypeError(f"no display for {type(result).__name__}")
-
-
-def _settings_payload(view) -> dict:
-    settings = view.settings
-    rows = [_rule_row(r) for r in settings.rules]
-    layers = []
-    for values in settings.layers:
-        sets = []
-        if values.ingress is not None:
-            sets.append(
-                f"ingress ({_count(values.ingress)}"
-                f"{', ' + values.ingress_origin if values.ingress_origin else ''})"
-            )
-        if values.use_scheduler_public_ip is not None:
-            sets.append(
-                f"use_scheduler_public_ip={values.use_scheduler_public_ip}"
-                f"{' (' + values.public_ip_origin + ')' if values.public_ip_origin else ''}"
-            )
-        layers.append({"layer": values.layer.label, "sets": sets})
-    reach = view.reachability.to_dict() if view.reachability is not None else None
-    warnings = list(view.reachability.warnings) if view.reachability is not None else []
-    public_ip = settings.use_scheduler_public_ip
-    return {
-        "version": SCHEMA_VERSION,
-        "kind": "settings",
-        **_target(view.target),
-        "account": "",
-        "ingress_from": settings.ingress.provenance,
-        "use_scheduler_public_ip": public_ip.value,
-        "use_scheduler_public_ip_from": public_ip.provenance,
-        "rows": rows,
-        "layers": layers,
-        "reachability": reach,
-        "notes": [],
-        "warnings": warnings,
-    }
-
-
-# --------------------------------------------------------------------------------------------------
 # Text
 
 
@@ -240,7 +63,7 @@ def _header(data: dict) -> str:
     parts = [
         f"cluster {data['cluster']!r}",
         f"backend {data['backend_label']}",
-        f"account {data.get('account') or 'unknown'}",
+        f"account {data.get('account_id') or 'unknown'}",
         f"region {data['region']}",
     ]
     if data.get("vpc_id"):
@@ -269,15 +92,15 @@ def _lines_before(data: dict) -> list[str]:
     lines = []
     if data.get("summary"):
         lines.append(data["summary"])
-    if data["kind"] == "plan" and data.get("declared_in"):
-        lines.append(f"declared in: {data['declared_in']}")
+    if data["kind"] == "plan" and data.get("origin"):
+        lines.append(f"rules from: {data['origin']}")
     if data["kind"] == "settings":
-        lines.append(f"ingress from: {data['ingress_from']}")
+        lines.append(f"rules from: {data['ingress_origin']}")
         where = "public" if data["use_scheduler_public_ip"] else "private"
         lines.append(
             f"use_scheduler_public_ip: {str(data['use_scheduler_public_ip']).lower()} "
             f"(client connects on the scheduler's {where} IP; from "
-            f"{data['use_scheduler_public_ip_from']})"
+            f"{data['use_scheduler_public_ip_origin']})"
         )
     return lines
 
@@ -298,9 +121,8 @@ def _lines_after(data: dict) -> list[str]:
     return lines
 
 
-def text(result) -> str:
-    """The text/plain twin: the same header, rows and notes as the HTML."""
-    data = payload(result)
+def text(data: dict) -> str:
+    """The text/plain twin of a payload: the same header, rows and notes as the HTML."""
     lines = [f"{_TITLES[data['kind']]}: {_header(data)}", *_lines_before(data)]
     columns = _columns(data)
     if columns:
@@ -322,8 +144,8 @@ def text(result) -> str:
 # HTML
 
 
-def html(result) -> str:
-    data = payload(result)
+def html(data: dict) -> str:
+    """A semantic table that reads well unstyled, everything from outside escaped."""
     out = [_STYLE, '<div class="cj-result">']
     columns = _columns(data)
     title = f"<strong>{escape(_TITLES[data['kind']])}</strong>"
@@ -365,5 +187,6 @@ def html(result) -> str:
     return "\n".join(out)
 
 
-def mimebundle(result) -> dict:
-    return {"text/plain": text(result), "text/html": html(result), MIMETYPE: payload(result)}
+def mimebundle(data: dict) -> dict:
+    """Every representation of one payload, for ``_repr_mimebundle_`` and ``display()``."""
+    return {"text/plain": text(data), "text/html": html(data), MIMETYPE: data}

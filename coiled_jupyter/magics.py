@@ -1,7 +1,7 @@
 """IPython magics: ``%coiled_ingress``, ``%%coiled_ingress``, ``%coiled_scheduler_ip``, ``%coiled_firewall``.
 
-A front end only (DESIGN.md "Shape of the code"): every command validates what was typed, then calls
-:mod:`.settings` and :mod:`.provision.core` and returns the core's result object, so that
+A front end only: each command parses what was typed, makes one call to :mod:`.session` (the same
+functions the panel and the REST handlers call) and returns its result object, so that
 ``t = %coiled_ingress describe`` works and the same tables appear as in the panel and the sidebar.
 
 Style follows jupysql's ``SqlMagic``: one ``Magics``/``Configurable`` class whose options are traitlets
@@ -11,9 +11,9 @@ a missing variable, a cloud call that failed) raises a plain :class:`~IPython.co
 the project's one sentence, so the cell fails (a headless run stops) and no traceback is shown. Every
 input is validated before anything is changed or sent, so nothing is half-applied.
 
-Only IPython, traitlets and the standard library are imported here at module level, so that
-``%load_ext coiled_jupyter`` stays light: boto3, moto and distributed load on the first command that
-needs them.
+Only IPython, traitlets, the standard library and the light core modules (session, settings, rules)
+are imported here at module level, so that ``%load_ext coiled_jupyter`` stays light: boto3, moto and
+distributed load on the first command that needs them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import json
 import re
 import shlex
 import string
-import sys
 
 from IPython.core.error import TryNext, UsageError
 from IPython.core.magic import (
@@ -38,6 +37,10 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Bool, Unicode
 from traitlets.config.configurable import Configurable
 
+from . import session
+from .errors import CoiledJupyterError
+from .session import SCHEDULER_IP_WORDS, SCOPES
+
 SUBCOMMANDS = (
     "add",
     "remove",
@@ -50,8 +53,6 @@ SUBCOMMANDS = (
     "destroy",
     "save",
 )
-SCOPES = ("user", "account")  # as provision.core.SCOPES, without importing the core at load
-SCHEDULER_IP_WORDS = ("public", "private")
 PANEL_NOT_AVAILABLE = (
     "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
     "(add, remove, set, plan, apply; %coiled_ingress -h for help) and %coiled_scheduler_ip for the "
@@ -133,25 +134,8 @@ def _usage_errors():
         yield
     except UsageError:
         raise
-    except Exception as error:
-        message = _user_message(error)
-        if message is None:
-            raise
-        raise UsageError(message) from None
-
-
-def _user_message(error: Exception) -> str | None:
-    from .rules import IngressError
-    from .settings import AccountStoreUnreadable, ConfigFileError
-
-    if isinstance(error, (IngressError, ConfigFileError, AccountStoreUnreadable)):
-        return str(error)
-    # CloudError can only have been raised if its module was imported; importing it here would
-    # import boto3.
-    aws = sys.modules.get("coiled_jupyter.provision.aws")
-    if aws is not None and isinstance(error, aws.CloudError):
-        return str(error)
-    return None
+    except CoiledJupyterError as error:
+        raise UsageError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,24 +275,36 @@ class CoiledMagics(Magics, Configurable):
         if command in ("add", "remove"):
             if len(positional) != 2:
                 raise UsageError(_ports_source_problem(command, positional))
-            return self._add_or_remove(command, positional[0], positional[1], args, cluster)
+            ports, source = positional
+            if command == "add":
+                return session.add(
+                    ports,
+                    source,
+                    protocol=args.protocol,
+                    description=args.description,
+                    cluster=cluster,
+                )
+            return session.remove(ports, source, protocol=args.protocol, cluster=cluster)
         if command == "set":
             if not body.strip():
                 raise UsageError(
                     "%coiled_ingress set needs the rules, e.g. %coiled_ingress set "
                     "[{ports: [8786], cidr: 10.1.0.0/16}]; use clear for no rules."
                 )
-            from .settings import parse_coiled_options
-
-            rules, public_ip = parse_coiled_options(body, where="the rules of %coiled_ingress set")
-            return self._set_session(cluster, rules, public_ip)
+            return session.set_settings(
+                body, cluster=cluster, label="the rules of %coiled_ingress set"
+            )
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
                 f"{' '.join(positional)!r}; to name a cluster write --cluster "
                 f"{positional[0]}."
             )
-        return getattr(self, f"_{command}")(cluster, args)
+        if command == "save":
+            return session.save(args.scope or "user", cluster=cluster)
+        if command in ("apply", "destroy"):
+            return getattr(session, command)(cluster, progress=print)
+        return getattr(session, command)(cluster)
 
     def _ingress_cell(self, line: str, cell: str):
         parser = self.coiled_ingress.parser
@@ -328,13 +324,10 @@ class CoiledMagics(Magics, Configurable):
                     f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
                 )
         cell = substitute(cell, self.shell.user_ns, "the cell")
-        from .settings import parse_coiled_options
-
-        rules, public_ip = parse_coiled_options(cell, where="the cell")
         cluster = self._cluster(args)
         if not args.apply:
-            return self._set_session(cluster, rules, public_ip)
-        return self._set_session_and_apply(cluster, rules, public_ip)
+            return session.set_settings(cell, cluster=cluster, label="the cell")
+        return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
 
     def _check_options(self, args, command):
         for name, flag in _OPTION_FLAGS.items():
@@ -351,105 +344,11 @@ class CoiledMagics(Magics, Configurable):
             raise UsageError(f"{what} does not take {flag}; it is for {' and '.join(takers)}.")
 
     def _cluster(self, args) -> str | None:
-        """The cluster name, validated (with the backend, region and VPC) before any call."""
-        from .provision import core
-
-        cluster = args.cluster or self.cluster or None
-        core.validate_target(cluster)
-        return cluster
-
-    # ----------------------------------------------------------------------------------------------
-    # Subcommands
+        """The cluster named by --cluster, else by %config CoiledMagics.cluster (None: the default)."""
+        return args.cluster or self.cluster or None
 
     def _show(self, cluster):
-        from .provision import core
-
-        return core.show_settings(cluster, reach=self.show_reachability)
-
-    def _add_or_remove(self, command, ports, source, args, cluster):
-        from .rules import parse_rule, subtract
-        from .settings import effective_settings, set_session_rules
-
-        item = {"ports": ports.split(","), "cidr": source}
-        if args.protocol is not None:
-            item["protocol"] = args.protocol
-        if args.description is not None:
-            item["description"] = args.description
-        rules = parse_rule(item, where="rule")
-        current = effective_settings()
-        if command == "add":
-            new = [*current.rules, *rules]
-        else:
-            new = subtract(current.rules, rules, provenance=current.ingress.provenance)
-        set_session_rules(new)
-        return self._show(cluster)
-
-    def _set_session(self, cluster, rules, public_ip):
-        from .settings import effective_settings
-
-        # Read every layer first: if the Dask config file or the account store cannot be read,
-        # the session is left as it was.
-        effective_settings()
-        _change_session(rules, public_ip)
-        return self._show(cluster)
-
-    def _set_session_and_apply(self, cluster, rules, public_ip):
-        """The cell with --apply is all or nothing: the rules are checked as they will be sent
-        (``me`` resolved, quota) before the session changes, and a failed apply restores it."""
-        from dataclasses import replace
-
-        from .provision import core
-        from .settings import Layer, Resolved, effective_settings, restore_session, session_layer
-
-        current = effective_settings()
-        prospective = current
-        if rules is not None:
-            prospective = replace(
-                prospective, ingress=Resolved(rules, Layer.SESSION, "this kernel")
-            )
-        core.desired_rules(prospective)
-        before = session_layer()
-        _change_session(rules, public_ip)
-        try:
-            return core.apply(cluster)
-        except BaseException:
-            restore_session(before)
-            raise
-
-    def _clear(self, cluster, args):
-        return self._set_session(cluster, [], None)
-
-    def _reset(self, cluster, args):
-        from .settings import effective_settings, reset_session
-
-        effective_settings()
-        reset_session()
-        return self._show(cluster)
-
-    def _plan(self, cluster, args):
-        from .provision import core
-
-        return core.plan(cluster)
-
-    def _apply(self, cluster, args):
-        from .provision import core
-
-        return core.apply(cluster)
-
-    def _describe(self, cluster, args):
-        from .provision import core
-
-        return core.describe(cluster)
-
-    def _destroy(self, cluster, args):
-        from .provision import core
-
-        return core.destroy(cluster)
-
-    def _save(self, cluster, args):
-        from .provision import core
-
-        return core.save(args.scope or "user")
+        return session.show(cluster, reach=self.show_reachability)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_scheduler_ip
@@ -470,19 +369,10 @@ class CoiledMagics(Magics, Configurable):
             args = _parse(parser, _split(line))
             if args.help:
                 return _print_help(parser)
-            choice = args.choice
-            if choice is not None and choice.strip().lower() not in SCHEDULER_IP_WORDS:
-                close = difflib.get_close_matches(choice.strip().lower(), SCHEDULER_IP_WORDS, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UsageError(
-                    f"%coiled_scheduler_ip takes 'public' or 'private', not "
-                    f"{choice!r}; {hint}public connects clients on the scheduler's "
-                    "public IP, private on its private IP (VPN or peered VPC)."
-                )
             cluster = self._cluster(args)
-            if choice is None:
+            if args.choice is None:
                 return self._show(cluster)
-            return self._set_session(cluster, None, choice.strip().lower() == "public")
+            return session.set_scheduler_ip(args.choice, cluster=cluster)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_firewall
@@ -587,16 +477,6 @@ def _help_text(parser) -> str:
 def _print_help(parser) -> None:
     # Printed, not paged: nbclient and papermill keep stdout but drop the pager.
     print(_help_text(parser))
-
-
-def _change_session(rules, public_ip) -> None:
-    """Set the session's rules (None: leave them) and toggle (None: leave it) in one step."""
-    from .rules import to_coiled
-    from .settings import set_session
-
-    set_session(
-        ingress=to_coiled(rules) if rules is not None else None, use_scheduler_public_ip=public_ip
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -233,25 +233,6 @@ class Reachability:
             "warnings": list(self.warnings),
         }
 
-    def summary(self) -> str:
-        """A few lines of plain text: how the client connects, one line per port, then warnings."""
-        if self.use_scheduler_public_ip:
-            origin = f"from its public address {self.public or '(unknown)'}"
-            lines = [f"The client connects on the scheduler's public IP, {origin}."]
-        else:
-            origin = (
-                f"from {_words(self.local)}"
-                if self.local
-                else "but this notebook has no private address"
-            )
-            lines = [f"The client connects on the scheduler's private IP, {origin}."]
-        for reach in self.ports:
-            lines.append(
-                f"{reach.name.capitalize()} port {reach.port}: {reach.verdict}; {reach.reason}"
-            )
-        lines.extend(f"Warning: {warning}" for warning in self.warnings)
-        return "\n".join(lines)
-
 
 def check(
     rules: Iterable[Rule],

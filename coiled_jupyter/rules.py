@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from .errors import CoiledJupyterError
+
 PROTOCOLS = ("tcp", "udp")
 # AWS's protocol "-1": every protocol and port; only read from the cloud or used for the self rule.
 ALL_PROTOCOLS = "all"
@@ -46,12 +48,8 @@ _NUMBER = re.compile(r"[0-9]{1,10}")
 _RANGE = re.compile(r"^\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*$")
 
 
-class IngressError(ValueError):
-    """A rule a person wrote is not valid; the message says which value and how to fix it."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+class IngressError(CoiledJupyterError, ValueError):
+    """A value a person wrote is not valid; the message says which value and how to fix it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -99,18 +97,6 @@ class Rule:
     @property
     def key(self) -> tuple[str, int, int, str]:
         return (self.protocol, self.from_port, self.to_port, self.source)
-
-    def to_dict(self) -> dict:
-        """Coiled's format for this one rule (ranges stay strings)."""
-        ports: list[int | str] = (
-            [self.from_port] if self.from_port == self.to_port else [self.ports]
-        )
-        out: dict = {"ports": ports, "cidr": self.source}
-        if self.protocol != "tcp":
-            out["protocol"] = self.protocol
-        if self.description:
-            out["description"] = self.description
-        return out
 
 
 def sort_key(rule: Rule) -> tuple:
@@ -448,9 +434,7 @@ def resolve_me(rules: Iterable[Rule], addresses: Iterable[str]) -> list[Rule]:
     return canonical(out)
 
 
-def subtract(
-    current: Iterable[Rule], removing: Iterable[Rule], *, provenance: str = ""
-) -> list[Rule]:
+def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, origin: str = "") -> list[Rule]:
     """``current`` without ``removing``: a port inside a range is cut out of the range.
 
     Every rule to remove must be admitted by ``current``, or an :class:`IngressError` names it and
@@ -488,7 +472,7 @@ def subtract(
         )
     ]
     if missing:
-        where = f" (from {provenance})" if provenance else ""
+        where = f" (from {origin})" if origin else ""
         there = ", ".join(str(r) for r in current) or "no rules at all"
         raise IngressError(
             [
@@ -523,7 +507,7 @@ def compact(rules: Iterable[Rule]) -> list[Rule]:
     rule 8786-8787); per protocol and port range, networks collapse (``10.0.0.0/25`` and
     ``10.0.0.128/25`` become ``10.0.0.0/24``); rules wholly covered by another rule are dropped. The
     result admits exactly the traffic the input admits, is sorted, and compacting it again changes
-    nothing. Ports merge first, so that splitting ranges into single ports (:func:`expand`) does not
+    nothing. Ports merge first, so that splitting ranges into single ports does not
     change the result: dropping covered single ports first could leave holes that no longer merge.
     Descriptions of merged rules are joined.
     """
@@ -622,24 +606,6 @@ def _join_descriptions(rules: Iterable[Rule]) -> str:
     if len(joined) > DESCRIPTION_MAX:
         joined = joined[: DESCRIPTION_MAX - 3] + "..."
     return joined
-
-
-def expand(rules: Iterable[Rule], *, max_ports: int = 16) -> list[Rule]:
-    """The inverse of the port compaction, for display in people's terms.
-
-    A range of at most ``max_ports`` ports becomes one rule per port (as Coiled's ``ports`` lists write
-    them); wider ranges stay ranges. Networks are kept as they are. ``compact(expand(r)) == compact(r)``.
-    """
-    out: list[Rule] = []
-    for rule in rules:
-        if rule.to_port - rule.from_port < max_ports:
-            out.extend(
-                replace(rule, from_port=p, to_port=p)
-                for p in range(rule.from_port, rule.to_port + 1)
-            )
-        else:
-            out.append(rule)
-    return canonical(out)
 
 
 def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> bool:

@@ -1,4 +1,4 @@
-"""Settings: the layers they come from, their resolution with provenance, and the Dask config file.
+"""Settings: the layers they come from, their resolution with origin, and the Dask config file.
 
 Layers, weakest to strongest (DESIGN.md "Words"): built-in default, account store, Dask config (YAML
 files, then ``DASK_COILED__*`` environment variables), notebook session, one cluster's
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import AccountStoreUnreadable, ConfigFileError
 from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
 
 INGRESS_KEY = "coiled.backend-options.ingress"
@@ -57,29 +58,18 @@ _LAYER_LABELS = {
 }
 
 
-class ConfigFileError(ValueError):
-    """The Dask config file cannot be read or written safely; nothing was changed."""
-
-
-class AccountStoreUnreadable(RuntimeError):
-    """The account store could not be read (no credentials, no permission, no network).
-
-    It only matters when no stronger layer decides a value; otherwise the settings are complete
-    without it, and a person with a config file or session rules is not blocked by it.
-    """
-
-
 @dataclass(frozen=True)
 class Resolved:
-    """A value together with the layer that set it and where exactly (a file, a variable)."""
+    """A value with the layer that set it and, in ``detail``, where exactly (a file, a variable)."""
 
     value: Any
     layer: Layer
-    origin: str = ""
+    detail: str = ""
 
     @property
-    def provenance(self) -> str:
-        return f"{self.layer.label} ({self.origin})" if self.origin else self.layer.label
+    def origin(self) -> str:
+        """Where the value came from, as every table says it: ``dask config (/path/coiled.yaml)``."""
+        return f"{self.layer.label} ({self.detail})" if self.detail else self.layer.label
 
 
 @dataclass(frozen=True)
@@ -89,13 +79,13 @@ class LayerValues:
     layer: Layer
     ingress: list[Rule] | None = None
     use_scheduler_public_ip: bool | None = None
-    ingress_origin: str = ""
-    public_ip_origin: str = ""
+    ingress_detail: str = ""
+    public_ip_detail: str = ""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The effective settings, each value with its provenance, and every layer that was consulted."""
+    """The effective settings, each value with its origin, and every layer that was consulted."""
 
     ingress: Resolved
     use_scheduler_public_ip: Resolved
@@ -105,22 +95,15 @@ class Settings:
     def rules(self) -> list[Rule]:
         return self.ingress.value
 
-    def to_coiled(self) -> dict:
-        """Coiled's shape: ``{"ingress": [...], "use_scheduler_public_ip": bool}``."""
-        return {
-            "ingress": to_coiled(self.rules),
-            "use_scheduler_public_ip": self.use_scheduler_public_ip.value,
-        }
-
 
 # --------------------------------------------------------------------------------------------------
 # Reading one layer's raw values
 
 
-def layer_from_options(layer: Layer, options: dict | None, origin: str = "") -> LayerValues:
+def layer_from_options(layer: Layer, options: dict | None, detail: str = "") -> LayerValues:
     """Parse Coiled-shaped options (``ingress``, deprecated ``firewall``, ``use_scheduler_public_ip``)."""
     options = dict(options or {})
-    where = f"{layer.label}{' ' + origin if origin else ''}"
+    where = f"{layer.label}{' ' + detail if detail else ''}"
     ingress = None
     if options.get("ingress") is not None:
         ingress = parse_ingress(options["ingress"], where=f"ingress in {where}")
@@ -139,8 +122,8 @@ def layer_from_options(layer: Layer, options: dict | None, origin: str = "") -> 
         layer,
         ingress,
         public_ip,
-        origin if ingress is not None else "",
-        origin if public_ip is not None else "",
+        detail if ingress is not None else "",
+        detail if public_ip is not None else "",
     )
 
 
@@ -310,40 +293,45 @@ def _config_search_paths() -> list[str]:
 
 
 def config_layer() -> LayerValues:
-    """The Dask config layer from the files and the environment as they are now, with provenance."""
+    """The Dask config layer from the files and the environment as they are now, with origins."""
     import dask.config
 
-    ingress, ingress_origin = None, ""
-    public_ip, public_ip_origin = None, ""
-    sources = [
-        (str(path), data)
-        for path, data in dask.config.collect_yaml(_config_search_paths(), return_paths=True)
-    ]
+    ingress, ingress_detail = None, ""
+    public_ip, public_ip_detail = None, ""
+    try:
+        collected = list(dask.config.collect_yaml(_config_search_paths(), return_paths=True))
+    except ValueError as error:
+        # Dask names the malformed file; its own message carries the parser's excerpt.
+        raise ConfigFileError(
+            f"{_first_line(error).rstrip(',')}; fix or move it: the firewall settings are not "
+            "read from a file that cannot be parsed."
+        ) from None
+    sources = [(str(path), data) for path, data in collected]
     env = dask.config.collect_env(os.environ)
-    sources.append((_env_origin(), env))
-    for origin, data in sources:
+    sources.append((_env_detail(), env))
+    for detail, data in sources:
         options = _coiled_options(data)
         if options["ingress"] is not None or options["firewall"] is not None:
-            ingress_origin = _env_origin("BACKEND_OPTIONS") if data is env else origin
+            ingress_detail = _env_detail("BACKEND_OPTIONS") if data is env else detail
             ingress = {key: options[key] for key in ("ingress", "firewall")}
         if options["use_scheduler_public_ip"] is not None:
-            public_ip_origin = _env_origin("USE_SCHEDULER_PUBLIC_IP") if data is env else origin
+            public_ip_detail = _env_detail("USE_SCHEDULER_PUBLIC_IP") if data is env else detail
             public_ip = options["use_scheduler_public_ip"]
     # Parsed apart, so that a bad value is reported with the place it came from.
-    ingress_values = layer_from_options(Layer.CONFIG, ingress, origin=ingress_origin)
+    ingress_values = layer_from_options(Layer.CONFIG, ingress, detail=ingress_detail)
     public_ip_values = layer_from_options(
-        Layer.CONFIG, {"use_scheduler_public_ip": public_ip}, origin=public_ip_origin
+        Layer.CONFIG, {"use_scheduler_public_ip": public_ip}, detail=public_ip_detail
     )
     return LayerValues(
         Layer.CONFIG,
         ingress_values.ingress,
         public_ip_values.use_scheduler_public_ip,
-        ingress_origin,
-        public_ip_origin,
+        ingress_detail,
+        public_ip_detail,
     )
 
 
-def _env_origin(suffix: str = "") -> str:
+def _env_detail(suffix: str = "") -> str:
     prefix = "DASK_COILED__"
     names = sorted(k for k in os.environ if k.upper().startswith(prefix + suffix))
     return ", ".join(f"${k}" for k in names) if names else "environment"
@@ -353,88 +341,89 @@ def _env_origin(suffix: str = "") -> str:
 # The session layer
 
 
-@dataclass
-class _Session:
-    ingress: list[Rule] | None = None
+@dataclass(frozen=True)
+class SessionValues:
+    """What this kernel's session sets: parsed rules and the toggle (``None``: does not set it)."""
+
+    ingress: tuple[Rule, ...] | None = None
     use_scheduler_public_ip: bool | None = None
 
 
-_session = _Session()
+_ABSENT = object()
 
 
-def session_layer() -> LayerValues:
-    return LayerValues(
-        Layer.SESSION,
-        _session.ingress,
-        _session.use_scheduler_public_ip,
-        "this kernel" if _session.ingress is not None else "",
-        "this kernel" if _session.use_scheduler_public_ip is not None else "",
-    )
+class SessionLayer:
+    """This kernel's session edits: one store that every front end reads and changes.
+
+    :mod:`coiled_jupyter.session` validates and changes it; observers (an open panel) are told after
+    every change. The toggle is also set in this kernel's Dask config
+    (``coiled.use_scheduler_public_ip``), the one key Coiled's client reads from there, and the value
+    that was there before is put back when the session stops setting it.
+    """
+
+    def __init__(self):
+        self._values = SessionValues()
+        self._observers: list[Callable[[SessionValues], None]] = []
+        self._toggle_before: Any = _ABSENT
+
+    @property
+    def values(self) -> SessionValues:
+        return self._values
+
+    def layer(self, values: SessionValues | None = None) -> LayerValues:
+        """The session as a layer: the current values, or ``values`` if given."""
+        values = self._values if values is None else values
+        return LayerValues(
+            Layer.SESSION,
+            list(values.ingress) if values.ingress is not None else None,
+            values.use_scheduler_public_ip,
+            "this kernel" if values.ingress is not None else "",
+            "this kernel" if values.use_scheduler_public_ip is not None else "",
+        )
+
+    def replace(self, values: SessionValues) -> None:
+        """Make ``values`` the session (already validated), mirror the toggle, tell the observers."""
+        if values.ingress is not None:
+            values = SessionValues(tuple(canonical(values.ingress)), values.use_scheduler_public_ip)
+        self._mirror_toggle(values.use_scheduler_public_ip)
+        self._values = values
+        for observer in list(self._observers):
+            observer(values)
+
+    def subscribe(self, observer: Callable[[SessionValues], None]) -> Callable[[], None]:
+        """Call ``observer(values)`` after every change; returns the function that unsubscribes."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _mirror_toggle(self, public_ip: bool | None) -> None:
+        import dask.config
+
+        with dask.config.config_lock:
+            coiled = dask.config.config.get("coiled")
+            here = _get(coiled, "use_scheduler_public_ip") if isinstance(coiled, dict) else None
+            key = _spelling(coiled, "use_scheduler_public_ip") if isinstance(coiled, dict) else None
+            if public_ip is not None:
+                if self._toggle_before is _ABSENT:
+                    self._toggle_before = (key, here) if here is not None else None
+                if not isinstance(coiled, dict):
+                    coiled = dask.config.config["coiled"] = {}
+                coiled[key or "use_scheduler_public_ip"] = public_ip
+            elif self._toggle_before is not _ABSENT:
+                if self._toggle_before is None:
+                    if isinstance(coiled, dict) and key is not None:
+                        coiled.pop(key)
+                else:
+                    before_key, before = self._toggle_before
+                    coiled[before_key] = before
+                self._toggle_before = _ABSENT
 
 
-def set_session(*, ingress=None, use_scheduler_public_ip=None) -> None:
-    """Set this kernel's session values; ``ingress`` is parsed first, so a bad value changes nothing."""
-    rules = parse_ingress(ingress, where="ingress") if ingress is not None else None
-    public_ip = (
-        parse_public_ip(use_scheduler_public_ip) if use_scheduler_public_ip is not None else None
-    )
-    if rules is not None:
-        _session.ingress = rules
-    if public_ip is not None:
-        _session.use_scheduler_public_ip = public_ip
-    _mirror_session()
-
-
-def set_session_rules(rules: list[Rule]) -> None:
-    """Replace the session rules with already-parsed rules (``[]`` means no rules at all)."""
-    _session.ingress = canonical(rules)
-    _mirror_session()
-
-
-def restore_session(snapshot: LayerValues) -> None:
-    """Put back a session layer taken earlier with :func:`session_layer` (undo of a failed step)."""
-    _session.ingress = snapshot.ingress
-    _session.use_scheduler_public_ip = snapshot.use_scheduler_public_ip
-    _mirror_session()
-
-
-def reset_session() -> None:
-    """Drop the session layer; the kernel's Dask config falls back to the files and environment."""
-    _session.ingress = None
-    _session.use_scheduler_public_ip = None
-    _mirror_session()
-
-
-def _mirror_session() -> None:
-    import dask.config
-
-    layer = config_layer()
-    ingress = _session.ingress if _session.ingress is not None else layer.ingress
-    public_ip = (
-        _session.use_scheduler_public_ip
-        if _session.use_scheduler_public_ip is not None
-        else layer.use_scheduler_public_ip
-    )
-    _set_or_drop(
-        dask.config.config,
-        ("coiled", "backend-options", "ingress"),
-        to_coiled(ingress) if ingress is not None else None,
-    )
-    _set_or_drop(dask.config.config, ("coiled", "use_scheduler_public_ip"), public_ip)
-
-
-def _set_or_drop(config: dict, path: tuple[str, ...], value) -> None:
-    # Keep the spelling already there ('backend_options' from DASK_COILED__BACKEND_OPTIONS__...):
-    # a second spelling next to it would leave the old value visible under that name.
-    node = config
-    for key in path[:-1]:
-        if value is None and not isinstance(node.get(_spelling(node, key)), dict):
-            return  # nothing to drop; do not leave empty mappings behind
-        node = node.setdefault(_spelling(node, key), {})
-    if value is None:
-        node.pop(_spelling(node, path[-1]), None)
-    else:
-        node[_spelling(node, path[-1])] = value
+SESSION = SessionLayer()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,26 +434,32 @@ AccountLoader = Callable[[], "LayerValues | None"]
 
 
 def effective_settings(
-    backend_options: dict | None = None, *, account: AccountLoader | None = None
+    backend_options: dict | None = None,
+    *,
+    account: AccountLoader | None = None,
+    session: SessionValues | None = None,
 ) -> Settings:
-    """Resolve every layer into the effective settings with provenance.
+    """Resolve every layer into the effective settings, each value with its origin.
 
     ``backend_options`` is one cluster's options (the strongest layer). ``account`` loads the account
-    layer; by default it is read from the account store of the configured backend.
+    layer (the session passes :func:`coiled_jupyter.provision.account.load_account_layer`, so that
+    this module never calls the provisioning core); without it the account layer is empty. An
+    unreadable account store is an error only if it would decide a value. ``session`` resolves
+    prospective session values instead of the current ones (checking an edit before it is made).
     """
-    if account is None:
-        from .provision.core import load_account_layer as account
     unreadable = None
-    try:
-        account_values = account() or LayerValues(Layer.ACCOUNT)
-    except AccountStoreUnreadable as error:
-        account_values, unreadable = LayerValues(Layer.ACCOUNT), error
+    account_values = LayerValues(Layer.ACCOUNT)
+    if account is not None:
+        try:
+            account_values = account() or account_values
+        except AccountStoreUnreadable as error:
+            unreadable = error
     settings = resolve(
         [
             layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
             account_values,
             config_layer(),
-            session_layer(),
+            SESSION.layer(session),
             layer_from_options(Layer.CLUSTER, backend_options, "backend_options"),
         ]
     )
@@ -480,10 +475,10 @@ def resolve(layers: list[LayerValues]) -> Settings:
     ingress = public_ip = None
     for values in ordered:
         if values.ingress is not None:
-            ingress = Resolved(values.ingress, values.layer, values.ingress_origin)
+            ingress = Resolved(values.ingress, values.layer, values.ingress_detail)
         if values.use_scheduler_public_ip is not None:
             public_ip = Resolved(
-                values.use_scheduler_public_ip, values.layer, values.public_ip_origin
+                values.use_scheduler_public_ip, values.layer, values.public_ip_detail
             )
     if ingress is None or public_ip is None:
         raise ValueError("the built-in default layer must set every value")

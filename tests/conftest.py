@@ -62,7 +62,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     """A real, empty Dask config folder and no DASK_COILED__ variables; no session left afterwards."""
     import copy
 
-    from coiled_jupyter.settings import reset_session
+    from coiled_jupyter.settings import SESSION, SessionValues
 
     folder = tmp_path / "dask-config"
     folder.mkdir()
@@ -75,7 +75,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("DASK_CONFIG", str(empty))
     _without_coiled_variables(monkeypatch)
-    reset_session()
+    SESSION.replace(SessionValues())
     dask.config.config.clear()
     dask.config.config.update(saved)
 
@@ -105,16 +105,16 @@ def add_by_hand():
 def _fresh_session():
     """Every test starts without a notebook-session layer."""
     yield
-    from coiled_jupyter.settings import reset_session
+    from coiled_jupyter.settings import SESSION, SessionValues
 
-    reset_session()
+    SESSION.replace(SessionValues())
 
 
 @pytest.fixture
 def api_calls(sandbox):
     """Count EC2 and SSM API calls (one per operation, not per retry) with botocore events."""
     from coiled_jupyter.provision import aws
-    from coiled_jupyter.provision.core import target
+    from coiled_jupyter.provision.target import target
 
     counts: collections.Counter = collections.Counter()
 
@@ -278,7 +278,7 @@ def make_faults():
 def faults(sandbox, make_faults):
     """A :class:`Faults` injector on the core's cached EC2 and SSM clients for the sandbox."""
     from coiled_jupyter.provision import aws
-    from coiled_jupyter.provision.core import target
+    from coiled_jupyter.provision.target import target
 
     connection = target().connection()
     return make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))

@@ -1,5 +1,5 @@
 """Account-wide defaults: ``set_backend_options`` (Coiled's signature) into SSM Parameter Store in the
-sandbox, read back as the account layer of the settings, with provenance, below the Dask config, the
+sandbox, read back as the account layer of the settings, with its origin, below the Dask config, the
 session and the cluster options. Bad input and credentials are refused before any call.
 """
 
@@ -12,19 +12,15 @@ import traceback
 import dask.config
 import pytest
 
-from coiled_jupyter.provision import aws, core
-from coiled_jupyter.provision.aws import CloudError
+from coiled_jupyter import session
+from coiled_jupyter.errors import AccountStoreUnreadable, CloudError
+from coiled_jupyter.provision import account, aws
 from coiled_jupyter.rules import IngressError, Rule, parse_ingress
-from coiled_jupyter.settings import (
-    AccountStoreUnreadable,
-    Layer,
-    effective_settings,
-    reset_session,
-    set_session,
-)
+from coiled_jupyter.session import effective_settings
+from coiled_jupyter.settings import SESSION, Layer
 
 PARAMETER = "/coiled-jupyter/backend-options"
-PROVENANCE = f"account default (SSM {PARAMETER})"
+ACCOUNT_ORIGIN = f"account default (SSM {PARAMETER})"
 TEAM = [{"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}]
 KEY_ID = "AKIAEXAMPLEKEYID9999"
 SECRET = "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY"
@@ -52,36 +48,33 @@ def _everything_said(error: BaseException) -> str:
 
 
 def test_defaults_are_stored_in_ssm_and_become_the_account_layer(cloud):
-    core.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
+    account.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
 
     assert stored(cloud.ssm) == {
-        "ingress": [
-            {"ports": [8786], "cidr": "10.1.0.0/16", "description": "VPN"},
-            {"ports": [8787], "cidr": "10.1.0.0/16", "description": "VPN"},
-        ],
+        "ingress": [{"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}],
         "use_scheduler_public_ip": False,
     }
     settings = effective_settings()
-    assert settings.ingress.provenance == PROVENANCE
+    assert settings.ingress.origin == ACCOUNT_ORIGIN
     assert settings.rules == parse_ingress(TEAM)
     assert settings.use_scheduler_public_ip.value is False
-    assert settings.use_scheduler_public_ip.provenance == PROVENANCE
+    assert settings.use_scheduler_public_ip.origin == ACCOUNT_ORIGIN
 
 
 def test_a_second_call_keeps_what_it_does_not_set(cloud):
-    core.set_backend_options(ingress=TEAM)
-    core.set_backend_options(use_scheduler_public_ip=False)
+    account.set_backend_options(ingress=TEAM)
+    account.set_backend_options(use_scheduler_public_ip=False)
     assert set(stored(cloud.ssm)) == {"ingress", "use_scheduler_public_ip"}
-    core.set_backend_options(ingress=[])
+    account.set_backend_options(ingress=[])
     assert stored(cloud.ssm) == {"ingress": [], "use_scheduler_public_ip": False}
     assert effective_settings().rules == []
-    assert effective_settings().ingress.provenance == PROVENANCE
+    assert effective_settings().ingress.origin == ACCOUNT_ORIGIN
 
 
 def test_the_account_layer_is_what_apply_uses(cloud):
-    core.set_backend_options(ingress=TEAM)
-    result = core.apply("team")
-    assert result.plan.provenance == PROVENANCE
+    account.set_backend_options(ingress=TEAM)
+    result = session.apply("team")
+    assert result.plan.origin == ACCOUNT_ORIGIN
     group = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": ["team"]}]
     )["SecurityGroups"][0]
@@ -91,18 +84,16 @@ def test_the_account_layer_is_what_apply_uses(cloud):
         for r in p.get("IpRanges", [])
     }
     assert ranges == {(8786, 8787, "10.1.0.0/16")}
-    assert PROVENANCE in result.table.origins
+    assert ACCOUNT_ORIGIN in result.table.origins
 
 
 def test_a_workspace_has_its_own_parameter(cloud):
-    core.set_backend_options(workspace="team-a", ingress=TEAM)
+    account.set_backend_options(workspace="team-a", ingress=TEAM)
     assert stored(cloud.ssm) is None
     assert stored(cloud.ssm, f"{PARAMETER}/team-a")["ingress"][0]["cidr"] == "10.1.0.0/16"
     assert effective_settings().ingress.layer.label == "built-in default"
     with dask.config.set({"coiled.workspace": "team-a"}):
-        assert effective_settings().ingress.provenance == (
-            f"account default (SSM {PARAMETER}/team-a)"
-        )
+        assert effective_settings().ingress.origin == (f"account default (SSM {PARAMETER}/team-a)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +101,7 @@ def test_a_workspace_has_its_own_parameter(cloud):
 
 
 def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, monkeypatch):
-    core.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
+    account.set_backend_options(ingress=TEAM, use_scheduler_public_ip=False)
     folder = tmp_path / "dask"
     folder.mkdir()
     (folder / "coiled.yaml").write_text(
@@ -121,22 +112,22 @@ def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, mo
 
     config = effective_settings()
     assert config.ingress.layer.label == "dask config"
-    assert str(folder / "coiled.yaml") in config.ingress.provenance
+    assert str(folder / "coiled.yaml") in config.ingress.origin
     assert config.rules == [Rule("tcp", 8786, 8786, "10.2.0.0/16")]
     # scalars win on their own: the config file does not set the toggle, the account does
     assert config.use_scheduler_public_ip.value is False
-    assert config.use_scheduler_public_ip.provenance == PROVENANCE
+    assert config.use_scheduler_public_ip.origin == ACCOUNT_ORIGIN
 
-    set_session(ingress=[{"ports": [8786], "cidr": "10.3.0.0/16"}])
-    session = effective_settings()
-    assert session.ingress.provenance == "notebook session (this kernel)"
-    assert session.rules == [Rule("tcp", 8786, 8786, "10.3.0.0/16")]
+    session.set_settings({"ingress": [{"ports": [8786], "cidr": "10.3.0.0/16"}]})
+    in_session = effective_settings()
+    assert in_session.ingress.origin == "notebook session (this kernel)"
+    assert in_session.rules == [Rule("tcp", 8786, 8786, "10.3.0.0/16")]
 
     cluster = effective_settings(
         {"ingress": [{"ports": [8786], "cidr": "10.4.0.0/16"}], "use_scheduler_public_ip": True}
     )
-    assert cluster.ingress.provenance == "cluster options (backend_options)"
-    assert cluster.use_scheduler_public_ip.provenance == "cluster options (backend_options)"
+    assert cluster.ingress.origin == "cluster options (backend_options)"
+    assert cluster.use_scheduler_public_ip.origin == "cluster options (backend_options)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +136,7 @@ def test_config_session_and_cluster_options_beat_the_account(cloud, tmp_path, mo
 
 def test_the_deprecated_firewall_dict_works_with_a_future_warning(cloud):
     with pytest.warns(FutureWarning, match="firewall") as caught:
-        core.set_backend_options(firewall={"ports": [8786], "cidr": "10.5.0.0/16"})
+        account.set_backend_options(firewall={"ports": [8786], "cidr": "10.5.0.0/16"})
     assert caught[0].filename == __file__  # points at the caller
     assert stored(cloud.ssm) == {"ingress": [{"ports": [8786], "cidr": "10.5.0.0/16"}]}
     assert effective_settings().rules == [Rule("tcp", 8786, 8786, "10.5.0.0/16")]
@@ -164,13 +155,13 @@ def test_the_deprecated_firewall_dict_works_with_a_future_warning(cloud):
     ],
 )
 def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
-    core.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.9.0.0/16"}])
+    account.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.9.0.0/16"}])
     before = stored(cloud.ssm)
     api_calls.clear()
 
     with pytest.warns(FutureWarning) if "firewall" in kwargs else contextlib.nullcontext():
         with pytest.raises(IngressError) as info:
-            core.set_backend_options(**kwargs)
+            account.set_backend_options(**kwargs)
 
     message = str(info.value)
     for word in words:
@@ -181,7 +172,7 @@ def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
 
 def test_unknown_coiled_keywords_get_one_clear_sentence(sandbox):
     with pytest.raises(IngressError) as info:
-        core.set_backend_options(ingress=TEAM, zone="us-east-1a", instance_types=["t3.large"])
+        account.set_backend_options(ingress=TEAM, zone="us-east-1a", instance_types=["t3.large"])
     assert info.value.problems == [
         "set_backend_options here stores only firewall settings; instance_types, zone belong to "
         "Coiled's own coiled.set_backend_options."
@@ -195,7 +186,7 @@ def test_unknown_coiled_keywords_get_one_clear_sentence(sandbox):
 def test_real_keys_are_never_sent_to_the_sandbox(cloud, api_calls):
     api_calls.clear()
     with pytest.raises(IngressError) as info:
-        core.set_backend_options(
+        account.set_backend_options(
             ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
         )
     assert "never sent to the sandbox" in str(info.value)
@@ -228,7 +219,9 @@ def aws_backend_for_keys(sandbox, monkeypatch, tmp_path):
 
 
 def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_keys, make_faults):
-    core.set_backend_options(ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    account.set_backend_options(
+        ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+    )
 
     parameter = cloud.ssm.get_parameter(Name=PARAMETER)["Parameter"]
     described = cloud.ssm.describe_parameters()["Parameters"]
@@ -244,7 +237,7 @@ def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_ke
         message="User is not authorized to perform: ssm:PutParameter",
     )
     with pytest.raises(CloudError) as info:
-        core.set_backend_options(
+        account.set_backend_options(
             ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
         )
     assert faults.sent["PutParameter"] == 1
@@ -269,16 +262,17 @@ def test_a_parameter_that_is_not_json_is_reported(cloud):
 
 def test_an_unreadable_account_store_only_matters_when_it_would_decide(cloud):
     cloud.ssm.put_parameter(Name=PARAMETER, Value="ingress: oops", Type="String")
-    set_session(ingress=TEAM, use_scheduler_public_ip=False)
+    session.set_settings({"ingress": TEAM, "use_scheduler_public_ip": False})
 
     settings = effective_settings()
 
     assert settings.ingress.layer is Layer.SESSION
     assert settings.use_scheduler_public_ip.layer is Layer.SESSION
-    reset_session()
-    set_session(ingress=TEAM)  # the toggle would come from the account layer or the default
+    before = SESSION.values
+    # Without the session, the account layer would decide both values: reset is refused.
     with pytest.raises(AccountStoreUnreadable):
-        effective_settings()
+        session.reset()
+    assert SESSION.values == before
 
 
 def test_bad_rules_in_the_parameter_name_where_they_are(cloud):

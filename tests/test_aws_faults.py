@@ -12,8 +12,10 @@ import traceback
 
 import pytest
 
-from coiled_jupyter.provision import aws, core
-from coiled_jupyter.provision.aws import CloudError
+from coiled_jupyter import session
+from coiled_jupyter.errors import CloudError
+from coiled_jupyter.provision import aws, reconcile
+from coiled_jupyter.provision.target import target
 from coiled_jupyter.settings import effective_settings
 
 VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}
@@ -67,7 +69,7 @@ def _as_permissions(entries: set[tuple]) -> list[dict]:
 def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
     faults.fail(AUTHORIZE, "RequestLimitExceeded", status=503, times=1)
 
-    result = core.apply("throttled", settings=settings_for([VPN, PEERED]))
+    result = reconcile.apply(target("throttled"), settings_for([VPN, PEERED]))
 
     assert result.changed
     assert faults.sent[AUTHORIZE] == 2  # one throttled send, one retry
@@ -77,7 +79,7 @@ def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
 
 def test_throttling_with_http_400_is_retried_too(cloud, faults):
     faults.fail(DESCRIBE, "RequestLimitExceeded", status=400, times=1)
-    core.apply("throttled-400", settings=settings_for([VPN]))
+    reconcile.apply(target("throttled-400"), settings_for([VPN]))
     assert faults.sent[DESCRIBE] == 3  # find (throttled, retried) + read back
     assert declared(cloud.ec2, "throttled-400") == {("tcp", 8786, 8787, "10.1.0.0/16")}
 
@@ -85,7 +87,7 @@ def test_throttling_with_http_400_is_retried_too(cloud, faults):
 def test_not_found_right_after_create_is_retried(cloud, faults):
     faults.fail(AUTHORIZE, "InvalidGroup.NotFound", times=1)
 
-    result = core.apply("eventual", settings=settings_for([VPN, PEERED]))
+    result = reconcile.apply(target("eventual"), settings_for([VPN, PEERED]))
 
     assert result.changed and result.plan.create
     assert faults.sent[AUTHORIZE] == 2
@@ -95,7 +97,7 @@ def test_not_found_right_after_create_is_retried(cloud, faults):
 def test_not_found_on_the_read_back_after_create_is_retried(cloud, faults):
     faults.fail(DESCRIBE, "InvalidGroup.NotFound", skip=1, times=2)  # the find passes
 
-    result = core.apply("eventual-read", settings=settings_for([VPN, PEERED]))
+    result = reconcile.apply(target("eventual-read"), settings_for([VPN, PEERED]))
 
     assert faults.sent[DESCRIBE] == 4
     assert {
@@ -107,11 +109,11 @@ def test_not_found_on_the_read_back_after_create_is_retried(cloud, faults):
 
 
 def test_a_server_error_once_is_retried(cloud, faults):
-    core.apply("flaky", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("flaky"), settings_for([VPN, PEERED]))
     faults.sent.clear()
     faults.fail(REVOKE, "InternalError", status=500, times=1)
 
-    core.apply("flaky", settings=settings_for([VPN, OFFICE]))
+    reconcile.apply(target("flaky"), settings_for([VPN, OFFICE]))
 
     assert faults.sent[REVOKE] == 2
     assert declared(cloud.ec2, "flaky") == B
@@ -122,23 +124,23 @@ def test_a_server_error_once_is_retried(cloud, faults):
 
 
 def test_a_run_cut_off_after_authorize_is_finished_by_the_next(cloud, faults):
-    core.apply("cut", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("cut"), settings_for([VPN, PEERED]))
     faults.fail(REVOKE, "UnauthorizedOperation", status=403, times=1)
 
     with pytest.raises(CloudError) as info:
-        core.apply("cut", settings=settings_for([VPN, OFFICE]))
+        reconcile.apply(target("cut"), settings_for([VPN, OFFICE]))
 
     assert info.value.code == "UnauthorizedOperation"
     assert "UnauthorizedOperation" in str(info.value) and "permissions" in str(info.value)
     # added before removing: access never dropped below what is declared
     assert declared(cloud.ec2, "cut") == A | B
 
-    planned = core.plan("cut", settings=settings_for([VPN, OFFICE]))
+    planned = reconcile.plan(target("cut"), settings_for([VPN, OFFICE]))
     assert [r.source for r in planned.remove] == ["10.2.0.0/16"] and planned.add == ()
-    finished = core.apply("cut", settings=settings_for([VPN, OFFICE]))
+    finished = reconcile.apply(target("cut"), settings_for([VPN, OFFICE]))
     assert finished.changed
     assert declared(cloud.ec2, "cut") == B
-    assert not core.apply("cut", settings=settings_for([VPN, OFFICE])).changed
+    assert not reconcile.apply(target("cut"), settings_for([VPN, OFFICE])).changed
 
 
 def test_a_run_cut_off_after_create_is_finished_by_the_next(cloud, faults):
@@ -146,7 +148,7 @@ def test_a_run_cut_off_after_create_is_finished_by_the_next(cloud, faults):
     faults.fail(AUTHORIZE, "UnauthorizedOperation", status=403, times=None)
 
     with pytest.raises(CloudError) as info:
-        core.apply("cut-create", settings=settings_for([VPN, PEERED]))
+        reconcile.apply(target("cut-create"), settings_for([VPN, PEERED]))
 
     assert info.value.code == "UnauthorizedOperation"
     assert faults.sent[AUTHORIZE] == 1
@@ -154,19 +156,19 @@ def test_a_run_cut_off_after_create_is_finished_by_the_next(cloud, faults):
     assert g["IpPermissions"] == []
     faults.clear()
 
-    planned = core.plan("cut-create", settings=settings_for([VPN, PEERED]))
+    planned = reconcile.plan(target("cut-create"), settings_for([VPN, PEERED]))
     assert not planned.create and len(planned.add) == 3  # the two rules and the self rule
-    core.apply("cut-create", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("cut-create"), settings_for([VPN, PEERED]))
     assert declared(cloud.ec2, "cut-create") == A
     assert [g["GroupId"]] == [group(cloud.ec2, "cut-create")["GroupId"]]
 
 
 def test_a_failed_find_changes_nothing(cloud, faults):
-    core.apply("unchanged", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("unchanged"), settings_for([VPN, PEERED]))
     faults.sent.clear()
     faults.fail(DESCRIBE, "UnauthorizedOperation", status=403, times=1)
     with pytest.raises(CloudError, match="UnauthorizedOperation"):
-        core.apply("unchanged", settings=settings_for([OFFICE]))
+        reconcile.apply(target("unchanged"), settings_for([OFFICE]))
     assert faults.sent[AUTHORIZE] == faults.sent[REVOKE] == 0
     assert declared(cloud.ec2, "unchanged") == A
 
@@ -186,7 +188,7 @@ def _another_writer(cloud, cluster: str, call: str, entries: set[tuple]):
 
 
 def test_duplicate_on_authorize_from_a_concurrent_writer_is_success(cloud, faults):
-    core.apply("dup", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("dup"), settings_for([VPN, PEERED]))
     faults.sent.clear()
     new = {("tcp", 8786, 8786, "192.168.0.0/16")}
     faults.fail(
@@ -195,7 +197,7 @@ def test_duplicate_on_authorize_from_a_concurrent_writer_is_success(cloud, fault
         before=_another_writer(cloud, "dup", "authorize_security_group_ingress", new),
     )
 
-    result = core.apply("dup", settings=settings_for([VPN, OFFICE]))
+    result = reconcile.apply(target("dup"), settings_for([VPN, OFFICE]))
 
     assert result.changed
     assert faults.sent[AUTHORIZE] == 1  # nothing was left to add
@@ -203,7 +205,7 @@ def test_duplicate_on_authorize_from_a_concurrent_writer_is_success(cloud, fault
 
 
 def test_a_partial_duplicate_adds_only_the_rest(cloud, faults):
-    core.apply("dup-part", settings=settings_for([VPN]))
+    reconcile.apply(target("dup-part"), settings_for([VPN]))
     faults.sent.clear()
     wanted = [VPN, PEERED, OFFICE]
     faults.fail(
@@ -217,14 +219,14 @@ def test_a_partial_duplicate_adds_only_the_rest(cloud, faults):
         ),
     )
 
-    core.apply("dup-part", settings=settings_for(wanted))
+    reconcile.apply(target("dup-part"), settings_for(wanted))
 
     assert faults.sent[AUTHORIZE] == 2
     assert declared(cloud.ec2, "dup-part") == A | B
 
 
 def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
-    core.apply("gone", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("gone"), settings_for([VPN, PEERED]))
     faults.sent.clear()
     old = {("tcp", 8786, 8786, "10.2.0.0/16")}
     faults.fail(
@@ -233,19 +235,19 @@ def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
         before=_another_writer(cloud, "gone", "revoke_security_group_ingress", old),
     )
 
-    core.apply("gone", settings=settings_for([VPN, OFFICE]))
+    reconcile.apply(target("gone"), settings_for([VPN, OFFICE]))
 
     assert faults.sent[REVOKE] == 1
     assert declared(cloud.ec2, "gone") == B
 
 
 def test_a_duplicate_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
-    core.apply("stuck", settings=settings_for([VPN]))
+    reconcile.apply(target("stuck"), settings_for([VPN]))
     faults.sent.clear()
     faults.fail(AUTHORIZE, "InvalidPermission.Duplicate", times=None)
 
     with pytest.raises(CloudError) as info:
-        core.apply("stuck", settings=settings_for([VPN, OFFICE]))
+        reconcile.apply(target("stuck"), settings_for([VPN, OFFICE]))
 
     assert info.value.code == "ConcurrentChange"
     assert faults.sent[AUTHORIZE] <= 5
@@ -253,12 +255,12 @@ def test_a_duplicate_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
 
 
 def test_a_not_found_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
-    core.apply("stuck-revoke", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("stuck-revoke"), settings_for([VPN, PEERED]))
     faults.sent.clear()
     faults.fail(REVOKE, "InvalidPermission.NotFound", times=None)
 
     with pytest.raises(CloudError) as info:
-        core.apply("stuck-revoke", settings=settings_for([VPN]))
+        reconcile.apply(target("stuck-revoke"), settings_for([VPN]))
 
     assert info.value.code == "ConcurrentChange"
     assert faults.sent[REVOKE] <= 5
@@ -285,7 +287,7 @@ def test_a_group_created_concurrently_is_adopted(cloud, faults):
 
     faults.fail("CreateSecurityGroup", "InvalidGroup.Duplicate", before=create_it)
 
-    core.apply("twice", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("twice"), settings_for([VPN, PEERED]))
 
     assert declared(cloud.ec2, "twice") == A
 
@@ -295,18 +297,18 @@ def test_a_group_created_concurrently_is_adopted(cloud, faults):
 
 
 def test_dependency_violation_on_destroy_says_what_to_do(cloud, faults):
-    core.apply("in-use", settings=settings_for([VPN]))
+    reconcile.apply(target("in-use"), settings_for([VPN]))
     faults.fail(
         "DeleteSecurityGroup", "DependencyViolation", message="resource sg-x has a dependent object"
     )
 
     with pytest.raises(CloudError) as info:
-        core.destroy("in-use")
+        session.destroy("in-use")
 
     assert info.value.code == "DependencyViolation"
     assert "stop the cluster first" in str(info.value)
     assert group(cloud.ec2, "in-use")  # still there
-    assert core.destroy("in-use").deleted
+    assert session.destroy("in-use").deleted
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ def test_cloud_errors_never_carry_credentials(aws_backend, code):
         message="AWS was not able to validate the provided access credentials",
     )
     with pytest.raises(CloudError) as info:
-        core.apply("secret", settings=settings_for([VPN]))
+        reconcile.apply(target("secret"), settings_for([VPN]))
     said = _everything_said(info.value)
     assert code in str(info.value)
     assert KEY_ID not in said and SECRET not in said
@@ -366,7 +368,7 @@ def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
-        connection = core.target().connection()
+        connection = target().connection()
         ec2 = aws.client("ec2", connection)
         assert ec2.meta.endpoint_url == sandbox.url
         try:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coiled_jupyter.errors import ConfigFileError
 from coiled_jupyter.rules import parse_ingress
-from coiled_jupyter.settings import ConfigFileError, config_layer, config_path, save_config
+from coiled_jupyter.settings import config_layer, config_path, save_config
 
 TOKEN = "abc123-secret"
 TOKEN_LINE = f'  token: "{TOKEN}"'
@@ -288,7 +289,7 @@ def test_what_is_written_is_read_back_by_the_config_layer(user_file):
     assert layer.ingress == rules
     assert [r.description for r in layer.ingress] == [r.description for r in rules]
     assert layer.use_scheduler_public_ip is False
-    assert layer.ingress_origin == layer.public_ip_origin == str(user_file)
+    assert layer.ingress_detail == layer.public_ip_detail == str(user_file)
 
 
 def test_saving_twice_gives_the_same_bytes(user_file):

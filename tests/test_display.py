@@ -15,8 +15,10 @@ from pathlib import Path
 import dask.config
 import pytest
 
-from coiled_jupyter import display
-from coiled_jupyter.provision import core
+from coiled_jupyter import session
+from coiled_jupyter.provision import reconcile
+from coiled_jupyter.provision.results import SCHEMA_VERSION, RuleTable
+from coiled_jupyter.provision.target import Target, target
 from coiled_jupyter.rules import Rule
 from coiled_jupyter.settings import effective_settings
 
@@ -50,23 +52,25 @@ def results(sandbox_server, _independent_clients, launch, add_by_hand):
     sandbox.reset()
     cloud = types.SimpleNamespace(**_independent_clients)
     wanted = settings_for([VPN, PEERED])
-    out = {"plan-new": core.plan("shown", settings=wanted)}
-    out["apply"] = core.apply("shown", settings=wanted)
+    out = {"plan-new": reconcile.plan(target("shown"), wanted)}
+    out["apply"] = reconcile.apply(target("shown"), wanted)
     gid = out["apply"].table.group_id
     add_by_hand(cloud.ec2, gid, 22, "0.0.0.0/0", "console")
-    out["plan"] = core.plan("shown", settings=wanted)
-    out["rules"] = core.describe("shown", settings=wanted)
+    out["plan"] = reconcile.plan(target("shown"), wanted)
+    out["rules"] = reconcile.describe(target("shown"), wanted)
     launch(gid, "shown-scheduler")
-    out["scheduler"] = core.scheduler_address("shown", settings=wanted)
+    out["scheduler"] = reconcile.scheduler_address(target("shown"), wanted)
     with dask.config.set({"coiled.client_public_ip": "203.0.113.7"}):
-        out["settings"] = core.show_settings(
+        out["settings"] = session.show(
             "shown", backend_options={"ingress": [VPN, PEERED]}, reach=True
         )
-    out["save"] = core.save("user", settings=wanted)
-    Path(out["save"].where).unlink()  # the config folder is shared by the whole test session
-    out["destroy-none"] = core.destroy("never-made")
+    session.set_settings([VPN, PEERED])
+    out["save"] = session.save("user")
+    session.reset()
+    Path(out["save"].location).unlink()  # the config folder is shared by the whole test session
+    out["destroy-none"] = session.destroy("never-made")
     cloud.ec2.terminate_instances(InstanceIds=[out["scheduler"].instance_id])
-    out["destroy"] = core.destroy("shown")
+    out["destroy"] = session.destroy("shown")
     return out
 
 
@@ -134,7 +138,7 @@ def test_every_result_has_three_forms_that_agree(results, kind):
     assert set(bundle) == {"text/plain", "text/html", MIME}
     data = bundle[MIME]
     assert json.loads(json.dumps(data)) == data
-    assert data["version"] == display.SCHEMA_VERSION
+    assert data["version"] == SCHEMA_VERSION
     assert repr(result) == bundle["text/plain"]
 
     text, html = bundle["text/plain"], bundle["text/html"]
@@ -144,8 +148,8 @@ def test_every_result_has_three_forms_that_agree(results, kind):
         assert words in header, (words, header)
         assert words.replace("'", "&#x27;") in html, words
     if kind not in ("plan-new", "destroy-none", "settings", "save"):
-        account = results["apply"].table.account
-        assert account and f"account {account}" in header and data["account"] == account
+        account = results["apply"].table.account_id
+        assert account and f"account {account}" in header and data["account_id"] == account
 
     assert text_rows(text) == html_rows(html)
     assert len(data["rows"]) == max(0, len(html_rows(html)) - 1)
@@ -157,7 +161,7 @@ def test_every_result_has_three_forms_that_agree(results, kind):
 def test_the_tables_show_the_rules_and_where_they_came_from(results):
     text = results["rules"]._repr_mimebundle_()["text/plain"]
     rows = text_rows(text)
-    assert rows[0] == ["Protocol", "Port", "Source", "Description", "From"]
+    assert rows[0] == ["Protocol", "Port", "Source", "Description", "Origin"]
     assert ["tcp", "22", "0.0.0.0/0", "console", "not declared"] in rows
     assert [
         "tcp",
@@ -201,10 +205,10 @@ def test_apply_destroy_and_scheduler_summaries(results):
     assert "public IP" in scheduler["text/plain"]
 
 
-def test_the_settings_view_shows_provenance_layers_and_reachability(results):
+def test_the_settings_view_shows_origins_layers_and_reachability(results):
     bundle = results["settings"]._repr_mimebundle_()
     text, data = bundle["text/plain"], bundle[MIME]
-    assert "ingress from: cluster options (backend_options)" in text
+    assert "rules from: cluster options (backend_options)" in text
     assert "use_scheduler_public_ip: true" in text and "built-in default" in text
     assert data["reachability"]["public_address"] == "203.0.113.7"
     assert data["reachability"]["scheduler"]["verdict"] == "no"
@@ -231,15 +235,15 @@ def test_the_settings_view_shows_provenance_layers_and_reachability(results):
 HOSTILE = "<script>alert(1)</script> & \"quoted\" 'single'"
 
 
-def _hostile_table() -> core.RuleTable:
-    target = core.Target(
+def _hostile_table() -> RuleTable:
+    target = Target(
         "sandbox", "us-east-1", "<img src=x onerror=alert(2)>", "vpc-<b>", "http://127.0.0.1:1/<i>"
     )
     rules = (
         Rule("tcp", 8786, 8786, "10.1.0.0/16", HOSTILE),
         Rule("tcp", 22, 22, "0.0.0.0/0", "<b>bold</b>"),
     )
-    return core.RuleTable(
+    return RuleTable(
         target,
         "<account>",
         "sg-<x>",
@@ -294,8 +298,3 @@ def test_html_reads_well_unstyled(results):
     html = results["rules"]._repr_mimebundle_()["text/html"]
     assert "<table>" in html and "<thead>" in html and '<th scope="col">' in html
     assert "<strong>Firewall rules</strong>" in html
-
-
-def test_an_unknown_object_is_refused():
-    with pytest.raises(TypeError, match="no display"):
-        display.payload(object())

@@ -69,9 +69,9 @@ def line(ip, text):
 
 
 def session():
-    from coiled_jupyter.settings import session_layer
+    from coiled_jupyter.settings import SESSION
 
-    return session_layer()
+    return SESSION.layer()
 
 
 def rules_of(result) -> list[tuple[str, str, str]]:
@@ -80,9 +80,10 @@ def rules_of(result) -> list[tuple[str, str, str]]:
 
 def cloud_state() -> dict:
     """Every group and SSM parameter in the sandbox."""
-    from coiled_jupyter.provision import aws, core
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
 
-    connection = core.target().connection()
+    connection = target().connection()
     groups = aws.client("ec2", connection).describe_security_groups()["SecurityGroups"]
     ssm = aws.client("ssm", connection)
     names = [p["Name"] for p in ssm.describe_parameters().get("Parameters", [])]
@@ -163,34 +164,40 @@ def test_load_and_unload(shell):
 
 def test_show_settings(ip, sandbox):
     from coiled_jupyter.display import MIMETYPE
-    from coiled_jupyter.provision.core import SettingsView
+    from coiled_jupyter.provision.results import SettingsView
 
     view = line(ip, "")
     assert isinstance(view, SettingsView)
-    assert view.settings.ingress.provenance == "built-in default"
+    assert view.settings.ingress.origin == "built-in default"
     assert rules_of(view.settings) == [("tcp", "8786", "0.0.0.0/0"), ("tcp", "8787", "0.0.0.0/0")]
     assert view.reachability is not None
     bundle = view._repr_mimebundle_()
     assert {"text/plain", "text/html", MIMETYPE} <= set(bundle)
 
 
-def test_add_starts_from_the_effective_rules(ip, sandbox):
+def test_add_over_the_built_in_default_replaces_it(ip, sandbox):
+    # As in Coiled, declaring ingress replaces the world-open default: it must not stay beside
+    # (or swallow) the person's rule.
     view = line(ip, 'add 8786,8787 10.1.0.0/16 --description "office VPN"')
-    assert view.settings.ingress.provenance == "notebook session (this kernel)"
+    assert view.settings.ingress.origin == "notebook session (this kernel)"
     assert rules_of(view.settings) == [
-        ("tcp", "8786", "0.0.0.0/0"),
         ("tcp", "8786", "10.1.0.0/16"),
-        ("tcp", "8787", "0.0.0.0/0"),
         ("tcp", "8787", "10.1.0.0/16"),
     ]
-    assert {r.description for r in view.settings.rules if r.source == "10.1.0.0/16"} == {
-        "office VPN"
-    }
-    # The session builds up, and is mirrored into the kernel's Dask config.
+    assert {r.description for r in view.settings.rules} == {"office VPN"}
+    # The session builds up; Coiled never reads ingress from Dask config, so none is put there.
     view = line(ip, "add 8000-8100 203.0.113.7 --protocol udp")
     assert ("udp", "8000-8100", "203.0.113.7/32") in rules_of(view.settings)
-    mirrored = dask.config.get("coiled.backend-options.ingress")
-    assert {"ports": ["8000-8100"], "cidr": "203.0.113.7/32", "protocol": "udp"} in mirrored
+    assert ("tcp", "8786", "10.1.0.0/16") in rules_of(view.settings)
+    assert dask.config.get("coiled.backend-options.ingress", default=None) is None
+
+
+def test_add_starts_from_the_rules_of_the_config_file(ip, sandbox, config_file):
+    config_file.write_text(
+        "coiled:\n  backend-options:\n    ingress: [{ports: [22], cidr: 10.9.0.0/16}]\n"
+    )
+    view = line(ip, "add 8786 10.1.0.0/16")
+    assert rules_of(view.settings) == [("tcp", "22", "10.9.0.0/16"), ("tcp", "8786", "10.1.0.0/16")]
 
 
 def test_add_symbolic_sources(ip, sandbox):
@@ -243,19 +250,16 @@ def test_clear_and_reset(ip, sandbox):
     view = line(ip, "clear")
     assert rules_of(view.settings) == []
     assert session().ingress == []
-    assert dask.config.get("coiled.backend-options.ingress") == []
     assert "(no inbound rules)" in repr(view)
     ip.run_line_magic("coiled_scheduler_ip", "private")
     view = line(ip, "reset")
     assert session().ingress is None and session().use_scheduler_public_ip is None
-    assert view.settings.ingress.provenance == "built-in default"
+    assert view.settings.ingress.origin == "built-in default"
     assert view.settings.use_scheduler_public_ip.value is True
-    assert dask.config.get("coiled.backend-options.ingress", default=None) is None
 
 
 def test_plan_apply_describe_destroy(ip, sandbox):
-    from coiled_jupyter.display import text
-    from coiled_jupyter.provision.core import ApplyResult, DestroyResult, Plan, RuleTable
+    from coiled_jupyter.provision.results import ApplyResult, DestroyResult, Plan, RuleTable
 
     line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}]")
     plan = line(ip, "plan --cluster magic-test")
@@ -263,7 +267,7 @@ def test_plan_apply_describe_destroy(ip, sandbox):
     applied = line(ip, "apply --cluster magic-test")
     assert isinstance(applied, ApplyResult) and applied.changed
     assert ("tcp", "8786-8787", "10.1.0.0/16") in rules_of(applied.table)
-    assert "no change" in text(line(ip, "plan --cluster magic-test"))
+    assert "no change" in repr(line(ip, "plan --cluster magic-test"))
     assert not line(ip, "apply --cluster magic-test").changed
     table = line(ip, "describe -c magic-test")
     assert isinstance(table, RuleTable) and table.group_id == applied.table.group_id
@@ -274,7 +278,7 @@ def test_plan_apply_describe_destroy(ip, sandbox):
 
 
 def test_return_values_are_assignable(ip, sandbox):
-    from coiled_jupyter.provision.core import ApplyResult, RuleTable, SettingsView
+    from coiled_jupyter.provision.results import ApplyResult, RuleTable, SettingsView
 
     result = ip.run_cell(
         "t = %coiled_ingress describe --cluster assign\n"
@@ -294,7 +298,7 @@ def test_save_user_scope(ip, sandbox, config_file):
     line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}]")
     ip.run_line_magic("coiled_scheduler_ip", "private")
     saved = line(ip, "save")
-    assert saved.scope == "user" and saved.where == str(config_file)
+    assert saved.scope == "user" and saved.location == str(config_file)
     assert str(config_file) in repr(saved)
     text = config_file.read_text()
     assert text.startswith("# my settings")
@@ -306,18 +310,21 @@ def test_save_user_scope(ip, sandbox, config_file):
     assert data["coiled"]["use_scheduler_public_ip"] is False
     # Without the session, the file is where the settings come from.
     view = line(ip, "reset")
-    assert view.settings.ingress.provenance == f"dask config ({config_file})"
+    assert view.settings.ingress.origin == f"dask config ({config_file})"
     assert view.settings.use_scheduler_public_ip.value is False
 
 
 def test_save_account_scope(ip, sandbox, config_file):
     line(ip, "set [{ports: [8786], cidr: 10.5.0.0/16}]")
     saved = line(ip, "save --scope account")
-    assert saved.scope == "account" and "SSM" in saved.where
+    assert saved.scope == "account" and "SSM" in saved.location
     assert not config_file.exists()
     view = line(ip, "reset")
     assert view.settings.ingress.layer.label == "account default"
     assert rules_of(view.settings) == [("tcp", "8786", "10.5.0.0/16")]
+    planned = line(ip, "plan --cluster saved-for-team")
+    assert planned.origin.startswith("account default")
+    assert [(r.ports, r.source) for r in planned.add] == [("8786", "10.5.0.0/16")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +332,7 @@ def test_save_account_scope(ip, sandbox, config_file):
 
 
 def test_cell_with_coiled_snippet(ip, sandbox):
-    from coiled_jupyter.provision.core import SettingsView
+    from coiled_jupyter.provision.results import SettingsView
 
     view = ip.run_cell_magic("coiled_ingress", "--cluster vpn", SNIPPET)
     assert isinstance(view, SettingsView) and view.target.cluster == "vpn"
@@ -340,7 +347,7 @@ def test_cell_with_coiled_snippet(ip, sandbox):
 
 
 def test_cell_with_rule_list_and_apply(ip, sandbox):
-    from coiled_jupyter.provision.core import ApplyResult
+    from coiled_jupyter.provision.results import ApplyResult
 
     body = "- ports: [8786, 8787]\n  cidr: 10.1.0.0/16\n"
     result = ip.run_cell_magic("coiled_ingress", "--apply --cluster cell-apply", body)
@@ -372,14 +379,14 @@ def test_variables_in_cell_and_line(ip, sandbox):
 
 
 def test_scheduler_ip(ip, sandbox):
-    from coiled_jupyter.provision.core import SettingsView
+    from coiled_jupyter.provision.results import SettingsView
 
     view = ip.run_line_magic("coiled_scheduler_ip", "")
     assert isinstance(view, SettingsView)
-    assert view.settings.use_scheduler_public_ip.provenance == "built-in default"
+    assert view.settings.use_scheduler_public_ip.origin == "built-in default"
     view = ip.run_line_magic("coiled_scheduler_ip", "private")
     assert view.settings.use_scheduler_public_ip.value is False
-    assert view.settings.use_scheduler_public_ip.provenance == "notebook session (this kernel)"
+    assert view.settings.use_scheduler_public_ip.origin == "notebook session (this kernel)"
     assert dask.config.get("coiled.use_scheduler_public_ip") is False
     # The ingress of the session is not touched by the toggle.
     assert session().ingress is None
@@ -446,7 +453,7 @@ MISTAKES = [
     ("line", "save --scope team", "scope 'team' is not known"),
     ("line", "plan --cluster 'bad name!'", "cluster name 'bad name!' is not valid"),
     ("line", "describe --frobnicate", "unrecognized arguments: --frobnicate"),
-    ("scheduler_ip", "publik", "takes 'public' or 'private', not 'publik'; did you mean 'public'?"),
+    ("scheduler_ip", "publik", "is 'public' or 'private', not 'publik'; did you mean 'public'?"),
     ("scheduler_ip", "public private", "unrecognized arguments"),
     ("cell", "- ports: [8786]\n  cidr: 10.1.0.2/16\n", "host bits set"),
     (
@@ -510,9 +517,10 @@ def test_quota_is_checked_before_the_cell_changes_anything(prepared, config_file
 
 def test_cloud_failure_is_a_usage_error_and_the_cell_restores_the_session(prepared, config_file):
     """A group tagged for the cluster but not owned by the tool: the cloud refuses, with its code."""
-    from coiled_jupyter.provision import aws, core
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
 
-    ec2 = aws.client("ec2", core.target().connection())
+    ec2 = aws.client("ec2", target().connection())
     foreign = ec2.create_security_group(GroupName="someone-elses", Description="not ours")
     ec2.create_tags(
         Resources=[foreign["GroupId"]], Tags=[{"Key": "coiled-jupyter:cluster", "Value": "foreign"}]

@@ -28,8 +28,8 @@ EXPECTED = {
         "mistake": "UsageError: rule has cidr '10.1.0.2/16' with host bits set, which would admit all "
         "of 10.1.0.0/16; did you mean '10.1.0.0/16'?",
         "apply": ["<td>8786-8787</td>", "<td>10.1.0.0/16</td>", "<td>office VPN</td>"],
-        "first": {"show": ["ingress from: built-in default"]},
-        "second": {"show": ["ingress from: dask config ("]},
+        "first": {"show": ["rules from: built-in default"]},
+        "second": {"show": ["rules from: dask config ("]},
         "both": {
             "dask-config": ["False"],
             "private": ["use_scheduler_public_ip: false"],
@@ -48,7 +48,7 @@ EXPECTED = {
             "<td>peered VPC</td>",
         ],
         "both": {
-            "declare": ["use_scheduler_public_ip: false", "ingress from: notebook session"],
+            "declare": ["use_scheduler_public_ip: false", "rules from: notebook session"],
             "describe": ["('8786-8787', '10.1.0.0/16')", "('8786', '10.2.0.0/16')"],
         },
     },
@@ -64,11 +64,11 @@ EXPECTED = {
         ],
         "both": {
             "show": [
-                "ingress from: account default (SSM /coiled-jupyter/backend-options)",
+                "rules from: account default (SSM /coiled-jupyter/backend-options)",
                 "use_scheduler_public_ip: false",
             ],
-            "override": ["ingress from: notebook session", "10.3.0.0/16"],
-            "reset": ["ingress from: account default"],
+            "override": ["rules from: notebook session", "10.3.0.0/16"],
+            "reset": ["rules from: account default"],
         },
     },
     "parameterised.ipynb": {

@@ -19,11 +19,13 @@ from pathlib import Path
 import dask.config
 import pytest
 
-from coiled_jupyter.provision import aws, core
-from coiled_jupyter.provision.aws import CloudError, ForeignGroupError
-from coiled_jupyter.provision.core import QuotaError
+from coiled_jupyter import session
+from coiled_jupyter.errors import CloudError, ForeignGroupError
+from coiled_jupyter.provision import aws, reconcile
+from coiled_jupyter.provision.reconcile import QuotaError
+from coiled_jupyter.provision.target import target
 from coiled_jupyter.rules import IngressError, Rule
-from coiled_jupyter.settings import effective_settings, set_session
+from coiled_jupyter.settings import effective_settings
 
 OWNER = "coiled-jupyter:owner"
 CLUSTER = "coiled-jupyter:cluster"
@@ -82,7 +84,7 @@ def test_create_makes_a_tagged_group_with_compacted_rules_and_the_self_rule(clou
         {"ports": [9000], "cidr": "10.7.0.0/25"},
         {"ports": [9000], "cidr": "10.7.0.128/25"},
     ]
-    result = core.apply("alpha", settings=settings_for([VPN, PEERED, *adjacent]))
+    result = reconcile.apply(target("alpha"), settings_for([VPN, PEERED, *adjacent]))
 
     group = the_group(cloud.ec2, "alpha")
     tags = {t["Key"]: t["Value"] for t in group["Tags"]}
@@ -101,7 +103,7 @@ def test_create_makes_a_tagged_group_with_compacted_rules_and_the_self_rule(clou
 
     assert result.changed and result.plan.create
     assert result.table.group_id == gid
-    assert result.table.account == group["OwnerId"]
+    assert result.table.account_id == group["OwnerId"]
     assert {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules} == {
         ("tcp", 8786, 8787, "10.1.0.0/16"),
         ("tcp", 8786, 8786, "10.2.0.0/16"),
@@ -115,12 +117,12 @@ def test_create_makes_a_tagged_group_with_compacted_rules_and_the_self_rule(clou
 
 
 def test_update_adds_and_removes_and_authorizes_before_revoking(cloud, faults):
-    core.apply("beta", settings=settings_for([VPN, PEERED]))
+    reconcile.apply(target("beta"), settings_for([VPN, PEERED]))
     gid = the_group(cloud.ec2, "beta")["GroupId"]
     faults.log.clear()
 
     wanted = [VPN, {"ports": [8786], "cidr": "10.3.0.0/16"}]
-    result = core.apply("beta", settings=settings_for(wanted))
+    result = reconcile.apply(target("beta"), settings_for(wanted))
 
     assert result.changed and not result.plan.create
     assert [r.source for r in result.plan.add] == ["10.3.0.0/16"]
@@ -137,11 +139,11 @@ def test_update_adds_and_removes_and_authorizes_before_revoking(cloud, faults):
 
 def test_second_apply_changes_nothing(cloud):
     wanted = settings_for([VPN, PEERED])
-    core.apply("gamma", settings=wanted)
+    reconcile.apply(target("gamma"), wanted)
     before = the_group(cloud.ec2, "gamma")
 
-    planned = core.plan("gamma", settings=wanted)
-    again = core.apply("gamma", settings=wanted)
+    planned = reconcile.plan(target("gamma"), wanted)
+    again = reconcile.apply(target("gamma"), wanted)
 
     assert not planned.changes and not planned.add and not planned.remove
     assert not again.changed
@@ -151,22 +153,22 @@ def test_second_apply_changes_nothing(cloud):
 
 
 def test_destroy_deletes_the_group_and_a_missing_cluster_is_a_no_op(cloud):
-    core.apply("delta", settings=settings_for([VPN]))
+    reconcile.apply(target("delta"), settings_for([VPN]))
     gid = the_group(cloud.ec2, "delta")["GroupId"]
 
-    gone = core.destroy("delta")
+    gone = session.destroy("delta")
 
     assert gone.deleted and gone.group_id == gid
     assert groups_of(cloud.ec2, "delta") == []
     assert gid not in {g["GroupId"] for g in cloud.ec2.describe_security_groups()["SecurityGroups"]}
-    again = core.destroy("delta")
+    again = session.destroy("delta")
     assert not again.deleted and again.group_id is None
-    never = core.destroy("never-made")
+    never = session.destroy("never-made")
     assert not never.deleted and never.group_id is None
 
 
 def test_describe_of_a_cluster_without_group_says_so(sandbox):
-    table = core.describe("nothing-here", settings=settings_for([VPN]))
+    table = reconcile.describe(target("nothing-here"), settings_for([VPN]))
     assert not table.exists and table.rules == ()
     assert any("no security group" in w for w in table.warnings)
 
@@ -208,19 +210,19 @@ def test_a_group_with_our_name_but_not_our_owner_tag_is_refused(cloud):
     before = _rules_of(cloud.ec2, gid)
 
     with pytest.raises(ForeignGroupError) as info:
-        core.apply("epsilon", settings=settings_for([VPN]))
+        reconcile.apply(target("epsilon"), settings_for([VPN]))
 
     assert gid in str(info.value) and "not owned" in str(info.value)
     assert _rules_of(cloud.ec2, gid) == before == {("tcp", 22, 22, "10.9.0.0/16")}
     # the plan says so before any apply, instead of promising a new group
     with pytest.raises(ForeignGroupError, match=gid):
-        core.plan("epsilon", settings=settings_for([VPN]))
+        reconcile.plan(target("epsilon"), settings_for([VPN]))
     named = cloud.ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-epsilon"]}]
     )["SecurityGroups"]
     assert [g["GroupId"] for g in named] == [gid]
     # destroy does not touch it either
-    assert not core.destroy("epsilon").deleted
+    assert not session.destroy("epsilon").deleted
     assert _rules_of(cloud.ec2, gid) == before
 
 
@@ -231,9 +233,9 @@ def test_a_group_with_our_cluster_tag_but_not_our_owner_tag_is_refused(cloud, ow
     before = _rules_of(cloud.ec2, gid)
 
     for call in (
-        lambda: core.apply("zeta", settings=settings_for([VPN])),
-        lambda: core.plan("zeta", settings=settings_for([VPN])),
-        lambda: core.destroy("zeta"),
+        lambda: reconcile.apply(target("zeta"), settings_for([VPN])),
+        lambda: reconcile.plan(target("zeta"), settings_for([VPN])),
+        lambda: session.destroy("zeta"),
     ):
         with pytest.raises(ForeignGroupError, match=gid):
             call()
@@ -249,23 +251,23 @@ def test_a_group_with_our_cluster_tag_but_not_our_owner_tag_is_refused(cloud, ow
 
 def test_a_rule_added_by_hand_is_reported_then_removed(cloud, add_by_hand):
     wanted = settings_for([VPN])
-    core.apply("eta", settings=wanted)
+    reconcile.apply(target("eta"), wanted)
     gid = the_group(cloud.ec2, "eta")["GroupId"]
     add_by_hand(cloud.ec2, gid, 22, "10.99.0.0/16", "console")
 
-    planned = core.plan("eta", settings=wanted)
+    planned = reconcile.plan(target("eta"), wanted)
     assert planned.remove == (Rule("tcp", 22, 22, "10.99.0.0/16"),)
     assert planned.remove[0].description == "console"
     assert planned.add == ()
     note = " ".join(planned.notes)
     assert "not declared" in note and "removed" in note and "owned by coiled_jupyter" in note
 
-    table = core.describe("eta", settings=wanted)
+    table = reconcile.describe(target("eta"), wanted)
     origins = dict(zip((r.source for r in table.rules), table.origins))
     assert origins["10.99.0.0/16"] == "not declared"
     assert origins["10.1.0.0/16"] == "cluster options (backend_options)"
 
-    result = core.apply("eta", settings=wanted)
+    result = reconcile.apply(target("eta"), wanted)
     assert result.plan.remove == planned.remove
     assert state(cloud.ec2, "eta") == {("tcp", 8786, 8787, "10.1.0.0/16"), self_entry(gid)}
 
@@ -277,15 +279,15 @@ def test_a_rule_added_by_hand_is_reported_then_removed(cloud, add_by_hand):
 def test_too_many_rules_are_refused_before_any_call(api_calls):
     too_many = settings_for(networks(60))  # 60 networks + the self rule = 61 > 60
     api_calls.clear()
-    for call in (core.apply, core.plan):
+    for call in (reconcile.apply, reconcile.plan):
         with pytest.raises(QuotaError) as info:
-            call("theta", settings=too_many)
+            call(target("theta"), too_many)
         assert "61 IPv4" in str(info.value) and "quota of 60" in str(info.value)
     assert sum(api_calls.values()) == 0
 
 
 def test_the_quota_boundary_holds(cloud, api_calls):
-    result = core.apply("iota", settings=settings_for(networks(59)))  # 59 + self = 60
+    result = reconcile.apply(target("iota"), settings_for(networks(59)))  # 59 + self = 60
     assert len(state(cloud.ec2, "iota")) == 60
     assert result.table.rules and len(result.table.rules) == 60
 
@@ -294,19 +296,19 @@ def test_the_quota_follows_config(cloud, api_calls):
     with dask.config.set({"coiled-jupyter.rules-per-group": 5}):
         api_calls.clear()
         with pytest.raises(QuotaError, match="quota of 5"):
-            core.apply("kappa", settings=settings_for(networks(5)))
+            reconcile.apply(target("kappa"), settings_for(networks(5)))
         assert sum(api_calls.values()) == 0
         assert groups_of(cloud.ec2, "kappa") == []
-        core.apply("kappa", settings=settings_for(networks(4)))
+        reconcile.apply(target("kappa"), settings_for(networks(4)))
     assert len(state(cloud.ec2, "kappa")) == 5
 
 
 def test_ipv4_and_ipv6_are_counted_apart(sandbox):
     v6 = [{"ports": [8786], "cidr": f"2001:db8:{2 * k:x}::/48"} for k in range(60)]
-    core.plan("lambda", settings=settings_for([*networks(59), *v6]))  # 60 + 60: fits
+    reconcile.plan(target("lambda"), settings_for([*networks(59), *v6]))  # 60 + 60: fits
     with pytest.raises(QuotaError, match="61 IPv6"):
-        core.plan(
-            "lambda", settings=settings_for([*v6, {"ports": [8786], "cidr": "2001:db8:ff::/48"}])
+        reconcile.plan(
+            target("lambda"), settings_for([*v6, {"ports": [8786], "cidr": "2001:db8:ff::/48"}])
         )
 
 
@@ -315,21 +317,21 @@ def test_ipv4_and_ipv6_are_counted_apart(sandbox):
 
 
 def test_a_host_bit_cidr_stored_by_hand_matches_the_declared_network(cloud, add_by_hand):
-    core.apply("mu", settings=settings_for([]))
+    reconcile.apply(target("mu"), settings_for([]))
     gid = the_group(cloud.ec2, "mu")["GroupId"]
     add_by_hand(cloud.ec2, gid, 8786, "10.1.0.2/16")
     assert ("tcp", 8786, 8786, "10.1.0.2/16") in state(cloud.ec2, "mu")  # moto keeps host bits
 
     wanted = settings_for([{"ports": [8786], "cidr": "10.1.0.0/16"}])
-    planned = core.plan("mu", settings=wanted)
+    planned = reconcile.plan(target("mu"), wanted)
     assert not planned.changes
     assert Rule("tcp", 8786, 8786, "10.1.0.0/16") in planned.keep
-    assert not core.apply("mu", settings=wanted).changed
+    assert not reconcile.apply(target("mu"), wanted).changed
     assert state(cloud.ec2, "mu") == {("tcp", 8786, 8786, "10.1.0.2/16"), self_entry(gid)}
 
 
 def test_a_host_bit_cidr_stored_by_hand_is_removed_when_not_declared(cloud):
-    core.apply("nu", settings=settings_for([VPN]))
+    reconcile.apply(target("nu"), settings_for([VPN]))
     gid = the_group(cloud.ec2, "nu")["GroupId"]
     cloud.ec2.authorize_security_group_ingress(
         GroupId=gid,
@@ -344,14 +346,14 @@ def test_a_host_bit_cidr_stored_by_hand_is_removed_when_not_declared(cloud):
         ],
     )
 
-    planned = core.plan("nu", settings=settings_for([VPN]))
+    planned = reconcile.plan(target("nu"), settings_for([VPN]))
     assert {r.source for r in planned.remove} == {"10.5.0.0/16", "2001:db8::/32"}
 
-    result = core.apply("nu", settings=settings_for([VPN]))
+    result = reconcile.apply(target("nu"), settings_for([VPN]))
 
     assert {r.source for r in result.plan.remove} == {"10.5.0.0/16", "2001:db8::/32"}
     assert state(cloud.ec2, "nu") == {("tcp", 8786, 8787, "10.1.0.0/16"), self_entry(gid)}
-    assert not core.apply("nu", settings=settings_for([VPN])).changed
+    assert not reconcile.apply(target("nu"), settings_for([VPN])).changed
 
 
 def test_ipv6_and_everyone(cloud):
@@ -361,7 +363,7 @@ def test_ipv6_and_everyone(cloud):
             {"ports": [8787], "cidr": "everyone"},
         ]
     )
-    result = core.apply("xi", settings=wanted)
+    result = reconcile.apply(target("xi"), wanted)
     gid = the_group(cloud.ec2, "xi")["GroupId"]
     assert state(cloud.ec2, "xi") == {
         ("tcp", 8786, 8786, "2001:db8::/32"),
@@ -371,26 +373,26 @@ def test_ipv6_and_everyone(cloud):
     }
     assert any("8787" in w and "whole internet" in w for w in result.table.warnings)
     assert any("whole internet" in w for w in result.plan.warnings)
-    assert not core.apply("xi", settings=wanted).changed
+    assert not reconcile.apply(target("xi"), wanted).changed
 
 
 def test_the_self_rule_is_restored_when_removed_by_hand(cloud):
     wanted = settings_for([PEERED])
-    core.apply("omicron", settings=wanted)
+    reconcile.apply(target("omicron"), wanted)
     gid = the_group(cloud.ec2, "omicron")["GroupId"]
     pair = [p for p in the_group(cloud.ec2, "omicron")["IpPermissions"] if p["IpProtocol"] == "-1"]
     cloud.ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=pair)
     assert self_entry(gid) not in state(cloud.ec2, "omicron")
 
-    planned = core.plan("omicron", settings=wanted)
-    assert planned.add == (core.self_rule(gid),)
-    core.apply("omicron", settings=wanted)
+    planned = reconcile.plan(target("omicron"), wanted)
+    assert planned.add == (reconcile.self_rule(gid),)
+    reconcile.apply(target("omicron"), wanted)
     assert state(cloud.ec2, "omicron") == {("tcp", 8786, 8786, "10.2.0.0/16"), self_entry(gid)}
 
 
 def test_a_prefix_list_entry_is_reported_as_unmanageable_and_left_alone(cloud):
     wanted = settings_for([VPN])
-    core.apply("pi", settings=wanted)
+    reconcile.apply(target("pi"), wanted)
     gid = the_group(cloud.ec2, "pi")["GroupId"]
     try:
         prefix_list = cloud.ec2.create_managed_prefix_list(
@@ -413,19 +415,19 @@ def test_a_prefix_list_entry_is_reported_as_unmanageable_and_left_alone(cloud):
     except Exception as error:  # pragma: no cover - depends on the moto version
         pytest.skip(f"moto does not support prefix lists in security groups: {error}")
 
-    table = core.describe("pi", settings=wanted)
+    table = reconcile.describe(target("pi"), wanted)
     assert any(prefix_list in item for item in table.unmanageable)
-    planned = core.plan("pi", settings=wanted)
+    planned = reconcile.plan(target("pi"), wanted)
     assert not planned.changes
     assert any(prefix_list in n and "cannot manage" in n for n in planned.notes)
-    result = core.apply("pi", settings=wanted)
+    result = reconcile.apply(target("pi"), wanted)
     assert not result.changed
     assert ("tcp", 8786, 8786, prefix_list) in state(cloud.ec2, "pi")
 
 
 def test_me_is_this_notebooks_public_address(cloud):
     with dask.config.set({"coiled.client_public_ip": "203.0.113.7"}):
-        core.apply("rho", settings=settings_for([{"ports": [8786], "cidr": "me"}]))
+        reconcile.apply(target("rho"), settings_for([{"ports": [8786], "cidr": "me"}]))
     gid = the_group(cloud.ec2, "rho")["GroupId"]
     assert state(cloud.ec2, "rho") == {("tcp", 8786, 8786, "203.0.113.7/32"), self_entry(gid)}
 
@@ -434,14 +436,14 @@ def test_me_without_a_known_address_is_refused_before_any_call(api_calls):
     with dask.config.set({"coiled.client_public_ip": None}):
         api_calls.clear()
         with pytest.raises(IngressError, match="client_public_ip"):
-            core.apply("sigma", settings=settings_for([{"ports": [8786], "cidr": "me"}]))
+            reconcile.apply(target("sigma"), settings_for([{"ports": [8786], "cidr": "me"}]))
     assert sum(api_calls.values()) == 0
 
 
 def test_bad_target_values_are_refused_before_any_call(api_calls):
     api_calls.clear()
     with pytest.raises(IngressError) as info:
-        core.apply("bad name!", settings=settings_for([VPN]), vpc_id="vpc-nope", region="mars")
+        reconcile.apply(target("bad name!", vpc_id="vpc-nope", region="mars"), settings_for([VPN]))
     text = str(info.value)
     assert "'bad name!'" in text and "'vpc-nope'" in text and "'mars'" in text
     assert sum(api_calls.values()) == 0
@@ -462,17 +464,17 @@ def test_calls_do_not_grow_with_the_number_of_rules(cloud, api_calls, count):
     measured = {}
 
     api_calls.clear()
-    core.apply("tau", settings=declared)
+    reconcile.apply(target("tau"), declared)
     measured["fresh"] = _ec2_calls(api_calls)
     api_calls.clear()
-    assert not core.apply("tau", settings=declared).changed
+    assert not reconcile.apply(target("tau"), declared).changed
     measured["no change"] = _ec2_calls(api_calls)
     api_calls.clear()
-    core.apply("tau", settings=changed)
+    reconcile.apply(target("tau"), changed)
     measured["one change"] = _ec2_calls(api_calls)
     api_calls.clear()
-    core.plan("tau", settings=changed)
-    core.describe("tau", settings=changed)
+    reconcile.plan(target("tau"), changed)
+    reconcile.describe(target("tau"), changed)
     measured["plan + describe"] = _ec2_calls(api_calls)
 
     print(f"\nEC2 calls for {count} rule(s): {measured}")
@@ -481,9 +483,9 @@ def test_calls_do_not_grow_with_the_number_of_rules(cloud, api_calls, count):
 
 
 def test_a_no_change_apply_with_default_settings_reads_once_more_for_the_account(api_calls):
-    core.apply("upsilon", backend_options={"ingress": [VPN]})
+    session.apply("upsilon", backend_options={"ingress": [VPN]})
     api_calls.clear()
-    assert not core.apply("upsilon", backend_options={"ingress": [VPN]}).changed
+    assert not session.apply("upsilon", backend_options={"ingress": [VPN]}).changed
     assert dict(api_calls) == {"ec2:DescribeSecurityGroups": 1, "ssm:GetParameter": 1}
 
 
@@ -493,15 +495,18 @@ def test_a_no_change_apply_with_default_settings_reads_once_more_for_the_account
 _RACER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from coiled_jupyter.provision import core
+    from coiled_jupyter.provision import reconcile
+    from coiled_jupyter import session
+    from coiled_jupyter.provision import account
+    from coiled_jupyter.provision.target import target
 
     name, rules, folder, rounds = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    core.target()  # find the shared server before the start signal
+    target()  # find the shared server before the start signal
     for n in range(rounds):
         (folder / f"ready-{n}-{name}").touch()
         while not (folder / f"go-{n}").exists():
             time.sleep(0.002)
-        result = core.apply("race", backend_options={"ingress": rules})
+        result = session.apply('race', backend_options={'ingress': rules})
         (folder / f"done-{n}-{name}").write_text(json.dumps(result.changed))
 """)
 
@@ -530,7 +535,7 @@ def test_two_processes_applying_at_once_end_in_one_declared_state(cloud, tmp_pat
         "a": {("tcp", 8786, 8787, "10.1.0.0/16"), ("tcp", 8786, 8786, "10.2.0.0/16")},
         "b": {("tcp", 8786, 8787, "172.16.0.0/12"), ("tcp", 8786, 8786, "2001:db8::/32")},
     }
-    env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(reconcile.__file__).parents[2])}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _RACER, name, json.dumps(rules), str(tmp_path), str(rounds)],
@@ -568,20 +573,20 @@ def test_two_processes_applying_at_once_end_in_one_declared_state(cloud, tmp_pat
 
 
 def test_scheduler_address_public_and_private(cloud, launch):
-    core.apply("phi", settings=settings_for([VPN]))
+    reconcile.apply(target("phi"), settings_for([VPN]))
     gid = the_group(cloud.ec2, "phi")["GroupId"]
     launch(gid, "phi-worker-1")
     scheduler = launch(gid, "phi-scheduler")
     assert scheduler.get("PublicIpAddress") and scheduler.get("PrivateIpAddress")
 
-    public = core.scheduler_address("phi")
+    public = session.scheduler_address("phi")
     assert public.instance_id == scheduler["InstanceId"]
     assert public.ip == scheduler["PublicIpAddress"] and public.public
     assert str(public) == f"tls://{scheduler['PublicIpAddress']}:8786"
-    assert public.account == the_group(cloud.ec2, "phi")["OwnerId"]
+    assert public.account_id == the_group(cloud.ec2, "phi")["OwnerId"]
 
-    set_session(use_scheduler_public_ip=False)
-    private = core.scheduler_address("phi")
+    session.set_scheduler_ip(False)
+    private = session.scheduler_address("phi")
     assert private.ip == scheduler["PrivateIpAddress"] and not private.public
     assert private.address == f"tls://{scheduler['PrivateIpAddress']}:8786"
 
@@ -591,7 +596,7 @@ def test_scheduler_without_public_ip_gives_a_clear_sentence(cloud, launch):
     subnet = cloud.ec2.create_subnet(VpcId=vpc, CidrBlock="10.60.1.0/24")["Subnet"]
     if subnet.get("MapPublicIpOnLaunch"):  # pragma: no cover - depends on the moto version
         pytest.skip("moto maps public IPs in new subnets")
-    core.apply("chi", settings=settings_for([VPN]), vpc_id=vpc)
+    reconcile.apply(target("chi", vpc_id=vpc), settings_for([VPN]))
     group = the_group(cloud.ec2, "chi")
     assert group["VpcId"] == vpc
     scheduler = launch(group["GroupId"], "chi-scheduler", subnet["SubnetId"])
@@ -599,37 +604,34 @@ def test_scheduler_without_public_ip_gives_a_clear_sentence(cloud, launch):
         pytest.skip("moto gave the instance a public IP in a subnet that maps none")
 
     with pytest.raises(IngressError) as info:
-        core.scheduler_address("chi", vpc_id=vpc)
+        session.scheduler_address("chi", vpc_id=vpc)
     message = str(info.value)
     assert scheduler["InstanceId"] in message and "no public IP" in message
     assert "%coiled_scheduler_ip private" in message
 
-    set_session(use_scheduler_public_ip="private")
-    assert core.scheduler_address("chi", vpc_id=vpc).ip == scheduler["PrivateIpAddress"]
+    session.set_scheduler_ip("private")
+    assert session.scheduler_address("chi", vpc_id=vpc).ip == scheduler["PrivateIpAddress"]
 
 
 def test_scheduler_address_before_apply_and_before_launch(cloud):
     with pytest.raises(IngressError, match="run apply first"):
-        core.scheduler_address("psi")
-    core.apply("psi", settings=settings_for([VPN]))
+        session.scheduler_address("psi")
+    reconcile.apply(target("psi"), settings_for([VPN]))
     with pytest.raises(IngressError, match="start the cluster first"):
-        core.scheduler_address("psi")
+        session.scheduler_address("psi")
 
 
 def test_cluster_kwargs_in_coileds_shape(cloud):
     wanted = settings_for([VPN, PEERED], use_scheduler_public_ip=False)
-    before = core.cluster_kwargs("omega", settings=wanted)
+    before = reconcile.cluster_kwargs(target("omega"), wanted)
     assert before.security_group_id is None and before.security_groups == []
 
-    core.apply("omega", settings=wanted)
+    reconcile.apply(target("omega"), wanted)
     gid = the_group(cloud.ec2, "omega")["GroupId"]
-    kwargs = core.cluster_kwargs(
-        "omega",
-        settings=wanted,
-        backend_options={
-            "region_name": "us-east-1",
-            "firewall": {"ports": [22], "cidr": "10.0.0.0/8"},
-        },
+    kwargs = reconcile.cluster_kwargs(
+        target("omega"),
+        wanted,
+        {"region_name": "us-east-1", "firewall": {"ports": [22], "cidr": "10.0.0.0/8"}},
     )
 
     assert kwargs == {
@@ -645,7 +647,7 @@ def test_cluster_kwargs_in_coileds_shape(cloud):
     assert kwargs.security_group_id == gid and kwargs.security_groups == [gid]
     # what it hands over parses back into the same rules
     again = settings_for(kwargs["backend_options"]["ingress"])
-    assert not core.plan("omega", settings=again).changes
+    assert not reconcile.plan(target("omega"), again).changes
 
 
 def test_cloud_errors_name_their_code():
@@ -655,7 +657,7 @@ def test_cloud_errors_name_their_code():
 
 def test_hand_added_icmp_and_all_traffic_rules_open_to_everyone_are_shown_and_removed(cloud):
     wanted = settings_for([PEERED])
-    core.apply("ping", settings=wanted)
+    reconcile.apply(target("ping"), wanted)
     gid = the_group(cloud.ec2, "ping")["GroupId"]
     cloud.ec2.authorize_security_group_ingress(
         GroupId=gid,
@@ -670,30 +672,30 @@ def test_hand_added_icmp_and_all_traffic_rules_open_to_everyone_are_shown_and_re
         ],
     )
 
-    table = core.describe("ping", settings=wanted)
+    table = reconcile.describe(target("ping"), wanted)
     assert {(r.protocol, r.source) for r in table.rules} >= {
         ("icmp", "0.0.0.0/0"),
         ("all", "0.0.0.0/0"),
     }
     assert any("whole internet" in w for w in table.warnings)
     assert "0.0.0.0/0" in repr(table)
-    planned = core.plan("ping", settings=wanted)
+    planned = reconcile.plan(target("ping"), wanted)
     assert {(r.protocol, r.source) for r in planned.remove} == {
         ("icmp", "0.0.0.0/0"),
         ("all", "0.0.0.0/0"),
     }
 
-    core.apply("ping", settings=wanted)
+    reconcile.apply(target("ping"), wanted)
     assert state(cloud.ec2, "ping") == {("tcp", 8786, 8786, "10.2.0.0/16"), self_entry(gid)}
 
 
 def test_a_rule_naming_a_missing_group_fails_at_once_without_retrying(cloud, api_calls):
-    core.apply("kappa", settings=settings_for([VPN]))
+    reconcile.apply(target("kappa"), settings_for([VPN]))
     api_calls.clear()
 
     with pytest.raises(CloudError) as info:
-        core.apply(
-            "kappa", settings=settings_for([VPN, {"ports": [8786], "cidr": "sg-0123456789abcdef0"}])
+        reconcile.apply(
+            target("kappa"), settings_for([VPN, {"ports": [8786], "cidr": "sg-0123456789abcdef0"}])
         )
 
     assert info.value.code == "InvalidGroup.NotFound"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from rulekit import expand
 
 from coiled_jupyter.rules import (
     DESCRIPTION_MAX,
@@ -18,7 +19,6 @@ from coiled_jupyter.rules import (
     canonical,
     canonical_network,
     compact,
-    expand,
     open_to_everyone,
     parse_ingress,
     parse_ports,
@@ -166,7 +166,7 @@ def test_security_group_ids_are_sources(group):
 def test_udp_protocol():
     [rule] = parse_ingress(one(protocol="UDP"))
     assert rule.protocol == "udp"
-    assert rule.to_dict() == {"ports": [8786], "cidr": "10.1.0.0/16", "protocol": "udp"}
+    assert to_coiled([rule]) == [{"ports": [8786], "cidr": "10.1.0.0/16", "protocol": "udp"}]
 
 
 def test_tcp_is_the_default_protocol():
@@ -736,15 +736,11 @@ def test_to_coiled_round_trip_through_yaml_text():
     assert parse_ingress(yaml.safe_dump(to_coiled(rules))) == rules
 
 
-def test_rule_to_dict_and_ports_text():
-    assert Rule("tcp", 8000, 8100, "10.0.0.0/8").to_dict() == {
-        "ports": ["8000-8100"],
-        "cidr": "10.0.0.0/8",
-    }
-    assert Rule("udp", 53, 53, "me", "dns").to_dict() == {
-        "ports": [53],
-        "cidr": "me",
-        "protocol": "udp",
-        "description": "dns",
-    }
+def test_to_coiled_of_one_rule_and_ports_text():
+    assert to_coiled([Rule("tcp", 8000, 8100, "10.0.0.0/8")]) == [
+        {"ports": ["8000-8100"], "cidr": "10.0.0.0/8"}
+    ]
+    assert to_coiled([Rule("udp", 53, 53, "me", "dns")]) == [
+        {"ports": [53], "cidr": "me", "protocol": "udp", "description": "dns"}
+    ]
     assert Rule("tcp", 8786, 8786, "10.0.0.0/8").ports == "8786"

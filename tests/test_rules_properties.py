@@ -18,6 +18,7 @@ import re
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rulekit import expand
 
 from coiled_jupyter.rules import (
     ALLOWED_KEYS,
@@ -29,7 +30,6 @@ from coiled_jupyter.rules import (
     canonical,
     canonical_network,
     compact,
-    expand,
     parse_description,
     parse_ingress,
     sort_key,

@@ -18,11 +18,13 @@ import dask.config
 import psutil
 import pytest
 
-from coiled_jupyter.provision import core
+from coiled_jupyter import session
+from coiled_jupyter.provision import reconcile
 from coiled_jupyter.provision import sandbox as sandbox_module
+from coiled_jupyter.provision.target import target
 from coiled_jupyter.settings import effective_settings
 
-PACKAGE_ROOT = str(Path(core.__file__).parents[2])
+PACKAGE_ROOT = str(Path(reconcile.__file__).parents[2])
 
 
 def _python(code: str, state_dir: str | None = None, **kwargs) -> subprocess.Popen:
@@ -87,9 +89,9 @@ def test_a_second_process_finds_the_shared_server(sandbox):
 
 
 def test_a_second_process_sees_the_same_groups(sandbox, cloud):
-    core.apply(
-        "shared",
-        settings=effective_settings(
+    reconcile.apply(
+        target("shared"),
+        effective_settings(
             {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
         ),
     )
@@ -97,9 +99,12 @@ def test_a_second_process_sees_the_same_groups(sandbox, cloud):
         Filters=[{"Name": "group-name", "Values": ["coiled-jupyter-shared"]}]
     )["SecurityGroups"][0]["GroupId"]
     code = """
-        from coiled_jupyter.provision import core
+        from coiled_jupyter.provision import reconcile
+        from coiled_jupyter import session
+        from coiled_jupyter.provision import account
+        from coiled_jupyter.provision.target import target
         from coiled_jupyter.settings import effective_settings
-        table = core.describe("shared", settings=effective_settings({}, account=lambda: None))
+        table = reconcile.describe(target('shared'), effective_settings({}, account=lambda: None))
         print(table.group_id, *sorted(r.source for r in table.rules))
     """
     assert _run(code).split() == [gid, "10.1.0.0/16", gid]
@@ -132,11 +137,12 @@ def test_start_use_and_stop_a_server_of_our_own(sandbox_server, own_state_dir):
         state = json.loads((own_state_dir / "sandbox.json").read_text())
         assert state == {"pid": server.pid, "port": server.port}
         assert sandbox_module.ensure() == server  # a second call starts nothing
-        t = core.target("own")
+        assert target("own").endpoint_url is None  # resolving a target starts nothing
+        t = target("own").connected()
         assert t.endpoint_url == server.url and t.backend == "sandbox"
-        result = core.apply(
-            "own",
-            settings=effective_settings(
+        result = reconcile.apply(
+            target("own"),
+            effective_settings(
                 {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
             ),
         )
@@ -227,23 +233,23 @@ def test_the_server_outlives_the_process_that_started_it(own_state_dir):
 
 
 def test_every_table_of_the_sandbox_says_sandbox_and_not_aws(cloud, launch):
-    from coiled_jupyter.settings import set_session
+    from coiled_jupyter import session
 
     wanted = effective_settings(
         {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}, account=lambda: None
     )
     results = [
-        core.plan("labelled", settings=wanted),
-        core.apply("labelled", settings=wanted),
-        core.describe("labelled", settings=wanted),
+        reconcile.plan(target("labelled"), wanted),
+        reconcile.apply(target("labelled"), wanted),
+        reconcile.describe(target("labelled"), wanted),
     ]
     gid = results[-1].group_id
     launch(gid, "labelled-scheduler")
-    set_session(use_scheduler_public_ip=True)
+    session.set_scheduler_ip(True)
     results += [
-        core.scheduler_address("labelled", settings=wanted),
-        core.show_settings("labelled", reach=False),
-        core.destroy("labelled"),
+        reconcile.scheduler_address(target("labelled"), wanted),
+        session.show("labelled", reach=False),
+        session.destroy("labelled"),
     ]
     for result in results:
         bundle = result._repr_mimebundle_()
@@ -266,9 +272,9 @@ def test_a_proxy_in_the_environment_does_not_carry_sandbox_calls_away(sandbox, m
     try:
         assert sandbox_module.running() == sandbox
         options = {"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]}
-        first = core.apply("proxied", backend_options=options)
+        first = session.apply("proxied", backend_options=options)
         assert ("tcp", 8786, 8786, "10.1.0.0/16") in {r.key for r in first.table.rules}
-        assert not core.apply("proxied", backend_options=options).changed
+        assert not session.apply("proxied", backend_options=options).changed
     finally:
         aws._clients.clear()
         aws._clients.update(cached)

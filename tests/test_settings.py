@@ -1,4 +1,4 @@
-"""Settings layers, their resolution with provenance, the session layer and its Dask config mirror.
+"""Settings layers, their resolution with origins, the session layer and its Dask config mirror.
 
 The Dask config layer is exercised with real files in a temporary ``DASK_CONFIG`` folder and real
 ``DASK_COILED__*`` environment variables; nothing inside Dask is patched. The account layer (kept in
@@ -17,20 +17,17 @@ import dask.config
 import pytest
 import yaml
 
-from coiled_jupyter import settings
+from coiled_jupyter import session
 from coiled_jupyter.rules import IngressError, Rule, parse_ingress, to_coiled
 from coiled_jupyter.settings import (
     BUILT_IN_DEFAULT,
+    SESSION,
     Layer,
     LayerValues,
     config_layer,
     effective_settings,
     layer_from_options,
     parse_public_ip,
-    reset_session,
-    session_layer,
-    set_session,
-    set_session_rules,
 )
 
 ACCOUNT_ORIGIN = "ssm:/coiled-jupyter/account-defaults"
@@ -110,7 +107,7 @@ def resolve_with(folder: Path, values: dict[Layer, dict]):
         )
         origins[Layer.CONFIG] = str(path)
     if Layer.SESSION in values:
-        set_session(**values[Layer.SESSION])
+        session.set_settings(values[Layer.SESSION])
     result = effective_settings(
         values.get(Layer.CLUSTER),
         account=account_layer(account.get("ingress"), account.get("use_scheduler_public_ip")),
@@ -120,9 +117,9 @@ def resolve_with(folder: Path, values: dict[Layer, dict]):
 
 def assert_from(resolved, layer: Layer, origin: str):
     assert resolved.layer is layer
-    assert resolved.origin == origin
+    assert resolved.detail == origin
     expected = f"{layer.label} ({origin})" if origin else layer.label
-    assert resolved.provenance == expected
+    assert resolved.origin == expected
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +132,7 @@ def test_built_in_default_alone(dask_config):
     assert result.use_scheduler_public_ip.value is True
     assert_from(result.ingress, Layer.DEFAULT, "")
     assert_from(result.use_scheduler_public_ip, Layer.DEFAULT, "")
-    assert result.ingress.provenance == "built-in default"
+    assert result.ingress.origin == "built-in default"
     assert [values.layer for values in result.layers] == list(Layer)
 
 
@@ -154,7 +151,7 @@ def test_stronger_layer_wins_ingress_as_a_whole(dask_config, low, high):
 @pytest.mark.parametrize("low, high", LAYER_PAIRS, ids=PAIR_IDS)
 def test_stronger_layer_wins_the_public_ip_toggle(dask_config, low, high):
     # The default says True, so the weaker layer says False and the stronger one says True again;
-    # provenance tells the stronger layer from the default.
+    # the origin tells the stronger layer from the default.
     values = {}
     if low != Layer.DEFAULT:
         values[low] = {"use_scheduler_public_ip": False}
@@ -202,38 +199,34 @@ def test_all_layers_at_once_the_cluster_wins(dask_config):
     assert result.rules == parse_ingress(INGRESS[Layer.CLUSTER])
     assert_from(result.ingress, Layer.CLUSTER, "backend_options")
     assert result.use_scheduler_public_ip.value is True
-    assert result.ingress.provenance == "cluster options (backend_options)"
-    assert result.to_coiled() == {
-        "ingress": to_coiled(parse_ingress(INGRESS[Layer.CLUSTER])),
-        "use_scheduler_public_ip": True,
-    }
+    assert result.ingress.origin == "cluster options (backend_options)"
     # Every layer that was consulted is kept, weakest first, each with what it said.
     by_layer = {values.layer: values for values in result.layers}
     assert list(by_layer) == list(Layer)
     assert by_layer[Layer.CONFIG].ingress == parse_ingress(INGRESS[Layer.CONFIG])
-    assert by_layer[Layer.SESSION].ingress_origin == "this kernel"
+    assert by_layer[Layer.SESSION].ingress_detail == "this kernel"
 
 
 def test_an_empty_list_in_a_stronger_layer_means_no_rules(dask_config):
     write_coiled_config(dask_config, INGRESS[Layer.CONFIG])
-    set_session_rules([])
+    session.clear()
     result = effective_settings(account=account_layer(INGRESS[Layer.ACCOUNT]))
     assert result.rules == []
     assert_from(result.ingress, Layer.SESSION, "this kernel")
 
 
-def test_session_provenance(dask_config):
-    set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip="private")
+def test_session_origin(dask_config):
+    session.set_settings({"ingress": INGRESS[Layer.SESSION], "use_scheduler_public_ip": "private"})
     result = effective_settings(account=lambda: None)
-    assert result.ingress.provenance == "notebook session (this kernel)"
-    assert result.use_scheduler_public_ip.provenance == "notebook session (this kernel)"
+    assert result.ingress.origin == "notebook session (this kernel)"
+    assert result.use_scheduler_public_ip.origin == "notebook session (this kernel)"
     assert result.use_scheduler_public_ip.value is False
 
 
 def test_account_provenance(dask_config):
     result = effective_settings(account=account_layer(INGRESS[Layer.ACCOUNT], False))
-    assert result.ingress.provenance == f"account default ({ACCOUNT_ORIGIN})"
-    assert result.use_scheduler_public_ip.provenance == f"account default ({ACCOUNT_ORIGIN})"
+    assert result.ingress.origin == f"account default ({ACCOUNT_ORIGIN})"
+    assert result.use_scheduler_public_ip.origin == f"account default ({ACCOUNT_ORIGIN})"
 
 
 def test_an_account_loader_that_finds_nothing(dask_config):
@@ -267,14 +260,14 @@ def test_config_file_in_dask_config_folder_is_read(dask_config):
         [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}, {"ports": [8786], "cidr": "10.2.0.0/16"}]
     )
     assert layer.use_scheduler_public_ip is False
-    assert layer.ingress_origin == layer.public_ip_origin == str(path)
+    assert layer.ingress_detail == layer.public_ip_detail == str(path)
 
 
 def test_config_file_with_the_hyphen_spelling(dask_config):
     path = write_coiled_config(dask_config, INGRESS[Layer.CONFIG], spelling="backend-options")
     result = effective_settings(account=lambda: None)
     assert result.rules == parse_ingress(INGRESS[Layer.CONFIG])
-    assert result.ingress.provenance == f"dask config ({path})"
+    assert result.ingress.origin == f"dask config ({path})"
 
 
 def test_config_layer_agrees_with_dasks_own_merge(dask_config, monkeypatch):
@@ -294,9 +287,9 @@ def test_later_file_in_the_folder_wins(dask_config):
     later = write_coiled_config(dask_config, INGRESS[Layer.ACCOUNT], name="coiled.yaml")
     layer = config_layer()
     assert layer.ingress == parse_ingress(INGRESS[Layer.ACCOUNT])
-    assert layer.ingress_origin == str(later)
+    assert layer.ingress_detail == str(later)
     assert layer.use_scheduler_public_ip is False
-    assert layer.public_ip_origin == str(dask_config / "a-team.yaml")
+    assert layer.public_ip_detail == str(dask_config / "a-team.yaml")
 
 
 def test_environment_variable_sets_ingress(dask_config, monkeypatch):
@@ -304,7 +297,7 @@ def test_environment_variable_sets_ingress(dask_config, monkeypatch):
     result = effective_settings(account=lambda: None)
     assert result.rules == [Rule("tcp", 8786, 8786, "10.9.0.0/16")]
     assert_from(result.ingress, Layer.CONFIG, f"${INGRESS_ENV}")
-    assert result.ingress.provenance == f"dask config (${INGRESS_ENV})"
+    assert result.ingress.origin == f"dask config (${INGRESS_ENV})"
 
 
 def test_environment_beats_files_inside_the_config_layer(dask_config, monkeypatch):
@@ -322,8 +315,8 @@ def test_environment_toggle_beats_the_file_toggle(dask_config, monkeypatch):
     monkeypatch.setenv(PUBLIC_IP_ENV, "False")
     layer = config_layer()
     assert layer.use_scheduler_public_ip is False
-    assert layer.public_ip_origin == f"${PUBLIC_IP_ENV}"
-    assert layer.ingress_origin == str(path)
+    assert layer.public_ip_detail == f"${PUBLIC_IP_ENV}"
+    assert layer.ingress_detail == str(path)
 
 
 @pytest.mark.parametrize(
@@ -337,7 +330,7 @@ def test_environment_toggle_spellings(dask_config, monkeypatch, text, expected):
 
 def test_session_beats_the_environment(dask_config, monkeypatch):
     monkeypatch.setenv(INGRESS_ENV, "[{'ports': [8786], 'cidr': '10.9.0.0/16'}]")
-    set_session(use_scheduler_public_ip=False)
+    session.set_scheduler_ip(False)
     result = effective_settings(account=lambda: None)
     assert_from(result.ingress, Layer.CONFIG, f"${INGRESS_ENV}")
     assert_from(result.use_scheduler_public_ip, Layer.SESSION, "this kernel")
@@ -388,7 +381,7 @@ def test_deprecated_firewall_in_an_environment_variable(dask_config, monkeypatch
     with pytest.warns(FutureWarning, match="deprecated"):
         layer = config_layer()
     assert layer.ingress == parse_ingress([FIREWALL])
-    assert layer.ingress_origin == f"${FIREWALL_ENV}"
+    assert layer.ingress_detail == f"${FIREWALL_ENV}"
 
 
 def test_deprecated_firewall_in_cluster_options(dask_config):
@@ -504,96 +497,71 @@ def test_parse_public_ip_refuses_other_values_with_a_sentence(value):
 # The session layer and its mirror in this kernel's Dask config
 
 
-def mirrored_ingress(default=MISSING):
-    return dask.config.get("coiled.backend-options.ingress", default=default)
-
-
 def mirrored_public_ip(default=MISSING):
     return dask.config.get("coiled.use_scheduler_public_ip", default=default)
 
 
-def test_set_session_is_mirrored_into_dask_config(dask_config):
-    set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip=False)
-    rules = parse_ingress(INGRESS[Layer.SESSION])
-    assert session_layer() == LayerValues(Layer.SESSION, rules, False, "this kernel", "this kernel")
-    assert mirrored_ingress() == to_coiled(rules)
+def test_the_session_toggle_is_the_one_key_set_in_dask_config(dask_config):
+    """Coiled's client reads coiled.use_scheduler_public_ip from Dask config and never applies
+    coiled.backend-options from there, so the session sets only the toggle."""
+    session.set_settings({"ingress": INGRESS[Layer.SESSION], "use_scheduler_public_ip": False})
+    assert mirrored_public_ip() is False
+    assert dask.config.get("coiled.backend-options.ingress", default=MISSING) is MISSING
+
+
+def test_rules_alone_leave_coiled_own_toggle_alone(dask_config):
+    dask.config.set({"coiled.use_scheduler_public_ip": False})
+    session.add(8786, "10.1.0.0/16")
+    session.clear()
     assert mirrored_public_ip() is False
 
 
-def test_set_session_rules_is_mirrored_into_dask_config(dask_config):
-    rules = parse_ingress(INGRESS[Layer.CLUSTER])
-    set_session_rules(list(reversed(rules)))
-    assert session_layer().ingress == rules
-    assert mirrored_ingress() == to_coiled(rules)
-
-
-def test_session_toggle_alone_keeps_ingress_from_the_files(dask_config):
-    write_coiled_config(dask_config, INGRESS[Layer.CONFIG], True)
-    set_session(use_scheduler_public_ip="private")
-    assert mirrored_public_ip() is False
-    assert mirrored_ingress() == to_coiled(parse_ingress(INGRESS[Layer.CONFIG]))
-    result = effective_settings(account=lambda: None)
-    assert result.ingress.layer is Layer.CONFIG
-    assert result.use_scheduler_public_ip.layer is Layer.SESSION
-
-
-def test_set_session_twice_keeps_what_the_second_call_leaves_out(dask_config):
-    set_session(ingress=INGRESS[Layer.SESSION])
-    set_session(use_scheduler_public_ip=False)
-    assert session_layer().ingress == parse_ingress(INGRESS[Layer.SESSION])
-    assert session_layer().use_scheduler_public_ip is False
-
-
-def test_reset_session_restores_what_the_files_say(dask_config):
-    write_coiled_config(dask_config, INGRESS[Layer.CONFIG], True)
-    set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip=False)
-    reset_session()
-    assert session_layer() == LayerValues(Layer.SESSION)
-    assert mirrored_ingress() == to_coiled(parse_ingress(INGRESS[Layer.CONFIG]))
+def test_reset_puts_back_the_toggle_that_was_there(dask_config):
+    dask.config.set({"coiled.use_scheduler_public_ip": False})
+    session.set_scheduler_ip("public")
     assert mirrored_public_ip() is True
-    assert effective_settings(account=lambda: None).ingress.layer is Layer.CONFIG
+    session.reset()
+    assert mirrored_public_ip() is False
 
 
-def test_reset_session_restores_what_the_environment_says(dask_config, monkeypatch):
-    monkeypatch.setenv(INGRESS_ENV, "[{'ports': [8786], 'cidr': '10.9.0.0/16'}]")
-    set_session(ingress=INGRESS[Layer.SESSION])
-    reset_session()
-    assert mirrored_ingress() == [{"ports": [8786], "cidr": "10.9.0.0/16"}]
-
-
-def test_reset_session_without_files_drops_the_mirrored_keys(dask_config):
-    set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip=True)
-    reset_session()
-    assert mirrored_ingress() is MISSING
+def test_reset_drops_a_toggle_that_was_not_there(dask_config):
+    session.set_scheduler_ip("private")
+    session.set_scheduler_ip("public")
+    session.reset()
     assert mirrored_public_ip() is MISSING
 
 
+def test_the_toggle_mirror_keeps_the_spelling_already_in_dask_config(dask_config):
+    dask.config.config["coiled"] = {"use-scheduler-public-ip": True, "region": "us-east-1"}
+    session.set_scheduler_ip("private")
+    assert dask.config.config["coiled"] == {
+        "use-scheduler-public-ip": False,
+        "region": "us-east-1",
+    }
+    session.reset()
+    assert dask.config.config["coiled"] == {"use-scheduler-public-ip": True, "region": "us-east-1"}
+
+
 def test_a_bad_session_value_changes_nothing(dask_config):
-    set_session(ingress=INGRESS[Layer.SESSION], use_scheduler_public_ip=True)
-    before = (session_layer(), mirrored_ingress(), mirrored_public_ip())
+    session.set_settings({"ingress": INGRESS[Layer.SESSION], "use_scheduler_public_ip": True})
+    before = (SESSION.values, mirrored_public_ip())
     with pytest.raises(IngressError, match="did you mean '10.1.0.0/16'"):
-        set_session(
-            ingress=[{"ports": [8786], "cidr": "10.1.0.2/16"}], use_scheduler_public_ip=False
+        session.set_settings(
+            {
+                "ingress": [{"ports": [8786], "cidr": "10.1.0.2/16"}],
+                "use_scheduler_public_ip": False,
+            }
         )
     with pytest.raises(IngressError, match="'sometimes'"):
-        set_session(ingress=INGRESS[Layer.CONFIG], use_scheduler_public_ip="sometimes")
-    assert (session_layer(), mirrored_ingress(), mirrored_public_ip()) == before
+        session.set_settings(
+            {"ingress": INGRESS[Layer.CONFIG], "use_scheduler_public_ip": "sometimes"}
+        )
+    assert (SESSION.values, mirrored_public_ip()) == before
 
 
-def test_session_mirror_keeps_the_spelling_already_in_dask_config(dask_config):
-    # A kernel started with DASK_COILED__BACKEND_OPTIONS__INGRESS holds the underscore spelling.
-    stale = [{"ports": [1], "cidr": "10.0.0.0/8"}]
-    dask.config.config["coiled"] = {"backend_options": {"ingress": stale, "region": "us-east-1"}}
-    set_session(ingress=INGRESS[Layer.SESSION])
-    expected = to_coiled(parse_ingress(INGRESS[Layer.SESSION]))
-    assert dask.config.get("coiled.backend_options.ingress") == expected
-    assert dask.config.get("coiled.backend-options.ingress") == expected
-    assert dask.config.get("coiled.backend_options.region") == "us-east-1"
-    assert "backend-options" not in dask.config.config["coiled"]
-
-
-def test_the_session_is_module_state_of_this_kernel(dask_config):
-    set_session(use_scheduler_public_ip=False)
-    assert settings.session_layer().use_scheduler_public_ip is False
-    reset_session()
-    assert settings.session_layer().use_scheduler_public_ip is None
+def test_the_session_layer_reports_what_it_sets(dask_config):
+    session.set_settings({"ingress": INGRESS[Layer.SESSION], "use_scheduler_public_ip": False})
+    rules = parse_ingress(INGRESS[Layer.SESSION])
+    assert SESSION.layer() == LayerValues(Layer.SESSION, rules, False, "this kernel", "this kernel")
+    session.reset()
+    assert SESSION.layer() == LayerValues(Layer.SESSION)

@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from ..errors import CloudError, ForeignGroupError
 from ..rules import ALL_PROTOCOLS, Rule, sort_key
 
 TOOL = "coiled-jupyter"
@@ -30,18 +31,6 @@ SELF_DESCRIPTION = "cluster-internal traffic (this group)"
 _NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
 # Rounds of "the call conflicted with the group as read; read again and retry the rest".
 _CONFLICT_ROUNDS = 3
-
-
-class CloudError(RuntimeError):
-    """A call to the cloud failed; ``code`` is the AWS error code and the message says what to do."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(f"{code}: {message}")
-
-
-class ForeignGroupError(CloudError):
-    """A group with the cluster's name exists but is not tagged as owned by coiled_jupyter."""
 
 
 _ADVICE = {
@@ -95,6 +84,11 @@ class Connection:
     direct: bool = False
 
 
+def default_region() -> str | None:
+    """The region of the boto3 session (AWS_DEFAULT_REGION, the profile's ~/.aws/config)."""
+    return boto3.session.Session().region_name
+
+
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
 
@@ -135,14 +129,6 @@ def client(service: str, connection: Connection):
         return cached
 
 
-def region_of(connection: Connection) -> str:
-    return client("ec2", connection).meta.region_name
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading groups
-
-
 @dataclass(frozen=True)
 class Group:
     """A security group as the cloud reports it, with its inbound rules canonicalised."""
@@ -150,7 +136,7 @@ class Group:
     group_id: str
     name: str
     vpc_id: str
-    account: str
+    account_id: str
     tags: dict
     rules: tuple[Rule, ...]
     unmanageable: tuple[str, ...] = ()
@@ -174,7 +160,7 @@ def _group(description: dict) -> Group:
         group_id=description["GroupId"],
         name=description.get("GroupName", ""),
         vpc_id=description.get("VpcId", ""),
-        account=description.get("OwnerId", ""),
+        account_id=description.get("OwnerId", ""),
         tags={t["Key"]: t["Value"] for t in description.get("Tags", [])},
         rules=tuple(rules),
         unmanageable=tuple(unmanageable),
@@ -272,10 +258,6 @@ class SecurityGroups:
         self._stored_as: dict[str, dict] = {}
         # Groups this object created: only for them is InvalidGroup.NotFound a passing state.
         self._created: set[str] = set()
-
-    @property
-    def region(self) -> str:
-        return self.ec2.meta.region_name
 
     def find(self, cluster: str, vpc_id: str | None) -> Group | None:
         """The cluster's group, found by its tag (one call, which also returns its rules)."""

@@ -12,7 +12,6 @@ Credentials for it are fixed dummy values: moto accepts any, and no real key mus
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -25,7 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import option
+from ..errors import CoiledJupyterError
+from ..state import file_lock, state_dir
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -48,29 +48,12 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
 
-def state_dir() -> Path:
-    configured = option("sandbox.state-dir")
-    return (
-        Path(configured).expanduser()
-        if configured
-        else Path("~/.local/share/coiled-jupyter").expanduser()
-    )
-
-
 def _state_file() -> Path:
     return state_dir() / STATE_FILE
 
 
-@contextlib.contextmanager
 def _locked():
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "sandbox.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_lock("sandbox.lock", what="the sandbox server's start or stop")
 
 
 def running() -> Server | None:
@@ -143,7 +126,7 @@ def _start() -> Server:
     while not _answers(server):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(
+            raise CoiledJupyterError(
                 f"the sandbox server did not start; see {state_dir() / 'sandbox.log'}"
                 " (is the 'sandbox' extra installed: pip install "
                 "'coiled_jupyter[sandbox]'?)"

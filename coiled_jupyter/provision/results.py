@@ -1,0 +1,305 @@
+"""Result objects of every operation, each carrying its own JSON payload.
+
+Every front end gets these objects back: the magics return them (so ``t = %coiled_ingress describe``
+keeps one), the panel shows them, the REST handlers send ``to_payload()``. The payload is the one source
+of every rendering: :mod:`coiled_jupyter.display` turns it into text/plain and text/html, and the lab's
+MIME renderer reads it as ``application/vnd.coiled-jupyter.rules+json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..rules import Rule
+from ..settings import Settings
+from .target import Target
+
+SCHEMA_VERSION = 1
+
+
+class _Displayed:
+    """Rich display for every result: text/plain, text/html and the rules JSON mimetype."""
+
+    def to_payload(self) -> dict:
+        raise NotImplementedError
+
+    def _payload(self, kind: str, **fields) -> dict:
+        """The payload's common header (what the table describes) with this result's ``fields``."""
+        return _header(self.target, kind, getattr(self, "account_id", ""), **fields)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from ..display import mimebundle
+
+        return mimebundle(self.to_payload())
+
+    def __repr__(self) -> str:
+        from ..display import text
+
+        return text(self.to_payload())
+
+
+def rule_row(rule: Rule, **extra) -> dict:
+    return {
+        "protocol": rule.protocol,
+        "ports": rule.ports,
+        "source": rule.source,
+        "description": rule.description,
+        **extra,
+    }
+
+
+def _count(rules) -> str:
+    return f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
+
+
+def _header(t: Target, kind: str, account_id: str, **extra) -> dict:
+    return {
+        "version": SCHEMA_VERSION,
+        "kind": kind,
+        "backend": t.backend,
+        "backend_label": t.backend_label,
+        "region": t.region,
+        "cluster": t.cluster,
+        "vpc_id": t.vpc_id,
+        "account_id": account_id,
+        "rows": [],
+        "notes": [],
+        "warnings": [],
+        **extra,
+    }
+
+
+@dataclass(frozen=True, repr=False)
+class RuleTable(_Displayed):
+    """The group's inbound rules as the cloud reports them, each with its origin."""
+
+    target: Target
+    account_id: str
+    group_id: str | None
+    group_name: str | None
+    vpc_id: str | None
+    rules: tuple[Rule, ...]
+    origins: tuple[str, ...]
+    unmanageable: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def exists(self) -> bool:
+        return self.group_id is not None
+
+    def to_payload(self) -> dict:
+        return self._payload(
+            "rules",
+            vpc_id=self.vpc_id or self.target.vpc_id,
+            group_id=self.group_id,
+            group_name=self.group_name,
+            rows=[rule_row(r, origin=o) for r, o in zip(self.rules, self.origins)],
+            notes=[f"not managed: {u}" for u in self.unmanageable],
+            warnings=list(self.warnings),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class Plan(_Displayed):
+    """What an apply would do: create the group, add, remove and keep rules."""
+
+    target: Target
+    account_id: str
+    group_id: str | None
+    add: tuple[Rule, ...]
+    remove: tuple[Rule, ...]
+    keep: tuple[Rule, ...]
+    origin: str
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def create(self) -> bool:
+        return self.group_id is None
+
+    @property
+    def changes(self) -> bool:
+        return self.create or bool(self.add or self.remove)
+
+    @property
+    def summary(self) -> str:
+        if not self.changes:
+            return "no change"
+        return (
+            f"{'create group, ' if self.create else ''}add {len(self.add)}, "
+            f"remove {len(self.remove)}, keep {len(self.keep)}"
+        )
+
+    def to_payload(self) -> dict:
+        rows = (
+            [rule_row(r, action="add") for r in self.add]
+            + [rule_row(r, action="remove") for r in self.remove]
+            + [rule_row(r, action="keep") for r in self.keep]
+        )
+        return self._payload(
+            "plan",
+            group_id=self.group_id,
+            summary=self.summary,
+            changes=self.changes,
+            origin=self.origin,
+            rows=rows,
+            notes=list(self.notes),
+            warnings=list(self.warnings),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class ApplyResult(_Displayed):
+    """The plan that was carried out and the group's rules read back afterwards."""
+
+    plan: Plan
+    table: RuleTable
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.changes
+
+    def to_payload(self) -> dict:
+        return {
+            **self.table.to_payload(),
+            "kind": "apply",
+            "changed": self.changed,
+            "summary": "applied: " + self.plan.summary
+            if self.changed
+            else "no change: the group already matches the settings",
+            "plan": self.plan.to_payload(),
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class DestroyResult(_Displayed):
+    target: Target
+    group_id: str | None
+    deleted: bool
+    account_id: str = ""
+
+    def to_payload(self) -> dict:
+        summary = (
+            f"deleted group {self.group_id}"
+            if self.deleted
+            else f"cluster {self.target.cluster!r} has no group to delete"
+        )
+        return self._payload(
+            "destroy",
+            group_id=self.group_id,
+            deleted=self.deleted,
+            summary=summary,
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class SchedulerAddress(_Displayed):
+    """The address a client should connect to, by ``use_scheduler_public_ip``."""
+
+    target: Target
+    instance_id: str
+    ip: str
+    public: bool
+    port: int
+    account_id: str = ""
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"tls://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.address
+
+    def to_payload(self) -> dict:
+        kind = "public" if self.public else "private"
+        return self._payload(
+            "scheduler",
+            instance_id=self.instance_id,
+            ip=self.ip,
+            address=self.address,
+            summary=f"scheduler {self.instance_id}: connect to {self.address} ({kind} IP)",
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class SettingsView(_Displayed):
+    """The effective settings with their origins, and whether this notebook can reach the cluster."""
+
+    target: Target
+    settings: Settings
+    reachability: object = None
+
+    def to_payload(self) -> dict:
+        settings = self.settings
+        layers = []
+        for values in settings.layers:
+            sets = []
+            if values.ingress is not None:
+                detail = f", {values.ingress_detail}" if values.ingress_detail else ""
+                sets.append(f"ingress ({_count(values.ingress)}{detail})")
+            if values.use_scheduler_public_ip is not None:
+                detail = f" ({values.public_ip_detail})" if values.public_ip_detail else ""
+                sets.append(f"use_scheduler_public_ip={values.use_scheduler_public_ip}{detail}")
+            layers.append({"layer": values.layer.label, "sets": sets})
+        reach = self.reachability
+        public_ip = settings.use_scheduler_public_ip
+        return self._payload(
+            "settings",
+            ingress_origin=settings.ingress.origin,
+            use_scheduler_public_ip=public_ip.value,
+            use_scheduler_public_ip_origin=public_ip.origin,
+            rows=[rule_row(r) for r in settings.rules],
+            layers=layers,
+            reachability=reach.to_dict() if reach is not None else None,
+            warnings=list(reach.warnings) if reach is not None else [],
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class SaveResult(_Displayed):
+    """What was kept and where: the Dask config file, or the account store.
+
+    ``ingress`` and ``use_scheduler_public_ip`` are the values written; ``None`` was not written.
+    """
+
+    target: Target
+    scope: str
+    location: str
+    ingress: tuple[Rule, ...] | None
+    use_scheduler_public_ip: bool | None
+
+    def to_payload(self) -> dict:
+        written = []
+        if self.ingress is not None:
+            written.append(f"ingress ({_count(self.ingress)})")
+        if self.use_scheduler_public_ip is not None:
+            written.append(f"use_scheduler_public_ip: {str(self.use_scheduler_public_ip).lower()}")
+        readers = (
+            "new kernels read them from this file; coiled.Cluster() reads "
+            "use_scheduler_public_ip from it, but takes ingress only as "
+            "coiled.Cluster(**cluster_kwargs())"
+            if self.scope == "user"
+            else "everyone in the account gets them unless their Dask config, session or "
+            "cluster options say otherwise"
+        )
+        return self._payload(
+            "save",
+            scope=self.scope,
+            location=self.location,
+            summary=f"saved to {self.location}: {' and '.join(written)}; {readers}.",
+            rows=[rule_row(r) for r in self.ingress or ()],
+        )
+
+
+class ClusterKwargs(dict):
+    """Keyword arguments for ``coiled.Cluster`` (``backend_options``, ``use_scheduler_public_ip``),
+    with the group id for other launchers, e.g. dask-cloudprovider's ``security_groups=``."""
+
+    def __init__(self, kwargs: dict, security_group_id: str | None):
+        super().__init__(kwargs)
+        self.security_group_id = security_group_id
+
+    @property
+    def security_groups(self) -> list[str]:
+        return [self.security_group_id] if self.security_group_id else []

@@ -1,0 +1,107 @@
+"""The cluster being described: backend, region, VPC and name, validated before anything is called.
+
+Resolving a target starts nothing: the sandbox's address is only looked up (and the sandbox started)
+when :meth:`Target.connected` is called by an operation that talks to the cloud.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from ..rules import IngressError
+from ..settings import option
+
+BACKENDS = ("sandbox", "aws")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One cluster's group: backend, region, VPC and cluster name; every table names all of them."""
+
+    backend: str
+    region: str
+    cluster: str
+    vpc_id: str | None = None
+    endpoint_url: str | None = field(default=None, compare=False)
+
+    def connected(self) -> Target:
+        """This target with its endpoint known: for the sandbox, its server (started on first use)."""
+        if self.backend != "sandbox" or self.endpoint_url is not None:
+            return self
+        from .sandbox import endpoint
+
+        return replace(self, endpoint_url=endpoint())
+
+    def connection(self):
+        from .aws import Connection
+
+        if self.backend == "sandbox":
+            from .sandbox import DUMMY_KEY
+
+            return Connection(
+                region=self.region,
+                endpoint_url=self.connected().endpoint_url,
+                access_key_id=DUMMY_KEY,
+                secret_access_key=DUMMY_KEY,
+                direct=True,
+            )
+        return Connection(region=self.region)
+
+    @property
+    def backend_label(self) -> str:
+        if self.backend == "sandbox":
+            where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+            return f"sandbox (local moto server{where}, not AWS)"
+        return "aws"
+
+
+def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> tuple:
+    """Check every value a person can type for a target, before anything starts or is called."""
+    backend = backend if backend is not None else option("backend")
+    problems = []
+    if backend not in BACKENDS:
+        problems.append(
+            f"backend {backend!r} is not known; use 'sandbox' (local, no account) or 'aws'."
+        )
+    cluster = cluster if cluster is not None else option("cluster")
+    if not isinstance(cluster, str) or not _CLUSTER_NAME.match(cluster):
+        problems.append(
+            f"cluster name {cluster!r} is not valid; use up to 63 letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit."
+        )
+    vpc_id = vpc_id if vpc_id is not None else option("vpc-id")
+    if vpc_id is not None and (not isinstance(vpc_id, str) or not _VPC_ID.match(vpc_id)):
+        problems.append(f"VPC id {vpc_id!r} is not valid; it looks like 'vpc-0123456789abcdef0'.")
+    region = region if region is not None else option("region")
+    if region is not None and (not isinstance(region, str) or not _REGION.match(region)):
+        problems.append(f"region {region!r} is not valid; it looks like 'us-east-1'.")
+    if problems:
+        raise IngressError(problems)
+    return backend, cluster, vpc_id, region
+
+
+def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
+    """Resolve a cluster name (and optional overrides) into a :class:`Target`; nothing is started."""
+    backend, cluster, vpc_id, region = validate_target(
+        cluster, backend=backend, region=region, vpc_id=vpc_id
+    )
+    if backend == "sandbox":
+        from .sandbox import REGION
+
+        return Target("sandbox", region or REGION, cluster, vpc_id)
+    if region is None:
+        from .aws import default_region
+
+        region = default_region()
+        if region is None:
+            raise IngressError(
+                [
+                    "no AWS region is set; set coiled-jupyter.region in Dask's config "
+                    "or AWS_DEFAULT_REGION."
+                ]
+            )
+    return Target("aws", region, cluster, vpc_id)

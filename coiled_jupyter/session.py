@@ -1,0 +1,311 @@
+"""The notebook session: every operation a front end offers, as one function each.
+
+The magics, the ipywidgets panel and the REST handlers call exactly these functions and get the same
+result objects back; a front end only parses what was typed and shows the result. Each edit validates
+everything before it changes anything, so a bad input changes nothing. Data flows one way: front end ->
+this module -> :mod:`.settings` (layers) and :mod:`.provision` (the cloud) -> a result object -> its
+payload -> :mod:`.display`.
+
+Settings work (show, add, remove, set, clear, reset, the toggle, save to the user file) starts no
+server: the account layer is read where it exists, from AWS's SSM (one read) or from a sandbox that is
+already running; a sandbox that is not running holds no account defaults, so it is not started to ask.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import replace
+
+from .errors import CoiledJupyterError
+from .rules import IngressError, Rule, parse_rule, subtract
+from .settings import (
+    SESSION,
+    Layer,
+    Resolved,
+    SessionValues,
+    Settings,
+    parse_coiled_options,
+    save_config,
+)
+from .settings import effective_settings as resolve_settings
+
+SCOPES = ("user", "account")
+SCHEDULER_IP_WORDS = ("public", "private")
+Progress = Callable[[str], None] | None
+_KEEP = object()
+
+
+def _target(cluster=None, *, backend=None, region=None, vpc_id=None):
+    from .provision.target import target
+
+    return target(cluster, backend=backend, region=region, vpc_id=vpc_id)
+
+
+def _account_loader(t):
+    """Reads the account layer of ``t``'s backend without starting anything."""
+    from .provision.account import load_account_layer
+
+    if t.backend == "sandbox" and t.endpoint_url is None:
+        from .provision.sandbox import running
+
+        server = running()
+        if server is None:
+            return lambda: None  # a sandbox that is not running holds no account defaults
+        t = replace(t, endpoint_url=server.url)
+    return lambda: load_account_layer(t)
+
+
+def _settings(t, backend_options=None, session: SessionValues | None = None) -> Settings:
+    """Every layer, the account store of ``t``'s backend included (``session``: prospective values)."""
+    return resolve_settings(backend_options, account=_account_loader(t), session=session)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings work: no cloud call
+
+
+def effective_settings(backend_options: dict | None = None, **target_options) -> Settings:
+    """The effective settings, each value with its origin (the layer, and the file or variable)."""
+    return _settings(_target(**target_options), backend_options)
+
+
+def show(
+    cluster=None, *, reach: bool = True, backend_options: dict | None = None, **target_options
+):
+    """The effective settings for a cluster, with this notebook's reachability verdict."""
+    from .provision.results import SettingsView
+
+    t = _target(cluster, **target_options)
+    settings = _settings(t, backend_options)
+    reachability = None
+    if reach:
+        from .reach import check
+
+        reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
+    return SettingsView(t, settings, reachability)
+
+
+def _edit(cluster, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
+    """Replace what the session sets (``_KEEP`` keeps a value, ``None`` drops it), then show it."""
+    t = _target(cluster)
+    current = SESSION.values
+    values = SessionValues(
+        current.ingress if ingress is _KEEP else (None if ingress is None else tuple(ingress)),
+        current.use_scheduler_public_ip
+        if use_scheduler_public_ip is _KEEP
+        else use_scheduler_public_ip,
+    )
+    # The new settings are resolved before the change: if a layer they need cannot be read (a
+    # config file, the account store), the session is left as it was.
+    _settings(t, session=values)
+    SESSION.replace(values)
+    return show(cluster)
+
+
+def _rules_to_edit(cluster) -> list[Rule]:
+    """What ``add`` and ``remove`` start from: the effective rules, except the built-in default.
+
+    Declaring rules replaces Coiled's world-open default, so ``add`` over it starts from no rules:
+    keeping 0.0.0.0/0 under the person's new rule would leave the cluster open while the table
+    suggests it was restricted.
+    """
+    settings = _settings(_target(cluster))
+    if settings.ingress.layer == Layer.DEFAULT:
+        return []
+    return list(settings.rules)
+
+
+def _rule_input(ports, source, protocol, description) -> dict:
+    if isinstance(ports, str):
+        ports = ports.split(",")
+    item: dict = {"ports": ports, "cidr": source}
+    if protocol is not None:
+        item["protocol"] = protocol
+    if description is not None:
+        item["description"] = description
+    return item
+
+
+def check_rule(ports, source, *, protocol=None, description=None) -> list[str]:
+    """The sentences for one rule as a person typed it ([] when it is fine); changes nothing."""
+    try:
+        parse_rule(_rule_input(ports, source, protocol, description), where="rule")
+    except IngressError as error:
+        return error.problems
+    return []
+
+
+def add(ports, source, *, protocol=None, description=None, cluster=None):
+    """Admit ``source`` on ``ports`` in this session (``ports``: ``8786``, ``"8786,8787"``, ...)."""
+    rules = parse_rule(_rule_input(ports, source, protocol, description), where="rule")
+    return _edit(cluster, ingress=[*_rules_to_edit(cluster), *rules])
+
+
+def remove(ports, source, *, protocol=None, cluster=None):
+    """Remove exactly these rules from the session (a port inside a range is cut out of it)."""
+    rules = parse_rule(_rule_input(ports, source, protocol, None), where="rule")
+    settings = _settings(_target(cluster))
+    return _edit(cluster, ingress=subtract(settings.rules, rules, origin=settings.ingress.origin))
+
+
+def set_settings(value, *, cluster=None, label: str = "the settings"):
+    """Set the session from a rule list, ``{ingress, use_scheduler_public_ip}`` or a ``coiled:``
+    snippet as in Coiled's documentation, given as YAML/JSON text or Python values. ``label`` names
+    the input in error sentences (``the cell``)."""
+    rules, public_ip = parse_coiled_options(value, where=label)
+    return _edit(
+        cluster,
+        ingress=rules if rules is not None else _KEEP,
+        use_scheduler_public_ip=public_ip if public_ip is not None else _KEEP,
+    )
+
+
+def clear(cluster=None):
+    """No rules at all: only the cluster's own internal traffic."""
+    return _edit(cluster, ingress=[])
+
+
+def reset(cluster=None):
+    """Drop this session's settings: back to the Dask config, account and built-in defaults."""
+    return _edit(cluster, ingress=None, use_scheduler_public_ip=None)
+
+
+def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
+    """``value`` as one of ``words`` (case and spaces ignored), or ``sentence`` with a did-you-mean;
+    ``sentence`` has ``{value}`` and ``{hint}`` fields."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in words:
+        return word
+    close = difflib.get_close_matches(str(word), words, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise IngressError([sentence.format(value=repr(value), hint=hint)])
+
+
+def parse_scheduler_ip(choice) -> bool:
+    """``public``/``private`` (or a bool) as the value of ``use_scheduler_public_ip``."""
+    if isinstance(choice, bool):
+        return choice
+    word = _one_of(
+        choice,
+        SCHEDULER_IP_WORDS,
+        "the scheduler IP is 'public' or 'private', not {value}; {hint}public connects clients "
+        "on the scheduler's public IP, private on its private IP (VPN or peered VPC).",
+    )
+    return word == "public"
+
+
+def set_scheduler_ip(choice, *, cluster=None):
+    """Connect clients on the scheduler's public or private IP, for this session."""
+    return _edit(cluster, use_scheduler_public_ip=parse_scheduler_ip(choice))
+
+
+def subscribe(callback: Callable[[SessionValues], None]) -> Callable[[], None]:
+    """Call ``callback(values)`` after every session change; returns the unsubscribe function."""
+    return SESSION.subscribe(callback)
+
+
+def save(scope: str = "user", *, cluster=None):
+    """Keep what this session sets: ``user`` in Dask's config file, ``account`` for the whole team.
+
+    Only the values the session sets are written (the rules, the toggle, or both), never a copy of
+    the defaults, so a saved file does not pin the built-in default or a stale copy of team defaults.
+    """
+    from .provision.results import SaveResult
+
+    word = _one_of(
+        scope,
+        SCOPES,
+        "scope {value} is not known; {hint}use 'user' (your Dask config file) or 'account' "
+        "(account-wide defaults for the team).",
+    )
+    t = _target(cluster)
+    values = SESSION.values
+    if values.ingress is None and values.use_scheduler_public_ip is None:
+        raise CoiledJupyterError(
+            "this session sets no rules and no scheduler IP, so there is nothing to save; change "
+            "them first (e.g. %coiled_ingress add 8786 10.1.0.0/16)."
+        )
+    if word == "user":
+        location = str(save_config(values.ingress, values.use_scheduler_public_ip))
+    else:
+        from .provision.account import save_account
+
+        location = save_account(t.connected(), values.ingress, values.use_scheduler_public_ip)
+    return SaveResult(t, word, location, values.ingress, values.use_scheduler_public_ip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cloud work
+
+
+def plan(cluster=None, *, backend_options=None, **target_options):
+    """What :func:`apply` would change for this cluster (one read, no change)."""
+    from .provision import reconcile
+
+    t = _target(cluster, **target_options)
+    return reconcile.plan(t, _settings(t, backend_options))
+
+
+def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
+    """Make the cluster's security group match the effective settings; the group as read back."""
+    from .provision import reconcile
+
+    t = _target(cluster, **target_options)
+    return reconcile.apply(t, _settings(t, backend_options), on_wait=progress)
+
+
+def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
+    """Set the session from ``value`` and apply, all or nothing: the rules are checked as they will
+    be sent (``me`` resolved, quota) before the session changes, and a failed apply restores it."""
+    from .provision import reconcile
+
+    rules, public_ip = parse_coiled_options(value, where=label)
+    t = _target(cluster)
+    current = _settings(t)
+    if rules is not None:
+        prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, "this kernel"))
+        reconcile.desired_rules(prospective)
+    before = SESSION.values
+    SESSION.replace(
+        SessionValues(
+            tuple(rules) if rules is not None else before.ingress,
+            public_ip if public_ip is not None else before.use_scheduler_public_ip,
+        )
+    )
+    try:
+        return reconcile.apply(t, _settings(t), on_wait=progress)
+    except BaseException:
+        SESSION.replace(before)
+        raise
+
+
+def describe(cluster=None, *, backend_options=None, **target_options):
+    """The group's rules as the cloud reports them, each with its origin."""
+    from .provision import reconcile
+
+    t = _target(cluster, **target_options)
+    return reconcile.describe(t, _settings(t, backend_options))
+
+
+def destroy(cluster=None, *, progress: Progress = None, **target_options):
+    """Delete the cluster's security group, if it exists and is owned by coiled_jupyter."""
+    from .provision import reconcile
+
+    return reconcile.destroy(_target(cluster, **target_options), on_wait=progress)
+
+
+def scheduler_address(cluster=None, *, backend_options=None, **target_options):
+    """The address a client should connect to, by ``use_scheduler_public_ip``."""
+    from .provision import reconcile
+
+    t = _target(cluster, **target_options)
+    return reconcile.scheduler_address(t, _settings(t, backend_options))
+
+
+def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
+    """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers."""
+    from .provision import reconcile
+
+    t = _target(cluster, **target_options)
+    return reconcile.cluster_kwargs(t, _settings(t, backend_options), backend_options)

@@ -1,0 +1,134 @@
+"""The session module on its own, without IPython: the operations every front end calls.
+
+The magics' tests run the same operations through ``%coiled_ingress``; these call them directly, as the
+panel and the REST handlers do, against a real Dask config folder and the sandbox.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from coiled_jupyter import session
+from coiled_jupyter.errors import CoiledJupyterError, ConfigFileError
+from coiled_jupyter.provision.results import ApplyResult, SaveResult, SettingsView
+from coiled_jupyter.rules import IngressError
+from coiled_jupyter.settings import SESSION, Layer, SessionValues
+
+VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}
+
+
+def rules_of(view) -> list[tuple[str, str, str]]:
+    return [(r.protocol, r.ports, r.source) for r in view.settings.rules]
+
+
+def test_add_remove_clear_and_reset(dask_config):
+    view = session.add("8786,8787", "10.1.0.0/16", description="VPN")
+    assert isinstance(view, SettingsView)
+    assert rules_of(view) == [("tcp", "8786", "10.1.0.0/16"), ("tcp", "8787", "10.1.0.0/16")]
+    assert view.settings.ingress.layer is Layer.SESSION
+    view = session.add([8000], "me", protocol="udp")
+    assert ("udp", "8000", "me") in rules_of(view)
+    view = session.remove(8787, "10.1.0.0/16")
+    assert ("tcp", "8787", "10.1.0.0/16") not in rules_of(view)
+    assert session.clear().settings.rules == []
+    view = session.reset()
+    assert view.settings.ingress.layer is Layer.DEFAULT
+    assert SESSION.values == SessionValues()
+
+
+def test_set_settings_takes_python_values_text_and_snippets(dask_config):
+    assert rules_of(session.set_settings([VPN]))[0] == ("tcp", "8786", "10.1.0.0/16")
+    view = session.set_settings("coiled:\n  use_scheduler_public_ip: false\n")
+    assert view.settings.use_scheduler_public_ip.value is False
+    assert rules_of(view)[0] == ("tcp", "8786", "10.1.0.0/16")  # the rules were kept
+
+
+def test_every_edit_validates_before_it_changes_anything(dask_config):
+    session.set_settings([VPN])
+    before = SESSION.values
+    cases = [
+        lambda: session.add(8786, "10.1.0.2/16"),
+        lambda: session.add(70000, "10.1.0.0/16"),
+        lambda: session.remove(22, "10.9.0.0/16"),
+        lambda: session.set_settings("[{ports: [8786], cidr: nowhere}]"),
+        lambda: session.set_scheduler_ip("publik"),
+        lambda: session.clear(cluster="bad name!"),
+        lambda: session.save("team"),
+    ]
+    for case in cases:
+        with pytest.raises(CoiledJupyterError) as info:
+            case()
+        assert "Traceback" not in str(info.value) and str(info.value).endswith((".", ")"))
+        assert SESSION.values == before
+
+
+def test_an_unparsable_config_file_leaves_the_session(dask_config):
+    session.set_settings([VPN])
+    before = SESSION.values
+    (dask_config / "coiled.yaml").write_text("coiled: [unclosed\n")
+    with pytest.raises(CoiledJupyterError):
+        session.reset()
+    assert SESSION.values == before
+
+
+def test_check_rule_says_what_is_wrong_and_changes_nothing(dask_config):
+    assert session.check_rule("8786", "10.1.0.0/16") == []
+    [sentence] = session.check_rule("8786", "10.1.0.2/16")
+    assert "did you mean '10.1.0.0/16'" in sentence
+    assert session.check_rule("8786", "10.1.0.0/16", description="<b>")[0].count("<") >= 1
+    assert SESSION.values == SessionValues()
+
+
+def test_observers_hear_every_change_until_they_unsubscribe(dask_config):
+    heard: list[SessionValues] = []
+    unsubscribe = session.subscribe(heard.append)
+    session.add(8786, "10.1.0.0/16")
+    session.set_scheduler_ip("private")
+    unsubscribe()
+    session.reset()
+    assert len(heard) == 2
+    assert heard[-1].use_scheduler_public_ip is False and len(heard[-1].ingress) == 1
+
+
+def test_a_failed_edit_tells_no_observer(dask_config):
+    heard: list[SessionValues] = []
+    unsubscribe = session.subscribe(heard.append)
+    with pytest.raises(IngressError):
+        session.add(8786, "10.1.0.2/16")
+    unsubscribe()
+    assert heard == []
+
+
+def test_save_writes_only_what_the_session_sets(dask_config):
+    with pytest.raises(CoiledJupyterError, match="nothing to save"):
+        session.save()
+    session.set_scheduler_ip("private")
+    saved = session.save()
+    assert isinstance(saved, SaveResult) and saved.ingress is None
+    data = yaml.safe_load((dask_config / "coiled.yaml").read_text())
+    assert data == {"coiled": {"use_scheduler_public_ip": False}}  # no pinned 0.0.0.0/0
+    session.add(8786, "10.1.0.0/16")
+    session.save()
+    data = yaml.safe_load((dask_config / "coiled.yaml").read_text())
+    assert data["coiled"]["backend-options"]["ingress"] == [
+        {"ports": [8786], "cidr": "10.1.0.0/16"}
+    ]
+
+
+def test_set_and_apply_is_all_or_nothing(cloud, dask_config):
+    result = session.set_and_apply([VPN], cluster="session-apply")
+    assert isinstance(result, ApplyResult) and result.changed
+    before = SESSION.values
+    quota = [{"ports": [8786], "cidr": f"10.{2 * k}.0.0/16"} for k in range(61)]
+    with pytest.raises(CoiledJupyterError, match="quota"):
+        session.set_and_apply(quota, cluster="session-apply")
+    assert SESSION.values == before
+
+
+def test_saving_into_a_file_that_is_not_yaml_is_refused(dask_config):
+    session.set_scheduler_ip("private")
+    (dask_config / "coiled.yaml").write_text("coiled: [unclosed\n")
+    with pytest.raises(ConfigFileError, match="cannot be parsed"):
+        session.save()
+    assert (dask_config / "coiled.yaml").read_text() == "coiled: [unclosed\n"
