@@ -155,6 +155,29 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     assert "from-kernel" in in_cloud.inner_text()
 
 
+def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
+    sidebar = open_sidebar(lab_page, "lab-cell")
+    add_rule(sidebar, "8786,8787", "10.7.0.0/16", "team VPN")
+    sidebar.locator('tr[data-rule="tcp 8787 from 10.7.0.0/16"]').wait_for()
+    sidebar.get_by_label("Public scheduler IP").uncheck()
+    expect(sidebar.locator(".cj-help", has_text="Now private")).to_be_visible()
+    new_notebook(lab_page)
+    lab_page.command("coiled-jupyter:insert-ingress-cell")
+    page = lab_page.page
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+    expect(cells).to_have_count(2)
+    source = cells.nth(1).locator(".cm-content")
+    expect(source).to_contain_text("%%coiled_ingress --cluster lab-cell")
+    expect(source).to_contain_text("use_scheduler_public_ip: false")
+    page.keyboard.press("Shift+Enter")
+    rendered = cells.nth(1).locator(".jp-OutputArea-output .cj-rendered")
+    rendered.wait_for(timeout=60_000)
+    assert rendered.get_attribute("data-kind") == "settings"
+    text = rendered.inner_text()
+    assert "10.7.0.0/16" in text and "team VPN" in text
+    assert "use_scheduler_public_ip: false" in text
+
+
 @pytest.mark.parametrize("where", ["sidebar", "notebook"])
 def test_a_description_added_by_hand_shows_as_text_and_never_runs(
     lab_page, cloud, add_by_hand, where
