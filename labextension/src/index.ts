@@ -43,7 +43,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     app.commands.addCommand(INSERT, {
       label: 'Insert a %%coiled_ingress cell with the current firewall settings',
-      caption: "Below the active cell; running it sets the same rules in that notebook's kernel",
+      caption:
+        'Below the active cell; once %load_ext coiled_jupyter has run, the cell sets the same ' +
+        "rules in that notebook's kernel",
       isEnabled: () => !!notebooks?.currentWidget,
       execute: async () => {
         const panel = notebooks?.currentWidget;
