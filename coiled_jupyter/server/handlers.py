@@ -39,7 +39,10 @@ _UNAVAILABLE = frozenset(
         "Unavailable",
         "InternalError",
         "InternalFailure",
+        # No answer at all: the core names these after botocore's exception.
         "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
     }
 )
 

@@ -137,7 +137,7 @@ export function sortableTable(
     body.replaceChildren();
     for (const row of ordered) {
       const tr = el('tr');
-      if (typeof row.action === 'string') {
+      if (typeof row.action === 'string' && columns.some(([key]) => key === 'action')) {
         tr.classList.add(`cj-action-${row.action}`);
       }
       for (const [key] of columns) {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -222,10 +221,3 @@ def lab_page(request, lab, browser):
     context.close()
     assert page.errors == [], f"JavaScript errors in the page: {page.errors}"
     assert page.dialogs == [], f"a dialog opened (script from data ran?): {page.dialogs}"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _artifacts_folder():
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    yield

@@ -211,3 +211,44 @@ def test_a_description_added_by_hand_shows_as_text_and_never_runs(
     assert cell.evaluate("node => node.children.length") == 0
     assert lab_page.page.locator("img[src=x]").count() == 0
     assert re.search(r"alert\(", cell.inner_text())
+
+
+# Not bound by AWS's character set: text that would run if any field were parsed as HTML.
+MARKUP = "<img src=x onerror=alert(7)><script>alert(8)</script>"
+EVERY_KIND = r"""
+from IPython.display import display
+M = "application/vnd.coiled-jupyter.rules+json"
+X = {markup!r}
+def payload(kind, **extra):
+    row = {{"protocol": "tcp", "ports": "8786", "source": "10.1.0.0/16", "description": X,
+            "origin": X, "action": "add"}}
+    return {{"version": 1, "kind": kind, "backend": "aws", "backend_label": "aws " + X,
+             "region": "us-east-1", "cluster": X, "account_id": "123456789012",
+             "summary": X, "rows": [row, dict(row, ports="80", action="keep")],
+             "notes": [X], "warnings": [X], **extra}}
+for kind in ("rules", "plan", "apply", "save", "destroy", "scheduler"):
+    display({{M: payload(kind)}}, raw=True)
+display({{M: payload("settings", ingress_origin=X, use_scheduler_public_ip=False,
+    use_scheduler_public_ip_origin=X, layers=[{{"layer": X, "sets": [X]}}],
+    reachability={{"scheduler": {{"name": "scheduler", "port": 8786, "verdict": "no",
+    "reason": X}}}})}}, raw=True)
+"""
+
+
+def test_every_kind_renders_with_every_field_as_text(lab_page):
+    new_notebook(lab_page)
+    output = run_cell(lab_page, EVERY_KIND.format(markup=MARKUP).strip())
+    kinds = ["rules", "plan", "apply", "save", "destroy", "scheduler", "settings"]
+    rendered = output.locator(".cj-rendered")
+    expect(rendered).to_have_count(len(kinds), timeout=60_000)
+    assert [r.get_attribute("data-kind") for r in rendered.all()] == kinds
+    for one in rendered.all():
+        text = one.inner_text()
+        assert text.count(MARKUP) >= 3, text  # cluster, summary, a warning at least
+        assert "backend aws" in text and "not AWS" not in text
+    assert output.locator("img, script").count() == 0
+    plan = rendered.nth(1)
+    assert plan.locator("th").all_inner_texts()[0] == "Action"
+    plan.get_by_label("Sort by Port").click()
+    assert plan.locator("td[data-column=ports]").all_inner_texts() == ["80", "8786"]
+    lab_page.screenshot("every-kind-light")
