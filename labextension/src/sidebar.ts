@@ -82,11 +82,6 @@ export class FirewallSidebar extends Widget {
     this.build();
   }
 
-  /** The settings last shown (fresh from the server after every action). */
-  get settings(): IPayload | null {
-    return this._settings;
-  }
-
   /** The current settings as a %%coiled_ingress cell, read fresh from the server. */
   async cellText(): Promise<string> {
     return ingressCell(await this.api.settings());
