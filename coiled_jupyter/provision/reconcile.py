@@ -435,7 +435,10 @@ def _table(
             None,
             (),
             (),
-            warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",),
+            warnings=(
+                *_backend_warnings(t),
+                f"cluster {t.cluster!r} has no security group yet; run apply.",
+            ),
         )
     declared = {r.key for r in desired}
     undeclared = [r for r in group.rules if r.key not in declared and r.source != group.group_id]
@@ -457,8 +460,18 @@ def _table(
         group.rules,
         tuple(origins),
         group.unmanageable,
-        _warnings(group.rules) + warnings,
+        (*_backend_warnings(t), *_warnings(group.rules), *warnings),
     )
+
+
+def _backend_warnings(t: Target) -> tuple[str, ...]:
+    """A sandbox restart, announced in every table until acknowledged (see sandbox.restart_warning)."""
+    if t.backend != "sandbox":
+        return ()
+    from .sandbox import restart_warning
+
+    warning = restart_warning()
+    return (warning,) if warning else ()
 
 
 def _apply_lock(t: Target, on_wait):
