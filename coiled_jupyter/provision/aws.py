@@ -312,11 +312,15 @@ def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
     return {key: tuple(dict.fromkeys(texts)) for key, texts in found.items() if texts != [key[3]]}
 
 
-def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None) -> list[dict]:
+def permissions_from_rules(
+    rules: Iterable[Rule], stored_as: dict | None = None, *, empty_descriptions: bool = False
+) -> list[dict]:
     """Rules into as few ``IpPermissions`` entries as AWS allows: one per protocol and port range.
 
     ``stored_as`` (from :attr:`Group.stored_as`) gives the spellings to send instead of the canonical
-    source, so that a revoke names the rule exactly as the cloud holds it.
+    source, so that a revoke names the rule exactly as the cloud holds it. ``empty_descriptions``
+    sends an empty description as ``""`` rather than leaving it out: a description update clears it
+    so (AWS also clears an omitted one; moto keeps it).
     """
     grouped: dict[tuple[str, int, int], dict] = {}
     for rule in sorted(rules, key=sort_key):
@@ -332,7 +336,9 @@ def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None)
                     "ToPort": rule.to_port,
                 }
             grouped[key] = permission
-        described = {"Description": rule.description} if rule.description else {}
+        described = (
+            {"Description": rule.description} if rule.description or empty_descriptions else {}
+        )
         if rule.source_kind == "group":
             permission.setdefault("UserIdGroupPairs", []).append(
                 {"GroupId": rule.source, **described}
@@ -601,7 +607,8 @@ class SecurityGroups:
         stored_as = self._latest[group_id].stored_as if group_id in self._latest else None
         try:
             self.ec2.update_security_group_rule_descriptions_ingress(
-                GroupId=group_id, IpPermissions=permissions_from_rules(rules, stored_as)
+                GroupId=group_id,
+                IpPermissions=permissions_from_rules(rules, stored_as, empty_descriptions=True),
             )
         except (ClientError, BotoCoreError) as error:
             raise cloud_error(error, f"updating rule descriptions of {group_id}") from None
