@@ -183,7 +183,7 @@ class Plan(_Displayed):
 
 @dataclass(frozen=True, repr=False)
 class ApplyResult(_Displayed):
-    """The plan that was carried out and the group's rules read back afterwards."""
+    """The plan that was carried out and the group's rules afterwards, as the cloud confirmed them."""
 
     plan: Plan
     table: RuleTable
