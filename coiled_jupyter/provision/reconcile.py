@@ -151,8 +151,8 @@ def _order(group, add: list[Rule], remove: list[Rule], combined: bool):
     Returns (first, later, crowded), crowded listing (family, current count, added count)."""
     limit = int(option("rules-per-group"))
     count = collections.Counter(_family(r, combined) for r in group.rules)
-    # A prefix list counts as one entry on moto; on AWS as its max entries, which is not read here.
-    count[_family(Rule("tcp", 0, 0, "0.0.0.0/0"), combined)] += len(group.unmanageable)
+    # A prefix list counts as one IPv4 entry on moto; on AWS as its max entries, not read here.
+    count["inbound" if combined else "IPv4"] += len(group.unmanageable)
     first: list[Rule] = []
     later: list[Rule] = []
     crowded = []
@@ -175,13 +175,12 @@ def _listing(rules) -> str:
 
 def _origins_of_undeclared(rules, owners: dict | None) -> list[str]:
     """Who put each undeclared rule there, from the rules' tags (``None``: tags not read)."""
+    if owners is None:
+        return [NOT_DECLARED] * len(rules)
     from .aws import TAG_ME, TAG_OWNER, TOOL
 
     out = []
     for rule in rules:
-        if owners is None:
-            out.append(NOT_DECLARED)
-            continue
         tags = owners.get(rule.key, {})
         if tags.get(TAG_OWNER) != TOOL:
             out.append(ADDED_BY_HAND)
