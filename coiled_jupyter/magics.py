@@ -53,11 +53,6 @@ SUBCOMMANDS = (
     "destroy",
     "save",
 )
-PANEL_NOT_AVAILABLE = (
-    "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
-    "(add, remove, set, plan, apply; %coiled_ingress -h for help) and %coiled_scheduler_ip for the "
-    "public/private scheduler IP."
-)
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
 _OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
@@ -119,6 +114,16 @@ private IP (Coiled's use_scheduler_public_ip). It is mirrored into the kernel's 
   %coiled_scheduler_ip            show the setting, where it came from, and reachability
   %coiled_scheduler_ip private    connect on the private IP (VPN, peered VPC, same VPC)
   %coiled_scheduler_ip public     connect on the public IP
+"""
+
+_FIREWALL_DESCRIPTION = """\
+Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
+Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
+Plan, Apply, Save to my config, Save as team default and Revert. Edits that are valid reach the
+session at once, so the next %coiled_ingress shows them; a change made by a magic shows in an
+open panel.
+
+  %coiled_firewall [--cluster NAME]
 """
 
 
@@ -379,6 +384,9 @@ class CoiledMagics(Magics, Configurable):
         return line
 
     def _ingress_line(self, line: str):
+        from .strict_yaml import check_size
+
+        check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
@@ -511,10 +519,23 @@ class CoiledMagics(Magics, Configurable):
     # ----------------------------------------------------------------------------------------------
     # %coiled_firewall
 
+    @no_var_expand
     @line_magic
+    @magic_arguments()
+    @kwds(description=_FIREWALL_DESCRIPTION)
+    @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
+    @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_firewall(self, line=""):
-        """The firewall panel: not available yet; use %coiled_ingress and %coiled_scheduler_ip."""
-        print(PANEL_NOT_AVAILABLE)
+        with _usage_errors():
+            line = substitute(line, self.shell.user_ns, "the magic's line")
+            parser = self.coiled_firewall.parser
+            args = _parse(parser, _split(line))
+            if args.help:
+                return _print_help(parser)
+            # ipywidgets loads here, on first use, not at %load_ext.
+            from .widgets import FirewallPanel
+
+            return FirewallPanel(cluster=self._cluster(args))
 
 
 # --------------------------------------------------------------------------------------------------
