@@ -319,3 +319,23 @@ def test_the_tags_of_a_rule_are_what_the_core_reads(cloud):
     tags = groups.rule_tags(gid)
     assert tags[Rule("tcp", 8786, 8786, "10.0.0.0/16").key][OWNER["Key"]] == OWNER["Value"]
     assert tags[reconcile.self_rule(gid).key][OWNER["Key"]] == OWNER["Value"]
+
+
+def test_the_quota_is_counted_per_family_on_aws_and_together_on_the_sandbox():
+    """The order is planned from the group as read: AWS holds 60 IPv4 and 60 IPv6 rules apart; the
+    sandbox (moto) 60 inbound rules in all."""
+    gid = "sg-0123456789abcdef0"
+    v4 = [Rule("tcp", 8786, 8786, f"10.{2 * k}.0.0/16") for k in range(50)]
+    group = aws.Group(gid, "g", "vpc-1", "123456789012", {}, (*v4, reconcile.self_rule(gid)))
+    v6 = [Rule("tcp", 8786, 8786, f"2001:db8:{k:x}::/48") for k in range(20)]
+    desired = [*v4[:40], *v6]
+
+    on_aws = reconcile.make_plan(
+        target("families", backend="aws", region="us-east-1"), group, desired, "test"
+    )
+    on_sandbox = reconcile.make_plan(target("families"), group, desired, "test")
+
+    assert len(on_aws.add) == 20 and on_aws.add_later == ()  # 20 IPv6 beside 51 IPv4: fits
+    assert not any("narrows" in n for n in on_aws.notes)
+    assert len(on_sandbox.add_later) == 11  # 51 held: room for 9 of the 20 before the removal
+    assert any("51 + 20 inbound rules" in n for n in on_sandbox.notes)
