@@ -379,3 +379,46 @@ def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
             with aws._clients_lock:
                 for key in [k for k in aws._clients if k[2] is None]:
                     del aws._clients[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification from the responses
+
+
+def test_an_authorize_response_listing_another_rule_than_sent_is_checked_by_a_read(cloud):
+    """The request goes to the sandbox as sent; the answer is altered to list another network, as a
+    cloud storing something else than asked would: the core does not trust it and reads the group."""
+    import urllib.request
+
+    from botocore.awsrequest import AWSResponse
+    from conftest import _Body
+
+    reconcile.apply(target("verified"), settings_for([VPN]))
+    ec2 = aws.client("ec2", target().connection())
+    sent: list[str] = []
+
+    def forward_and_alter(request, event_name, **_):
+        operation = event_name.split(".")[2]
+        sent.append(operation)
+        if operation != AUTHORIZE:
+            return None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        data = request.body.encode() if isinstance(request.body, str) else request.body
+        forwarded = urllib.request.Request(
+            request.url, data=data, headers=dict(request.headers), method="POST"
+        )
+        with opener.open(forwarded, timeout=30) as answer:
+            body = answer.read().replace(b"10.2.0.0/16", b"10.99.0.0/16")
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml"}, _Body(body))
+
+    ec2.meta.events.register("before-send", forward_and_alter)
+    try:
+        result = reconcile.apply(target("verified"), settings_for([VPN, PEERED]))
+    finally:
+        ec2.meta.events.unregister("before-send", forward_and_alter)
+
+    assert sent == [DESCRIBE, AUTHORIZE, DESCRIBE]  # find, authorize, the read that checks it
+    assert declared(cloud.ec2, "verified") == A
+    reported = {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules}
+    assert ("tcp", 8786, 8786, "10.2.0.0/16") in reported
+    assert not any(r.source == "10.99.0.0/16" for r in result.table.rules)
