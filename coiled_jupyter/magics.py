@@ -82,7 +82,7 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress apply                 make the cluster's security group match; show its rules
   %coiled_ingress describe              the group's rules as the cloud reports them
   %coiled_ingress destroy               delete the cluster's security group
-  %coiled_ingress save [--scope user]   keep the effective settings in Dask's config file
+  %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
@@ -99,8 +99,9 @@ Without --apply it sets the session and shows the settings; with --apply it also
           cidr: 10.1.0.0/16
     use_scheduler_public_ip: false
 
-add, remove, set, clear, reset and the cell change this notebook's session layer (the kernel's
-Dask config, so a coiled.Cluster() created later sees them too); they return the new settings.
+add, remove, set, clear, reset and the cell change this notebook's session layer and return the
+new settings. coiled.Cluster() does not read rules from the session or from Dask's config (saved
+ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs()).
 --cluster NAME picks the cluster (default: %config CoiledMagics.cluster, else the Dask config
 key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
 variable name; write $$ for a literal $.
@@ -108,8 +109,9 @@ variable name; write $$ for a literal $.
 
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
-private IP (Coiled's use_scheduler_public_ip). It is mirrored into the kernel's Dask config
-(coiled.use_scheduler_public_ip), so a coiled.Cluster() created later in this kernel uses it.
+private IP (Coiled's use_scheduler_public_ip). It is also set in the kernel's Dask config
+(coiled.use_scheduler_public_ip), which a coiled.Cluster() created later in this kernel reads by
+itself; %coiled_ingress reset puts back the value that was there before.
 
   %coiled_scheduler_ip            show the setting, where it came from, and reachability
   %coiled_scheduler_ip private    connect on the private IP (VPN, peered VPC, same VPC)
