@@ -268,7 +268,7 @@ def make_plan(
                 f"a new security group will be created for cluster {t.cluster!r}, owned by "
                 "coiled_jupyter; it also admits all traffic from itself.",
             ),
-            _warnings(desired),
+            (*_backend_warnings(t), *_warnings(desired)),
             me=me,
         )
     wanted = {r.key: r for r in [*desired, self_rule(group.group_id)]}
@@ -306,7 +306,7 @@ def make_plan(
         tuple(keep),
         origin,
         tuple(notes),
-        _warnings(desired),
+        (*_backend_warnings(t), *_warnings(desired)),
         update=tuple(update),
         previous=tuple(current[r.key].description for r in update),
         add_later=tuple(sorted(later, key=sort_key)),
