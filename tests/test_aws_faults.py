@@ -391,7 +391,15 @@ def test_an_authorize_response_listing_another_rule_than_sent_is_checked_by_a_re
     import urllib.request
 
     from botocore.awsrequest import AWSResponse
-    from conftest import _Body
+
+    class Body:
+        """What botocore reads a response body from (``stream()``)."""
+
+        def __init__(self, data: bytes):
+            self.data = data
+
+        def stream(self, **_):
+            yield self.data
 
     reconcile.apply(target("verified"), settings_for([VPN]))
     ec2 = aws.client("ec2", target().connection())
@@ -409,7 +417,7 @@ def test_an_authorize_response_listing_another_rule_than_sent_is_checked_by_a_re
         )
         with opener.open(forwarded, timeout=30) as answer:
             body = answer.read().replace(b"10.2.0.0/16", b"10.99.0.0/16")
-        return AWSResponse(request.url, 200, {"Content-Type": "text/xml"}, _Body(body))
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml"}, Body(body))
 
     ec2.meta.events.register("before-send", forward_and_alter)
     try:
