@@ -250,7 +250,7 @@ def plan(cluster=None, *, backend_options=None, **target_options):
 
 
 def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """Make the cluster's security group match the effective settings; the group as read back."""
+    """Make the cluster's security group match the effective settings, as the cloud confirmed it."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
