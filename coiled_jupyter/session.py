@@ -239,12 +239,12 @@ def save(scope: str = "user", *, cluster=None):
 # Cloud work
 
 
-def plan(cluster=None, *, backend_options=None, **target_options):
+def plan(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
     """What :func:`apply` would change for this cluster (one read, no change)."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.plan(t, _settings(t, backend_options))
+    return reconcile.plan(t, _settings(t, backend_options), progress=progress)
 
 
 def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
@@ -280,12 +280,12 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
         raise
 
 
-def describe(cluster=None, *, backend_options=None, **target_options):
+def describe(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
     """The group's rules as the cloud reports them, each with its origin."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.describe(t, _settings(t, backend_options))
+    return reconcile.describe(t, _settings(t, backend_options), progress=progress)
 
 
 def destroy(cluster=None, *, progress: Progress = None, **target_options):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AccountStoreUnreadable, ConfigFileError
-from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
+from .rules import ME, IngressError, Rule, canonical, compact, parse_ingress, to_coiled
 
 INGRESS_KEY = "coiled.backend-options.ingress"
 PUBLIC_IP_KEY = "coiled.use_scheduler_public_ip"
@@ -483,6 +483,39 @@ def resolve(layers: list[LayerValues]) -> Settings:
     if ingress is None or public_ip is None:
         raise ValueError("the built-in default layer must set every value")
     return Settings(ingress, public_ip, tuple(ordered))
+
+
+def replaced_rules_note(settings: Settings) -> str | None:
+    """The sentence saying which weaker layers' rules the effective rules replace, or None.
+
+    Lists are replaced, not merged, as in Coiled: rules declared anywhere leave nothing of Coiled's
+    world-open default or of the account defaults. People expect an addition, so the settings view
+    and the plan say it before anything is applied.
+    """
+    winner = settings.ingress.layer
+    replaced = [
+        values for values in settings.layers if values.ingress is not None and values.layer < winner
+    ]
+    if not replaced:
+        return None
+    described = [_layer_rules(values) for values in sorted(replaced, key=lambda v: -v.layer)]
+    return (
+        f"the rules from {settings.ingress.origin} replace those of the "
+        f"{', and of the '.join(described)}; as in Coiled, the strongest layer that declares "
+        "ingress wins as a whole: none of the replaced rules is kept."
+    )
+
+
+def _layer_rules(values: LayerValues) -> str:
+    rules = values.ingress or []
+    where = f"{values.layer.label}{f' ({values.ingress_detail})' if values.ingress_detail else ''}"
+    if not rules:
+        return f"{where} (no rules)"
+    written = [r for r in rules if r.source == ME]
+    rules = compact([r for r in rules if r.source != ME]) + written
+    shown = ", ".join(str(r) for r in rules[:3])
+    more = f" and {len(rules) - 3} more" if len(rules) > 3 else ""
+    return f"{where} ({shown}{more})"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,11 @@ def loopback_only(monkeypatch):
     settings.register_defaults()
     reach.forget_public_address()
     with dask.config.set(
-        {"coiled-jupyter.public-ip.services": [], reach.PUBLIC_IP_CONFIG_KEY: None}
+        {
+            "coiled-jupyter.public-ip.services": [],
+            "coiled-jupyter.public-ip.services-ipv6": [],
+            reach.PUBLIC_IP_CONFIG_KEY: None,
+        }
     ):
         yield
     reach.forget_public_address()

@@ -13,17 +13,20 @@ and a change by another machine during an apply is detected by the read-back and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from ..errors import CloudError
 from ..rules import (
     ALL_PROTOCOLS,
+    MAX_RULES_PER_INPUT,
     IngressError,
     Rule,
-    compact,
+    compaction,
     open_to_everyone,
     resolve_me,
     sort_key,
 )
-from ..settings import Settings, option
+from ..settings import Settings, option, replaced_rules_note
 from ..state import file_lock, lock_name
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
@@ -45,14 +48,33 @@ def self_rule(group_id: str) -> Rule:
     return Rule(ALL_PROTOCOLS, 0, 65535, group_id, SELF_DESCRIPTION)
 
 
-def desired_rules(settings: Settings) -> list[Rule]:
-    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas."""
-    rules = list(settings.rules)
-    if any(r.source == "me" for r in rules):
-        from ..reach import public_address
+@dataclass(frozen=True)
+class Desired:
+    """The rules as they will be sent, and the notes a person needs to read them: which layers they
+    replace, what ``me`` became and when, and which written rules a wider one covers."""
 
-        address = public_address()
-        if address is None:
+    rules: list[Rule]
+    notes: tuple[str, ...] = ()
+
+
+# A plan lists this many covered rules one by one, then counts the rest.
+_COVERED_SHOWN = 5
+
+
+def declared(settings: Settings) -> Desired:
+    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas.
+
+    The count is checked first, before ``me`` is looked up or anything is compacted: a person who
+    pasted far too many rules hears so at once.
+    """
+    rules = list(settings.rules)
+    _check_count(rules)
+    notes = [note] if (note := replaced_rules_note(settings)) else []
+    if any(r.source == "me" for r in rules):
+        from ..reach import public_addresses
+
+        found = public_addresses()
+        if found is None:
             raise IngressError(
                 [
                     "the rules use 'me', but this notebook's public address is unknown "
@@ -60,10 +82,41 @@ def desired_rules(settings: Settings) -> list[Rule]:
                     "the address instead of 'me'."
                 ]
             )
-        rules = resolve_me(rules, [address])
-    rules = compact(rules)
-    check_quota(rules)
-    return rules
+        notes.append(f"me is {found.describe()}.")
+        rules = resolve_me(rules, found.addresses)
+    found = compaction(rules)
+    check_quota(found.rules)
+    notes.extend(_covered_notes(found.covered))
+    return Desired(found.rules, tuple(notes))
+
+
+def desired_rules(settings: Settings) -> list[Rule]:
+    """The rules as they will be sent (see :func:`declared`)."""
+    return declared(settings).rules
+
+
+def _check_count(rules: list[Rule]) -> None:
+    """Refuse, before any work, more rules than one input may give: the session's additions and a
+    layer's list together can exceed what parsing allows one input."""
+    if len(rules) > MAX_RULES_PER_INPUT:
+        raise QuotaError(
+            [
+                f"the settings hold {len(rules):,} rules, more than the {MAX_RULES_PER_INPUT:,} "
+                "that are compacted for one security group; merge the addresses into networks "
+                "such as 10.1.0.0/16."
+            ]
+        )
+
+
+def _covered_notes(covered) -> list[str]:
+    notes = [f"{item}." for item in covered[:_COVERED_SHOWN]]
+    rest = len(covered) - _COVERED_SHOWN
+    if rest > 0:
+        notes.append(
+            f"{rest} more written rule{'s are' if rest > 1 else ' is'} covered by wider rules and "
+            "not sent separately."
+        )
+    return notes
 
 
 def check_quota(rules: list[Rule]) -> None:
@@ -153,16 +206,22 @@ def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
     )
 
 
-def plan(t: Target, settings: Settings) -> Plan:
-    """What :func:`apply` would change for this cluster (one read, no change)."""
-    desired = desired_rules(settings)
-    t = t.connected()
+def plan(t: Target, settings: Settings, *, progress=None) -> Plan:
+    """What :func:`apply` would change for this cluster (one read, no change); ``progress`` hears
+    a sentence before a wait (the sandbox's first start)."""
+    wanted = declared(settings)
+    t = t.connected(progress=progress)
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     if group is None:
         # apply would be refused at CreateSecurityGroup; the plan must say so first.
         groups.refuse_foreign_name(t.cluster, t.vpc_id)
-    return make_plan(t, group, desired, settings.ingress.origin)
+    return _noted(make_plan(t, group, wanted.rules, settings.ingress.origin), wanted)
+
+
+def _noted(plan: Plan, wanted: Desired) -> Plan:
+    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered)."""
+    return replace(plan, notes=(*wanted.notes, *plan.notes))
 
 
 def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
@@ -172,12 +231,13 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
     change takes at most 4 (find, authorize, revoke, read back), whatever the number of rules.
     ``on_wait`` is told, with a sentence, when another kernel's apply to this cluster makes it wait.
     """
-    desired = desired_rules(settings)
-    t = t.connected()
+    wanted = declared(settings)
+    desired = wanted.rules
+    t = t.connected(progress=on_wait)
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
-        first = make_plan(t, group, desired, settings.ingress.origin)
+        first = _noted(make_plan(t, group, desired, settings.ingress.origin), wanted)
         if group is None:
             group_id = groups.create(t.cluster, t.vpc_id)
             groups.authorize(group_id, [*desired, self_rule(group_id)])
@@ -199,16 +259,16 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
     return ApplyResult(first, _table(t, group, settings, desired))
 
 
-def describe(t: Target, settings: Settings) -> RuleTable:
+def describe(t: Target, settings: Settings, *, progress=None) -> RuleTable:
     """The group's rules as the cloud reports them (one read), each with its origin."""
-    t = t.connected()
+    t = t.connected(progress=progress)
     group = _groups(t).find(t.cluster, t.vpc_id)
     return _table(t, group, settings)
 
 
 def destroy(t: Target, *, on_wait=None) -> DestroyResult:
     """Delete the cluster's group, if it exists and is owned by coiled_jupyter."""
-    t = t.connected()
+    t = t.connected(progress=on_wait)
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rules import Rule
-from ..settings import Settings
+from ..rules import ME, Rule
+from ..settings import Settings, replaced_rules_note
 from .target import Target
 
 SCHEMA_VERSION = 1
@@ -252,8 +252,21 @@ class SettingsView(_Displayed):
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
+            notes=self.notes,
             warnings=list(reach.warnings) if reach is not None else [],
         )
+
+    @property
+    def notes(self) -> list[str]:
+        """What the person may not expect, before anything is applied: the layers the rules replace,
+        and the address ``me`` stands for now (it is looked up again at apply)."""
+        notes = [note] if (note := replaced_rules_note(self.settings)) else []
+        lookup = getattr(self.reachability, "lookup", None)
+        if lookup is not None and any(r.source == ME for r in self.settings.rules):
+            notes.append(
+                f"me is {lookup.describe()}; it is looked up again when the rules are sent."
+            )
+        return notes
 
 
 @dataclass(frozen=True, repr=False)
