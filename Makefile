@@ -22,11 +22,12 @@ test: $(VENV)/.installed
 	$(PY) -m ruff format --check coiled_jupyter tests benchmarks
 	$(PY) -m pytest -q
 
-## Benchmarks: apply latency and API calls, cold start of %load_ext; needs the bench extra.
+## Benchmarks: apply latency and API calls, cold start of %load_ext, compaction; needs the bench extra.
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) benchmarks/bench_apply.py
 	$(PY) benchmarks/bench_load_ext.py
+	$(PY) benchmarks/bench_compaction.py
 
 ## Stop the shared sandbox server, if one runs.
 sandbox-stop: $(VENV)/.installed
