@@ -132,3 +132,78 @@ def test_saving_into_a_file_that_is_not_yaml_is_refused(dask_config):
     with pytest.raises(ConfigFileError, match="cannot be parsed"):
         session.save()
     assert (dask_config / "coiled.yaml").read_text() == "coiled: [unclosed\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Never widen by surprise: what the rules replace, and what a wider rule covers, are said first
+
+
+def test_the_settings_and_the_plan_say_the_rules_replace_the_built_in_default(cloud, dask_config):
+    view = session.add("8786,8787", "10.1.0.0/16", description="office VPN", cluster="widen")
+    replaced = (
+        "the rules from notebook session (this kernel) replace those of the built-in default "
+        "(tcp 8786-8787 from 0.0.0.0/0); as in Coiled, the strongest layer that declares ingress "
+        "wins as a whole: none of the replaced rules is kept."
+    )
+    assert view.to_payload()["notes"] == [replaced]
+    assert f"note: {replaced}" in repr(view)
+    plan = session.plan("widen")
+    assert plan.notes[0] == replaced
+    assert [(r.ports, r.source, r.description) for r in plan.add] == [
+        ("8786-8787", "10.1.0.0/16", "office VPN")
+    ]
+
+
+def test_the_plan_names_a_rule_covered_by_a_wider_one_and_never_moves_its_description(
+    cloud, dask_config
+):
+    (dask_config / "coiled.yaml").write_text(
+        "coiled:\n  backend-options:\n    ingress:\n      - ports: [8786, 8787]\n"
+        "        cidr: 0.0.0.0/0\n"
+    )
+    session.add(8786, "10.1.0.0/16", description="office VPN", cluster="widen")
+    plan = session.plan("widen")
+    assert [(r.ports, r.source, r.description) for r in plan.add] == [
+        ("8786-8787", "0.0.0.0/0", "")
+    ]
+    assert plan.notes[0].startswith(
+        f"the rules from notebook session (this kernel) replace those of the dask config "
+        f"({dask_config / 'coiled.yaml'}) (tcp 8786-8787 from 0.0.0.0/0), and of the built-in"
+    )
+    assert plan.notes[1] == (
+        "tcp 8786 from 10.1.0.0/16 (office VPN) is covered by tcp 8786-8787 from 0.0.0.0/0 and is "
+        "not sent separately."
+    )
+    assert f"note: {plan.notes[1]}" in repr(plan)
+    session.apply("widen")
+    [group] = cloud.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["*widen*"]}]
+    )["SecurityGroups"]
+    described = {
+        r["CidrIp"]: r.get("Description", "")
+        for p in group["IpPermissions"]
+        for r in p.get("IpRanges", [])
+    }
+    assert described == {"0.0.0.0/0": ""}  # never "office VPN" on the world-open rule
+
+
+def test_two_thousand_pasted_addresses_are_refused_over_the_quota_in_well_under_a_second(
+    dask_config,
+):
+    import ipaddress
+    import random
+    import time
+
+    from coiled_jupyter.provision import reconcile
+
+    rng = random.Random(5)
+    pasted = "\n".join(
+        f"- ports: [8786, 8787]\n  cidr: {ipaddress.IPv4Address(a)}"
+        for a in rng.sample(range(1 << 24, 223 << 24), 2000)
+    )
+    start = time.process_time()
+    session.set_settings(pasted)
+    with pytest.raises(CoiledJupyterError, match="2001 IPv4 entries .* over the quota of 60"):
+        reconcile.declared(session.effective_settings())
+    # CPU time, so that a busy machine does not fail it; the quadratic compaction took minutes.
+    assert time.process_time() - start < 2.0
