@@ -207,3 +207,20 @@ def test_two_thousand_pasted_addresses_are_refused_over_the_quota_in_well_under_
         reconcile.declared(session.effective_settings())
     # CPU time, so that a busy machine does not fail it; the quadratic compaction took minutes.
     assert time.process_time() - start < 2.0
+
+
+def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(dask_config):
+    session.set_scheduler_ip("private")
+    saved = session.save(everything=True)
+    data = yaml.safe_load((dask_config / "coiled.yaml").read_text())
+    assert data["coiled"]["backend-options"]["ingress"] == [
+        {"ports": [8786, 8787], "cidr": "0.0.0.0/0"}
+    ]
+    assert data["coiled"]["use_scheduler_public_ip"] is False
+    assert saved.to_payload()["notes"] == [
+        "pinned the rules from built-in default as they are now; later changes there no longer "
+        "reach this copy."
+    ]
+    session.reset()
+    with pytest.raises(CoiledJupyterError, match="nothing to save.*everything=True"):
+        session.save()

@@ -281,6 +281,7 @@ class SaveResult(_Displayed):
     location: str
     ingress: tuple[Rule, ...] | None
     use_scheduler_public_ip: bool | None
+    notes: tuple[str, ...] = ()
 
     def to_payload(self) -> dict:
         written = []
@@ -302,6 +303,7 @@ class SaveResult(_Displayed):
             location=self.location,
             summary=f"saved to {self.location}: {' and '.join(written)}; {readers}.",
             rows=[rule_row(r) for r in self.ingress or ()],
+            notes=list(self.notes),
         )
 
 
