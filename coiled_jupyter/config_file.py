@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import ConfigFileError
 from .rules import Rule, to_coiled
-from .settings import config_path, first_line, key_spelling, option
+from .settings import config_path, key_spelling, option
 from .state import file_lock, lock_name
 
 
@@ -306,3 +306,8 @@ def _child(mapping, key: str):
             "nothing was written."
         )
     return node
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (parsers' messages run on with excerpts)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

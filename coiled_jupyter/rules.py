@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .errors import CoiledJupyterError
+from .strict_yaml import excerpt
 
 PROTOCOLS = ("tcp", "udp")
 # AWS's protocol "-1": every protocol and port; only read from the cloud or used for the self rule.
@@ -40,12 +41,6 @@ EVERYONE = "everyone"
 ME = "me"
 EVERYONE_NETWORKS = ("0.0.0.0/0", "::/0")
 DESCRIPTION_MAX = 255
-# One input (a pasted list, a file, the account store) may give at most this many rules, counted
-# before any parsing: far more than any security group holds (60 per family unless AWS raised it),
-# yet a 10,000-rule paste is parsed and compacted in well under a second.
-MAX_RULES_PER_INPUT = 10_000
-# YAML text longer than this cannot hold a reasonable rule list; it is refused before it is read.
-MAX_TEXT_CHARACTERS = 2_000_000
 # What AWS accepts in a security group rule description.
 _DESCRIPTION_OK = re.compile(r"^[a-zA-Z0-9. _\-:/()#,@\[\]+=&;{}!$*]*$")
 _GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
@@ -53,6 +48,13 @@ _GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 # refuses more than 4300 digits.
 _NUMBER = re.compile(r"[0-9]{1,10}")
 _RANGE = re.compile(r"^\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*$")
+# '0022' is 18 in YAML 1.1 and 22 to int(): refused everywhere alike, with the reading to write.
+_LEADING_ZERO = re.compile(r"0[0-9]+")
+# '1:30' is 90 in YAML 1.1 (base 60); people mean the range 1-30.
+_SEXAGESIMAL = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
+# A security group holds at most 1,000 rules (AWS's highest quota): more entries, or rules a
+# ports x cidr product expands into, are refused before any of them is parsed.
+MAX_RULES = 1000
 
 
 class IngressError(CoiledJupyterError, ValueError):
@@ -147,38 +149,24 @@ def parse_ingress(value, *, where: str = "ingress") -> list[Rule]:
         raise IngressError(
             [
                 f"{where} must be a list of rules like [{{'ports': [8786], 'cidr': '10.1.0.0/16'}}], "
-                f"not {type(value).__name__} {value!r}."
+                f"not {type(value).__name__} {excerpt(value)}."
             ]
         )
-    _check_count(len(value), where)
+    _check_count(len(value), "rules", where)
     problems: list[str] = []
     rules: list[Rule] = []
     for index, item in enumerate(value, start=1):
         label = f"{where} rule {index}" if len(value) > 1 else f"{where} rule"
         try:
             rules.extend(parse_rule(item, where=label))
+            _check_count(len(rules), "rules once its ports and sources are combined", where)
         except IngressError as error:
             problems.extend(error.problems)
-        _check_count(len(rules), where)
+            if len(rules) > MAX_RULES:
+                break
     if problems:
         raise IngressError(problems)
     return canonical(rules)
-
-
-def _check_count(count: int, where: str) -> None:
-    """Refuse an input of more rules than :data:`MAX_RULES_PER_INPUT` before more work is done."""
-    if count > MAX_RULES_PER_INPUT:
-        raise IngressError(
-            [
-                f"{where} gives more than {MAX_RULES_PER_INPUT:,} rules, the most one input may "
-                "hold (a security group holds 60 per IP family unless AWS raised the quota); "
-                "merge the addresses into networks such as 10.1.0.0/16."
-            ]
-        )
-
-
-def _length(value) -> int:
-    return len(value) if isinstance(value, (list, tuple)) else 1
 
 
 def parse_rule(item, *, where: str = "rule") -> list[Rule]:
@@ -187,7 +175,7 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
         raise IngressError(
             [
                 f"{where} must be a mapping like {{'ports': [8786], 'cidr': '10.1.0.0/16'}}, "
-                f"not {type(item).__name__} {item!r}."
+                f"not {type(item).__name__} {excerpt(item)}."
             ]
         )
     problems: list[str] = []
@@ -197,11 +185,10 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
             hint = (
                 f"did you mean '{close[0]}'?" if close else f"use only {', '.join(ALLOWED_KEYS)}."
             )
-            problems.append(f"{where} has unknown key {key!r}; {hint}")
+            problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
     for required in ("ports", "cidr"):
         if required not in item:
             problems.append(f"{where} has no '{required}'; add e.g. {_EXAMPLE[required]}.")
-    _check_count(_length(item.get("ports")) * _length(item.get("cidr")), where)
     port_ranges = (
         _collect(problems, parse_ports, item.get("ports"), where) if "ports" in item else []
     )
@@ -210,6 +197,9 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
     description = _collect(problems, parse_description, item.get("description", ""), where)
     if problems:
         raise IngressError(problems)
+    _check_count(
+        len(port_ranges) * len(sources), "rules once its ports and sources are combined", where
+    )
     return [
         Rule(protocol, low, high, source, description)
         for (low, high) in port_ranges
@@ -229,36 +219,30 @@ def _collect(problems: list[str], parser, value, where):
 
 
 def load_text(text: str, where: str):
-    """YAML (or JSON) text into Python values, with the line and column of a mistake."""
-    import yaml
+    """YAML (or JSON) text into Python values, by the strict rules of :mod:`.strict_yaml` (YAML 1.2
+    core schema, no duplicate keys, no aliases, bounded size and depth)."""
+    from .strict_yaml import StrictYAMLError, load
 
-    if len(text) > MAX_TEXT_CHARACTERS:
+    try:
+        return load(text, where)
+    except StrictYAMLError as error:
+        raise IngressError(error.problems) from None
+
+
+def _check_count(count: int, what: str, where: str) -> None:
+    if count > MAX_RULES:
         raise IngressError(
             [
-                f"{where} text has {len(text):,} characters, more than the "
-                f"{MAX_TEXT_CHARACTERS:,} a rule list may take; merge the addresses into "
-                "networks such as 10.1.0.0/16."
+                f"{where} has {count:,} {what}; a security group holds at most {MAX_RULES:,} "
+                "rules, so write fewer (ranges like '8000-8100' and wider networks count as one)."
             ]
         )
-    # libyaml's loader when PyYAML has it: ten times faster on a long pasted list.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        return yaml.load(text, Loader=loader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "it is not valid YAML"
-        raise IngressError(
-            [
-                f"{where} text could not be read{at}: {problem}; check the indentation "
-                "and quote values that contain ':'."
-            ]
-        ) from None
 
 
 def parse_ports(value, *, where: str = "ports") -> list[tuple[int, int]]:
     """A port, a range string, or a list of them, into sorted (low, high) ranges."""
     entries = value if isinstance(value, (list, tuple)) else [value]
+    _check_count(len(entries), "ports", where)
     if not entries:
         raise IngressError(
             [f"{where} has an empty 'ports' list; list at least one port, e.g. [8786]."]
@@ -279,23 +263,39 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
     if isinstance(entry, bool):
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is a boolean, not a port; "
+                f"{where} has port {excerpt(entry)}, which is a boolean, not a port; "
                 "write a number from 1 to 65535."
             ]
         )
     if isinstance(entry, float):
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is not a whole number; "
+                f"{where} has port {excerpt(entry)}, which is not a whole number; "
                 f"write {int(entry)} if that is what you mean."
                 if entry.is_integer()
-                else f"{where} has port {entry!r}, which is not a whole number."
+                else f"{where} has port {excerpt(entry)}, which is not a whole number."
             ]
         )
     if isinstance(entry, int):
         return (_check_port(entry, where), _check_port(entry, where))
     if isinstance(entry, str):
         text = entry.strip()
+        for number in text.split("-"):
+            if _LEADING_ZERO.fullmatch(number.strip()):
+                raise IngressError(
+                    [
+                        f"{where} has port {excerpt(entry)} with a leading zero, which YAML reads "
+                        f"as octal; write {int(number)} (ports are decimal)."
+                    ]
+                )
+        clock = _SEXAGESIMAL.fullmatch(text)
+        if clock:
+            raise IngressError(
+                [
+                    f"{where} has port {excerpt(entry)}, which YAML 1.1 reads as a number in base "
+                    f"60; for the range write '{clock.group(1)}-{clock.group(2)}'."
+                ]
+            )
         if _NUMBER.fullmatch(text):
             port = _check_port(int(text), where)
             return (port, port)
@@ -306,20 +306,20 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
             if low > high:
                 raise IngressError(
                     [
-                        f"{where} has range {entry!r} whose start is above its end; "
+                        f"{where} has range {excerpt(entry)} whose start is above its end; "
                         f"write '{high}-{low}'."
                     ]
                 )
             return (low, high)
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is not a port; write a number like "
+                f"{where} has port {excerpt(entry)}, which is not a port; write a number like "
                 "8786 or a range like '8000-8100'."
             ]
         )
     raise IngressError(
         [
-            f"{where} has port {entry!r} of type {type(entry).__name__}; write a number "
+            f"{where} has port {excerpt(entry)} of type {type(entry).__name__}; write a number "
             "like 8786 or a range like '8000-8100'."
         ]
     )
@@ -336,6 +336,7 @@ def _check_port(port: int, where: str) -> int:
 def parse_source(value, *, where: str = "cidr") -> list[str]:
     """A source as written into its canonical sources (``everyone`` gives two)."""
     if isinstance(value, (list, tuple)):
+        _check_count(len(value), "sources", where)
         problems: list[str] = []
         sources: list[str] = []
         for item in value:
@@ -353,7 +354,7 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
     if not isinstance(value, str):
         raise IngressError(
             [
-                f"{where} has cidr {value!r} of type {type(value).__name__}; write a "
+                f"{where} has cidr {excerpt(value)} of type {type(value).__name__}; write a "
                 "network in quotes like '10.1.0.0/16', 'me' or 'everyone'."
             ]
         )
@@ -367,7 +368,7 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
         if not _GROUP_ID.match(lowered):
             raise IngressError(
                 [
-                    f"{where} has security group {value!r}, which is not a group id; "
+                    f"{where} has security group {excerpt(value)}, which is not a group id; "
                     "a group id looks like 'sg-0123456789abcdef0'."
                 ]
             )
@@ -385,15 +386,15 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     except ValueError:
         raise IngressError(
             [
-                f"{where} has cidr {text!r}, which is not an IP network; write it like "
+                f"{where} has cidr {excerpt(text)}, which is not an IP network; write it like "
                 "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."
             ]
         ) from None
     if getattr(ip, "scope_id", None):
         raise IngressError(
             [
-                f"{where} has cidr {text!r} with a zone '%{ip.scope_id}', which a firewall "
-                "rule cannot hold; remove it."
+                f"{where} has cidr {excerpt(text)} with a zone {excerpt('%' + ip.scope_id)}, "
+                "which a firewall rule cannot hold; remove it."
             ]
         )
     if not slash:
@@ -402,7 +403,7 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     if not _NUMBER.fullmatch(prefix) or not 0 <= int(prefix) <= limit:
         raise IngressError(
             [
-                f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
+                f"{where} has cidr {excerpt(text)} whose prefix length {excerpt('/' + prefix)} is not "
                 f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
                 "address."
             ]
@@ -412,7 +413,7 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     if network.network_address != ip:
         raise IngressError(
             [
-                f"{where} has cidr {text!r} with host bits set, which would admit all of "
+                f"{where} has cidr {excerpt(text)} with host bits set, which would admit all of "
                 f"{network}; did you mean '{network}'? (or '{ip}/{limit}' for the one "
                 "address)"
             ]
@@ -423,14 +424,18 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
 def parse_protocol(value, *, where: str = "protocol") -> str:
     if isinstance(value, str) and value.strip().lower() in PROTOCOLS:
         return value.strip().lower()
-    raise IngressError([f"{where} has protocol {value!r}; use 'tcp' (the default) or 'udp'."])
+    raise IngressError(
+        [f"{where} has protocol {excerpt(value)}; use 'tcp' (the default) or 'udp'."]
+    )
 
 
 def parse_description(value, *, where: str = "description") -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise IngressError([f"{where} has description {value!r}, which is not text; quote it."])
+        raise IngressError(
+            [f"{where} has description {excerpt(value)}, which is not text; quote it."]
+        )
     if len(value) > DESCRIPTION_MAX:
         raise IngressError(
             [
@@ -442,8 +447,8 @@ def parse_description(value, *, where: str = "description") -> str:
         bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.fullmatch(c)}))
         raise IngressError(
             [
-                f"{where} has description {value!r} with characters AWS refuses "
-                f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."
+                f"{where} has description {excerpt(value)} with characters AWS refuses "
+                f"({excerpt(bad)}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."
             ]
         )
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -693,7 +694,7 @@ def test_substitute():
 
     ns = {"a": "10.1.0.0/16", "n": 5, "flag": False, "rules": [{"ports": [1], "cidr": "x"}]}
     assert substitute("${a} $a $$ ${n} ${flag}", ns, "x") == "10.1.0.0/16 10.1.0.0/16 $ 5 false"
-    assert json.loads(substitute("${rules}", ns, "x")) == ns["rules"]
+    assert json.loads(shlex.split(substitute("${rules}", ns, "x"))[0]) == ns["rules"]
     assert substitute("no dollars", {}, "x") == "no dollars"
     with pytest.raises(UsageError, match="variables 'b' and 'c' in x are not defined"):
         substitute("${b} ${c}", ns, "x")

@@ -75,6 +75,11 @@ def set_backend_options(
     say otherwise. Credentials given here are used for this one call's boto3 session only; they are not
     stored, printed or put into any message.
     """
+    from .aws import Secret
+
+    # At once, so that a traceback's argument list (%xmode Verbose) shows them masked.
+    aws_access_key_id = Secret.wrap(aws_access_key_id)
+    aws_secret_access_key = Secret.wrap(aws_secret_access_key)
     problems = []
     if unsupported:
         problems.append(

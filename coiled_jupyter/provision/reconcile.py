@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from ..errors import CloudError
 from ..rules import (
     ALL_PROTOCOLS,
-    MAX_RULES_PER_INPUT,
+    MAX_RULES,
     IngressError,
     Rule,
     compaction,
@@ -96,14 +96,14 @@ def desired_rules(settings: Settings) -> list[Rule]:
 
 
 def _check_count(rules: list[Rule]) -> None:
-    """Refuse, before any work, more rules than one input may give: the session's additions and a
-    layer's list together can exceed what parsing allows one input."""
-    if len(rules) > MAX_RULES_PER_INPUT:
+    """Refuse, before any work, more rules than any security group holds: parsing refuses such an
+    input, but a session's additions can pile up past it."""
+    if len(rules) > MAX_RULES:
         raise QuotaError(
             [
-                f"the settings hold {len(rules):,} rules, more than the {MAX_RULES_PER_INPUT:,} "
-                "that are compacted for one security group; merge the addresses into networks "
-                "such as 10.1.0.0/16."
+                f"the settings hold {len(rules):,} rules; a security group holds at most "
+                f"{MAX_RULES:,}, so write fewer (ranges like '8000-8100' and wider networks count "
+                "as one)."
             ]
         )
 
@@ -288,7 +288,10 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
             None,
             (),
             (),
-            warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",),
+            warnings=(
+                *_backend_warnings(t),
+                f"cluster {t.cluster!r} has no security group yet; run apply.",
+            ),
         )
     if desired is None:
         try:
@@ -313,8 +316,18 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
         group.rules,
         tuple(origins),
         group.unmanageable,
-        _warnings(group.rules),
+        (*_backend_warnings(t), *_warnings(group.rules)),
     )
+
+
+def _backend_warnings(t: Target) -> tuple[str, ...]:
+    """A sandbox restart, announced in every table until acknowledged (see sandbox.restart_warning)."""
+    if t.backend != "sandbox":
+        return ()
+    from .sandbox import restart_warning
+
+    warning = restart_warning()
+    return (warning,) if warning else ()
 
 
 def _apply_lock(t: Target, on_wait):
