@@ -7,7 +7,7 @@ runs (the machine may be shared), as wall-clock and CPU seconds of this process.
   scattered single addresses on two ports (nothing merges but the ports), adjacent addresses that
   collapse into a few networks, and addresses of which most lie inside a few wider networks.
 * ``pasted``: addresses pasted as a YAML rule list, as in a ``%%coiled_ingress`` cell: 2,000 of them
-  (4,000 rules) are refused on the count before parsing; 500 (1,000 rules) are parsed into the session
+  (4,000 rules) are refused before they are read; 500 (1,000 rules) are parsed into the session
   (``session.set_settings``, which also judges reachability), then made the rules as they would be
   sent (``reconcile.declared``: compaction and the quota check, which refuses them).
 
@@ -116,7 +116,7 @@ def pasted_rows(reps: int) -> list[list]:
     rows = []
     many, some = paste(2000), paste(500)
     wall, cpu, said = best(reps, lambda: refused(lambda: session.set_settings(many)))
-    rows.append(["2,000 addresses: set_settings (refused on the count)", wall, cpu, said])
+    rows.append(["2,000 addresses: set_settings (refused before it is read)", wall, cpu, said])
     wall, cpu, said = best(reps, lambda: refused(lambda: session.set_settings(some)))
     rows.append(["500 addresses: set_settings (parse, judge reachability)", wall, cpu, said])
     send = lambda: refused(lambda: reconcile.declared(session.effective_settings()))  # noqa: E731

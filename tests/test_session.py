@@ -206,8 +206,10 @@ def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask
 
     many, some = pasted(2000), pasted(500)
     start = time.process_time()
+    with pytest.raises(IngressError, match="more than the 64 KiB"):
+        session.set_settings(many)  # text: refused on its size before it is read
     with pytest.raises(IngressError, match="has 2,000 rules; a security group holds at most"):
-        session.set_settings(many)
+        session.set_settings(yaml.safe_load(many))  # Python values: refused on the count
     session.set_settings(some)  # 1,000 rules: parsed, then refused over the quota when sent
     with pytest.raises(CoiledJupyterError, match="501 IPv4 entries .* over the quota of 60"):
         reconcile.declared(session.effective_settings())
