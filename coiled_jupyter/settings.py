@@ -556,8 +556,13 @@ def replaced_rules_note(settings: Settings) -> str | None:
     and the plan say it before anything is applied.
     """
     winner = settings.ingress.layer
+    effective = {r.key for r in settings.rules}
     replaced = [
-        values for values in settings.layers if values.ingress is not None and values.layer < winner
+        values
+        for values in settings.layers
+        if values.ingress is not None
+        and values.layer < winner
+        and {r.key for r in values.ingress} != effective  # the same rules again lose nothing
     ]
     if not replaced:
         return None
