@@ -53,11 +53,6 @@ SUBCOMMANDS = (
     "destroy",
     "save",
 )
-PANEL_NOT_AVAILABLE = (
-    "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
-    "(add, remove, set, plan, apply; %coiled_ingress -h for help) and %coiled_scheduler_ip for the "
-    "public/private scheduler IP."
-)
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
 _OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
@@ -87,7 +82,7 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress apply                 make the cluster's security group match; show its rules
   %coiled_ingress describe              the group's rules as the cloud reports them
   %coiled_ingress destroy               delete the cluster's security group
-  %coiled_ingress save [--scope user]   keep the effective settings in Dask's config file
+  %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
@@ -104,8 +99,9 @@ Without --apply it sets the session and shows the settings; with --apply it also
           cidr: 10.1.0.0/16
     use_scheduler_public_ip: false
 
-add, remove, set, clear, reset and the cell change this notebook's session layer (the kernel's
-Dask config, so a coiled.Cluster() created later sees them too); they return the new settings.
+add, remove, set, clear, reset and the cell change this notebook's session layer and return the
+new settings. coiled.Cluster() does not read rules from the session or from Dask's config (saved
+ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs()).
 --cluster NAME picks the cluster (default: %config CoiledMagics.cluster, else the Dask config
 key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
 variable name; write $$ for a literal $.
@@ -113,12 +109,23 @@ variable name; write $$ for a literal $.
 
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
-private IP (Coiled's use_scheduler_public_ip). It is mirrored into the kernel's Dask config
-(coiled.use_scheduler_public_ip), so a coiled.Cluster() created later in this kernel uses it.
+private IP (Coiled's use_scheduler_public_ip). It is also set in the kernel's Dask config
+(coiled.use_scheduler_public_ip), which a coiled.Cluster() created later in this kernel reads by
+itself; %coiled_ingress reset puts back the value that was there before.
 
   %coiled_scheduler_ip            show the setting, where it came from, and reachability
   %coiled_scheduler_ip private    connect on the private IP (VPN, peered VPC, same VPC)
   %coiled_scheduler_ip public     connect on the public IP
+"""
+
+_FIREWALL_DESCRIPTION = """\
+Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
+Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
+Plan, Apply, Save to my config, Save as team default and Revert. Edits that are valid reach the
+session at once, so the next %coiled_ingress shows them; a change made by a magic shows in an
+open panel.
+
+  %coiled_firewall [--cluster NAME]
 """
 
 
@@ -514,10 +521,23 @@ class CoiledMagics(Magics, Configurable):
     # ----------------------------------------------------------------------------------------------
     # %coiled_firewall
 
+    @no_var_expand
     @line_magic
+    @magic_arguments()
+    @kwds(description=_FIREWALL_DESCRIPTION)
+    @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
+    @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_firewall(self, line=""):
-        """The firewall panel: not available yet; use %coiled_ingress and %coiled_scheduler_ip."""
-        print(PANEL_NOT_AVAILABLE)
+        with _usage_errors():
+            line = substitute(line, self.shell.user_ns, "the magic's line")
+            parser = self.coiled_firewall.parser
+            args = _parse(parser, _split(line))
+            if args.help:
+                return _print_help(parser)
+            # ipywidgets loads here, on first use, not at %load_ext.
+            from .widgets import FirewallPanel
+
+            return FirewallPanel(cluster=self._cluster(args))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -874,18 +874,70 @@ def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> boo
     return False
 
 
-def to_coiled(rules: Iterable[Rule]) -> list[dict]:
-    """Rules back into Coiled's list-of-dicts, grouping ports that share a source and protocol."""
+def to_coiled(rules: Iterable[Rule], *, client: bool = False) -> list[dict]:
+    """Rules back into Coiled's list-of-dicts, grouping ports that share a source.
+
+    By default the result is what this tool reads back (the Dask config file, the account store): a
+    range stays one string (``"8000-8100"``), and ``protocol`` (when not tcp) and ``description``
+    are kept. With ``client=True`` it is exactly Coiled's ``FirewallOptions`` as ``coiled.Cluster``
+    takes it in ``backend_options["ingress"]``: ``{"ports": [int, ...], "cidr": str}`` and nothing
+    else, ranges listed port by port (at most :data:`MAX_LISTED_PORTS` per range). What Coiled's
+    format cannot express (udp, a security group source, a wider range) is refused with one
+    sentence each, all in one :class:`IngressError`.
+    """
+    rules = canonical(rules)
+    if client:
+        problems = [p for rule in rules if (p := _client_problem(rule))]
+        if problems:
+            raise IngressError(problems)
     groups: dict[tuple[str, str, str], list[int | str]] = {}
-    for rule in canonical(rules):
-        port: int | str = rule.from_port if rule.from_port == rule.to_port else rule.ports
-        groups.setdefault((rule.source, rule.protocol, rule.description), []).append(port)
+    for rule in rules:
+        if client:
+            key, ports = (rule.source, "tcp", ""), range(rule.from_port, rule.to_port + 1)
+        else:
+            key = (rule.source, rule.protocol, rule.description)
+            ports = [rule.from_port if rule.from_port == rule.to_port else rule.ports]
+        groups.setdefault(key, []).extend(ports)
     out = []
     for (source, protocol, description), ports in groups.items():
-        item: dict = {"ports": ports, "cidr": source}
+        item: dict = {"ports": sorted(set(ports)) if client else ports, "cidr": source}
         if protocol != "tcp":
             item["protocol"] = protocol
         if description:
             item["description"] = description
         out.append(item)
     return out
+
+
+# Coiled's ingress lists single ports. A range is listed port by port up to this width; a wider one
+# (1024-65535, say) is almost certainly meant for a security group, which takes ranges, and listed
+# it would send Coiled tens of thousands of integers.
+MAX_LISTED_PORTS = 1024
+
+_TO_LAUNCHERS = (
+    "apply it to the cluster's security group and hand the group to other launchers with "
+    "cluster_kwargs().security_group_id"
+)
+
+
+def _client_problem(rule: Rule) -> str | None:
+    """Why Coiled's ``FirewallOptions`` cannot carry ``rule`` (None when it can)."""
+    if rule.protocol != "tcp":
+        return (
+            f"{rule} cannot be handed to coiled.Cluster: Coiled's ingress opens TCP ports only; "
+            f"{_TO_LAUNCHERS}."
+        )
+    if rule.source_kind == "group":
+        return (
+            f"{rule} cannot be handed to coiled.Cluster: Coiled's ingress takes a CIDR block, not "
+            f"a security group; {_TO_LAUNCHERS}."
+        )
+    if rule.source_kind == ME:
+        raise ValueError("resolve 'me' with resolve_me() before handing rules to Coiled")
+    width = rule.to_port - rule.from_port + 1
+    if width > MAX_LISTED_PORTS:
+        return (
+            f"{rule} spans {width:,} ports, but Coiled's ingress lists single ports and this tool "
+            f"lists at most {MAX_LISTED_PORTS:,} per range; narrow the range, or {_TO_LAUNCHERS}."
+        )
+    return None

@@ -6,8 +6,10 @@ files, then ``DASK_COILED__*`` environment variables), notebook session, one clu
 are replaced, not merged, as in Coiled); ``use_scheduler_public_ip`` wins on its own.
 
 The Dask config layer is read afresh from the files and the environment on every resolution, so a file
-saved a moment ago, or another kernel's change to it, shows at once. The session layer is mirrored into
-this kernel's global Dask config, so that a ``coiled.Cluster()`` created later in the same kernel sees it.
+saved a moment ago, or another kernel's change to it, shows at once. The session's toggle is also set in
+this kernel's Dask config (``coiled.use_scheduler_public_ip``), the one setting a ``coiled.Cluster()``
+created later in the same kernel reads from there; Coiled's client never applies ingress from Dask's
+config, so the rules reach it only as ``coiled.Cluster(**cluster_kwargs())``.
 """
 
 from __future__ import annotations
@@ -487,6 +489,15 @@ class SessionLayer:
 
 
 SESSION = SessionLayer()
+
+
+def coiled_toggle() -> bool:
+    """The ``use_scheduler_public_ip`` a ``coiled.Cluster()`` created now in this kernel would use
+    when not given one: Coiled's client reads ``dask.config.get("coiled.use_scheduler_public_ip",
+    True)`` (``Cluster.__init__`` in coiled/v2/cluster.py), the same expression as here."""
+    import dask.config
+
+    return bool(dask.config.get(PUBLIC_IP_KEY, True))
 
 
 # --------------------------------------------------------------------------------------------------

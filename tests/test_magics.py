@@ -113,7 +113,7 @@ def test_load_ext_is_light():
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "coiled_jupyter")
         ip.run_line_magic("coiled_ingress", "--help")
-        ip.run_line_magic("coiled_firewall", "")
+        ip.run_line_magic("coiled_firewall", "--help")
         assert ip.find_line_magic("coiled_ingress") is not None
         print([m for m in ("boto3", "botocore", "moto", "distributed") if m in sys.modules])
     """)
@@ -393,12 +393,6 @@ def test_scheduler_ip(ip, sandbox):
     assert session().ingress is None
     ip.run_line_magic("coiled_scheduler_ip", "PUBLIC")
     assert dask.config.get("coiled.use_scheduler_public_ip") is True
-
-
-def test_firewall_panel_says_not_yet(ip, capsys):
-    assert ip.run_line_magic("coiled_firewall", "") is None
-    out = capsys.readouterr().out
-    assert "not available yet" in out and "%coiled_ingress" in out
 
 
 # --------------------------------------------------------------------------------------------------
