@@ -564,9 +564,13 @@ def replaced_rules_note(settings: Settings) -> str | None:
 
     Lists are replaced, not merged, as in Coiled: rules declared anywhere leave nothing of Coiled's
     world-open default or of the account defaults. People expect an addition, so the settings view
-    and the plan say it before anything is applied.
+    and the plan say it before anything is applied, when a person's own rules (Dask config, session,
+    cluster options) replace others; the account defaults replacing the built-in default are the
+    team's baseline, not news to repeat in every view.
     """
     winner = settings.ingress.layer
+    if winner <= Layer.ACCOUNT:
+        return None
     effective = {r.key for r in settings.rules}
     replaced = [
         values

@@ -232,3 +232,18 @@ def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(dask_confi
     session.reset()
     with pytest.raises(CoiledJupyterError, match="nothing to save.*everything=True"):
         session.save()
+
+
+def test_the_team_defaults_are_no_news_but_rules_replacing_them_are(cloud, dask_config):
+    from coiled_jupyter.provision import account
+
+    account.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.9.0.0/16"}])
+    assert not [n for n in session.show("team").to_payload()["notes"] if "replace" in n]
+    view = session.set_settings([VPN], cluster="team")
+    [note] = [n for n in view.to_payload()["notes"] if "replace" in n]
+    assert note.startswith(
+        "the rules from notebook session (this kernel) replace those of the account default "
+        "(SSM /coiled-jupyter/backend-options) (tcp 8786 from 10.9.0.0/16), and of the built-in "
+        "default (tcp 8786-8787 from 0.0.0.0/0)"
+    )
+    assert note in session.plan("team").notes
