@@ -42,6 +42,16 @@ def __dir__():
     return sorted([*globals(), *_PUBLIC])
 
 
+def _jupyter_labextension_paths() -> list[dict]:
+    """Where an editable install finds the built lab extension (a wheel installs it in share/)."""
+    return [{"src": "labextension", "dest": "coiled-jupyter"}]
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """The REST handlers live in ``coiled_jupyter.server``, imported only by a Jupyter server."""
+    return [{"module": "coiled_jupyter.server"}]
+
+
 def load_ipython_extension(ipython) -> None:
     """``%load_ext coiled_jupyter``: register the magics."""
     from .magics import load_ipython_extension as load

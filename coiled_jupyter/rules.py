@@ -421,6 +421,48 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     return str(network)
 
 
+def mask_host_bits(value) -> tuple[object, list[str]]:
+    """Coiled's ``ingress`` value with every CIDR that has host bits set masked as AWS masks it, and
+    one sentence per CIDR saying how much more it admits than it names.
+
+    Only for calls pasted from Coiled's documentation (``set_backend_options``), whose own example
+    writes ``10.1.0.2/16`` and whose table shows the masked ``10.1.0.0/16``: the call works as
+    written, and the widening is said before anything is stored. Everywhere else host bits are
+    refused. Values that are not CIDRs are left for the parser to judge.
+    """
+    said: list[str] = []
+
+    def mask(cidr):
+        if not isinstance(cidr, str) or "/" not in cidr:
+            return cidr
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+            address = ipaddress.ip_address(cidr.strip().partition("/")[0])
+        except ValueError:
+            return cidr
+        if network.network_address == address:
+            return cidr
+        said.append(
+            f"cidr {excerpt(cidr)} has host bits set; as AWS would, it is kept as {network}, which "
+            f"admits {network.num_addresses:,} addresses; write '{address}/{network.max_prefixlen}' "
+            "for the one address."
+        )
+        return str(network)
+
+    def rule(item):
+        if not isinstance(item, Mapping) or "cidr" not in item:
+            return item
+        cidr = item["cidr"]
+        masked = [mask(c) for c in cidr] if isinstance(cidr, (list, tuple)) else mask(cidr)
+        return {**item, "cidr": masked}
+
+    if isinstance(value, Mapping):
+        return rule(value), said
+    if isinstance(value, (list, tuple)):
+        return [rule(item) for item in value], said
+    return value, said
+
+
 def parse_protocol(value, *, where: str = "protocol") -> str:
     if isinstance(value, str) and value.strip().lower() in PROTOCOLS:
         return value.strip().lower()

@@ -29,6 +29,7 @@ from .settings import (
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
+from .strict_yaml import excerpt
 
 SCOPES = ("user", "account")
 SCHEDULER_IP_WORDS = ("public", "private")
@@ -179,7 +180,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
         return word
     close = difflib.get_close_matches(str(word), words, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise IngressError([sentence.format(value=repr(value), hint=hint)])
+    raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 
 
 def parse_scheduler_ip(choice) -> bool:

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import AccountStoreUnreadable, CloudError
-from ..rules import IngressError, to_coiled
+from ..rules import IngressError, mask_host_bits, to_coiled
 from ..settings import Layer, LayerValues, layer_from_options, option
 from .target import Target, target
 
@@ -229,6 +229,9 @@ def set_backend_options(
             "(firewall is deprecated)."
         )
     options: dict = {}
+    ingress, widened = mask_host_bits(ingress)
+    firewall, widened_firewall = mask_host_bits(firewall)
+    widened += widened_firewall
     try:
         if ingress is not None or firewall is not None:
             values = layer_from_options(Layer.ACCOUNT, {"ingress": ingress, "firewall": firewall})
@@ -256,7 +259,7 @@ def set_backend_options(
     if problems:
         raise IngressError(problems)
 
-    _warn_ignored(coiled_only, keys if t.backend == "sandbox" else None, name, own)
+    _warn_ignored(coiled_only, keys if t.backend == "sandbox" else None, name, own, widened)
     location = f"SSM {name}"
     if not options:
         return location
@@ -277,9 +280,12 @@ def set_backend_options(
     return location
 
 
-def _warn_ignored(coiled_only: set[str], sandbox_keys: AwsKeys | None, name: str, own: str) -> None:
-    """One warning for everything of the call that was not kept, and for whom it was kept."""
-    sentences = []
+def _warn_ignored(
+    coiled_only: set[str], sandbox_keys: AwsKeys | None, name: str, own: str, widened: list[str]
+) -> None:
+    """One warning for everything of the call that was not kept as written, and for whom it was
+    kept: Coiled's own keywords, unused keys, another workspace, host bits masked as AWS does."""
+    sentences = list(widened)
     if coiled_only:
         sentences.append(
             f"set_backend_options here keeps only the firewall settings ({', '.join(FIREWALL_KEYWORDS)}) "

@@ -547,15 +547,39 @@ class AccountStore:
             raise cloud_error(error, f"reading account defaults {self.name}") from None
         except BotoCoreError as error:
             raise cloud_error(error, f"reading account defaults {self.name}") from None
+        return self._parse(response["Parameter"]["Value"])
+
+    def _parse(self, text: str) -> dict:
+        """The parameter's JSON, strictly: bounded in size and depth, no key twice, an object. A
+        parameter edited by hand in the console that breaks these is an error, never ignored."""
+        from ..strict_yaml import StrictYAMLError, check_depth, check_size, excerpt
+
+        where = f"parameter {self.name}"
+
+        def unique(pairs):
+            keys = [key for key, _ in pairs]
+            for key in keys:
+                if keys.count(key) > 1:
+                    raise StrictYAMLError(f"{where} has the key {excerpt(key)} twice; keep one.")
+            return dict(pairs)
+
         try:
-            value = json.loads(response["Parameter"]["Value"])
-        except ValueError:
+            check_size(text, where)
+            check_depth(text, where)
+            value = json.loads(text, object_pairs_hook=unique)
+        except StrictYAMLError as error:
             raise CloudError(
                 "InvalidAccountDefaults",
-                f"parameter {self.name} does not hold JSON; "
-                "set it again with set_backend_options().",
+                f"{str(error).rstrip('.')}; set it again with set_backend_options().",
             ) from None
-        return value if isinstance(value, dict) else None
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise CloudError(
+                "InvalidAccountDefaults",
+                f"{where} does not hold a JSON object; set it again with set_backend_options().",
+            )
+        return value
 
     def store(self, options: dict) -> None:
         try:

@@ -176,7 +176,7 @@ def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
                 f"a new security group will be created for cluster {t.cluster!r}, owned by "
                 "coiled_jupyter; it also admits all traffic from itself.",
             ),
-            _warnings(desired),
+            (*_backend_warnings(t), *_warnings(desired)),
         )
     wanted = {r.key: r for r in [*desired, self_rule(group.group_id)]}
     current = {r.key: r for r in group.rules}
@@ -202,7 +202,7 @@ def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
         tuple(sorted(keep, key=sort_key)),
         origin,
         tuple(notes),
-        _warnings(desired),
+        (*_backend_warnings(t), *_warnings(desired)),
     )
 
 

@@ -1,0 +1,196 @@
+"""Thin REST handlers over :mod:`coiled_jupyter.session`: each request is one session call.
+
+A handler reads the request, makes one call, and answers with the result's JSON payload (the same dict
+the ``application/vnd.coiled-jupyter.rules+json`` mimetype carries). Errors map to status codes here
+and nowhere else: a person's mistake (:class:`CoiledJupyterError`) is a 400 with its sentences, a cloud
+failure (:class:`CloudError`) a 502 (503 when AWS throttles or is unavailable) with the AWS error code.
+
+Every method is ``@tornado.web.authenticated``; Jupyter Server's ``APIHandler`` checks XSRF on writes
+from a browser session. Core calls are synchronous (boto3), so they run in one worker thread, off the
+server's event loop; one thread also keeps this server's session edits in the order they arrived.
+
+This server process has a notebook session of its own (the sidebar's edits), apart from every kernel's.
+What they share is the cloud (the sandbox or AWS) and the Dask config file, which Save writes and every
+kernel reads; see the README's "Sidebar and kernels".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+
+from .. import session
+from ..errors import CloudError, CoiledJupyterError
+
+# AWS codes that mean "try again later" rather than "the call was wrong".
+_UNAVAILABLE = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "Unavailable",
+        "InternalError",
+        "InternalFailure",
+        # No answer at all: the core names these after botocore's exception.
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+    }
+)
+
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coiled-jupyter-rest")
+
+
+class BadRequest(CoiledJupyterError):
+    """A request the API cannot read (not JSON, an unknown field or operation)."""
+
+
+class _Handler(APIHandler):
+    """Shared plumbing: the cluster argument, the JSON body, one session call, the error mapping."""
+
+    def cluster(self, body: dict | None = None) -> str | None:
+        """The cluster named by the query (``?cluster=``) or the body; None means the default."""
+        name = (body or {}).get("cluster") or self.get_query_argument("cluster", "")
+        return name or None
+
+    def body(self, allowed: tuple[str, ...]) -> dict:
+        """The JSON object of the request, refusing fields this route does not take."""
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError as error:
+            raise BadRequest(f"the request body is not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        unknown = sorted(set(data) - set(allowed) - {"cluster"})
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s) {', '.join(map(repr, unknown))}; this request takes "
+                f"{', '.join(map(repr, (*allowed, 'cluster')))}"
+            )
+        return data
+
+    async def respond(self, parse) -> None:
+        """``parse()`` reads the request and returns the one session call to make (no arguments).
+
+        The call runs in the worker thread; its payload is the answer. A bad request or input is a
+        400 with the sentences, a cloud failure a 502/503 with the AWS code; nothing else is caught.
+        """
+        try:
+            call = parse()
+            result = await asyncio.get_running_loop().run_in_executor(_WORKER, call)
+        except CloudError as error:
+            status = 503 if error.code in _UNAVAILABLE else 502
+            self.refuse(status, {"message": str(error), "code": error.code})
+            return
+        except CoiledJupyterError as error:
+            self.refuse(400, {"message": str(error), "problems": list(error.problems)})
+            return
+        self.finish(json.dumps(result.to_payload()))
+
+    def refuse(self, status: int, body: dict) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+
+_RULE_FIELDS = ("ports", "source", "protocol", "description")
+_PATCH_OPS = {
+    "add": ("ports", "source", "protocol", "description"),
+    "remove": ("ports", "source", "protocol"),
+    "clear": (),
+    "reset": (),
+    "scheduler_ip": ("choice",),
+}
+
+
+class SettingsHandler(_Handler):
+    """``GET`` the effective settings (origin, reachability); ``PATCH`` one edit; ``PUT`` a value."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.respond(lambda: partial(session.show, self.cluster()))
+
+    @tornado.web.authenticated
+    async def patch(self) -> None:
+        await self.respond(self.parse_patch)
+
+    def parse_patch(self):
+        """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip", ...}`` as one session call."""
+        data = self.body(("op", *_RULE_FIELDS, "choice"))
+        op = data.pop("op", None)
+        if op not in _PATCH_OPS:
+            raise BadRequest(f"op {op!r} is not one of {', '.join(map(repr, _PATCH_OPS))}")
+        cluster = self.cluster(data)
+        data.pop("cluster", None)
+        extra = sorted(set(data) - set(_PATCH_OPS[op]))
+        if extra:
+            raise BadRequest(f"op {op!r} takes no field(s) {', '.join(map(repr, extra))}")
+        if op in ("add", "remove"):
+            missing = [name for name in ("ports", "source") if not data.get(name)]
+            if missing:
+                raise BadRequest(f"op {op!r} needs {' and '.join(map(repr, missing))}")
+            function = session.add if op == "add" else session.remove
+            options = {k: v or None for k, v in data.items() if k not in ("ports", "source")}
+            return partial(function, data["ports"], data["source"], cluster=cluster, **options)
+        if op == "scheduler_ip":
+            if "choice" not in data:
+                raise BadRequest("op 'scheduler_ip' needs 'choice': 'public' or 'private'")
+            return partial(session.set_scheduler_ip, data["choice"], cluster=cluster)
+        return partial(session.clear if op == "clear" else session.reset, cluster)
+
+    @tornado.web.authenticated
+    async def put(self) -> None:
+        await self.respond(self.parse_put)
+
+    def parse_put(self):
+        data = self.body(("value",))
+        if "value" not in data:
+            raise BadRequest("PUT settings needs 'value': a rule list or a coiled: snippet")
+        return partial(session.set_settings, data["value"], cluster=self.cluster(data))
+
+
+class PlanHandler(_Handler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(lambda: partial(session.plan, self.cluster(self.body(()))))
+
+
+class ApplyHandler(_Handler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(lambda: partial(session.apply, self.cluster(self.body(()))))
+
+
+class DescribeHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.respond(lambda: partial(session.describe, self.cluster()))
+
+
+class SaveHandler(_Handler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(self.parse_save)
+
+    def parse_save(self):
+        data = self.body(("scope",))
+        return partial(session.save, data.get("scope", "user"), cluster=self.cluster(data))
+
+
+def routes(base_url: str) -> list[tuple[str, type]]:
+    """The URL patterns of the API under ``base_url``."""
+    api = url_path_join(base_url, "coiled-jupyter", "api")
+    return [
+        (url_path_join(api, "settings"), SettingsHandler),
+        (url_path_join(api, "plan"), PlanHandler),
+        (url_path_join(api, "apply"), ApplyHandler),
+        (url_path_join(api, "describe"), DescribeHandler),
+        (url_path_join(api, "save"), SaveHandler),
+    ]

@@ -1,0 +1,112 @@
+/**
+ * The JSON payload every coiled_jupyter result carries under MIME_TYPE (see coiled_jupyter/display.py).
+ *
+ * The types are deliberately loose: the payload comes from the Python core, so every field is read
+ * defensively and rendered as text, never as markup.
+ */
+
+export const MIME_TYPE = 'application/vnd.coiled-jupyter.rules+json';
+
+export interface IRow {
+  protocol?: string;
+  ports?: string;
+  source?: string;
+  description?: string;
+  origin?: string;
+  action?: string;
+  [key: string]: unknown;
+}
+
+export interface IPortReach {
+  name: string;
+  port: number;
+  verdict: string;
+  reason: string;
+}
+
+export interface IReachability {
+  scheduler?: IPortReach;
+  dashboard?: IPortReach;
+}
+
+export interface ILayer {
+  layer: string;
+  sets: string[];
+}
+
+export interface IPayload {
+  version?: number;
+  kind: string;
+  backend?: string;
+  backend_label?: string;
+  region?: string;
+  cluster?: string;
+  vpc_id?: string | null;
+  account?: string | null;
+  account_id?: string | null;
+  group_id?: string | null;
+  summary?: string;
+  rows?: IRow[];
+  notes?: string[];
+  warnings?: string[];
+  ingress_origin?: string;
+  ingress_from?: string;
+  use_scheduler_public_ip?: boolean;
+  use_scheduler_public_ip_origin?: string;
+  use_scheduler_public_ip_from?: string;
+  layers?: ILayer[];
+  reachability?: IReachability | null;
+  origin?: string;
+  declared_in?: string;
+  plan?: IPayload;
+}
+
+/** The AWS account the result describes ('' when the call did not need to know it). */
+export function accountOf(data: IPayload): string {
+  return data.account_id || data.account || '';
+}
+
+/** Where the settings' rule list came from (the key was renamed once; read both spellings). */
+export function ingressOrigin(data: IPayload): string {
+  return data.ingress_origin ?? data.ingress_from ?? '';
+}
+
+/** Where use_scheduler_public_ip came from. */
+export function toggleOrigin(data: IPayload): string {
+  return data.use_scheduler_public_ip_origin ?? data.use_scheduler_public_ip_from ?? '';
+}
+
+/** Where a plan's rules were declared. */
+export function planOrigin(data: IPayload): string {
+  return data.origin ?? data.declared_in ?? '';
+}
+
+export const TITLES: { [kind: string]: string } = {
+  rules: 'Firewall rules',
+  plan: 'Firewall plan',
+  apply: 'Firewall applied',
+  settings: 'Firewall settings',
+  destroy: 'Firewall destroyed',
+  scheduler: 'Scheduler address',
+  save: 'Firewall settings saved'
+};
+
+export type Column = [key: string, title: string];
+
+const RULE_COLUMNS: Column[] = [
+  ['protocol', 'Protocol'],
+  ['ports', 'Port'],
+  ['source', 'Source'],
+  ['description', 'Description']
+];
+
+/** The table's columns per kind of result, as in the text and HTML twins. */
+export function columnsFor(kind: string): Column[] {
+  if (kind === 'plan') {
+    return [['action', 'Action'], ...RULE_COLUMNS];
+  }
+  if (kind === 'settings' || kind === 'save') {
+    return RULE_COLUMNS;
+  }
+  return [...RULE_COLUMNS, ['origin', 'Origin']];
+}

@@ -1,0 +1,223 @@
+"""A real JupyterLab on 127.0.0.1 with this checkout's extension, and Debian's chromium to drive it.
+
+The lab server runs in its own process with the test session's sandbox (the same moto server the
+``sandbox`` and ``cloud`` fixtures use, found through the shared state dir) and a Dask config folder of
+its own. Chromium is Debian's ``/usr/bin/chromium`` driven by Python playwright; no browser is ever
+downloaded. Screenshots go to ``test-artifacts/`` at the top of the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+EXTENSION = "coiled-jupyter"
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "browser tests need Debian's chromium at /usr/bin/chromium (apt-get install -y chromium; "
+        ".ci/run installs it)",
+        allow_module_level=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _extension_installed() -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        capture_output=True,
+        text=True,
+    )
+    return EXTENSION in out.stdout + out.stderr
+
+
+def _settings(folder: Path) -> None:
+    """User settings: no news or update popup over the page, and the light theme to start."""
+    notification = folder / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    (notification / "themes.jupyterlab-settings").write_text(
+        json.dumps({"theme": "JupyterLab Light"})
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(sandbox_server, tmp_path_factory):
+    """``jupyter lab`` on a free loopback port, without a token; yields its URL."""
+    if not _extension_installed():
+        pytest.fail(
+            f"the {EXTENSION} lab extension is not installed in this environment; run `make test` "
+            "(its setup builds and links it) or `jupyter-builder develop --overwrite .`"
+        )
+    home = tmp_path_factory.mktemp("lab")
+    for name in ("root", "dask-config", "settings", "workspaces", "runtime", "config"):
+        (home / name).mkdir()
+    _settings(home / "settings")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DASK_CONFIG": str(home / "dask-config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+    }
+    env = {k: v for k, v in env.items() if not k.startswith("DASK_COILED__")}
+    log = (home / "lab.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            "--IdentityProvider.token=",
+            "--allow-root",
+            f"--ServerApp.root_dir={home / 'root'}",
+            "--LabApp.expose_app_in_browser=True",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status", timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"jupyter lab did not start:\n{(home / 'lab.log').read_text()}")
+            time.sleep(0.3)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import expect, sync_playwright
+
+    # The first calls of a fresh server import boto3 and start kernels: on 2 busy cores, seconds.
+    expect.set_options(timeout=30_000)
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """One lab page, recording console errors, uncaught exceptions and dialogs (alert, confirm)."""
+
+    def __init__(self, page, url: str):
+        self.page = page
+        self.url = url
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("dialog", self._dialog)
+
+    def _console(self, message) -> None:
+        if message.type != "error":
+            return
+        where = message.location.get("url", "")
+        # Chromium logs every non-2xx response; a 400 from our API is the server refusing a bad
+        # input on purpose (its sentence is shown next to the field), not an error of the page.
+        if "status of 400" in message.text and "/coiled-jupyter/api/" in where:
+            return
+        self.errors.append(f"console: {message.text} {where}".strip())
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def open_lab(self) -> None:
+        # ?reset: a fresh layout each time, not the notebooks and panels of the previous test.
+        self.page.goto(f"{self.url}/lab?reset")
+        self.page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
+        self.page.wait_for_function("window.jupyterapp && window.jupyterapp.restored !== undefined")
+        self.page.evaluate("window.jupyterapp.restored")
+
+    def command(self, command: str, args: dict | None = None):
+        return self.page.evaluate(
+            "([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}]
+        )
+
+    def theme(self, name: str) -> None:
+        """Switch the theme and wait until its styles are in and the splash screen is gone."""
+        self.command("apputils:change-theme", {"theme": name})
+        self.page.wait_for_function(
+            "name => document.body.dataset.jpThemeName === name"
+            " && !document.querySelector('#jupyterlab-splash')",
+            arg=name,
+            timeout=30_000,
+        )
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test, so a fixture can tell that the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def lab_page(request, lab, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = Page(context.new_page(), lab)
+    page.open_lab()
+    yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        page.screenshot(f"failed-{request.node.name}")
+    context.close()
+    assert page.errors == [], f"JavaScript errors in the page: {page.errors}"
+    assert page.dialogs == [], f"a dialog opened (script from data ran?): {page.dialogs}"

@@ -1,0 +1,297 @@
+"""The REST routes under /coiled-jupyter/api/ on a real Jupyter Server, against the sandbox.
+
+Each route answers with the payload of the session call it stands for; a bad input is a 400 with the
+sentence and changes nothing; a cloud failure is a 502/503 with the AWS code; nothing answers without
+Jupyter's auth, and a browser session's write without the XSRF token is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import warnings
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.filterwarnings("error::jupyter_server.utils.JupyterServerAuthWarning")
+
+CLUSTER = "rest-api"
+ROUTES = [
+    ("GET", "settings"),
+    ("PATCH", "settings"),
+    ("PUT", "settings"),
+    ("POST", "plan"),
+    ("POST", "apply"),
+    ("GET", "describe"),
+    ("POST", "save"),
+]
+# The built-in default, as the settings list it: one row per port.
+DEFAULT = [("8786", "0.0.0.0/0"), ("8787", "0.0.0.0/0")]
+SECRET = "s3cr3t-never-shown-0123456789"
+
+
+@pytest.fixture
+def api(jp_fetch, sandbox, dask_config):
+    """``await api(method, route, body=None, **query)`` -> (status, JSON body); every body is kept
+    in ``api.bodies`` so a test can look for secrets in all of them."""
+    bodies: list[str] = []
+
+    async def call(method: str, route: str, body: dict | None = None, timeout=20, **query):
+        payload = None if method == "GET" else json.dumps(body or {})
+        response = await jp_fetch(
+            "coiled-jupyter",
+            "api",
+            route,
+            method=method,
+            body=payload,
+            params=query,
+            raise_error=False,
+            request_timeout=timeout,
+        )
+        text = response.body.decode()
+        bodies.append(text)
+        return response.code, json.loads(text)
+
+    call.bodies = bodies
+    return call
+
+
+def sources(data: dict) -> list[tuple[str, str]]:
+    return sorted((row["ports"], row["source"]) for row in data["rows"])
+
+
+async def test_get_settings_names_the_cluster_the_sandbox_and_the_origin(api):
+    status, data = await api("GET", "settings", cluster=CLUSTER)
+    assert status == 200
+    assert data["kind"] == "settings"
+    assert data["cluster"] == CLUSTER
+    assert data["backend"] == "sandbox"
+    assert "not AWS" in data["backend_label"]
+    assert sources(data) == DEFAULT
+    assert "built-in" in json.dumps(data).lower()
+    assert data["reachability"] is not None
+
+
+async def test_patch_edits_the_server_session_and_get_sees_the_edit(api):
+    status, data = await api(
+        "PATCH",
+        "settings",
+        {
+            "op": "add",
+            "ports": "8786,8787",
+            "source": "10.1.0.0/16",
+            "description": "office VPN",
+            "cluster": CLUSTER,
+        },
+    )
+    assert status == 200, data
+    assert sources(data) == [("8786", "10.1.0.0/16"), ("8787", "10.1.0.0/16")]
+    assert {row["description"] for row in data["rows"]} == {"office VPN"}
+    _, again = await api("GET", "settings", cluster=CLUSTER)
+    assert sources(again) == sources(data)
+
+    status, data = await api(
+        "PATCH", "settings", {"op": "remove", "ports": "8787", "source": "10.1.0.0/16"}
+    )
+    assert status == 200, data
+    assert sources(data) == [("8786", "10.1.0.0/16")]
+
+    status, data = await api("PATCH", "settings", {"op": "scheduler_ip", "choice": "private"})
+    assert status == 200, data
+    assert data["use_scheduler_public_ip"] is False
+
+    status, data = await api("PATCH", "settings", {"op": "clear"})
+    assert (status, data["rows"]) == (200, [])
+
+    status, data = await api("PATCH", "settings", {"op": "reset"})
+    assert status == 200
+    assert sources(data) == DEFAULT
+    assert data["use_scheduler_public_ip"] is True
+
+
+async def test_put_sets_a_rule_list_or_a_coiled_snippet(api):
+    status, data = await api(
+        "PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.2.0.0/16"}]}
+    )
+    assert status == 200, data
+    assert sources(data) == [("8786", "10.2.0.0/16")]
+    snippet = (
+        "coiled:\n  use_scheduler_public_ip: false\n  backend-options:\n    ingress:\n"
+        "      - {ports: [8787], cidr: 10.3.0.0/16}\n"
+    )
+    status, data = await api("PUT", "settings", {"value": snippet})
+    assert status == 200, data
+    assert sources(data) == [("8787", "10.3.0.0/16")]
+    assert data["use_scheduler_public_ip"] is False
+
+
+async def test_plan_apply_describe_reach_the_cloud(api, cloud):
+    await api("PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.4.0.0/16"}]})
+    status, plan = await api("POST", "plan", {"cluster": CLUSTER})
+    assert status == 200, plan
+    assert plan["kind"] == "plan"
+    assert [(r["action"], r["source"]) for r in plan["rows"]] == [("add", "10.4.0.0/16")]
+
+    status, applied = await api("POST", "apply", {"cluster": CLUSTER})
+    assert status == 200, applied
+    assert applied["kind"] == "apply"
+    assert ("8786", "10.4.0.0/16") in sources(applied)
+    # Read back independently of the code under test.
+    groups = cloud.ec2.describe_security_groups(
+        Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [CLUSTER]}]
+    )["SecurityGroups"]
+    assert [r["CidrIp"] for p in groups[0]["IpPermissions"] for r in p["IpRanges"]] == [
+        "10.4.0.0/16"
+    ]
+
+    status, described = await api("GET", "describe", cluster=CLUSTER)
+    assert status == 200, described
+    assert described["kind"] == "rules"
+    assert described["group_id"] == groups[0]["GroupId"]
+    assert sources(described) == sources(applied)
+
+
+async def test_save_writes_the_user_file_or_the_account_store(api, cloud, dask_config):
+    await api("PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.5.0.0/16"}]})
+    status, saved = await api("POST", "save", {"scope": "user"})
+    assert status == 200, saved
+    assert saved["kind"] == "save"
+    written = yaml.safe_load((dask_config / "coiled.yaml").read_text())
+    assert written["coiled"]["backend-options"]["ingress"] == [
+        {"ports": [8786], "cidr": "10.5.0.0/16"}
+    ]
+
+    status, saved = await api("POST", "save", {"scope": "account", "cluster": CLUSTER})
+    assert status == 200, saved
+    names = [p["Name"] for p in cloud.ssm.describe_parameters()["Parameters"]]
+    assert any(name.startswith("/coiled-jupyter/backend-options") for name in names)
+
+
+async def test_a_bad_rule_is_a_400_with_the_sentence_and_changes_nothing(api):
+    await api("PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.6.0.0/16"}]})
+    status, data = await api(
+        "PATCH", "settings", {"op": "add", "ports": "8786", "source": "10.1.0.2/16"}
+    )
+    assert status == 400
+    assert "host bits" in data["message"]
+    assert "10.1.0.0/16" in data["message"]
+    assert data["problems"] and all(isinstance(p, str) for p in data["problems"])
+    _, after = await api("GET", "settings")
+    assert sources(after) == [("8786", "10.6.0.0/16")]
+
+
+@pytest.mark.parametrize(
+    "method, route, body, words",
+    [
+        ("PATCH", "settings", {"op": "chmod"}, "is not one of"),
+        ("PATCH", "settings", {"op": "add", "ports": "8786"}, "needs 'source'"),
+        ("PATCH", "settings", {"op": "clear", "ports": "8786"}, "takes no field"),
+        ("PATCH", "settings", {"op": "scheduler_ip", "choice": "sideways"}, "sideways"),
+        ("PUT", "settings", {}, "needs 'value'"),
+        ("PUT", "settings", {"value": [{"ports": [True], "cidr": "10.0.0.0/8"}]}, "True"),
+        ("POST", "save", {"scope": "everywhere"}, "everywhere"),
+        ("POST", "plan", {"clutser": "x"}, "unknown field"),
+    ],
+)
+async def test_bad_requests_are_400_with_one_sentence(api, method, route, body, words):
+    status, data = await api(method, route, body)
+    assert status == 400, data
+    assert words in data["message"]
+    assert "Traceback" not in data["message"]
+
+
+async def test_a_body_that_is_not_json_is_a_400(jp_fetch, sandbox, dask_config):
+    response = await jp_fetch(
+        "coiled-jupyter", "api", "plan", method="POST", body="{not json", raise_error=False
+    )
+    assert response.code == 400
+    assert "not JSON" in json.loads(response.body)["message"]
+
+
+@pytest.mark.parametrize(
+    "code, status", [("UnauthorizedOperation", 502), ("RequestLimitExceeded", 503)]
+)
+async def test_a_cloud_fault_is_a_5xx_with_the_aws_code(api, jp_fetch, faults, code, status):
+    faults.fail("DescribeSecurityGroups", code, status=403 if status == 502 else 503, times=None)
+    # botocore retries throttling (with backoff, seconds) before the core gives up; meanwhile the
+    # server's event loop keeps answering, since the call runs in a worker thread.
+    plan = asyncio.ensure_future(api("POST", "plan", {"cluster": CLUSTER}, timeout=90))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    status_page = await jp_fetch("api", "status")
+    assert status_page.code == 200
+    assert time.monotonic() - started < 1
+    assert status == 502 or not plan.done()
+    got, data = await plan
+    assert got == status, data
+    assert data["code"] == code
+    assert code in data["message"]
+    assert set(data) == {"message", "code"}
+
+
+@pytest.mark.parametrize("method, route", ROUTES)
+async def test_every_route_needs_jupyter_auth(jp_fetch, sandbox, dask_config, method, route):
+    response = await jp_fetch(
+        "coiled-jupyter",
+        "api",
+        route,
+        method=method,
+        body=None if method == "GET" else "{}",
+        headers={"Authorization": ""},
+        raise_error=False,
+    )
+    assert response.code == 403
+
+
+async def test_a_cookie_session_write_needs_the_xsrf_token(
+    jp_fetch, http_server_client, jp_base_url, sandbox, dask_config
+):
+    # A token-authenticated request gets the login cookie, as a browser would after logging in.
+    first = await jp_fetch("coiled-jupyter", "api", "settings")
+    cookies = first.headers.get_list("Set-Cookie")
+    login = "; ".join(c.split(";")[0] for c in cookies)
+    assert login
+    url = f"{jp_base_url}coiled-jupyter/api/settings"
+    body = json.dumps({"op": "clear"})
+
+    async def patch(headers):
+        return await http_server_client.fetch(
+            url, method="PATCH", body=body, headers=headers, raise_error=False
+        )
+
+    refused = await patch({"Cookie": login})
+    assert refused.code == 403
+    # The same cookie with the XSRF token (cookie and header, as JupyterLab sends them) passes.
+    token = "2|0123abcd|0123456789abcdef0123456789abcdef|1700000000"
+    allowed = await patch({"Cookie": f"{login}; _xsrf={token}", "X-XSRFToken": token})
+    assert allowed.code == 200, allowed.body
+
+
+async def test_no_secret_in_any_answer(api, faults, dask_config, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    (dask_config / "coiled.yaml").write_text(f"coiled:\n  token: {SECRET}\n")
+    await api("PATCH", "settings", {"op": "add", "ports": "8786", "source": "10.7.0.0/16"})
+    await api("GET", "settings")
+    await api("POST", "plan")
+    await api("POST", "apply")
+    await api("GET", "describe")
+    await api("POST", "save", {"scope": "user"})
+    await api("PATCH", "settings", {"op": "add", "ports": "8786", "source": "10.1.0.2/16"})
+    faults.fail("DescribeSecurityGroups", "AuthFailure", status=401, times=None)
+    await api("POST", "apply")
+    assert len(api.bodies) == 8
+    assert not [body for body in api.bodies if SECRET in body]
+    assert SECRET in (dask_config / "coiled.yaml").read_text()
+
+
+def test_loading_the_extension_raises_no_auth_warning(jp_serverapp):
+    from jupyter_server.utils import JupyterServerAuthWarning
+
+    from coiled_jupyter.server import _load_jupyter_server_extension
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _load_jupyter_server_extension(jp_serverapp)
+    assert not [w for w in caught if issubclass(w.category, JupyterServerAuthWarning)]
