@@ -687,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             "coiled-jupyter.sandbox.state-dir": str(state),
             "coiled-jupyter.backend": "sandbox",
             "coiled-jupyter.public-ip.services": [],
+            "coiled-jupyter.public-ip.services-ipv6": [],
         }
     ):
         if sandbox.running() is not None:  # cannot happen with a fresh folder; never reuse one

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "DASK_COILED_JUPYTER__BACKEND": "sandbox",
             "DASK_COILED_JUPYTER__SANDBOX__STATE_DIR": str(state),
             "DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES": "[]",
+            "DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES_IPV6": "[]",
         }
     )
 

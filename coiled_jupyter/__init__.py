@@ -16,7 +16,7 @@ _PUBLIC = {
     "Rule": "coiled_jupyter.rules",
     "CoiledJupyterError": "coiled_jupyter.errors",
     "CloudError": "coiled_jupyter.errors",
-    "save_config": "coiled_jupyter.settings",
+    "save_config": "coiled_jupyter.config_file",
     "set_backend_options": "coiled_jupyter.provision.account",
     "effective_settings": "coiled_jupyter.session",
     "plan": "coiled_jupyter.session",

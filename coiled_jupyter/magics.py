@@ -448,7 +448,7 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
-        if command in ("apply", "destroy"):
+        if command in ("plan", "apply", "describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
 

@@ -18,9 +18,11 @@ deadline, and any failure means "unknown".
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -40,8 +42,9 @@ _PROTOCOL = "tcp"
 # A service's answer is one address; anything longer is an error page, not an answer.
 _MAX_ANSWER_BYTES = 256
 
-# This process's public address once a service has told it (see :func:`public_address`).
-_public: str | None = None
+# This process's public addresses once a service has told them, for a short while (see
+# :func:`public_addresses`).
+_public: PublicAddress | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,18 +71,59 @@ def local_addresses() -> list[str]:
     return [str(ip) for ip in sorted(found, key=lambda ip: (ip.version, int(ip)))]
 
 
-def public_address(
-    *, services: Sequence[str] | None = None, timeout: float | None = None
-) -> str | None:
-    """This notebook's public address, or ``None`` when it cannot be known (offline, blocked, garbage).
+@dataclass(frozen=True)
+class PublicAddress:
+    """This notebook's public addresses (IPv4 first), where they came from and when.
+
+    ``source`` is the service URL(s) that answered, or the Dask config key that set them;
+    ``looked_up_at`` is when (UTC); ``at`` the monotonic clock then, for the cache's age.
+    """
+
+    addresses: tuple[str, ...]
+    source: str
+    looked_up_at: datetime.datetime
+    at: float
+
+    @property
+    def first(self) -> str:
+        return self.addresses[0]
+
+    def describe(self) -> str:
+        """``203.0.113.7 and 2001:db8::7 (looked up at 01:23:45 UTC from https://...)``."""
+        when = self.looked_up_at.strftime("%H:%M:%S UTC")
+        verb = "read" if self.source == PUBLIC_IP_CONFIG_KEY else "looked up"
+        return f"{_words(list(self.addresses))} ({verb} at {when} from {self.source})"
+
+    def to_dict(self) -> dict:
+        return {
+            "addresses": list(self.addresses),
+            "source": self.source,
+            "looked_up_at": self.looked_up_at.isoformat(timespec="seconds"),
+        }
+
+
+def public_addresses(
+    *,
+    services: Sequence[str] | None = None,
+    services_ipv6: Sequence[str] | None = None,
+    timeout: float | None = None,
+    max_age: float | None = None,
+) -> PublicAddress | None:
+    """This notebook's public addresses, or ``None`` when they cannot be known (offline, blocked).
 
     Dask's ``coiled.client_public_ip`` (Coiled's own key) wins, so a person behind an unusual NAT or
-    without internet access can say it; it is read on every call so a change shows at once. Else
-    the answer cached from an earlier call of this process is returned, so repeated views do not ask
-    again (:func:`forget_public_address` clears it, e.g. after moving to another network). Else each
-    of ``services`` (default: option ``public-ip.services``) is asked in turn, each given ``timeout``
-    seconds (default: option ``public-ip.timeout``), and the first answer that is an IP address wins
-    and is cached. A failure is not cached, so coming back online is noticed on the next call.
+    without internet access can say it; it is read on every call so a change shows at once. Else an
+    answer younger than ``max_age`` seconds (default: option ``public-ip.cache-seconds``) is reused,
+    so that views and an apply right after them ask once; an older one is never used, since after a
+    network change it would admit an address this notebook no longer has. Else the IPv4 services
+    (``services``, default option ``public-ip.services``) and the IPv6 ones (``services_ipv6``,
+    default option ``public-ip.services-ipv6``) are asked at the same time, each list in turn, each
+    service given ``timeout`` seconds (default option ``public-ip.timeout``); the first answer of
+    each list that is an IP address counts. A failure is not cached, so coming back online is
+    noticed on the next call.
+
+    The services are asked directly, never through an ``HTTP(S)_PROXY`` of the environment: the
+    proxy's address is not the one Dask's traffic, which does not use the proxy, comes from.
 
     Raises :class:`~coiled_jupyter.rules.IngressError` (as settings does for a bad toggle) only for a
     ``coiled.client_public_ip`` that is not an IP address: a person typed it, so they are told rather
@@ -88,28 +132,75 @@ def public_address(
     global _public
     configured = _configured_public_address()
     if configured is not None:
-        return configured
-    if _public is not None:
+        return PublicAddress((configured,), PUBLIC_IP_CONFIG_KEY, _utc_now(), time.monotonic())
+    if max_age is None:
+        max_age = float(settings.option("public-ip.cache-seconds"))
+    if _public is not None and time.monotonic() - _public.at < max_age:
         return _public
-    if services is None:
-        services = settings.option("public-ip.services") or []
-    if isinstance(services, str):
-        # A single URL from a DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES variable is a string, not a list.
-        services = [services]
+    lists = [
+        _service_list(services, "public-ip.services"),
+        _service_list(services_ipv6, "public-ip.services-ipv6"),
+    ]
     if timeout is None:
         timeout = float(settings.option("public-ip.timeout"))
-    for url in services:
-        answer = _ask(url, timeout)
-        if answer is not None:
-            _public = answer
-            return answer
-    return None
+    answers = _first_answers([urls for urls in lists if urls], timeout)
+    if not answers:
+        return None
+    found = dict(sorted(answers.items(), key=lambda item: ipaddress.ip_address(item[0]).version))
+    _public = PublicAddress(
+        tuple(found), " and ".join(dict.fromkeys(found.values())), _utc_now(), time.monotonic()
+    )
+    return _public
+
+
+def public_address(
+    *, services: Sequence[str] | None = None, timeout: float | None = None
+) -> str | None:
+    """This notebook's public address (IPv4 when it has one), or ``None``; see :func:`public_addresses`."""
+    found = public_addresses(services=services, timeout=timeout)
+    return found.first if found is not None else None
 
 
 def forget_public_address() -> None:
-    """Drop the cached public address, so the next :func:`public_address` asks the services again."""
+    """Drop the cached public address, so the next lookup asks the services again."""
     global _public
     _public = None
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _service_list(services: Sequence[str] | None, key: str) -> list[str]:
+    if services is None:
+        services = settings.option(key) or []
+    if isinstance(services, str):
+        # A single URL from a DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES variable is a string, not a list.
+        services = [services]
+    return list(services)
+
+
+def _first_answers(lists: list[list[str]], timeout: float) -> dict[str, str]:
+    """Each list's first answer that is an IP address, as {address: url}; the lists run at once."""
+    answers: list[tuple[str, str]] = []
+
+    def ask_in_turn(urls: list[str]) -> None:
+        for url in urls:
+            answer = _ask(url, timeout)
+            if answer is not None:
+                answers.append((answer, url))
+                return
+
+    threads = [
+        threading.Thread(target=ask_in_turn, args=(urls,), name="coiled-jupyter-public-ip")
+        for urls in lists
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    for thread, urls in zip(threads, lists):
+        thread.join(timeout * len(urls) + 0.5)  # _ask gives up at its deadline; this is a backstop
+    return dict(answers)
 
 
 def _configured_public_address() -> str | None:
@@ -150,10 +241,9 @@ def _ask(url: str, timeout: float) -> str | None:
 
 def _fetch(url: str, timeout: float) -> str | None:
     import http.client
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _direct_opener().open(url, timeout=timeout) as response:
             body = response.read(_MAX_ANSWER_BYTES + 1)
     except (OSError, ValueError, http.client.HTTPException):
         # URLError, HTTPError (4xx/5xx), refused, reset and timeouts are OSErrors; a malformed URL is a
@@ -162,6 +252,13 @@ def _fetch(url: str, timeout: float) -> str | None:
     if len(body) > _MAX_ANSWER_BYTES:
         return None
     return _as_address(body.decode("utf-8", "replace"))
+
+
+def _direct_opener():
+    """A urllib opener that ignores ``HTTP(S)_PROXY``: the address seen through a proxy is the proxy's."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _as_address(text: str) -> str | None:
@@ -217,6 +314,7 @@ class Reachability:
     scheduler: PortReach
     dashboard: PortReach
     warnings: tuple[str, ...] = ()
+    lookup: PublicAddress | None = None  # how the public address was found, when it was
 
     @property
     def ports(self) -> tuple[PortReach, PortReach]:
@@ -231,6 +329,7 @@ class Reachability:
             "scheduler": self.scheduler.to_dict(),
             "dashboard": self.dashboard.to_dict(),
             "warnings": list(self.warnings),
+            "public_lookup": self.lookup.to_dict() if self.lookup is not None else None,
         }
 
 
@@ -245,7 +344,7 @@ def check(
 ) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
 
-    ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_address`, which
+    ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_addresses`, which
     is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
     that judging private-IP settings never waits on the network. The ports default to the options
     ``scheduler-port`` and ``dashboard-port``.
@@ -258,8 +357,10 @@ def check(
     local = tuple(
         local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local)
     )
+    lookup = None
     if public is None and (use_scheduler_public_ip or any(r.source == ME for r in rules)):
-        public = public_address()
+        lookup = public_addresses()
+        public = lookup.first if lookup is not None else None
     elif public is not None:
         public = str(ipaddress.ip_address(public))
 
@@ -291,7 +392,7 @@ def check(
     if opened:
         warnings.append(_open_warning(opened, scheduler_port, public))
     return Reachability(
-        use_scheduler_public_ip, local, public, scheduler, dashboard, tuple(warnings)
+        use_scheduler_public_ip, local, public, scheduler, dashboard, tuple(warnings), lookup
     )
 
 

@@ -22,6 +22,7 @@ together in one :class:`IngressError`, and nothing is returned for a partly vali
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import functools
 import ipaddress
@@ -109,11 +110,10 @@ class Rule:
 
 def sort_key(rule: Rule) -> tuple:
     """Stable order: protocol, ports, then IPv4 before IPv6 before groups, by address."""
-    net = rule.network
-    if net is not None:
-        source = (net.version, int(net.network_address), net.prefixlen, "")
-    else:
-        source = (7, 0, 0, rule.source)
+    if rule.source == ME or rule.source.startswith("sg-"):
+        return (rule.protocol, rule.from_port, rule.to_port, (7, 0, 0, rule.source))
+    net = _network(rule.source)
+    source = (net.version, int(net.network_address), net.prefixlen, "")
     return (rule.protocol, rule.from_port, rule.to_port, source)
 
 
@@ -398,7 +398,7 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
             ]
         )
     if not slash:
-        return str(ipaddress.ip_network(ip))
+        return f"{ip}/{ip.max_prefixlen}"
     limit = ip.max_prefixlen
     if not _NUMBER.fullmatch(prefix) or not 0 <= int(prefix) <= limit:
         raise IngressError(
@@ -408,7 +408,8 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
                 "address."
             ]
         )
-    network = ipaddress.ip_network(f"{ip}/{int(prefix)}", strict=False)
+    kind = ipaddress.IPv4Network if ip.version == 4 else ipaddress.IPv6Network
+    network = kind((ip, int(prefix)), strict=False)
     if network.network_address != ip:
         raise IngressError(
             [
@@ -581,103 +582,312 @@ def subtract(current: Iterable[Rule], removing: Iterable[Rule], *, origin: str =
     return canonical(out)
 
 
-def compact(rules: Iterable[Rule]) -> list[Rule]:
-    """An equivalent, never larger rule set for the cloud: contiguous ports and adjacent networks merge.
+@dataclass(frozen=True)
+class Covered:
+    """A rule the person wrote that is not sent on its own, because a wider rule admits all of it.
 
-    Three steps repeat until nothing changes, each of which can only lower the count: per protocol and
-    source, overlapping or contiguous port ranges merge (so ``{"ports": [8786, 8787]}`` becomes one
-    rule 8786-8787); per protocol and port range, networks collapse (``10.0.0.0/25`` and
-    ``10.0.0.128/25`` become ``10.0.0.0/24``); rules wholly covered by another rule are dropped. The
-    result admits exactly the traffic the input admits, is sorted, and compacting it again changes
-    nothing. Ports merge first, so that splitting ranges into single ports does not
-    change the result: dropping covered single ports first could leave holes that no longer merge.
-    Descriptions of merged rules are joined.
+    ``rule`` is what was written (ports of one source merged), ``by`` the rule that is sent instead.
+    Its description stays with ``rule``: it is never moved onto ``by``, which the person did not
+    describe that way (``0.0.0.0/0`` must not read as "office VPN" in the console).
     """
-    current = canonical(rules)
-    if any(r.source == ME for r in current):
-        raise ValueError("resolve 'me' with resolve_me() before compacting")
-    while True:
-        reduced = _drop_covered(_collapse_networks(_merge_ports(current)))
-        if reduced == current:
-            return current
-        current = reduced
 
+    rule: Rule
+    by: Rule
 
-def _drop_covered(rules: list[Rule]) -> list[Rule]:
-    """Drop rules that another rule wholly covers (distinct canonical rules never cover each other)."""
-    return [
-        rule
-        for rule in rules
-        if not any(
-            other.key != rule.key
-            and other.protocol == rule.protocol
-            and other.from_port <= rule.from_port
-            and rule.to_port <= other.to_port
-            and _covers(other.source, rule.source)
-            for other in rules
+    def __str__(self) -> str:
+        return (
+            f"{_described(self.rule)} is covered by {_described(self.by)} and is not sent "
+            "separately"
         )
-    ]
 
 
-def _merge_ports(rules: list[Rule]) -> list[Rule]:
-    by_source: dict[tuple[str, str], list[Rule]] = {}
-    for rule in rules:
-        by_source.setdefault((rule.protocol, rule.source), []).append(rule)
-    out: list[Rule] = []
-    for members in by_source.values():
-        members.sort(key=lambda r: (r.from_port, r.to_port))
-        run = [members[0]]
-        for rule in members[1:]:
-            if rule.from_port <= max(r.to_port for r in run) + 1:
-                run.append(rule)
-            else:
-                out.append(_span(run))
-                run = [rule]
-        out.append(_span(run))
-    return canonical(out)
+def _described(rule: Rule) -> str:
+    return f"{rule} ({rule.description})" if rule.description else str(rule)
 
 
-def _span(run: list[Rule]) -> Rule:
-    first = run[0]
-    return replace(
-        first,
-        from_port=min(r.from_port for r in run),
-        to_port=max(r.to_port for r in run),
-        description=_join_descriptions(run),
+@dataclass(frozen=True)
+class Compaction:
+    """What :func:`compaction` found: the rules to send and the written rules they cover."""
+
+    rules: list[Rule]
+    covered: tuple[Covered, ...] = ()
+
+
+def compact(rules: Iterable[Rule]) -> list[Rule]:
+    """An equivalent, never larger rule set for the cloud (see :func:`compaction`)."""
+    return compaction(rules).rules
+
+
+def compaction(rules: Iterable[Rule]) -> Compaction:
+    """An equivalent, never larger rule set for the cloud, and the rules it leaves out as covered.
+
+    Three steps repeat until the count stops falling, each of which can only lower it: per protocol
+    and source, overlapping or contiguous port ranges merge (so ``{"ports": [8786, 8787]}`` becomes
+    one rule 8786-8787); per protocol and port range, sibling networks collapse (``10.0.0.0/25`` and
+    ``10.0.0.128/25`` become ``10.0.0.0/24``); a rule wholly inside another single rule is dropped.
+    The result admits exactly the traffic the input admits, is sorted, and compacting it again
+    changes nothing. Ports merge first, so that splitting ranges into single ports does not change
+    the result: dropping covered single ports first could leave holes that no longer merge.
+
+    Descriptions travel only with the pieces a rule is made of: a merged rule carries the
+    descriptions of the rules merged into it (it admits exactly their union), while a rule dropped
+    because a wider one covers it keeps its description to itself and is listed in ``covered``.
+
+    Each step sorts once and sweeps, so a round is O(n log n); a dropped rule is found by looking up
+    its supernets only at the prefix lengths present (at most 33 or 129) and binary-searching their
+    port ranges, never by comparing every pair.
+    """
+    written = canonical(rules)
+    if any(r.source == ME for r in written):
+        raise ValueError("resolve 'me' with resolve_me() before compacting")
+    pieces = [_Piece.of(rule, index) for index, rule in enumerate(written)]
+    dropped: list[_Piece] = []
+    while True:
+        pieces = _merge_ports(pieces, dropped)
+        merged = len(pieces)
+        pieces = _drop_covered(_collapse_networks(pieces, dropped), dropped)
+        if len(pieces) == merged:
+            # Merging ports again would find nothing: its own output is already merged.
+            break
+    pieces.sort(key=_Piece.sort_key)
+    out = [piece.rule(written) for piece in pieces]
+    if not dropped:
+        return Compaction(out)
+    index = _Index(pieces)
+    covered = tuple(
+        Covered(piece.rule(written), out[index.covering(piece)])
+        for piece in sorted(dropped, key=_Piece.order)
+    )
+    return Compaction(out, covered)
+
+
+class _Piece:
+    """A rule during compaction: its source as integers, and the written rules it is made of.
+
+    ``version`` is 4 or 6 for a network (``address`` and ``prefix`` its integers), 0 for a security
+    group (``group`` its id). ``donors`` index the written rules whose descriptions it carries.
+    """
+
+    __slots__ = (
+        "protocol",
+        "low",
+        "high",
+        "version",
+        "address",
+        "prefix",
+        "group",
+        "donors",
+        "text",
     )
 
+    def __init__(self, protocol, low, high, version, address, prefix, group, donors, text=""):
+        self.protocol = protocol
+        self.low = low
+        self.high = high
+        self.version = version
+        self.address = address
+        self.prefix = prefix
+        self.group = group
+        self.donors = donors
+        self.text = text  # the source as written, while it has not changed
 
-def _collapse_networks(rules: list[Rule]) -> list[Rule]:
-    by_ports: dict[tuple[str, int, int, int], list[Rule]] = {}
-    out: list[Rule] = []
-    for rule in rules:
-        network = rule.network
-        if network is None:
-            out.append(rule)
-        else:
-            by_ports.setdefault(
-                (rule.protocol, rule.from_port, rule.to_port, network.version), []
-            ).append(rule)
-    for (protocol, low, high, _), members in by_ports.items():
-        for network in ipaddress.collapse_addresses(r.network for r in members):
-            source = str(network)
-            covered = [r for r in members if _covers(source, r.source)]
-            out.append(Rule(protocol, low, high, source, _join_descriptions(covered)))
-    return canonical(out)
+    @classmethod
+    def of(cls, rule: Rule, index: int) -> _Piece:
+        if rule.source.startswith("sg-"):
+            return cls(rule.protocol, rule.from_port, rule.to_port, 0, 0, 0, rule.source, (index,))
+        net = _network(rule.source)
+        return cls(
+            rule.protocol,
+            rule.from_port,
+            rule.to_port,
+            net.version,
+            int(net.network_address),
+            net.prefixlen,
+            "",
+            (index,),
+            rule.source,
+        )
+
+    @property
+    def bits(self) -> int:
+        return 32 if self.version == 4 else 128
+
+    @property
+    def last(self) -> int:
+        """The network's last address."""
+        return self.address + (1 << (self.bits - self.prefix)) - 1
+
+    def source_key(self) -> tuple:
+        return (self.protocol, self.version, self.address, self.prefix, self.group)
+
+    def order(self) -> tuple:
+        return (
+            self.protocol,
+            self.version,
+            self.address,
+            self.prefix,
+            self.group,
+            self.low,
+            -self.high,
+        )
+
+    def sort_key(self) -> tuple:
+        """The same order as :func:`sort_key` of the rule this piece becomes."""
+        if self.version:
+            return (
+                self.protocol,
+                self.low,
+                self.high,
+                (self.version, self.address, self.prefix, ""),
+            )
+        return (self.protocol, self.low, self.high, (7, 0, 0, self.group))
+
+    def joined(self, other: _Piece, **change) -> _Piece:
+        """This piece grown by ``other``, carrying both pieces' descriptions."""
+        grown = _Piece(*(getattr(self, name) for name in _Piece.__slots__))
+        for name, value in change.items():
+            setattr(grown, name, value)
+        grown.donors = self.donors + other.donors
+        return grown
+
+    def source(self) -> str:
+        if self.version == 0:
+            return self.group
+        if self.text:
+            return self.text
+        kind = ipaddress.IPv4Network if self.version == 4 else ipaddress.IPv6Network
+        return str(kind((self.address, self.prefix)))
+
+    def rule(self, written: list[Rule]) -> Rule:
+        if len(self.donors) == 1:  # nothing merged into it: the rule as written
+            return written[self.donors[0]]
+        return Rule(
+            self.protocol,
+            self.low,
+            self.high,
+            self.source(),
+            _join_descriptions(written[i] for i in sorted(self.donors)),
+        )
 
 
-def _covers(outer: str, inner: str) -> bool:
-    if outer == inner:
-        return True
-    if outer.startswith("sg-") or inner.startswith("sg-"):
+def _merge_ports(pieces: list[_Piece], dropped: list[_Piece]) -> list[_Piece]:
+    """Per protocol and source, merge overlapping or contiguous port ranges; drop ranges inside one."""
+    out: list[_Piece] = []
+    run: _Piece | None = None
+    for piece in sorted(pieces, key=_Piece.order):
+        if run is not None and run.source_key() == piece.source_key():
+            if piece.high <= run.high:  # inside the one earlier range that reaches run.high
+                dropped.append(piece)
+                continue
+            if piece.low <= run.high + 1:
+                run = out[-1] = run.joined(piece, high=piece.high)
+                continue
+        out.append(piece)
+        run = piece
+    return out
+
+
+def _collapse_networks(pieces: list[_Piece], dropped: list[_Piece]) -> list[_Piece]:
+    """Per protocol, port range and family, collapse sibling networks; drop networks inside one."""
+    out = [p for p in pieces if p.version == 0]
+    networks = sorted(
+        (p for p in pieces if p.version),
+        key=lambda p: (p.protocol, p.low, p.high, p.version, p.address, p.prefix),
+    )
+    stack: list[_Piece] = []
+    group = None
+    for piece in networks:
+        if (piece.protocol, piece.low, piece.high, piece.version) != group:
+            out.extend(stack)
+            stack = []
+            group = (piece.protocol, piece.low, piece.high, piece.version)
+        if stack and piece.address <= stack[-1].last:  # sorted: inside the last network kept
+            dropped.append(piece)
+            continue
+        stack.append(piece)
+        while len(stack) > 1 and _siblings(stack[-2], stack[-1]):
+            second, first = stack.pop(), stack.pop()
+            stack.append(first.joined(second, prefix=first.prefix - 1, text=""))
+    out.extend(stack)
+    return out
+
+
+def _siblings(first: _Piece, second: _Piece) -> bool:
+    """The two halves of one network (first the lower), which together are that network."""
+    if first.prefix != second.prefix or first.prefix == 0:
         return False
-    a, b = _network(outer), _network(inner)
-    return a.version == b.version and b.subnet_of(a)
+    size = 1 << (first.bits - first.prefix)
+    return not first.address & size and second.address == first.address + size
+
+
+class _Index:
+    """Port ranges per protocol and source, to ask "which rule wholly covers this one?" in O(log n).
+
+    Per source, ranges are sorted by (start, -end) with the running maximum of their ends; a range
+    is covered by one of them when the range reaching furthest among those starting no later
+    reaches its end. Networks are looked up at each prefix length present in their family.
+    """
+
+    def __init__(self, pieces: list[_Piece]):
+        self.pieces = pieces
+        self.sources: dict[tuple, tuple[list[int], list[int], list[int]]] = {}
+        self.prefixes: dict[tuple[str, int], list[int]] = {}
+        self.position: dict[int, int] = {}
+        ordered = sorted(range(len(pieces)), key=lambda i: pieces[i].order())
+        for i in ordered:
+            piece = pieces[i]
+            starts, reach, best = self.sources.setdefault(piece.source_key(), ([], [], []))
+            self.position[i] = len(starts)
+            furthest = not reach or piece.high > pieces[best[-1]].high
+            starts.append(piece.low)
+            reach.append(piece.high if furthest else reach[-1])
+            best.append(i if furthest else best[-1])
+            if piece.version:
+                self.prefixes.setdefault((piece.protocol, piece.version), []).append(piece.prefix)
+        for key, found in self.prefixes.items():
+            self.prefixes[key] = sorted(set(found), reverse=True)
+
+    def covering(self, piece: _Piece, *, itself: int | None = None) -> int | None:
+        """The index of a piece wholly covering ``piece`` (the narrowest source first), or None.
+
+        ``itself``: the index of ``piece`` in this index, which does not count as covering it.
+        """
+        prefixes = self.prefixes.get((piece.protocol, piece.version), [])
+        candidates = [p for p in prefixes if p <= piece.prefix] if piece.version else [0]
+        for prefix in candidates:
+            key = piece.source_key()
+            if piece.version:
+                shift = piece.bits - prefix
+                key = (piece.protocol, piece.version, piece.address >> shift << shift, prefix, "")
+            found = self.sources.get(key)
+            if found is None:
+                continue
+            starts, reach, best = found
+            if itself is not None and key == piece.source_key():
+                # Sorted by (start, -end), only the entries before this piece can cover it.
+                at = self.position[itself] - 1
+            else:
+                at = bisect.bisect_right(starts, piece.low) - 1
+            if at >= 0 and reach[at] >= piece.high:
+                return best[at]
+        return None
+
+
+def _drop_covered(pieces: list[_Piece], dropped: list[_Piece]) -> list[_Piece]:
+    """Drop pieces wholly inside another piece (a narrower source, or a range inside a range)."""
+    index = _Index(pieces)
+    out = []
+    for i, piece in enumerate(pieces):
+        if index.covering(piece, itself=i) is None:
+            out.append(piece)
+        else:
+            dropped.append(piece)
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
 def _network(source: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """Parse a canonical network once: compaction compares every pair of rules."""
+    """Parse a canonical network once: sorting and reachability ask for it again and again."""
     return ipaddress.ip_network(source)
 
 

@@ -27,7 +27,6 @@ from .settings import (
     Settings,
     coiled_toggle,
     parse_coiled_options,
-    save_config,
 )
 from .settings import effective_settings as resolve_settings
 from .strict_yaml import excerpt
@@ -207,11 +206,14 @@ def subscribe(callback: Callable[[SessionValues], None]) -> Callable[[], None]:
     return SESSION.subscribe(callback)
 
 
-def save(scope: str = "user", *, cluster=None):
+def save(scope: str = "user", *, cluster=None, everything: bool = False):
     """Keep what this session sets: ``user`` in Dask's config file, ``account`` for the whole team.
 
     Only the values the session sets are written (the rules, the toggle, or both), never a copy of
     the defaults, so a saved file does not pin the built-in default or a stale copy of team defaults.
+    ``everything=True`` pins the effective settings whatever layer they come from (e.g. to keep the
+    team's rules on a machine that cannot read the account store); the result says what was pinned,
+    since later changes to those layers no longer reach the saved copy.
     """
     from .provision.results import SaveResult
 
@@ -222,31 +224,52 @@ def save(scope: str = "user", *, cluster=None):
         "(account-wide defaults for the team).",
     )
     t = _target(cluster)
-    values = SESSION.values
+    notes: tuple[str, ...] = ()
+    if everything:
+        settings = _settings(t)
+        values = SessionValues(tuple(settings.rules), settings.use_scheduler_public_ip.value)
+        pinned = [
+            f"{name} from {resolved.origin}"
+            for name, resolved in (
+                ("the rules", settings.ingress),
+                ("use_scheduler_public_ip", settings.use_scheduler_public_ip),
+            )
+            if resolved.layer != Layer.SESSION
+        ]
+        if pinned:
+            notes = (
+                f"pinned {' and '.join(pinned)} as they are now; later changes there no longer "
+                "reach this copy.",
+            )
+    else:
+        values = SESSION.values
     if values.ingress is None and values.use_scheduler_public_ip is None:
         raise CoiledJupyterError(
             "this session sets no rules and no scheduler IP, so there is nothing to save; change "
-            "them first (e.g. %coiled_ingress add 8786 10.1.0.0/16)."
+            "them first (e.g. %coiled_ingress add 8786 10.1.0.0/16), or pin the effective "
+            "settings with everything=True."
         )
     if word == "user":
+        from .config_file import save_config
+
         location = str(save_config(values.ingress, values.use_scheduler_public_ip))
     else:
         from .provision.account import save_account
 
         location = save_account(t.connected(), values.ingress, values.use_scheduler_public_ip)
-    return SaveResult(t, word, location, values.ingress, values.use_scheduler_public_ip)
+    return SaveResult(t, word, location, values.ingress, values.use_scheduler_public_ip, notes)
 
 
 # --------------------------------------------------------------------------------------------------
 # Cloud work
 
 
-def plan(cluster=None, *, backend_options=None, **target_options):
+def plan(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
     """What :func:`apply` would change for this cluster (one read, no change)."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.plan(t, _settings(t, backend_options))
+    return reconcile.plan(t, _settings(t, backend_options), progress=progress)
 
 
 def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
@@ -282,12 +305,12 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
         raise
 
 
-def describe(cluster=None, *, backend_options=None, **target_options):
+def describe(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
     """The group's rules as the cloud reports them, each with its origin."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.describe(t, _settings(t, backend_options))
+    return reconcile.describe(t, _settings(t, backend_options), progress=progress)
 
 
 def destroy(cluster=None, *, progress: Progress = None, **target_options):

@@ -1,4 +1,4 @@
-"""Settings: the layers they come from, their resolution with origin, and the Dask config file.
+"""Settings: the layers they come from, their resolution with origin, and reading the Dask config.
 
 Layers, weakest to strongest (DESIGN.md "Words"): built-in default, account store, Dask config (YAML
 files, then ``DASK_COILED__*`` environment variables), notebook session, one cluster's
@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import os
 import stat
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AccountStoreUnreadable, ConfigFileError
-from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
+from .rules import ME, IngressError, Rule, canonical, compact, parse_ingress
 from .strict_yaml import excerpt
 
 INGRESS_KEY = "coiled.backend-options.ingress"
@@ -469,7 +468,11 @@ class SessionLayer:
         with dask.config.config_lock:
             coiled = dask.config.config.get("coiled")
             here = _get(coiled, "use_scheduler_public_ip") if isinstance(coiled, dict) else None
-            key = _spelling(coiled, "use_scheduler_public_ip") if isinstance(coiled, dict) else None
+            key = (
+                key_spelling(coiled, "use_scheduler_public_ip")
+                if isinstance(coiled, dict)
+                else None
+            )
             if public_ip is not None:
                 if self._toggle_before is _ABSENT:
                     self._toggle_before = (key, here) if here is not None else None
@@ -557,6 +560,48 @@ def resolve(layers: list[LayerValues]) -> Settings:
     return Settings(ingress, public_ip, tuple(ordered))
 
 
+def replaced_rules_note(settings: Settings) -> str | None:
+    """The sentence saying which weaker layers' rules the effective rules replace, or None.
+
+    Lists are replaced, not merged, as in Coiled: rules declared anywhere leave nothing of Coiled's
+    world-open default or of the account defaults. People expect an addition, so the settings view
+    and the plan say it before anything is applied, when a person's own rules (Dask config, session,
+    cluster options) replace others; the account defaults replacing the built-in default are the
+    team's baseline, not news to repeat in every view.
+    """
+    winner = settings.ingress.layer
+    if winner <= Layer.ACCOUNT:
+        return None
+    effective = {r.key for r in settings.rules}
+    replaced = [
+        values
+        for values in settings.layers
+        if values.ingress is not None
+        and values.layer < winner
+        and {r.key for r in values.ingress} != effective  # the same rules again lose nothing
+    ]
+    if not replaced:
+        return None
+    described = [_layer_rules(values) for values in sorted(replaced, key=lambda v: -v.layer)]
+    return (
+        f"the rules from {settings.ingress.origin} replace those of the "
+        f"{', and of the '.join(described)}; as in Coiled, the strongest layer that declares "
+        "ingress wins as a whole: none of the replaced rules is kept."
+    )
+
+
+def _layer_rules(values: LayerValues) -> str:
+    rules = values.ingress or []
+    where = f"{values.layer.label}{f' ({values.ingress_detail})' if values.ingress_detail else ''}"
+    if not rules:
+        return f"{where} (no rules)"
+    written = [r for r in rules if r.source == ME]
+    rules = compact([r for r in rules if r.source != ME]) + written
+    shown = ", ".join(str(r) for r in rules[:3])
+    more = f" and {len(rules) - 3} more" if len(rules) > 3 else ""
+    return f"{where} ({shown}{more})"
+
+
 # --------------------------------------------------------------------------------------------------
 # Package defaults for this tool's own keys
 
@@ -605,127 +650,9 @@ def _ensure_defaults() -> None:
         _defaults_registered = True
 
 
-# --------------------------------------------------------------------------------------------------
-# Writing the Dask config file
-
-
-def save_config(
-    ingress: list[Rule] | None = None,
-    use_scheduler_public_ip: bool | None = None,
-    *,
-    path: Path | str | None = None,
-) -> Path:
-    """Write ingress and the toggle into ``coiled.yaml`` in Dask's config directory.
-
-    Every key and comment the tool does not own is kept, the write is atomic (a temporary file in the
-    same folder, then a rename) and keeps the file's mode, and a file that cannot be parsed is refused.
-    Only ``coiled.backend-options.ingress``, ``coiled.backend-options.firewall`` (deprecated, removed
-    when ingress is written) and ``coiled.use_scheduler_public_ip`` are owned; these hold no secrets.
-    """
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap
-    from ruamel.yaml.error import YAMLError
-
-    target = Path(path) if path is not None else config_path()
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    header = ""
-    if target.exists():
-        text = target.read_text()
-        # ruamel re-emits the whole file: with the file's own indentation, lines we do not own (the
-        # token) come out byte for byte.
-        yaml.indent(**_guess_indent(text))
-        try:
-            data = yaml.load(text) if text.strip() else CommentedMap()
-        except YAMLError as error:
-            raise ConfigFileError(
-                f"{target} cannot be parsed as YAML ({_first_line(error)}); fix or "
-                "move it, nothing was written."
-            ) from None
-        if data is None:  # ruamel drops the comments of a file that holds nothing else
-            data = CommentedMap()
-            header = "".join(
-                line for line in text.splitlines(keepends=True) if line.lstrip().startswith("#")
-            )
-        if not isinstance(data, dict):
-            raise ConfigFileError(
-                f"{target} does not hold a mapping at the top; fix or move it, nothing was written."
-            )
-        mode = target.stat().st_mode & 0o7777
-    else:
-        data = CommentedMap()
-        mode = 0o600
-    coiled = _child(data, "coiled")
-    if ingress is not None:
-        backend_options = _child(coiled, "backend-options")
-        key = _spelling(backend_options, "ingress")
-        backend_options[key] = to_coiled(ingress)
-        backend_options.pop(_spelling(backend_options, "firewall"), None)
-    if use_scheduler_public_ip is not None:
-        coiled[_spelling(coiled, "use_scheduler_public_ip")] = bool(use_scheduler_public_ip)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(header if not header or header.endswith("\n") else header + "\n")
-            yaml.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _guess_indent(text: str) -> dict:
-    """The indentation a YAML file uses (ruamel's ``mapping``, ``sequence`` and dash ``offset``)."""
-    found = {"mapping": None, "sequence": None, "offset": None}
-    lines = [
-        line.rstrip()
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    for parent, child in zip(lines, lines[1:]):
-        if not parent.endswith(":") or parent.lstrip().startswith("- "):
-            continue
-        depth = len(child) - len(child.lstrip()) - (len(parent) - len(parent.lstrip()))
-        item = child.lstrip()
-        if item.startswith("- ") and found["sequence"] is None and depth >= 0:
-            after = item[2:]
-            found["offset"] = depth
-            found["sequence"] = depth + 2 + len(after) - len(after.lstrip())
-        elif not item.startswith("- ") and found["mapping"] is None and depth > 0:
-            found["mapping"] = depth
-    if found["sequence"] is None:
-        found["offset"], found["sequence"] = 2, 4
-    return {"mapping": found["mapping"] or 2, **{k: found[k] for k in ("sequence", "offset")}}
-
-
-def _child(mapping, key: str):
-    from ruamel.yaml.comments import CommentedMap
-
-    spelling = _spelling(mapping, key)
-    node = mapping.get(spelling)
-    if node is None:
-        node = mapping[spelling] = CommentedMap()
-    elif not isinstance(node, dict):
-        raise ConfigFileError(
-            f"'{key}' in the Dask config file is not a mapping; fix it by hand, "
-            "nothing was written."
-        )
-    return node
-
-
-def _spelling(mapping, key: str) -> str:
+def key_spelling(mapping, key: str) -> str:
+    """The spelling of ``key`` that ``mapping`` uses ('-' and '_' are alike, as in Dask)."""
     for spelling in (key, key.replace("-", "_"), key.replace("_", "-")):
         if spelling in mapping:
             return spelling
     return key
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

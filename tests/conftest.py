@@ -23,10 +23,12 @@ _CONFIG_DIR.mkdir()
 TEST_CONFIG = {
     "coiled-jupyter.sandbox.state-dir": str(_STATE_DIR),
     "coiled-jupyter.public-ip.services": [],
+    "coiled-jupyter.public-ip.services-ipv6": [],
 }
 dask.config.set(TEST_CONFIG)
 os.environ["DASK_COILED_JUPYTER__SANDBOX__STATE_DIR"] = str(_STATE_DIR)
 os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES"] = "[]"
+os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES_IPV6"] = "[]"
 os.environ["DASK_CONFIG"] = str(_CONFIG_DIR)
 for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
     os.environ.pop(name, None)

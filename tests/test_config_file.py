@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coiled_jupyter.config_file import save_config
 from coiled_jupyter.errors import ConfigFileError
 from coiled_jupyter.rules import parse_ingress
-from coiled_jupyter.settings import config_layer, config_path, save_config
+from coiled_jupyter.settings import config_layer, config_path
 
 TOKEN = "abc123-secret"
 TOKEN_LINE = f'  token: "{TOKEN}"'
@@ -357,7 +358,7 @@ def test_a_failed_write_leaves_the_file_and_no_temporary_file(user_file, dask_co
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigFileError, match=r"cannot be written \(disk full\); the file is as"):
         save_config(RULES, False)
     monkeypatch.undo()
     assert user_file.read_bytes() == before
@@ -389,3 +390,143 @@ def test_the_tool_writes_no_secret_of_its_own(dask_config):
     assert set(data) == {"coiled"}
     assert set(data["coiled"]) == {"backend-options", "use_scheduler_public_ip"}
     assert set(data["coiled"]["backend-options"]) == {"ingress"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Every comment, symlinks, and several kernels saving at once
+
+LISTED = textwrap.dedent("""\
+    coiled:
+      backend-options:
+        ingress:
+          - ports: [1, 2, 3]  # the lab
+            cidr: 192.0.2.0/24
+          # the annex, until March
+          - ports: [4]
+            cidr: 198.51.100.0/24
+        # region and zone are set by hand, see the wiki
+        region_name: us-east-2
+      use_scheduler_public_ip: true
+    """)
+
+
+def comments(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+
+
+def test_a_comment_after_the_ingress_list_is_kept_after_the_new_list(dask_config):
+    path = dask_config / "coiled.yaml"
+    path.write_text(LISTED)
+    save_config(parse_ingress([{"ports": [8786], "cidr": "10.1.0.0/16"}]))
+    lines = path.read_text().splitlines()
+    after = lines.index("    # region and zone are set by hand, see the wiki")
+    assert lines[after - 3 : after + 2] == [
+        "      - ports: [8786]",
+        "        cidr: 10.1.0.0/16",
+        "      # the annex, until March",  # its rule went; a comment line of its own stays
+        "    # region and zone are set by hand, see the wiki",
+        "    region_name: us-east-2",
+    ]
+    assert read(path)["coiled"]["backend-options"]["region_name"] == "us-east-2"
+
+
+def test_a_rule_that_stays_keeps_its_comment_and_an_empty_list_keeps_the_lines_after(dask_config):
+    path = dask_config / "coiled.yaml"
+    path.write_text(LISTED)
+    save_config(parse_ingress([{"ports": [1, 2, 3], "cidr": "192.0.2.0/24"}]))
+    assert "      - ports: [1, 2, 3]  # the lab" in path.read_text().splitlines()
+    assert comments(path.read_text()) == comments(LISTED)
+    save_config([])
+    assert read(path)["coiled"]["backend-options"]["ingress"] == []
+    assert comments(path.read_text()) == [
+        "# the annex, until March",
+        "# region and zone are set by hand, see the wiki",
+    ]  # only the end-of-line comment of the removed rule went with it
+
+
+def test_a_symlinked_file_is_written_through_and_the_link_stays(dask_config, tmp_path):
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "coiled.yaml"
+    real.write_text(USER_FILE)
+    real.chmod(0o640)
+    link = dask_config / "coiled.yaml"
+    link.symlink_to(real)
+    assert save_config(RULES, False) == link
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert read(real)["coiled"]["use_scheduler_public_ip"] is False
+    assert TOKEN_LINE in real.read_text().splitlines()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["coiled.yaml"]  # no temporary left
+    assert config_layer().ingress == RULES
+
+
+def test_a_dangling_symlink_gets_its_target_created(dask_config, tmp_path):
+    real = tmp_path / "dotfiles" / "coiled.yaml"
+    link = dask_config / "coiled.yaml"
+    link.symlink_to(real)
+    save_config(RULES)
+    assert link.is_symlink() and read(real)["coiled"]["backend-options"]["ingress"]
+
+
+def test_a_save_waits_for_another_kernels_save_to_the_same_file(user_file):
+    import threading
+
+    from coiled_jupyter.state import file_lock, lock_name
+
+    digest = __import__("hashlib").sha256(str(user_file.resolve()).encode()).hexdigest()[:16]
+    done = threading.Event()
+    with file_lock(lock_name("dask-config", digest)):
+        thread = threading.Thread(target=lambda: (save_config(RULES, False), done.set()))
+        thread.start()
+        assert not done.wait(0.5)  # held by "another kernel"
+        assert read(user_file)["coiled"]["use_scheduler_public_ip"] is True
+    thread.join(10)
+    assert done.is_set() and read(user_file)["coiled"]["use_scheduler_public_ip"] is False
+
+
+_SAVER = r"""
+import sys, time
+from coiled_jupyter.config_file import save_config
+from coiled_jupyter.rules import parse_ingress
+which, go = int(sys.argv[1]), sys.argv[2]
+while not __import__("os").path.exists(go):
+    time.sleep(0.005)
+if which % 2:
+    save_config(use_scheduler_public_ip=False)
+else:
+    save_config(parse_ingress([{"ports": [8786], "cidr": f"10.{which}.0.0/16"}]))
+"""
+
+
+def test_eight_processes_saving_at_once_leave_an_intact_file_with_every_kernels_key(
+    user_file, tmp_path
+):
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(i), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    go.write_text("")
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    data = read(user_file)
+    [rule] = data["coiled"]["backend_options"]["ingress"]
+    assert rule["cidr"] in {f"10.{i}.0.0/16" for i in range(0, 8, 2)}
+    # Saving the toggle and saving the rules are read-modify-writes of different keys: without the
+    # lock, a kernel writing back what it read would undo another's change.
+    assert data["coiled"]["use_scheduler_public_ip"] is False
+    assert data["coiled"]["account"] == "my-team"
+    assert data["distributed"] == {"scheduler": {"allowed-failures": 5}}
+    assert comments(user_file.read_text()) == comments(USER_FILE)
+    assert TOKEN_LINE in user_file.read_text().splitlines()
+    assert leftovers(user_file.parent) == []

@@ -89,8 +89,10 @@ SECRETS = re.compile(
 
 @pytest.fixture
 def kernel_env(sandbox, monkeypatch, tmp_path):
-    """A clean sandbox and a Dask config folder of the test's own, inherited by the kernels."""
+    """A clean sandbox and a Dask config folder of the test's own, inherited by the kernels (it
+    stands for the reader's own config), and a temporary directory of the test's own."""
     monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "dask-config"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     path = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *([path] if path else [])]))
     return tmp_path
@@ -173,6 +175,8 @@ def check_run(name: str, notebook, run: str) -> None:
         text = shown(cell(notebook, cell_id))
         for fragment in fragments:
             assert fragment in text, (name, run, cell_id, fragment, text)
+    verdict = shown(cell(notebook, "verdict"))
+    assert "can this notebook reach the scheduler (port 8786)? " in verdict, (name, verdict)
     outputs = json.dumps([c.get("outputs", []) for c in notebook.cells])
     assert not SECRETS.search(outputs), SECRETS.search(outputs).group()
 
@@ -192,6 +196,26 @@ def test_notebook_is_saved_clean(name):
     ids = [c.id for c in notebook.cells]
     assert ids.index("plan") < ids.index("apply")
     assert notebook.metadata.kernelspec.name == "python3"
+    # The sandbox is pinned before the first magic, and the reader's own config is left alone.
+    first_magic = next(
+        i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and "%coiled" in c.source
+    )
+    assert ids.index("setup") < first_magic
+    assert '"coiled-jupyter.backend": "sandbox"' in cell(notebook, "setup").source
+    # It ends on the reachability verdict and a markdown cell saying why it is what it is.
+    assert ids[-2:] == ["verdict", "verdict-md"]
+    assert notebook.cells[-1].cell_type == "markdown"
+    assert notebook.cells[-1].source.startswith("**Why the verdict is what it is.**")
+    for verdict in ("**no**", "**yes**", "**unknown**"):
+        assert verdict in notebook.cells[-1].source
+
+
+def test_the_quickstart_saves_into_a_folder_of_its_own_not_the_readers_config(kernel_env):
+    execute(NOTEBOOKS / "quickstart.ipynb", kernel_env)
+    readers = kernel_env / "dask-config"  # the DASK_CONFIG the kernel inherited
+    assert not (readers / "coiled.yaml").exists()
+    own = kernel_env / "coiled-jupyter-quickstart" / "dask-config" / "coiled.yaml"
+    assert own.exists() and "10.1.0.0/16" in own.read_text()
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))

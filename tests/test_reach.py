@@ -11,6 +11,7 @@ import http.server
 import ipaddress
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -31,7 +32,11 @@ def loopback_only(monkeypatch):
     settings.register_defaults()
     reach.forget_public_address()
     with dask.config.set(
-        {"coiled-jupyter.public-ip.services": [], reach.PUBLIC_IP_CONFIG_KEY: None}
+        {
+            "coiled-jupyter.public-ip.services": [],
+            "coiled-jupyter.public-ip.services-ipv6": [],
+            reach.PUBLIC_IP_CONFIG_KEY: None,
+        }
     ):
         yield
     reach.forget_public_address()
@@ -49,7 +54,7 @@ class _Answers(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.asked.append(self.path)
-        status, body = self.bodies[self.path]
+        status, body = {**self.bodies, **self.server.answers}.get(self.path, (404, b"no"))
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -65,6 +70,7 @@ def service():
     """A loopback HTTP server; ``service.url(path)`` and ``service.asked`` (paths asked, in order)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
     server.asked = []
+    server.answers = {}  # per path, (status, body) that replace the usual answer
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -432,3 +438,114 @@ def test_to_dict_is_json_and_summary_is_plain_text():
     assert data["public_address"] == "203.0.113.7"
     assert data["local_addresses"] == ["10.1.2.3"]
     assert data["warnings"] == list(result.warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# `me`: looked up again after a short while, both families, never through a proxy
+
+
+def test_an_answer_is_reused_only_for_the_configured_seconds(service):
+    url = service.url("/ip")
+    assert reach.public_address(services=[url], timeout=2) == "203.0.113.7"
+    service.answers["/ip"] = (200, b"203.0.113.8")  # the notebook moved to another network
+    assert reach.public_address(services=[url], timeout=2) == "203.0.113.7"  # cached
+    with dask.config.set({"coiled-jupyter.public-ip.cache-seconds": 0.2}):
+        time.sleep(0.3)
+        assert reach.public_address(services=[url], timeout=2) == "203.0.113.8"
+    assert service.asked == ["/ip", "/ip"]
+
+
+def test_a_stale_answer_is_not_used_when_the_services_fail(service):
+    assert reach.public_address(services=[service.url("/ip")], timeout=2) == "203.0.113.7"
+    found = reach.public_addresses(services=[service.url("/500")], timeout=2, max_age=0)
+    assert found is None
+
+
+def test_both_families_are_asked_at_once_and_me_admits_both(service):
+    found = reach.public_addresses(
+        services=[service.url("/html"), service.url("/ip")],
+        services_ipv6=[service.url("/ip6")],
+        timeout=2,
+    )
+    assert found.addresses == ("203.0.113.7", "2001:db8::7")
+    assert found.source == f"{service.url('/ip')} and {service.url('/ip6')}"
+    assert found.looked_up_at.tzinfo is not None
+    assert abs(time.time() - found.looked_up_at.timestamp()) < 5
+    assert re.fullmatch(
+        r"203\.0\.113\.7 and 2001:db8::7 \(looked up at \d\d:\d\d:\d\d UTC from "
+        r"http://127\.0\.0\.1:\d+/ip and http://127\.0\.0\.1:\d+/ip6\)",
+        found.describe(),
+    )
+    with dask.config.set({"coiled-jupyter.public-ip.services-ipv6": [service.url("/ip6")]}):
+        reach.forget_public_address()
+        result = reach.check(
+            rules({"ports": [8786], "cidr": "me"}),
+            True,
+            local=[],
+        )
+    assert result.lookup is not None and "2001:db8::7" in result.lookup.addresses
+    assert result.to_dict()["public_lookup"]["addresses"] == ["2001:db8::7"]
+
+
+def test_the_lookup_does_not_go_through_the_environments_proxy(service, monkeypatch):
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    proxy.asked = []
+    proxy.answers = {service.url("/ip"): (200, b"198.51.100.99")}  # what a proxy would be seen as
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        assert reach.public_address(services=[service.url("/ip")], timeout=2) == "203.0.113.7"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+    assert proxy.asked == []
+    assert service.asked == ["/ip"]
+
+
+def test_the_settings_and_the_plan_show_what_me_became_and_apply_follows_a_move(
+    service, cloud, dask_config
+):
+    from coiled_jupyter import session
+
+    with dask.config.set(
+        {
+            "coiled-jupyter.public-ip.services": [service.url("/ip")],
+            "coiled-jupyter.public-ip.cache-seconds": 0.2,
+        }
+    ):
+        view = session.add(8786, "me", cluster="moving")
+        [me_note] = [n for n in view.to_payload()["notes"] if n.startswith("me is")]
+        assert re.fullmatch(
+            r"me is 203\.0\.113\.7 \(looked up at \d\d:\d\d:\d\d UTC from http://127\.0\.0\.1:\d+/ip"
+            r"\); it is looked up again when the rules are sent\.",
+            me_note,
+        )
+        assert f"note: {me_note}" in repr(view)
+        session.apply("moving")
+        service.answers["/ip"] = (200, b"203.0.113.8")
+        time.sleep(0.3)
+        plan = session.plan("moving")
+        assert any(n.startswith("me is 203.0.113.8 (looked up at ") for n in plan.notes)
+        assert [(r.action, r.source) for r in _rows(plan)] == [
+            ("add", "203.0.113.8/32"),
+            ("remove", "203.0.113.7/32"),
+        ]
+        session.apply("moving")
+    [group] = cloud.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["*moving*"]}]
+    )["SecurityGroups"]
+    cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p.get("IpRanges", [])]
+    assert cidrs == ["203.0.113.8/32"]
+
+
+def _rows(plan):
+    import types
+
+    return [
+        types.SimpleNamespace(**row)
+        for row in plan.to_payload()["rows"]
+        if row["action"] in ("add", "remove")
+    ]

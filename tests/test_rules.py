@@ -13,12 +13,14 @@ from rulekit import expand
 
 from coiled_jupyter.rules import (
     DESCRIPTION_MAX,
+    Covered,
     IngressError,
     Rule,
     admits,
     canonical,
     canonical_network,
     compact,
+    compaction,
     open_to_everyone,
     parse_ingress,
     parse_ports,
@@ -670,6 +672,90 @@ def test_compaction_after_expansion_keeps_a_nested_network():
     # Dropping the covered single port 2 of 10.0.0.0/24 before merging ports would split 1-3.
     rules = [Rule("tcp", 1, 3, "10.0.0.0/24"), Rule("tcp", 2, 2, "10.0.0.0/23")]
     assert compact(expand(rules)) == compact(rules) == rules
+
+
+def test_a_covered_rule_keeps_its_description_and_is_named_with_the_covering_rule():
+    office = parse_ingress(one([8786, 8787], "10.1.0.0/16", description="office VPN"))
+    world = parse_ingress(one(["8786-8787"], "0.0.0.0/0"))
+    found = compaction([*world, *office])
+    assert [(r.key, r.description) for r in found.rules] == [(("tcp", 8786, 8787, "0.0.0.0/0"), "")]
+    assert found.covered == (
+        Covered(Rule("tcp", 8786, 8787, "10.1.0.0/16", "office VPN"), world[0]),
+    )
+    assert [c.rule.description for c in found.covered] == ["office VPN"]
+    assert str(found.covered[0]) == (
+        "tcp 8786-8787 from 10.1.0.0/16 (office VPN) is covered by tcp 8786-8787 from "
+        "0.0.0.0/0 and is not sent separately"
+    )
+
+
+def test_a_written_rule_that_is_sent_as_written_keeps_exactly_its_description():
+    # The wider rule is the person's; the narrower ones inside it lend it nothing.
+    rules = [
+        Rule("tcp", 8000, 9000, "10.0.0.0/8", "company"),
+        Rule("tcp", 8786, 8786, "10.1.0.0/16", "office VPN"),
+        Rule("tcp", 8786, 8787, "10.0.0.0/8", "scheduler"),
+        Rule("tcp", 8800, 8800, "10.0.0.0/8"),
+    ]
+    found = compaction(rules)
+    assert [(r.key, r.description) for r in found.rules] == [
+        (("tcp", 8000, 9000, "10.0.0.0/8"), "company")
+    ]
+    assert {(c.rule.key, c.rule.description) for c in found.covered} == {
+        (("tcp", 8786, 8786, "10.1.0.0/16"), "office VPN"),
+        (("tcp", 8786, 8787, "10.0.0.0/8"), "scheduler"),
+        (("tcp", 8800, 8800, "10.0.0.0/8"), ""),
+    }
+    assert all(c.by == found.rules[0] for c in found.covered)
+
+
+def test_a_rule_covered_only_after_ports_merge_names_the_merged_rule():
+    # 10.1/16 on 8786 and on 8787 only together lie inside the wide rule, which is 8786 and 8787.
+    rules = [
+        Rule("tcp", 8786, 8786, "10.0.0.0/8"),
+        Rule("tcp", 8787, 8787, "10.0.0.0/8"),
+        Rule("tcp", 8786, 8787, "10.1.0.0/16", "office VPN"),
+    ]
+    found = compaction(rules)
+    assert [(r.key, r.description) for r in found.rules] == [
+        (("tcp", 8786, 8787, "10.0.0.0/8"), "")
+    ]
+    assert [str(c) for c in found.covered] == [
+        "tcp 8786-8787 from 10.1.0.0/16 (office VPN) is covered by tcp 8786-8787 from "
+        "10.0.0.0/8 and is not sent separately"
+    ]
+
+
+def test_pieces_that_merge_still_share_their_descriptions():
+    rules = [
+        Rule("tcp", 8786, 8786, "10.0.0.0/25", "lab"),
+        Rule("tcp", 8786, 8786, "10.0.0.128/25", "annex"),
+        Rule("tcp", 8787, 8787, "10.0.0.0/24", "dashboard"),
+    ]
+    found = compaction(rules)
+    assert [(r.key, r.description) for r in found.rules] == [
+        (("tcp", 8786, 8787, "10.0.0.0/24"), "lab; annex; dashboard")
+    ]
+    assert found.covered == ()
+
+
+def test_compaction_of_thousands_of_rules_takes_well_under_a_second():
+    import ipaddress
+    import random
+    import time
+
+    rng = random.Random(3)
+    scattered = [
+        Rule("tcp", port, port, f"{ipaddress.IPv4Address(a)}/32")
+        for a in rng.sample(range(1 << 24, 223 << 24), 5000)
+        for port in (8786, 8787)
+    ]
+    adjacent = [Rule("tcp", 8786, 8787, f"10.0.{i // 256}.{i % 256}/32") for i in range(4096)]
+    start = time.process_time()
+    assert len(compact(scattered)) == 5000
+    assert [r.source for r in compact(adjacent)] == ["10.0.0.0/20"]
+    # CPU time, so that a busy machine does not fail it; the quadratic version took minutes.
+    assert time.process_time() - start < 2.0
 
 
 def test_compaction_refuses_unresolved_me():

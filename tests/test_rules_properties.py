@@ -5,6 +5,9 @@
 (c) Compaction keeps the meaning, checked with ``admits`` at every boundary point of the input rules,
     independently of how ``compact`` works.
 (d) Compaction never grows the rule count and is idempotent.
+(e) Compaction never moves a description onto a rule that merely covers the described one: a rule
+    sent as written keeps exactly its own description, every covered rule is named with a sent rule
+    that covers it, and no description is lost without being named.
 
 Generated ports stay in 1-40 and networks inside 10.0.0.0/24 and 2001:db8::/120, so that overlaps,
 nesting and adjacency actually happen.
@@ -30,6 +33,7 @@ from coiled_jupyter.rules import (
     canonical,
     canonical_network,
     compact,
+    compaction,
     parse_description,
     parse_ingress,
     sort_key,
@@ -342,3 +346,49 @@ def test_to_coiled_round_trip(rules):
     again = parse_ingress(to_coiled(rules))
     assert again == expected
     assert [r.description for r in again] == [r.description for r in expected]
+
+
+def parts(description: str) -> set[str]:
+    return {part for part in description.split("; ") if part}
+
+
+def inside(inner, outer) -> bool:
+    """Does ``outer`` admit all that ``inner`` admits?"""
+    if inner.protocol != outer.protocol:
+        return False
+    if not outer.from_port <= inner.from_port <= inner.to_port <= outer.to_port:
+        return False
+    if inner.network is None or outer.network is None:
+        return inner.source == outer.source
+    return inner.network.version == outer.network.version and inner.network.subnet_of(outer.network)
+
+
+@FAST
+@given(small_rules)
+def test_a_rule_sent_as_written_keeps_exactly_its_own_description(rules):
+    written = {r.key: r for r in canonical(rules)}
+    for rule in compact(rules):
+        if rule.key in written:
+            assert rule.description == written[rule.key].description, rule
+
+
+@FAST
+@given(small_rules)
+def test_every_covered_rule_is_named_with_a_sent_rule_that_covers_it(rules):
+    found = compaction(rules)
+    for item in found.covered:
+        assert item.by in found.rules
+        assert inside(item.rule, item.by), item
+        assert item.rule.key != item.by.key
+
+
+@FAST
+@given(small_rules)
+def test_no_description_is_lost_without_being_named(rules):
+    found = compaction(rules)
+    kept = set()
+    for rule in [*found.rules, *(c.rule for c in found.covered)]:
+        if rule.description.endswith("..."):
+            return  # joined descriptions longer than AWS allows are cut; nothing to compare
+        kept |= parts(rule.description)
+    assert set().union(*(parts(r.description) for r in rules)) <= kept

@@ -132,3 +132,118 @@ def test_saving_into_a_file_that_is_not_yaml_is_refused(dask_config):
     with pytest.raises(ConfigFileError, match="cannot be parsed"):
         session.save()
     assert (dask_config / "coiled.yaml").read_text() == "coiled: [unclosed\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Never widen by surprise: what the rules replace, and what a wider rule covers, are said first
+
+
+def test_the_settings_and_the_plan_say_the_rules_replace_the_built_in_default(cloud, dask_config):
+    view = session.add("8786,8787", "10.1.0.0/16", description="office VPN", cluster="widen")
+    replaced = (
+        "the rules from notebook session (this kernel) replace those of the built-in default "
+        "(tcp 8786-8787 from 0.0.0.0/0); as in Coiled, the strongest layer that declares ingress "
+        "wins as a whole: none of the replaced rules is kept."
+    )
+    assert view.to_payload()["notes"][0] == replaced
+    assert f"note: {replaced}" in repr(view)
+    plan = session.plan("widen")
+    assert plan.notes[0] == replaced
+    assert [(r.ports, r.source, r.description) for r in plan.add] == [
+        ("8786-8787", "10.1.0.0/16", "office VPN")
+    ]
+
+
+def test_the_plan_names_a_rule_covered_by_a_wider_one_and_never_moves_its_description(
+    cloud, dask_config
+):
+    (dask_config / "coiled.yaml").write_text(
+        "coiled:\n  backend-options:\n    ingress:\n      - ports: [8786, 8787]\n"
+        "        cidr: 0.0.0.0/0\n"
+    )
+    session.add(8786, "10.1.0.0/16", description="office VPN", cluster="widen")
+    plan = session.plan("widen")
+    assert [(r.ports, r.source, r.description) for r in plan.add] == [
+        ("8786-8787", "0.0.0.0/0", "")
+    ]
+    assert plan.notes[0].startswith(
+        f"the rules from notebook session (this kernel) replace those of the dask config "
+        f"({dask_config / 'coiled.yaml'}) (tcp 8786-8787 from 0.0.0.0/0), and of the built-in"
+    )
+    assert plan.notes[1] == (
+        "tcp 8786 from 10.1.0.0/16 (office VPN) is covered by tcp 8786-8787 from 0.0.0.0/0 and is "
+        "not sent separately."
+    )
+    assert f"note: {plan.notes[1]}" in repr(plan)
+    session.apply("widen")
+    [group] = cloud.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["*widen*"]}]
+    )["SecurityGroups"]
+    described = {
+        r["CidrIp"]: r.get("Description", "")
+        for p in group["IpPermissions"]
+        for r in p.get("IpRanges", [])
+    }
+    assert described == {"0.0.0.0/0": ""}  # never "office VPN" on the world-open rule
+
+
+def pasted(count: int) -> str:
+    """``count`` scattered addresses on the scheduler and dashboard ports, as a pasted YAML list."""
+    import ipaddress
+    import random
+
+    rng = random.Random(5)
+    return "\n".join(
+        f"- ports: [8786, 8787]\n  cidr: {ipaddress.IPv4Address(a)}"
+        for a in rng.sample(range(1 << 24, 223 << 24), count)
+    )
+
+
+def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask_config):
+    import time
+
+    from coiled_jupyter.provision import reconcile
+
+    many, some = pasted(2000), pasted(500)
+    start = time.process_time()
+    with pytest.raises(IngressError, match="more than the 64 KiB"):
+        session.set_settings(many)  # text: refused on its size before it is read
+    with pytest.raises(IngressError, match="has 2,000 rules; a security group holds at most"):
+        session.set_settings(yaml.safe_load(many))  # Python values: refused on the count
+    session.set_settings(some)  # 1,000 rules: parsed, then refused over the quota when sent
+    with pytest.raises(CoiledJupyterError, match="501 IPv4 entries .* over the quota of 60"):
+        reconcile.declared(session.effective_settings())
+    # CPU time, so that a busy machine does not fail it; the quadratic compaction took seconds.
+    assert time.process_time() - start < 2.0
+
+
+def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(dask_config):
+    session.set_scheduler_ip("private")
+    saved = session.save(everything=True)
+    data = yaml.safe_load((dask_config / "coiled.yaml").read_text())
+    assert data["coiled"]["backend-options"]["ingress"] == [
+        {"ports": [8786, 8787], "cidr": "0.0.0.0/0"}
+    ]
+    assert data["coiled"]["use_scheduler_public_ip"] is False
+    assert saved.to_payload()["notes"] == [
+        "pinned the rules from built-in default as they are now; later changes there no longer "
+        "reach this copy."
+    ]
+    session.reset()
+    with pytest.raises(CoiledJupyterError, match="nothing to save.*everything=True"):
+        session.save()
+
+
+def test_the_team_defaults_are_no_news_but_rules_replacing_them_are(cloud, dask_config):
+    from coiled_jupyter.provision import account
+
+    account.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.9.0.0/16"}])
+    assert not [n for n in session.show("team").to_payload()["notes"] if "replace" in n]
+    view = session.set_settings([VPN], cluster="team")
+    [note] = [n for n in view.to_payload()["notes"] if "replace" in n]
+    assert note.startswith(
+        "the rules from notebook session (this kernel) replace those of the account default "
+        "(SSM /coiled-jupyter/backend-options) (tcp 8786 from 10.9.0.0/16), and of the built-in "
+        "default (tcp 8786-8787 from 0.0.0.0/0)"
+    )
+    assert note in session.plan("team").notes

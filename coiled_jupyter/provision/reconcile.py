@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+from dataclasses import dataclass, replace
 
 from ..rules import (
     ALL_PROTOCOLS,
+    MAX_RULES,
     IngressError,
     Rule,
-    compact,
+    compaction,
     open_to_everyone,
     resolve_me,
     sort_key,
 )
-from ..settings import Settings, option
+from ..settings import Settings, option, replaced_rules_note
 from ..state import file_lock, lock_name
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
@@ -61,20 +63,36 @@ def self_rule(group_id: str) -> Rule:
     return Rule(ALL_PROTOCOLS, 0, 65535, group_id, SELF_DESCRIPTION)
 
 
-def desired_rules(settings: Settings) -> list[Rule]:
-    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas."""
-    return _desired(settings)[0]
+@dataclass(frozen=True)
+class Desired:
+    """The rules as they will be sent, and the notes a person needs to read them: which layers they
+    replace, what ``me`` became and when, and which written rules a wider one covers."""
+
+    rules: list[Rule]
+    notes: tuple[str, ...] = ()
+    # The networks 'me' stands for among the rules, tagged as such so a new address replaces them.
+    me: tuple[str, ...] = ()
 
 
-def _desired(settings: Settings) -> tuple[list[Rule], tuple[str, ...]]:
-    """The declared rules as they will be sent, and the networks ``me`` stands for among them."""
+# A plan lists this many covered rules one by one, then counts the rest.
+_COVERED_SHOWN = 5
+
+
+def declared(settings: Settings) -> Desired:
+    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas.
+
+    The count is checked first, before ``me`` is looked up or anything is compacted: a person who
+    pasted far too many rules hears so at once.
+    """
     rules = list(settings.rules)
+    _check_count(rules)
+    notes = [note] if (note := replaced_rules_note(settings)) else []
     me: tuple[str, ...] = ()
     if any(r.source == "me" for r in rules):
-        from ..reach import public_address
+        from ..reach import public_addresses
 
-        address = public_address()
-        if address is None:
+        found = public_addresses()
+        if found is None:
             raise IngressError(
                 [
                     "the rules use 'me', but this notebook's public address is unknown "
@@ -82,11 +100,44 @@ def _desired(settings: Settings) -> tuple[list[Rule], tuple[str, ...]]:
                     "the address instead of 'me'."
                 ]
             )
-        rules = resolve_me(rules, [address])
-        me = (str(ipaddress.ip_network(address)),)
-    rules = compact(rules)
-    check_quota(rules)
-    return rules, tuple(m for m in me if any(r.source == m for r in rules))
+        notes.append(f"me is {found.describe()}.")
+        rules = resolve_me(rules, found.addresses)
+        me = tuple(str(ipaddress.ip_network(a)) for a in found.addresses)
+    found = compaction(rules)
+    check_quota(found.rules)
+    notes.extend(_covered_notes(found.covered))
+    return Desired(
+        found.rules, tuple(notes), tuple(m for m in me if any(r.source == m for r in found.rules))
+    )
+
+
+def desired_rules(settings: Settings) -> list[Rule]:
+    """The rules as they will be sent (see :func:`declared`)."""
+    return declared(settings).rules
+
+
+def _check_count(rules: list[Rule]) -> None:
+    """Refuse, before any work, more rules than any security group holds: parsing refuses such an
+    input, but a session's additions can pile up past it."""
+    if len(rules) > MAX_RULES:
+        raise QuotaError(
+            [
+                f"the settings hold {len(rules):,} rules; a security group holds at most "
+                f"{MAX_RULES:,}, so write fewer (ranges like '8000-8100' and wider networks count "
+                "as one)."
+            ]
+        )
+
+
+def _covered_notes(covered) -> list[str]:
+    notes = [f"{item}." for item in covered[:_COVERED_SHOWN]]
+    rest = len(covered) - _COVERED_SHOWN
+    if rest > 0:
+        notes.append(
+            f"{rest} more written rule{'s are' if rest > 1 else ' is'} covered by wider rules and "
+            "not sent separately."
+        )
+    return notes
 
 
 def check_quota(rules: list[Rule]) -> None:
@@ -335,18 +386,25 @@ def _groups(t: Target):
     return SecurityGroups(t.connection())
 
 
-def plan(t: Target, settings: Settings) -> Plan:
+def plan(t: Target, settings: Settings, *, progress=None) -> Plan:
     """What :func:`apply` would change for this cluster: one read, and a second (the rules' tags) when
-    the group holds rules that are not declared, to say who wrote them. No change."""
-    desired, me = _desired(settings)
-    t = t.connected()
+    the group holds rules that are not declared, to say who wrote them. No change. ``progress`` hears
+    a sentence before a wait (the sandbox's first start)."""
+    wanted = declared(settings)
+    t = t.connected(progress=progress)
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     if group is None:
         # apply would be refused at CreateSecurityGroup; the plan must say so first.
         groups.refuse_foreign_name(t.cluster, t.vpc_id)
-    owners = _owners_if_needed(groups, group, desired)
-    return make_plan(t, group, desired, settings.ingress.origin, me=me, owners=owners)
+    owners = _owners_if_needed(groups, group, wanted.rules)
+    plan = make_plan(t, group, wanted.rules, settings.ingress.origin, me=wanted.me, owners=owners)
+    return _noted(plan, wanted)
+
+
+def _noted(plan: Plan, wanted: Desired) -> Plan:
+    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered)."""
+    return replace(plan, notes=(*wanted.notes, *plan.notes))
 
 
 def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
@@ -358,12 +416,13 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
     table is the group as the responses confirm it, not read again. ``on_wait`` is told, with a
     sentence, when another kernel's apply to this cluster makes it wait.
     """
-    desired, me = _desired(settings)
-    t = t.connected()
+    wanted = declared(settings)
+    desired, me = wanted.rules, wanted.me
+    t = t.connected(progress=on_wait)
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
-        carried = make_plan(t, group, desired, settings.ingress.origin, me=me)
+        carried = _noted(make_plan(t, group, desired, settings.ingress.origin, me=me), wanted)
         if not carried.changes:
             return ApplyResult(carried, _table(t, group, settings, desired))
         if group is None:
@@ -390,10 +449,10 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
     return ApplyResult(carried, _table(t, final, settings, desired, warnings=warnings))
 
 
-def describe(t: Target, settings: Settings) -> RuleTable:
+def describe(t: Target, settings: Settings, *, progress=None) -> RuleTable:
     """The group's rules as the cloud reports them (one read; a second for the rules' tags when some
     are not declared), each with its origin."""
-    t = t.connected()
+    t = t.connected(progress=progress)
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     try:
@@ -405,7 +464,7 @@ def describe(t: Target, settings: Settings) -> RuleTable:
 
 def destroy(t: Target, *, on_wait=None) -> DestroyResult:
     """Delete the cluster's group, if it exists and is owned by coiled_jupyter."""
-    t = t.connected()
+    t = t.connected(progress=on_wait)
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rules import Rule
-from ..settings import Settings
+from ..rules import ME, Rule
+from ..settings import Settings, replaced_rules_note
 from .target import Target
 
 SCHEMA_VERSION = 1
@@ -291,9 +291,21 @@ class SettingsView(_Displayed):
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=self._coiled_notes(),
+            notes=[*self.notes, *self._coiled_notes()],
             warnings=list(reach.warnings) if reach is not None else [],
         )
+
+    @property
+    def notes(self) -> list[str]:
+        """What the person may not expect, before anything is applied: the layers the rules replace,
+        and the address ``me`` stands for now (it is looked up again at apply)."""
+        notes = [note] if (note := replaced_rules_note(self.settings)) else []
+        lookup = getattr(self.reachability, "lookup", None)
+        if lookup is not None and any(r.source == ME for r in self.settings.rules):
+            notes.append(
+                f"me is {lookup.describe()}; it is looked up again when the rules are sent."
+            )
+        return notes
 
     def _coiled_notes(self) -> list[str]:
         if self.coiled_toggle is None:
@@ -327,6 +339,7 @@ class SaveResult(_Displayed):
     location: str
     ingress: tuple[Rule, ...] | None
     use_scheduler_public_ip: bool | None
+    notes: tuple[str, ...] = ()
 
     def to_payload(self) -> dict:
         written = []
@@ -358,6 +371,7 @@ class SaveResult(_Displayed):
             summary=f"saved to {self.location}: {' and '.join(written)}; "
             f"{'; '.join([readers, *coiled])}.",
             rows=[rule_row(r) for r in self.ingress or ()],
+            notes=list(self.notes),
         )
 
 

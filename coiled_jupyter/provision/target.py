@@ -7,8 +7,10 @@ when :meth:`Target.connected` is called by an operation that talks to the cloud.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ..errors import CoiledJupyterError
 from ..rules import IngressError
 from ..settings import option
 from ..strict_yaml import excerpt
@@ -29,13 +31,24 @@ class Target:
     vpc_id: str | None = None
     endpoint_url: str | None = field(default=None, compare=False)
 
-    def connected(self) -> Target:
-        """This target with its endpoint known: for the sandbox, its server (started on first use)."""
+    def connected(self, *, progress: Callable[[str], None] | None = None) -> Target:
+        """This target with its endpoint known: for the sandbox, its server (started on first use).
+
+        A start takes seconds, so ``progress`` (if given) hears a sentence first; nothing is printed
+        here. Without moto (a plain ``pip install coiled_jupyter``) no start is attempted: one
+        sentence names the command that installs it.
+        """
         if self.backend != "sandbox" or self.endpoint_url is not None:
             return self
-        from .sandbox import endpoint
+        from . import sandbox
 
-        return replace(self, endpoint_url=endpoint())
+        server = sandbox.running()
+        if server is None:
+            require_moto()
+            if progress is not None:
+                progress("starting the local sandbox (moto) ...")
+            server = sandbox.ensure()
+        return replace(self, endpoint_url=server.url)
 
     def connection(self):
         from .aws import Connection
@@ -58,6 +71,17 @@ class Target:
             where = f" at {self.endpoint_url}" if self.endpoint_url else ""
             return f"sandbox (local moto server{where}, not AWS)"
         return "aws"
+
+
+def require_moto() -> None:
+    """Refuse, with the command that fixes it, to start the sandbox without moto installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        raise CoiledJupyterError(
+            "the sandbox backend needs moto, which is not installed; run "
+            "pip install 'coiled_jupyter[sandbox]' (or set coiled-jupyter.backend to aws)."
+        )
 
 
 def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> tuple:
