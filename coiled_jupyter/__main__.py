@@ -1,18 +1,20 @@
 """``python -m coiled_jupyter demo``: the main job on the built-in sandbox.
 
-It applies the example from Coiled's documentation (a VPN and a peered VPC, each with its own CIDR)
-to a sandbox cluster, applies it a second time to show that nothing changes, and prints the rule table
-as the cloud reports it. Nothing reaches AWS: the sandbox is a local moto server, stopped at the end
-unless it was already running.
+It applies the two-CIDR example from Coiled's documentation ("Configuring firewalls": the client
+reaches the scheduler on 8786 from one network, the dashboard on 8787 is open to another) to a sandbox
+cluster, exactly as the page passes it to ``coiled.Cluster(backend_options=...)``, applies it a second
+time to show that nothing changes, and prints the rule table as the cloud reports it. Nothing reaches
+AWS: the sandbox is a local moto server, stopped at the end unless it was already running.
 """
 
 from __future__ import annotations
 
 import sys
 
+# Coiled's page, verbatim: backend_options={"ingress": [...]}.
 EXAMPLE = [
-    {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"},
-    {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"},
+    {"ports": [8786], "cidr": "10.1.0.0/16"},  # client -> scheduler
+    {"ports": [8787], "cidr": "10.32.0.0/16"},  # scheduler dashboard
 ]
 
 

@@ -43,9 +43,11 @@ _COLUMNS = {
     ],
 }
 
+# The class is named twice in the cell rule to outrank JupyterLab's own output-table rule
+# (`:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`), which right-aligns cells and drops borders.
 _STYLE = """<style>
 .cj-result table { border-collapse: collapse; margin: 0.25em 0; }
-.cj-result th, .cj-result td { text-align: left; padding: 0.2em 0.8em;
+.cj-result.cj-result th, .cj-result.cj-result td { text-align: left; padding: 0.2em 0.8em;
   border-bottom: 1px solid var(--jp-border-color2, #e0e0e0); }
 .cj-result th { color: var(--jp-ui-font-color1, inherit); }
 .cj-result .cj-meta { color: var(--jp-ui-font-color2, #616161); }

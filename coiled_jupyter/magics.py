@@ -53,11 +53,6 @@ SUBCOMMANDS = (
     "destroy",
     "save",
 )
-PANEL_NOT_AVAILABLE = (
-    "The firewall panel is not available yet; use %coiled_ingress to show and change the rules "
-    "(add, remove, set, plan, apply; %coiled_ingress -h for help) and %coiled_scheduler_ip for the "
-    "public/private scheduler IP."
-)
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
 _OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
@@ -87,7 +82,7 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress apply                 make the cluster's security group match; show its rules
   %coiled_ingress describe              the group's rules as the cloud reports them
   %coiled_ingress destroy               delete the cluster's security group
-  %coiled_ingress save [--scope user]   keep the effective settings in Dask's config file
+  %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
@@ -104,8 +99,9 @@ Without --apply it sets the session and shows the settings; with --apply it also
           cidr: 10.1.0.0/16
     use_scheduler_public_ip: false
 
-add, remove, set, clear, reset and the cell change this notebook's session layer (the kernel's
-Dask config, so a coiled.Cluster() created later sees them too); they return the new settings.
+add, remove, set, clear, reset and the cell change this notebook's session layer and return the
+new settings. coiled.Cluster() does not read rules from the session or from Dask's config (saved
+ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs()).
 --cluster NAME picks the cluster (default: %config CoiledMagics.cluster, else the Dask config
 key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
 variable name; write $$ for a literal $.
@@ -113,12 +109,23 @@ variable name; write $$ for a literal $.
 
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
-private IP (Coiled's use_scheduler_public_ip). It is mirrored into the kernel's Dask config
-(coiled.use_scheduler_public_ip), so a coiled.Cluster() created later in this kernel uses it.
+private IP (Coiled's use_scheduler_public_ip). It is also set in the kernel's Dask config
+(coiled.use_scheduler_public_ip), which a coiled.Cluster() created later in this kernel reads by
+itself; %coiled_ingress reset puts back the value that was there before.
 
   %coiled_scheduler_ip            show the setting, where it came from, and reachability
   %coiled_scheduler_ip private    connect on the private IP (VPN, peered VPC, same VPC)
   %coiled_scheduler_ip public     connect on the public IP
+"""
+
+_FIREWALL_DESCRIPTION = """\
+Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
+Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
+Plan, Apply, Save to my config, Save as team default and Revert. Edits that are valid reach the
+session at once, so the next %coiled_ingress shows them; a change made by a magic shows in an
+open panel.
+
+  %coiled_firewall [--cluster NAME]
 """
 
 
@@ -139,30 +146,11 @@ def _usage_errors():
 
 
 # --------------------------------------------------------------------------------------------------
-# ${name} substitution
+# ${name} substitution: a value is one token, never options or lines
 
 
-class _Values:
-    """The notebook's namespace as text for string.Template: strings as they are, other values as
-    JSON (which is YAML), so ``${rules}`` can insert a Python list of rule dicts."""
-
-    def __init__(self, namespace: dict):
-        self.namespace = namespace
-
-    def __getitem__(self, name: str) -> str:
-        value = self.namespace[name]
-        if isinstance(value, str):
-            return value
-        try:
-            return json.dumps(value)
-        except (TypeError, ValueError):
-            return str(value)
-
-
-def substitute(text: str, namespace: dict, where: str) -> str:
-    """Replace ``${name}`` (and ``$name``) by notebook variables, ``$$`` by ``$`` (string.Template)."""
-    if "$" not in text:
-        return text
+def _template(text: str, namespace: dict, where: str) -> string.Template:
+    """The text as a string.Template, after checking every '$' and that every name is defined."""
     template = string.Template(text)
     for match in template.pattern.finditer(text):
         if match.group("invalid") is not None:
@@ -184,7 +172,150 @@ def substitute(text: str, namespace: dict, where: str) -> str:
             f'in an earlier cell (e.g. {missing[0]} = "10.1.0.0/16"), or write $$ '
             "for a literal '$'."
         )
-    return template.substitute(_Values(namespace))
+    return template
+
+
+def _as_text(name: str, value, where: str) -> str:
+    """A variable's value as text: strings as they are, other values as JSON (which is YAML). Control
+    characters (a newline above all) are refused: a value must never start another line."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            text = str(value)
+    bad = sorted({c for c in text if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise UsageError(
+            f"variable {name!r} in {where} holds the control character {bad[0]!r}; a value is "
+            "inserted as one word on its line, so remove it (e.g. name.strip())."
+        )
+    return text
+
+
+def substitute(text: str, namespace: dict, where: str) -> str:
+    """Replace ``${name}`` (and ``$name``) in a magic's line by notebook variables, ``$$`` by ``$``.
+
+    Each value becomes exactly one shell word, quoted for where it stands (outside quotes, inside
+    "..." or '...'), so it can never add options or words: ``name = "x --cluster prod"`` gives the
+    single value ``x --cluster prod``. A value starting with '-' is refused, since argparse would take
+    even a quoted word like that for an option.
+    """
+    if "$" not in text:
+        return text
+    template = _template(text, namespace, where)
+    out: list[str] = []
+    position = 0
+    for match in template.pattern.finditer(text):
+        out.append(text[position : match.start()])
+        position = match.end()
+        if match.group("escaped") is not None:
+            out.append("$")
+            continue
+        name = match.group("named") or match.group("braced")
+        value = _as_text(name, namespace[name], where)
+        if value.startswith("-"):
+            raise UsageError(
+                f"variable {name!r} in {where} starts with '-', which would be read as an option; "
+                "a value cannot add options."
+            )
+        out.append(_quoted(value, _shell_context("".join(out))))
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _shell_context(before: str) -> str:
+    """Whether the end of ``before`` is outside quotes (''), inside "..." or inside '...' (shlex)."""
+    state, index = "", 0
+    while index < len(before):
+        char = before[index]
+        if state == "" and char in "'\"":
+            state = char
+        elif state == char:
+            state = ""
+        elif char == "\\" and state != "'":
+            index += 1
+        index += 1
+    return state
+
+
+def _quoted(value: str, context: str) -> str:
+    if context == "'":
+        return value.replace("'", "'\"'\"'")
+    if context == '"':
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+    return shlex.quote(value)
+
+
+class _Placeholders:
+    """For YAML text: each ``${name}`` becomes a unique plain word, the text is read as YAML, and
+    :meth:`fill` puts the values into what was read, so that a value is always one value, never
+    more YAML (no keys, rules or lines of its own)."""
+
+    def __init__(self, text: str, namespace: dict, where: str):
+        import secrets
+
+        self.where = where
+        self.namespace = namespace
+        nonce = secrets.token_hex(6)
+        self.pattern = re.compile(rf"cjvar{nonce}n([0-9]+)x")
+        self.order: list[str] = []
+        pieces: list[str] = []
+        position = 0
+        for match in _template(text, namespace, where).pattern.finditer(text):
+            pieces.append(text[position : match.start()])
+            position = match.end()
+            if match.group("escaped") is not None:
+                pieces.append("$")
+            else:
+                self.order.append(match.group("named") or match.group("braced"))
+                pieces.append(f"cjvar{nonce}n{len(self.order) - 1}x")
+        pieces.append(text[position:])
+        self.text = "".join(pieces)
+
+    def fill(self, data):
+        if isinstance(data, str):
+            whole = self.pattern.fullmatch(data)
+            if whole:
+                return self.namespace[self.order[int(whole.group(1))]]
+            return self.pattern.sub(self._text_of, data)
+        if isinstance(data, list):
+            return [self.fill(item) for item in data]
+        if isinstance(data, dict):
+            filled: dict = {}
+            for key, value in data.items():
+                name = self.pattern.sub(self._text_of, key) if isinstance(key, str) else key
+                if name in filled:
+                    raise UsageError(
+                        f"{self.where} has the key {name!r} twice once its variables are "
+                        "inserted; keep one."
+                    )
+                filled[name] = self.fill(value)
+            return filled
+        return data
+
+    def _text_of(self, match) -> str:
+        name = self.order[int(match.group(1))]
+        value = self.namespace[name]
+        if isinstance(value, (list, dict, tuple)):
+            raise UsageError(
+                f"variable {name!r} in {self.where} holds a {type(value).__name__}, which can "
+                "only stand as a whole value (e.g. ingress: ${" + name + "}), not inside text."
+            )
+        return _as_text(name, value, self.where)
+
+
+def substitute_yaml(text: str, namespace: dict, where: str):
+    """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
+    value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
+    no value can add keys, rules or lines."""
+    from .rules import load_text
+
+    if "$" not in text:
+        return load_text(text, where)
+    placeholders = _Placeholders(text, namespace, where)
+    return placeholders.fill(load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,21 +372,33 @@ class CoiledMagics(Magics, Configurable):
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
-            line = substitute(line, self.shell.user_ns, "the magic's line")
             if cell is not None:
-                return self._ingress_cell(line, cell)
+                return self._ingress_cell(self._substitute(line), cell)
             return self._ingress_line(line)
 
+    def _substitute(self, line: str) -> str:
+        from .strict_yaml import check_size
+
+        where = "the magic's line"
+        check_size(line, where)
+        line = substitute(line, self.shell.user_ns, where)
+        check_size(line, f"{where} with its variables inserted")
+        return line
+
     def _ingress_line(self, line: str):
+        from .strict_yaml import check_size
+
+        check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
             before, body = line[:start], line[end:]
             body, options = _peel_options(body)
-            args = _parse(parser, [*_split(before), *options])
+            options = [word for option in options for word in _split(self._substitute(option))]
+            args = _parse(parser, [*_split(self._substitute(before)), *options])
             args.words = ["set"]
         else:
-            args = _parse(parser, _split(line))
+            args = _parse(parser, _split(self._substitute(line)))
             body = None
         if args.help:
             return _print_help(parser)
@@ -291,9 +434,9 @@ class CoiledMagics(Magics, Configurable):
                     "%coiled_ingress set needs the rules, e.g. %coiled_ingress set "
                     "[{ports: [8786], cidr: 10.1.0.0/16}]; use clear for no rules."
                 )
-            return session.set_settings(
-                body, cluster=cluster, label="the rules of %coiled_ingress set"
-            )
+            where = "the rules of %coiled_ingress set"
+            data = substitute_yaml(body, self.shell.user_ns, where)
+            return session.set_settings(data, cluster=cluster, label=where)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -323,7 +466,7 @@ class CoiledMagics(Magics, Configurable):
                     f"the %%coiled_ingress cell takes only --cluster and --apply, not "
                     f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
                 )
-        cell = substitute(cell, self.shell.user_ns, "the cell")
+        cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
         if not args.apply:
             return session.set_settings(cell, cluster=cluster, label="the cell")
@@ -344,8 +487,9 @@ class CoiledMagics(Magics, Configurable):
             raise UsageError(f"{what} does not take {flag}; it is for {' and '.join(takers)}.")
 
     def _cluster(self, args) -> str | None:
-        """The cluster named by --cluster, else by %config CoiledMagics.cluster (None: the default)."""
-        return args.cluster or self.cluster or None
+        """The cluster named by --cluster, else by %config CoiledMagics.cluster (None: the default).
+        An empty --cluster "" stays empty, to be refused, never taken for "the default"."""
+        return args.cluster if args.cluster is not None else (self.cluster or None)
 
     def _show(self, cluster):
         return session.show(cluster, reach=self.show_reachability)
@@ -364,7 +508,7 @@ class CoiledMagics(Magics, Configurable):
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_scheduler_ip(self, line=""):
         with _usage_errors():
-            line = substitute(line, self.shell.user_ns, "the magic's line")
+            line = self._substitute(line)
             parser = self.coiled_scheduler_ip.parser
             args = _parse(parser, _split(line))
             if args.help:
@@ -377,10 +521,23 @@ class CoiledMagics(Magics, Configurable):
     # ----------------------------------------------------------------------------------------------
     # %coiled_firewall
 
+    @no_var_expand
     @line_magic
+    @magic_arguments()
+    @kwds(description=_FIREWALL_DESCRIPTION)
+    @argument("-c", "--cluster", metavar="NAME", help="the cluster (default: CoiledMagics.cluster)")
+    @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_firewall(self, line=""):
-        """The firewall panel: not available yet; use %coiled_ingress and %coiled_scheduler_ip."""
-        print(PANEL_NOT_AVAILABLE)
+        with _usage_errors():
+            line = substitute(line, self.shell.user_ns, "the magic's line")
+            parser = self.coiled_firewall.parser
+            args = _parse(parser, _split(line))
+            if args.help:
+                return _print_help(parser)
+            # ipywidgets loads here, on first use, not at %load_ext.
+            from .widgets import FirewallPanel
+
+            return FirewallPanel(cluster=self._cluster(args))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .errors import CoiledJupyterError
+from .strict_yaml import excerpt
 
 PROTOCOLS = ("tcp", "udp")
 # AWS's protocol "-1": every protocol and port; only read from the cloud or used for the self rule.
@@ -46,6 +47,13 @@ _GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 # refuses more than 4300 digits.
 _NUMBER = re.compile(r"[0-9]{1,10}")
 _RANGE = re.compile(r"^\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*$")
+# '0022' is 18 in YAML 1.1 and 22 to int(): refused everywhere alike, with the reading to write.
+_LEADING_ZERO = re.compile(r"0[0-9]+")
+# '1:30' is 90 in YAML 1.1 (base 60); people mean the range 1-30.
+_SEXAGESIMAL = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
+# A security group holds at most 1,000 rules (AWS's highest quota): more entries, or rules a
+# ports x cidr product expands into, are refused before any of them is parsed.
+MAX_RULES = 1000
 
 
 class IngressError(CoiledJupyterError, ValueError):
@@ -141,17 +149,21 @@ def parse_ingress(value, *, where: str = "ingress") -> list[Rule]:
         raise IngressError(
             [
                 f"{where} must be a list of rules like [{{'ports': [8786], 'cidr': '10.1.0.0/16'}}], "
-                f"not {type(value).__name__} {value!r}."
+                f"not {type(value).__name__} {excerpt(value)}."
             ]
         )
+    _check_count(len(value), "rules", where)
     problems: list[str] = []
     rules: list[Rule] = []
     for index, item in enumerate(value, start=1):
         label = f"{where} rule {index}" if len(value) > 1 else f"{where} rule"
         try:
             rules.extend(parse_rule(item, where=label))
+            _check_count(len(rules), "rules once its ports and sources are combined", where)
         except IngressError as error:
             problems.extend(error.problems)
+            if len(rules) > MAX_RULES:
+                break
     if problems:
         raise IngressError(problems)
     return canonical(rules)
@@ -163,7 +175,7 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
         raise IngressError(
             [
                 f"{where} must be a mapping like {{'ports': [8786], 'cidr': '10.1.0.0/16'}}, "
-                f"not {type(item).__name__} {item!r}."
+                f"not {type(item).__name__} {excerpt(item)}."
             ]
         )
     problems: list[str] = []
@@ -173,7 +185,7 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
             hint = (
                 f"did you mean '{close[0]}'?" if close else f"use only {', '.join(ALLOWED_KEYS)}."
             )
-            problems.append(f"{where} has unknown key {key!r}; {hint}")
+            problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
     for required in ("ports", "cidr"):
         if required not in item:
             problems.append(f"{where} has no '{required}'; add e.g. {_EXAMPLE[required]}.")
@@ -185,6 +197,9 @@ def parse_rule(item, *, where: str = "rule") -> list[Rule]:
     description = _collect(problems, parse_description, item.get("description", ""), where)
     if problems:
         raise IngressError(problems)
+    _check_count(
+        len(port_ranges) * len(sources), "rules once its ports and sources are combined", where
+    )
     return [
         Rule(protocol, low, high, source, description)
         for (low, high) in port_ranges
@@ -204,26 +219,30 @@ def _collect(problems: list[str], parser, value, where):
 
 
 def load_text(text: str, where: str):
-    """YAML (or JSON) text into Python values, with the line and column of a mistake."""
-    import yaml
+    """YAML (or JSON) text into Python values, by the strict rules of :mod:`.strict_yaml` (YAML 1.2
+    core schema, no duplicate keys, no aliases, bounded size and depth)."""
+    from .strict_yaml import StrictYAMLError, load
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "it is not valid YAML"
+        return load(text, where)
+    except StrictYAMLError as error:
+        raise IngressError(error.problems) from None
+
+
+def _check_count(count: int, what: str, where: str) -> None:
+    if count > MAX_RULES:
         raise IngressError(
             [
-                f"{where} text could not be read{at}: {problem}; check the indentation "
-                "and quote values that contain ':'."
+                f"{where} has {count:,} {what}; a security group holds at most {MAX_RULES:,} "
+                "rules, so write fewer (ranges like '8000-8100' and wider networks count as one)."
             ]
-        ) from None
+        )
 
 
 def parse_ports(value, *, where: str = "ports") -> list[tuple[int, int]]:
     """A port, a range string, or a list of them, into sorted (low, high) ranges."""
     entries = value if isinstance(value, (list, tuple)) else [value]
+    _check_count(len(entries), "ports", where)
     if not entries:
         raise IngressError(
             [f"{where} has an empty 'ports' list; list at least one port, e.g. [8786]."]
@@ -244,23 +263,39 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
     if isinstance(entry, bool):
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is a boolean, not a port; "
+                f"{where} has port {excerpt(entry)}, which is a boolean, not a port; "
                 "write a number from 1 to 65535."
             ]
         )
     if isinstance(entry, float):
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is not a whole number; "
+                f"{where} has port {excerpt(entry)}, which is not a whole number; "
                 f"write {int(entry)} if that is what you mean."
                 if entry.is_integer()
-                else f"{where} has port {entry!r}, which is not a whole number."
+                else f"{where} has port {excerpt(entry)}, which is not a whole number."
             ]
         )
     if isinstance(entry, int):
         return (_check_port(entry, where), _check_port(entry, where))
     if isinstance(entry, str):
         text = entry.strip()
+        for number in text.split("-"):
+            if _LEADING_ZERO.fullmatch(number.strip()):
+                raise IngressError(
+                    [
+                        f"{where} has port {excerpt(entry)} with a leading zero, which YAML reads "
+                        f"as octal; write {int(number)} (ports are decimal)."
+                    ]
+                )
+        clock = _SEXAGESIMAL.fullmatch(text)
+        if clock:
+            raise IngressError(
+                [
+                    f"{where} has port {excerpt(entry)}, which YAML 1.1 reads as a number in base "
+                    f"60; for the range write '{clock.group(1)}-{clock.group(2)}'."
+                ]
+            )
         if _NUMBER.fullmatch(text):
             port = _check_port(int(text), where)
             return (port, port)
@@ -271,20 +306,20 @@ def _parse_port_entry(entry, where: str) -> tuple[int, int]:
             if low > high:
                 raise IngressError(
                     [
-                        f"{where} has range {entry!r} whose start is above its end; "
+                        f"{where} has range {excerpt(entry)} whose start is above its end; "
                         f"write '{high}-{low}'."
                     ]
                 )
             return (low, high)
         raise IngressError(
             [
-                f"{where} has port {entry!r}, which is not a port; write a number like "
+                f"{where} has port {excerpt(entry)}, which is not a port; write a number like "
                 "8786 or a range like '8000-8100'."
             ]
         )
     raise IngressError(
         [
-            f"{where} has port {entry!r} of type {type(entry).__name__}; write a number "
+            f"{where} has port {excerpt(entry)} of type {type(entry).__name__}; write a number "
             "like 8786 or a range like '8000-8100'."
         ]
     )
@@ -301,6 +336,7 @@ def _check_port(port: int, where: str) -> int:
 def parse_source(value, *, where: str = "cidr") -> list[str]:
     """A source as written into its canonical sources (``everyone`` gives two)."""
     if isinstance(value, (list, tuple)):
+        _check_count(len(value), "sources", where)
         problems: list[str] = []
         sources: list[str] = []
         for item in value:
@@ -318,7 +354,7 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
     if not isinstance(value, str):
         raise IngressError(
             [
-                f"{where} has cidr {value!r} of type {type(value).__name__}; write a "
+                f"{where} has cidr {excerpt(value)} of type {type(value).__name__}; write a "
                 "network in quotes like '10.1.0.0/16', 'me' or 'everyone'."
             ]
         )
@@ -332,7 +368,7 @@ def parse_source(value, *, where: str = "cidr") -> list[str]:
         if not _GROUP_ID.match(lowered):
             raise IngressError(
                 [
-                    f"{where} has security group {value!r}, which is not a group id; "
+                    f"{where} has security group {excerpt(value)}, which is not a group id; "
                     "a group id looks like 'sg-0123456789abcdef0'."
                 ]
             )
@@ -350,15 +386,15 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     except ValueError:
         raise IngressError(
             [
-                f"{where} has cidr {text!r}, which is not an IP network; write it like "
+                f"{where} has cidr {excerpt(text)}, which is not an IP network; write it like "
                 "'10.1.0.0/16', '2001:db8::/32' or a single address '203.0.113.7'."
             ]
         ) from None
     if getattr(ip, "scope_id", None):
         raise IngressError(
             [
-                f"{where} has cidr {text!r} with a zone '%{ip.scope_id}', which a firewall "
-                "rule cannot hold; remove it."
+                f"{where} has cidr {excerpt(text)} with a zone {excerpt('%' + ip.scope_id)}, "
+                "which a firewall rule cannot hold; remove it."
             ]
         )
     if not slash:
@@ -367,7 +403,7 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     if not _NUMBER.fullmatch(prefix) or not 0 <= int(prefix) <= limit:
         raise IngressError(
             [
-                f"{where} has cidr {text!r} whose prefix length '/{prefix}' is not "
+                f"{where} has cidr {excerpt(text)} whose prefix length {excerpt('/' + prefix)} is not "
                 f"between /0 and /{limit}; write e.g. '{address}/{limit}' for one "
                 "address."
             ]
@@ -376,7 +412,7 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     if network.network_address != ip:
         raise IngressError(
             [
-                f"{where} has cidr {text!r} with host bits set, which would admit all of "
+                f"{where} has cidr {excerpt(text)} with host bits set, which would admit all of "
                 f"{network}; did you mean '{network}'? (or '{ip}/{limit}' for the one "
                 "address)"
             ]
@@ -384,17 +420,63 @@ def canonical_network(text: str, *, where: str = "cidr") -> str:
     return str(network)
 
 
+def mask_host_bits(value) -> tuple[object, list[str]]:
+    """Coiled's ``ingress`` value with every CIDR that has host bits set masked as AWS masks it, and
+    one sentence per CIDR saying how much more it admits than it names.
+
+    Only for calls pasted from Coiled's documentation (``set_backend_options``), whose own example
+    writes ``10.1.0.2/16`` and whose table shows the masked ``10.1.0.0/16``: the call works as
+    written, and the widening is said before anything is stored. Everywhere else host bits are
+    refused. Values that are not CIDRs are left for the parser to judge.
+    """
+    said: list[str] = []
+
+    def mask(cidr):
+        if not isinstance(cidr, str) or "/" not in cidr:
+            return cidr
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+            address = ipaddress.ip_address(cidr.strip().partition("/")[0])
+        except ValueError:
+            return cidr
+        if network.network_address == address:
+            return cidr
+        said.append(
+            f"cidr {excerpt(cidr)} has host bits set; as AWS would, it is kept as {network}, which "
+            f"admits {network.num_addresses:,} addresses; write '{address}/{network.max_prefixlen}' "
+            "for the one address."
+        )
+        return str(network)
+
+    def rule(item):
+        if not isinstance(item, Mapping) or "cidr" not in item:
+            return item
+        cidr = item["cidr"]
+        masked = [mask(c) for c in cidr] if isinstance(cidr, (list, tuple)) else mask(cidr)
+        return {**item, "cidr": masked}
+
+    if isinstance(value, Mapping):
+        return rule(value), said
+    if isinstance(value, (list, tuple)):
+        return [rule(item) for item in value], said
+    return value, said
+
+
 def parse_protocol(value, *, where: str = "protocol") -> str:
     if isinstance(value, str) and value.strip().lower() in PROTOCOLS:
         return value.strip().lower()
-    raise IngressError([f"{where} has protocol {value!r}; use 'tcp' (the default) or 'udp'."])
+    raise IngressError(
+        [f"{where} has protocol {excerpt(value)}; use 'tcp' (the default) or 'udp'."]
+    )
 
 
 def parse_description(value, *, where: str = "description") -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise IngressError([f"{where} has description {value!r}, which is not text; quote it."])
+        raise IngressError(
+            [f"{where} has description {excerpt(value)}, which is not text; quote it."]
+        )
     if len(value) > DESCRIPTION_MAX:
         raise IngressError(
             [
@@ -406,8 +488,8 @@ def parse_description(value, *, where: str = "description") -> str:
         bad = "".join(sorted({c for c in value if not _DESCRIPTION_OK.fullmatch(c)}))
         raise IngressError(
             [
-                f"{where} has description {value!r} with characters AWS refuses "
-                f"({bad!r}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."
+                f"{where} has description {excerpt(value)} with characters AWS refuses "
+                f"({excerpt(bad)}); use letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*."
             ]
         )
     return value
@@ -624,18 +706,70 @@ def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> boo
     return False
 
 
-def to_coiled(rules: Iterable[Rule]) -> list[dict]:
-    """Rules back into Coiled's list-of-dicts, grouping ports that share a source and protocol."""
+def to_coiled(rules: Iterable[Rule], *, client: bool = False) -> list[dict]:
+    """Rules back into Coiled's list-of-dicts, grouping ports that share a source.
+
+    By default the result is what this tool reads back (the Dask config file, the account store): a
+    range stays one string (``"8000-8100"``), and ``protocol`` (when not tcp) and ``description``
+    are kept. With ``client=True`` it is exactly Coiled's ``FirewallOptions`` as ``coiled.Cluster``
+    takes it in ``backend_options["ingress"]``: ``{"ports": [int, ...], "cidr": str}`` and nothing
+    else, ranges listed port by port (at most :data:`MAX_LISTED_PORTS` per range). What Coiled's
+    format cannot express (udp, a security group source, a wider range) is refused with one
+    sentence each, all in one :class:`IngressError`.
+    """
+    rules = canonical(rules)
+    if client:
+        problems = [p for rule in rules if (p := _client_problem(rule))]
+        if problems:
+            raise IngressError(problems)
     groups: dict[tuple[str, str, str], list[int | str]] = {}
-    for rule in canonical(rules):
-        port: int | str = rule.from_port if rule.from_port == rule.to_port else rule.ports
-        groups.setdefault((rule.source, rule.protocol, rule.description), []).append(port)
+    for rule in rules:
+        if client:
+            key, ports = (rule.source, "tcp", ""), range(rule.from_port, rule.to_port + 1)
+        else:
+            key = (rule.source, rule.protocol, rule.description)
+            ports = [rule.from_port if rule.from_port == rule.to_port else rule.ports]
+        groups.setdefault(key, []).extend(ports)
     out = []
     for (source, protocol, description), ports in groups.items():
-        item: dict = {"ports": ports, "cidr": source}
+        item: dict = {"ports": sorted(set(ports)) if client else ports, "cidr": source}
         if protocol != "tcp":
             item["protocol"] = protocol
         if description:
             item["description"] = description
         out.append(item)
     return out
+
+
+# Coiled's ingress lists single ports. A range is listed port by port up to this width; a wider one
+# (1024-65535, say) is almost certainly meant for a security group, which takes ranges, and listed
+# it would send Coiled tens of thousands of integers.
+MAX_LISTED_PORTS = 1024
+
+_TO_LAUNCHERS = (
+    "apply it to the cluster's security group and hand the group to other launchers with "
+    "cluster_kwargs().security_group_id"
+)
+
+
+def _client_problem(rule: Rule) -> str | None:
+    """Why Coiled's ``FirewallOptions`` cannot carry ``rule`` (None when it can)."""
+    if rule.protocol != "tcp":
+        return (
+            f"{rule} cannot be handed to coiled.Cluster: Coiled's ingress opens TCP ports only; "
+            f"{_TO_LAUNCHERS}."
+        )
+    if rule.source_kind == "group":
+        return (
+            f"{rule} cannot be handed to coiled.Cluster: Coiled's ingress takes a CIDR block, not "
+            f"a security group; {_TO_LAUNCHERS}."
+        )
+    if rule.source_kind == ME:
+        raise ValueError("resolve 'me' with resolve_me() before handing rules to Coiled")
+    width = rule.to_port - rule.from_port + 1
+    if width > MAX_LISTED_PORTS:
+        return (
+            f"{rule} spans {width:,} ports, but Coiled's ingress lists single ports and this tool "
+            f"lists at most {MAX_LISTED_PORTS:,} per range; narrow the range, or {_TO_LAUNCHERS}."
+        )
+    return None

@@ -25,6 +25,7 @@ from .settings import (
     Resolved,
     SessionValues,
     Settings,
+    coiled_toggle,
     parse_coiled_options,
     save_config,
 )
@@ -83,7 +84,7 @@ def show(
         from .reach import check
 
         reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
-    return SettingsView(t, settings, reachability)
+    return SettingsView(t, settings, reachability, coiled_toggle())
 
 
 def _edit(cluster, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):

@@ -6,14 +6,17 @@ files, then ``DASK_COILED__*`` environment variables), notebook session, one clu
 are replaced, not merged, as in Coiled); ``use_scheduler_public_ip`` wins on its own.
 
 The Dask config layer is read afresh from the files and the environment on every resolution, so a file
-saved a moment ago, or another kernel's change to it, shows at once. The session layer is mirrored into
-this kernel's global Dask config, so that a ``coiled.Cluster()`` created later in the same kernel sees it.
+saved a moment ago, or another kernel's change to it, shows at once. The session's toggle is also set in
+this kernel's Dask config (``coiled.use_scheduler_public_ip``), the one setting a ``coiled.Cluster()``
+created later in the same kernel reads from there; Coiled's client never applies ingress from Dask's
+config, so the rules reach it only as ``coiled.Cluster(**cluster_kwargs())``.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -292,21 +295,80 @@ def _config_search_paths() -> list[str]:
     return [*system, str(config_dir())]
 
 
+# The keys of ours a Dask config file may hold; the strict reader reads only these from a file.
+_OUR_KEYS = (
+    ("coiled", "backend-options", "ingress"),
+    ("coiled", "backend-options", "firewall"),
+    ("coiled", "use_scheduler_public_ip"),
+)
+_CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _config_files() -> list[str]:
+    """The files Dask reads its config from, in Dask's order.
+
+    Dask skips a folder or file it cannot read, silently; here that fails closed: restrictive rules
+    in a file this kernel cannot read must never give way to the world-open built-in default.
+    """
+    files: list[str] = []
+    for place in _config_search_paths():
+        try:
+            is_folder = stat.S_ISDIR(os.stat(place).st_mode)
+            if not is_folder:
+                files.append(place)
+                continue
+            names = os.listdir(place)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ConfigFileError(_unreadable(place, error)) from None
+        files.extend(
+            sorted(
+                os.path.join(place, name)
+                for name in names
+                if os.path.splitext(name)[1].lower() in _CONFIG_SUFFIXES
+            )
+        )
+    return files
+
+
+def _config_sources() -> list[tuple[str, dict]]:
+    """Our keys from each Dask config file, read strictly (see :mod:`.strict_yaml`); a file that
+    cannot be read or parsed is an error naming it, for every operation that uses the settings."""
+    from .strict_yaml import FILE_LIMITS, StrictYAMLError, load_keys
+
+    sources = []
+    for path in _config_files():
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read(FILE_LIMITS.bytes + 1)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigFileError(_unreadable(path, error)) from None
+        try:
+            data = load_keys(text, f"the Dask config file {path}", _OUR_KEYS)
+        except StrictYAMLError as error:
+            raise ConfigFileError(
+                [f"{error} Fix or move the file: the coiled settings are not used until then."]
+            ) from None
+        sources.append((path, data))
+    return sources
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    reason = getattr(error, "strerror", None) or type(error).__name__
+    return (
+        f"the Dask config file {path} cannot be read ({reason.lower()}); it may hold coiled "
+        "settings, so none are used until it can be read or is moved away."
+    )
+
+
 def config_layer() -> LayerValues:
     """The Dask config layer from the files and the environment as they are now, with origins."""
     import dask.config
 
     ingress, ingress_detail = None, ""
     public_ip, public_ip_detail = None, ""
-    try:
-        collected = list(dask.config.collect_yaml(_config_search_paths(), return_paths=True))
-    except ValueError as error:
-        # Dask names the malformed file; its own message carries the parser's excerpt.
-        raise ConfigFileError(
-            f"{_first_line(error).rstrip(',')}; fix or move it: the firewall settings are not "
-            "read from a file that cannot be parsed."
-        ) from None
-    sources = [(str(path), data) for path, data in collected]
+    sources = _config_sources()
     env = dask.config.collect_env(os.environ)
     sources.append((_env_detail(), env))
     for detail, data in sources:
@@ -424,6 +486,15 @@ class SessionLayer:
 
 
 SESSION = SessionLayer()
+
+
+def coiled_toggle() -> bool:
+    """The ``use_scheduler_public_ip`` a ``coiled.Cluster()`` created now in this kernel would use
+    when not given one: Coiled's client reads ``dask.config.get("coiled.use_scheduler_public_ip",
+    True)`` (``Cluster.__init__`` in coiled/v2/cluster.py), the same expression as here."""
+    import dask.config
+
+    return bool(dask.config.get(PUBLIC_IP_KEY, True))
 
 
 # --------------------------------------------------------------------------------------------------

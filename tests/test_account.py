@@ -88,7 +88,8 @@ def test_the_account_layer_is_what_apply_uses(cloud):
 
 
 def test_a_workspace_has_its_own_parameter(cloud):
-    account.set_backend_options(workspace="team-a", ingress=TEAM)
+    with pytest.warns(UserWarning, match="coiled.workspace .or coiled.account. is 'team-a'"):
+        account.set_backend_options(workspace="team-a", ingress=TEAM)
     assert stored(cloud.ssm) is None
     assert stored(cloud.ssm, f"{PARAMETER}/team-a")["ingress"][0]["cidr"] == "10.1.0.0/16"
     assert effective_settings().ingress.layer.label == "built-in default"
@@ -145,13 +146,17 @@ def test_the_deprecated_firewall_dict_works_with_a_future_warning(cloud):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"ingress": [{"ports": [0], "cidr": "10.1.0.2/16"}]}, ["outside 1-65535", "10.1.0.0/16"]),
+        ({"ingress": [{"ports": [0], "cidr": "10.1.0.0/16"}]}, ["outside 1-65535"]),
+        ({"ingress": [{"ports": [8786], "cidr": "10.1.0.2/99"}]}, ["'/99'"]),
         ({"ingress": [{"port": [8786], "cidr": "10.1.0.0/16"}]}, ["did you mean 'ports'"]),
         ({"ingress": "ports: [8786\ncidr: x"}, ["could not be read"]),
         ({"firewall": {"ports": [8786], "cidr": "everyone!"}}, ["'everyone!'"]),
         ({"use_scheduler_public_ip": "maybe"}, ["'maybe'", "true", "false"]),
-        ({"ingress": TEAM, "zone": "us-east-1a"}, ["zone", "coiled.set_backend_options"]),
+        ({"ingress": TEAM, "ingres": TEAM}, ["no keyword 'ingres'", "did you mean 'ingress'"]),
         ({"ingress": TEAM, "backend": "gcp"}, ["'gcp'", "backend='aws'"]),
+        ({"ingress": TEAM, "firewall": TEAM[0]}, ["both ingress and firewall"]),
+        ({"ingress": TEAM, "workspace": "my team"}, ["'my team' is not a Coiled workspace"]),
+        ({"ingress": TEAM, "aws_region": "mars-1"}, ["region 'mars-1'"]),
     ],
 )
 def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
@@ -159,7 +164,8 @@ def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
     before = stored(cloud.ssm)
     api_calls.clear()
 
-    with pytest.warns(FutureWarning) if "firewall" in kwargs else contextlib.nullcontext():
+    deprecated = "firewall" in kwargs and "ingress" not in kwargs
+    with pytest.warns(FutureWarning) if deprecated else contextlib.nullcontext():
         with pytest.raises(IngressError) as info:
             account.set_backend_options(**kwargs)
 
@@ -170,30 +176,77 @@ def test_bad_input_is_refused_before_any_call(cloud, api_calls, kwargs, words):
     assert stored(cloud.ssm) == before
 
 
-def test_unknown_coiled_keywords_get_one_clear_sentence(sandbox):
-    with pytest.raises(IngressError) as info:
+def test_coiled_keywords_that_are_not_firewall_settings_are_named_in_one_warning(cloud):
+    with pytest.warns(UserWarning) as caught:
         account.set_backend_options(ingress=TEAM, zone="us-east-1a", instance_types=["t3.large"])
-    assert info.value.problems == [
-        "set_backend_options here stores only firewall settings; instance_types, zone belong to "
-        "Coiled's own coiled.set_backend_options."
+    assert [str(w.message) for w in caught] == [
+        "set_backend_options here keeps only the firewall settings (ingress, firewall, "
+        "use_scheduler_public_ip) and sends nothing to Coiled; instance_types, zone are Coiled's "
+        "own, set with coiled.set_backend_options."
     ]
+    assert caught[0].filename == __file__  # points at the caller
+    assert stored(cloud.ssm) == {"ingress": TEAM}
+
+
+def test_every_mistake_of_one_call_comes_in_one_error(cloud, api_calls):
+    api_calls.clear()
+    with pytest.raises(IngressError) as info:
+        account.set_backend_options(
+            backend="gcp",
+            ingress=[{"ports": [0], "cidr": "nowhere"}],
+            use_scheduler_public_ip="maybe",
+            workspace="My Team",
+            customer_hosted=True,
+        )
+    said = " ".join(info.value.problems)
+    for word in ("'gcp'", "outside 1-65535", "'nowhere'", "'maybe'", "'My Team'"):
+        assert word in said, word
+    assert "customer_hosted" not in said
+    assert len(info.value.problems) == 5
+    assert sum(api_calls.values()) == 0
 
 
 # --------------------------------------------------------------------------------------------------
 # Credentials
 
 
-def test_real_keys_are_never_sent_to_the_sandbox(cloud, api_calls):
-    api_calls.clear()
-    with pytest.raises(IngressError) as info:
-        account.set_backend_options(
-            ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
-        )
-    assert "never sent to the sandbox" in str(info.value)
-    said = _everything_said(info.value)
-    assert KEY_ID not in said and SECRET not in said
-    assert sum(api_calls.values()) == 0
-    assert stored(cloud.ssm) is None
+def test_keys_are_never_sent_to_the_sandbox_and_a_pasted_example_still_works(cloud):
+    from coiled_jupyter.provision.target import target
+
+    sent = []
+
+    def record(request, **_):
+        sent.append(json.dumps({**dict(request.headers), "body": str(request.body)}, default=str))
+
+    ssm = aws.client("ssm", target().connection())
+    ssm.meta.events.register("before-send", record)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            account.set_backend_options(
+                ingress=TEAM, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+            )
+    finally:
+        ssm.meta.events.unregister("before-send", record)
+    assert len(sent) == 2  # read, then write the parameter: with the sandbox's own dummy key
+    assert all(KEY_ID not in request and SECRET not in request for request in sent)
+    [warning] = caught
+    assert "not used: the sandbox takes no AWS keys" in str(warning.message)
+    assert KEY_ID not in str(warning.message) and SECRET not in str(warning.message)
+    assert stored(cloud.ssm) == {"ingress": TEAM}
+    everything = json.dumps(cloud.ssm.describe_parameters()["Parameters"], default=str)
+    assert KEY_ID not in everything and SECRET not in everything
+    assert all(KEY_ID not in repr(key) and SECRET not in repr(key) for key in aws._clients)
+
+
+def test_keys_are_hidden_from_repr_and_checked_without_quoting_them():
+    keys = account.AwsKeys(KEY_ID, SECRET)
+    assert KEY_ID not in repr(keys) + str(keys) and SECRET not in repr(keys) + str(keys)
+    assert keys.problems() == []
+    placeholders = account.AwsKeys("<your-access-key-id-here>", "<your-access-key-secret-here>")
+    problems = placeholders.problems()
+    assert len(problems) == 2 and all("placeholder" in p for p in problems)
+    assert "your-access" not in " ".join(problems)
+    assert "only one of" in account.AwsKeys(KEY_ID, None).problems()[0]
 
 
 @pytest.fixture
@@ -245,6 +298,18 @@ def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_ke
     assert "SSM parameters" in str(info.value)
     said = _everything_said(info.value)
     assert KEY_ID not in said and SECRET not in said
+
+
+def test_placeholder_keys_are_refused_with_the_aws_backend(cloud, aws_backend_for_keys):
+    with pytest.raises(IngressError) as info:
+        account.set_backend_options(
+            ingress=TEAM,
+            aws_access_key_id="<your-access-key-id-here>",
+            aws_secret_access_key="<your-access-key-secret-here>",
+        )
+    assert len(info.value.problems) == 2
+    assert "<your-access" not in _everything_said(info.value)
+    assert stored(cloud.ssm) is None
 
 
 # --------------------------------------------------------------------------------------------------

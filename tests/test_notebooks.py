@@ -96,8 +96,19 @@ def kernel_env(sandbox, monkeypatch, tmp_path):
     return tmp_path
 
 
-def execute(path: Path, cwd: Path) -> nbformat.NotebookNode:
+# Our users' kernels often ran `import coiled` first, which registers Coiled's config defaults
+# (coiled.backend-options: null among them, unless a saved coiled.yaml sets it); every notebook also
+# runs in such a kernel.
+IMPORT_COILED = (
+    "import coiled\nimport dask.config\nassert 'backend-options' in dask.config.get('coiled')"
+)
+KERNELS = {"plain": None, "after-import-coiled": IMPORT_COILED}
+
+
+def execute(path: Path, cwd: Path, first: str | None = None) -> nbformat.NotebookNode:
     notebook = nbformat.read(path, as_version=4)
+    if first is not None:
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(first))
     NotebookClient(
         notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(cwd)}}
     ).execute()
@@ -183,11 +194,12 @@ def test_notebook_is_saved_clean(name):
     assert notebook.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_twice_to_the_same_state(name, kernel_env):
-    first = execute(NOTEBOOKS / name, kernel_env)
+def test_notebook_runs_twice_to_the_same_state(name, kernel, kernel_env):
+    first = execute(NOTEBOOKS / name, kernel_env, KERNELS[kernel])
     check_run(name, first, "first")
-    second = execute(NOTEBOOKS / name, kernel_env)
+    second = execute(NOTEBOOKS / name, kernel_env, KERNELS[kernel])
     check_run(name, second, "second")
     # Both runs end with the same rules in the cloud.
     assert html(cell(first, "apply")).split("<table>")[1].split("</table>")[0].replace(

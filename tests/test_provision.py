@@ -625,6 +625,7 @@ def test_cluster_kwargs_in_coileds_shape(cloud):
     wanted = settings_for([VPN, PEERED], use_scheduler_public_ip=False)
     before = reconcile.cluster_kwargs(target("omega"), wanted)
     assert before.security_group_id is None and before.security_groups == []
+    assert before.sandbox_group_id is None and before.notes == ()
 
     reconcile.apply(target("omega"), wanted)
     gid = the_group(cloud.ec2, "omega")["GroupId"]
@@ -638,13 +639,16 @@ def test_cluster_kwargs_in_coileds_shape(cloud):
         "backend_options": {
             "region_name": "us-east-1",
             "ingress": [
-                {"ports": [8786], "cidr": "10.2.0.0/16", "description": "peered VPC"},
-                {"ports": ["8786-8787"], "cidr": "10.1.0.0/16", "description": "VPN"},
+                {"ports": [8786], "cidr": "10.2.0.0/16"},
+                {"ports": [8786, 8787], "cidr": "10.1.0.0/16"},
             ],
         },
         "use_scheduler_public_ip": False,
     }
-    assert kwargs.security_group_id == gid and kwargs.security_groups == [gid]
+    # a moto group is never presented as one a real launcher could use
+    assert kwargs.security_group_id is None and kwargs.security_groups == []
+    assert kwargs.sandbox_group_id == gid
+    assert [gid in note and "only in the sandbox" in note for note in kwargs.notes] == [True]
     # what it hands over parses back into the same rules
     again = settings_for(kwargs["backend_options"]["ingress"])
     assert not reconcile.plan(target("omega"), again).changes

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import ipaddress
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -71,17 +73,59 @@ def _code(error: ClientError) -> str:
 # Clients
 
 
+class Secret:
+    """A credential that never shows: its ``repr`` and ``str`` are masked, so a traceback's argument
+    list (``%xmode Verbose``), a log line or a result's repr cannot print it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    @classmethod
+    def wrap(cls, value) -> Secret | None:
+        """``None`` stays ``None``; a string is wrapped; a Secret stays as it is."""
+        if value is None or isinstance(value, Secret):
+            return value
+        return cls(str(value))
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._value.encode("utf-8", "surrogatepass")).digest())
+
+    def __reduce__(self):
+        raise TypeError("a Secret is not pickled")
+
+
 @dataclass(frozen=True)
 class Connection:
-    """Where and as whom to connect. Credentials are kept out of ``repr`` and never stored on disk."""
+    """Where and as whom to connect. Credentials are :class:`Secret` objects, kept out of ``repr``,
+    and never stored on disk."""
 
     region: str | None = None
     endpoint_url: str | None = None
     profile: str | None = None
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
+    access_key_id: Secret | None = field(default=None, repr=False)
+    secret_access_key: Secret | None = field(default=None, repr=False)
     # The sandbox is on loopback: an HTTP(S)_PROXY of the environment must not carry its calls away.
     direct: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "access_key_id", Secret.wrap(self.access_key_id))
+        object.__setattr__(self, "secret_access_key", Secret.wrap(self.secret_access_key))
 
 
 def default_region() -> str | None:
@@ -91,12 +135,40 @@ def default_region() -> str | None:
 
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
+# Where boto3 looks for a profile's credentials, region and endpoint when a Connection names none.
+_AWS_FILES = (
+    ("AWS_CONFIG_FILE", "~/.aws/config"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+)
+
+
+def _environment_digest() -> str:
+    """A digest of everything in the kernel's environment that decides whom boto3 signs as and
+    where it sends: every ``AWS_*`` variable and the state of the AWS config and credentials files.
+
+    Part of the client cache key, so that ``AWS_PROFILE``, new keys, a region or an endpoint set in
+    a running kernel take effect at the next call, instead of the first client's account being used
+    for ever. A digest, so that no secret is kept in the key.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(k for k in os.environ if k.upper().startswith("AWS_")):
+        digest.update(f"{name}\0{os.environ[name]}\0".encode("utf-8", "surrogatepass"))
+    for variable, default in _AWS_FILES:
+        path = os.path.expanduser(os.environ.get(variable) or default)
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}\0{info.st_mtime_ns}\0{info.st_size}\0".encode())
+        except OSError:
+            digest.update(f"{path}\0-\0".encode())
+    return digest.hexdigest()
 
 
 def client(service: str, connection: Connection):
-    """A cached boto3 client; the cache key holds a digest of the credentials, not the credentials."""
-    secret = hashlib.sha256(
-        f"{connection.access_key_id}\0{connection.secret_access_key}".encode()
+    """A cached boto3 client, one per service, connection and AWS environment of the kernel (see
+    :func:`_environment_digest`); the key holds digests, never the credentials themselves."""
+    key_id, secret = connection.access_key_id, connection.secret_access_key
+    credentials = hashlib.sha256(
+        f"{key_id and key_id.reveal()}\0{secret and secret.reveal()}".encode()
     ).hexdigest()
     key = (
         service,
@@ -104,15 +176,16 @@ def client(service: str, connection: Connection):
         connection.endpoint_url,
         connection.profile,
         connection.direct,
-        secret,
+        credentials,
+        _environment_digest(),
     )
     with _clients_lock:
         cached = _clients.get(key)
         if cached is None:
             session = boto3.session.Session(
                 profile_name=connection.profile,
-                aws_access_key_id=connection.access_key_id,
-                aws_secret_access_key=connection.secret_access_key,
+                aws_access_key_id=key_id and key_id.reveal(),
+                aws_secret_access_key=secret and secret.reveal(),
                 region_name=connection.region,
             )
             cached = session.client(

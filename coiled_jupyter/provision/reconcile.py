@@ -228,7 +228,10 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
             None,
             (),
             (),
-            warnings=(f"cluster {t.cluster!r} has no security group yet; run apply.",),
+            warnings=(
+                *_backend_warnings(t),
+                f"cluster {t.cluster!r} has no security group yet; run apply.",
+            ),
         )
     if desired is None:
         try:
@@ -253,8 +256,18 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
         group.rules,
         tuple(origins),
         group.unmanageable,
-        _warnings(group.rules),
+        (*_backend_warnings(t), *_warnings(group.rules)),
     )
+
+
+def _backend_warnings(t: Target) -> tuple[str, ...]:
+    """A sandbox restart, announced in every table until acknowledged (see sandbox.restart_warning)."""
+    if t.backend != "sandbox":
+        return ()
+    from .sandbox import restart_warning
+
+    warning = restart_warning()
+    return (warning,) if warning else ()
 
 
 def _apply_lock(t: Target, on_wait):
@@ -320,19 +333,36 @@ def _pick_scheduler(instances: list[dict], cluster: str):
 
 
 def cluster_kwargs(t: Target, settings: Settings, backend_options=None) -> ClusterKwargs:
-    """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers."""
+    """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers.
+
+    ``backend_options["ingress"]`` is exactly Coiled's ``FirewallOptions`` list (integer ports, a
+    CIDR, no other key; see :func:`~coiled_jupyter.rules.to_coiled`), because ``coiled.Cluster``
+    applies ingress only when it is passed this way: it never reads it from Dask's config. A group
+    in the sandbox is a moto group that no real launcher can use, so it is kept apart, as
+    ``.sandbox_group_id``, and ``.security_group_id`` stays None.
+    """
     from ..rules import to_coiled
 
     desired = desired_rules(settings)
+    ingress = to_coiled(desired, client=True)
     t = t.connected()
     group = _groups(t).find(t.cluster, t.vpc_id)
     options = dict(backend_options or {})
     options.pop("firewall", None)
-    options["ingress"] = to_coiled(desired)
+    options["ingress"] = ingress
+    kwargs = {
+        "backend_options": options,
+        "use_scheduler_public_ip": settings.use_scheduler_public_ip.value,
+    }
+    if group is None or t.backend != "sandbox":
+        return ClusterKwargs(kwargs, group.group_id if group else None)
     return ClusterKwargs(
-        {
-            "backend_options": options,
-            "use_scheduler_public_ip": settings.use_scheduler_public_ip.value,
-        },
-        group.group_id if group else None,
+        kwargs,
+        None,
+        sandbox_group_id=group.group_id,
+        notes=(
+            f"the group {group.group_id} exists only in the sandbox (a local moto server), so no "
+            "real launcher can use it and security_group_id is None; set coiled-jupyter.backend "
+            "to aws and apply to get a real group.",
+        ),
     )

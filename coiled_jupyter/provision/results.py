@@ -224,11 +224,17 @@ class SchedulerAddress(_Displayed):
 
 @dataclass(frozen=True, repr=False)
 class SettingsView(_Displayed):
-    """The effective settings with their origins, and whether this notebook can reach the cluster."""
+    """The effective settings with their origins, and whether this notebook can reach the cluster.
+
+    ``coiled_toggle`` is the ``use_scheduler_public_ip`` that a ``coiled.Cluster()`` created now in
+    this kernel reads from Dask's config by itself (None: not known); the note says what Coiled's
+    client takes by itself and what it takes only through ``cluster_kwargs()``.
+    """
 
     target: Target
     settings: Settings
     reachability: object = None
+    coiled_toggle: bool | None = None
 
     def to_payload(self) -> dict:
         settings = self.settings
@@ -252,8 +258,28 @@ class SettingsView(_Displayed):
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
+            notes=self._coiled_notes(),
             warnings=list(reach.warnings) if reach is not None else [],
         )
+
+    def _coiled_notes(self) -> list[str]:
+        if self.coiled_toggle is None:
+            return []
+        public_ip = self.settings.use_scheduler_public_ip
+        toggle = (
+            f"coiled.Cluster() created in this kernel reads use_scheduler_public_ip from Dask's "
+            f"config by itself: {str(self.coiled_toggle).lower()}"
+        )
+        if self.coiled_toggle != public_ip.value:
+            toggle += (
+                f", not the {str(public_ip.value).lower()} above (from {public_ip.origin}), "
+                "so pass it as coiled.Cluster(**coiled_jupyter.cluster_kwargs())"
+            )
+        return [
+            toggle + ".",
+            "coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter."
+            "cluster_kwargs()); it never reads them from Dask's config.",
+        ]
 
 
 @dataclass(frozen=True, repr=False)
@@ -276,29 +302,53 @@ class SaveResult(_Displayed):
         if self.use_scheduler_public_ip is not None:
             written.append(f"use_scheduler_public_ip: {str(self.use_scheduler_public_ip).lower()}")
         readers = (
-            "new kernels read them from this file; coiled.Cluster() reads "
-            "use_scheduler_public_ip from it, but takes ingress only as "
-            "coiled.Cluster(**cluster_kwargs())"
+            "new kernels read them from this file"
             if self.scope == "user"
-            else "everyone in the account gets them unless their Dask config, session or "
+            else "every kernel of this workspace reads them unless its Dask config, session or "
             "cluster options say otherwise"
         )
+        coiled = []  # what Coiled's client does with them, by itself or not
+        if self.use_scheduler_public_ip is not None:
+            coiled.append(
+                "coiled.Cluster() reads use_scheduler_public_ip from this file"
+                if self.scope == "user"
+                else "coiled.Cluster() does not read use_scheduler_public_ip from here"
+            )
+        if self.ingress is not None:
+            coiled.append(
+                "coiled.Cluster() takes the rules only as coiled.Cluster(**cluster_kwargs())"
+            )
         return self._payload(
             "save",
             scope=self.scope,
             location=self.location,
-            summary=f"saved to {self.location}: {' and '.join(written)}; {readers}.",
+            summary=f"saved to {self.location}: {' and '.join(written)}; "
+            f"{'; '.join([readers, *coiled])}.",
             rows=[rule_row(r) for r in self.ingress or ()],
         )
 
 
 class ClusterKwargs(dict):
-    """Keyword arguments for ``coiled.Cluster`` (``backend_options``, ``use_scheduler_public_ip``),
-    with the group id for other launchers, e.g. dask-cloudprovider's ``security_groups=``."""
+    """Keyword arguments for ``coiled.Cluster(**kwargs)``: ``backend_options`` (its ``ingress`` in
+    Coiled's exact schema) and ``use_scheduler_public_ip``.
 
-    def __init__(self, kwargs: dict, security_group_id: str | None):
+    ``.security_group_id`` is the cluster's group for other launchers, e.g. dask-cloudprovider's
+    ``security_groups=``; it is None when there is no group yet and under the sandbox, whose group
+    (a moto group no real launcher can use) is ``.sandbox_group_id``. ``.notes`` says why.
+    """
+
+    def __init__(
+        self,
+        kwargs: dict,
+        security_group_id: str | None,
+        *,
+        sandbox_group_id: str | None = None,
+        notes: tuple[str, ...] = (),
+    ):
         super().__init__(kwargs)
         self.security_group_id = security_group_id
+        self.sandbox_group_id = sandbox_group_id
+        self.notes = notes
 
     @property
     def security_groups(self) -> list[str]:

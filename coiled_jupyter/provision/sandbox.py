@@ -56,16 +56,50 @@ def _locked():
     return file_lock("sandbox.lock", what="the sandbox server's start or stop")
 
 
+def _record() -> dict:
+    """The state file as written (``{}`` when there is none or it cannot be read)."""
+    try:
+        state = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _server_of(state: dict) -> Server | None:
+    try:
+        return Server(int(state["pid"]), int(state["port"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _write(state: dict) -> None:
+    temp = _state_file().with_suffix(".tmp")
+    with _environment("record the sandbox server", _state_file()):
+        temp.write_text(json.dumps(state))
+        os.replace(temp, _state_file())
+
+
+@contextlib.contextmanager
+def _environment(doing: str, path: Path):
+    """A full disk, a read-only or foreign state folder: one sentence, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise CoiledJupyterError(
+            f"could not {doing} at {path} ({reason}); make that folder writable, or set "
+            "coiled-jupyter.sandbox.state-dir in Dask's config to a folder that is."
+        ) from None
+
+
 def running() -> Server | None:
     """The shared server if the state file's process is still that server and it answers, else None.
 
     Checking the process, not only the port, matters: a recycled pid must never be signalled by
     :func:`stop`, and another program's moto on that port is not ours to share.
     """
-    try:
-        state = json.loads(_state_file().read_text())
-        server = Server(int(state["pid"]), int(state["port"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    server = _server_of(_record())
+    if server is None:
         return None
     return server if _is_our_process(server) and _answers(server) else None
 
@@ -89,15 +123,37 @@ def _answers(server: Server) -> bool:
 
 
 def ensure() -> Server:
-    """The shared server, started on first use."""
+    """The shared server, started on first use.
+
+    A recorded server that died or hangs is replaced, and never silently: the hung one is stopped
+    (it would otherwise be orphaned), and the new record says when and why, so that every table can
+    say the earlier groups are gone (:func:`restart_warning`) until someone acknowledges it.
+    """
     server = running()
     if server is not None:
         return server
     with _locked():
         server = running()
         if server is None:
-            server = _start()
+            server = _start(_replace(_record()))
     return server
+
+
+def _replace(previous: dict) -> dict | None:
+    """Stop the recorded server if it is still ours (hung); what a restart must announce, if any."""
+    old = _server_of(previous)
+    if old is None:
+        return None
+    if _is_our_process(old):
+        _terminate(old.pid)
+    # A record without "ready" was written by an earlier version, once its server answered.
+    if not previous.get("ready", True):
+        return previous.get("restarted")  # it never served: nothing more was lost
+    return {
+        "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "previous_started": previous.get("started", "an unknown time"),
+        "previous_pid": old.pid,
+    }
 
 
 def endpoint() -> str:
@@ -110,9 +166,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start() -> Server:
+def _start(restarted: dict | None = None) -> Server:
+    """Start a server and record it before waiting for it to answer, so that a kernel killed during
+    the start leaves a record (:func:`stop` finds it) rather than an unknown server."""
     port = _free_port()
-    log = open(state_dir() / "sandbox.log", "ab")
+    with _environment("open the sandbox's log", state_dir() / "sandbox.log"):
+        log = open(state_dir() / "sandbox.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
         stdin=subprocess.DEVNULL,
@@ -122,20 +181,53 @@ def _start() -> Server:
     )
     log.close()
     server = Server(process.pid, port)
+    state = {
+        "pid": server.pid,
+        "port": server.port,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "ready": False,
+    }
+    if restarted:
+        state["restarted"] = restarted
+    _write(state)
     deadline = time.monotonic() + _START_TIMEOUT
     while not _answers(server):
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            _terminate(server.pid)
+            _state_file().unlink(missing_ok=True)
             raise CoiledJupyterError(
                 f"the sandbox server did not start; see {state_dir() / 'sandbox.log'}"
                 " (is the 'sandbox' extra installed: pip install "
                 "'coiled_jupyter[sandbox]'?)"
             )
         time.sleep(0.05)
-    temp = _state_file().with_suffix(".tmp")
-    temp.write_text(json.dumps({"pid": server.pid, "port": server.port}))
-    os.replace(temp, _state_file())
+    _write({**state, "ready": True})
     return server
+
+
+def restart_warning() -> str | None:
+    """The sentence every sandbox table carries after the server was replaced, until
+    :func:`acknowledge_restart`; None when there is nothing to announce."""
+    restarted = _record().get("restarted")
+    if not isinstance(restarted, dict):
+        return None
+    return (
+        f"the sandbox server was restarted at {restarted.get('at')} (the one started at "
+        f"{restarted.get('previous_started')} had stopped or hung); the security groups and "
+        "account defaults it held are gone. Run apply again, then acknowledge with: python -m "
+        "coiled_jupyter.provision.sandbox ack"
+    )
+
+
+def acknowledge_restart() -> bool:
+    """Stop announcing the last restart; False when none was being announced."""
+    with _locked():
+        state = _record()
+        if "restarted" not in state:
+            return False
+        del state["restarted"]
+        _write(state)
+        return True
 
 
 def reset() -> None:
@@ -148,21 +240,30 @@ def reset() -> None:
 
 
 def stop() -> bool:
-    """Stop the shared server; False when none was running."""
+    """Stop the recorded server, answering or hung; False when none was running."""
     with _locked():
-        server = running()
+        server = _server_of(_record())
         _state_file().unlink(missing_ok=True)
-        if server is None:
+        if server is None or not _is_our_process(server):
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(server.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
+        _terminate(server.pid)
         return True
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM (with SIGCONT, so that a stopped, hung server handles it), then SIGKILL."""
+    for sent in (signal.SIGTERM, signal.SIGCONT):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sent)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -180,7 +281,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m coiled_jupyter.provision.sandbox start|stop|status``."""
+    """``python -m coiled_jupyter.provision.sandbox start|stop|status|ack``."""
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "status"
     if command == "start":
@@ -194,9 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             if server
             else "no sandbox is running"
         )
+        warning = restart_warning()
+        if warning:
+            print(warning)
+    elif command == "ack":
+        print("restart acknowledged" if acknowledge_restart() else "no restart to acknowledge")
     else:
         print(
-            "usage: python -m coiled_jupyter.provision.sandbox start|stop|status", file=sys.stderr
+            "usage: python -m coiled_jupyter.provision.sandbox start|stop|status|ack",
+            file=sys.stderr,
         )
         return 2
     return 0

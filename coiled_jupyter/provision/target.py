@@ -68,7 +68,12 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
             f"backend {backend!r} is not known; use 'sandbox' (local, no account) or 'aws'."
         )
     cluster = cluster if cluster is not None else option("cluster")
-    if not isinstance(cluster, str) or not _CLUSTER_NAME.match(cluster):
+    if isinstance(cluster, str) and not cluster.strip():
+        problems.append(
+            "cluster name is empty; give the cluster's name (an empty name never means the "
+            "default cluster)."
+        )
+    elif not isinstance(cluster, str) or not _CLUSTER_NAME.fullmatch(cluster):
         problems.append(
             f"cluster name {cluster!r} is not valid; use up to 63 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit."

@@ -1,0 +1,694 @@
+"""The firewall panel: an ipywidgets form over the notebook session (``%coiled_firewall``).
+
+A front end only, like the magics: every edit and every button is one call to :mod:`.session`
+(``set_settings``, ``set_scheduler_ip``, ``reset``, ``plan``, ``apply``, ``save``), every field is
+checked with ``session.check_rule``, and the result area shows the core's own result object, so the
+panel shows the same tables (the same HTML and JSON mimetype) as the magics and holds no rule logic.
+
+When edits reach the session: at once. Every edit that leaves all rows valid is sent with
+``session.set_settings`` (the toggle with ``session.set_scheduler_ip``), so the next
+``%coiled_ingress`` shows exactly what the panel shows, and Plan, Apply and Save act on it. Edits are
+sent from a thread of the panel (each one re-judges reachability, which may wait on the public-address
+lookup), only the newest waiting one of each kind, and an operation waits for them before it starts.
+An edit that leaves a row invalid is not sent: the session keeps the last valid rules, Apply and Save are
+disabled and the sentence is shown beside the row. A row whose ports and source are both empty is a
+row still being filled in and is left out.
+
+One state with the magics: the panel subscribes to the session, so a change made by a magic (or by
+another panel) shows at once in an open panel; :meth:`FirewallPanel.close` unsubscribes.
+
+Long operations (Plan, Apply, Save as team default, and the sandbox's cold start before them) run in
+a background thread by default, so the kernel stays free; the buttons are disabled and a status line
+says what is happening. A failure is shown as its one sentence in the panel, never only in a log.
+
+Saved notebooks: widget state is a snapshot, not a source of truth, so the panel offers the
+equivalent ``%%coiled_ingress`` cell, and each Apply also updates a plain output below the panel
+(a display id) with the applied table, which nbconvert and GitHub show without widget JavaScript.
+
+Colours come only from JupyterLab's ``--jp-*`` variables; all text from outside is escaped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import html
+import threading
+import traceback
+from collections.abc import Callable
+
+import ipywidgets as widgets
+
+from . import session
+from .errors import CoiledJupyterError
+from .rules import PROTOCOLS, to_coiled
+from .settings import Layer
+
+PORTS = "ports"
+SOURCE = "source (CIDR, address, me, everyone)"
+PROTOCOL = "protocol"
+DESCRIPTION = "description"
+REMOVE = "Remove"
+ADD = "Add rule"
+SCHEDULER_IP = "scheduler IP"
+PLAN = "Plan"
+APPLY = "Apply"
+SAVE_USER = "Save to my config"
+SAVE_ACCOUNT = "Save as team default"
+REVERT = "Revert"
+CELL = "Copy as %%coiled_ingress cell"
+
+_MEANING = {
+    True: "public: clients connect to the scheduler's public IP, so the rules must admit this "
+    "notebook's public address.",
+    False: "private: clients connect to the scheduler's private IP (same VPC, VPN or peering), so "
+    "the rules must admit this notebook's private address.",
+}
+# Column widths shared by the headings and every row; a row wraps below ~500 px.
+_COLUMNS = {
+    "ports": {"flex": "0 1 100px", "min_width": "70px"},
+    "source": {"flex": "1 1 170px", "min_width": "120px"},
+    "protocol": {"flex": "0 0 68px"},
+    "description": {"flex": "1 1 130px", "min_width": "90px"},
+    "remove": {"flex": "0 0 76px"},
+}
+_ERROR = "var(--jp-error-color1)"
+_WARN = "var(--jp-warn-color1)"
+_MUTED = "var(--jp-ui-font-color2)"
+
+
+def _column(name: str) -> widgets.Layout:
+    return widgets.Layout(width="auto", **_COLUMNS[name])
+
+
+def _block(inner: str) -> str:
+    """HTML widget content with normal line spacing (widgets use one control's height per line)."""
+    return f'<div style="line-height: 1.45">{inner}</div>'
+
+
+def _span(text: str, color: str | None = None) -> str:
+    style = f' style="color: {color}"' if color else ""
+    return f"<span{style}>{html.escape(text)}</span>"
+
+
+def _rule_snapshot(rules) -> tuple:
+    """The rules as compared for the markers: descriptions count, order does not."""
+    return tuple(sorted((rule.key, rule.description) for rule in rules))
+
+
+def cell_text(cluster: str, rules, use_scheduler_public_ip: bool) -> str:
+    """The ``%%coiled_ingress`` cell that sets and applies these settings, in Coiled's format."""
+    import yaml
+
+    body = {
+        "coiled": {
+            "backend-options": {"ingress": to_coiled(rules)},
+            "use_scheduler_public_ip": bool(use_scheduler_public_ip),
+        }
+    }
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=4096)
+    # The cell magic replaces ${name} by notebook variables: a literal '$' is written '$$'.
+    return f"%%coiled_ingress --cluster {cluster} --apply\n" + text.replace("$", "$$")
+
+
+# --------------------------------------------------------------------------------------------------
+# One rule row
+
+
+class RuleRow:
+    """One editable rule: ports, source, protocol and description, a remove button, its sentences."""
+
+    def __init__(self, item: dict | None, on_change: Callable[[], None], on_remove):
+        item = item or {}
+        ports = item.get("ports", [])
+        self.ports = widgets.Text(
+            ",".join(str(p) for p in ports),
+            placeholder=PORTS,
+            tooltip="ports: 8786, 8786,8787 or a range 8000-8100",
+            layout=_column("ports"),
+        )
+        self.source = widgets.Text(
+            str(item.get("cidr", "")),
+            placeholder=SOURCE,
+            tooltip="source: a network 10.1.0.0/16, one address, me, everyone or sg-...",
+            layout=_column("source"),
+        )
+        self.protocol = widgets.Dropdown(
+            options=list(PROTOCOLS),
+            value=item.get("protocol", "tcp"),
+            tooltip=PROTOCOL,
+            layout=_column("protocol"),
+        )
+        self.description = widgets.Text(
+            str(item.get("description", "")),
+            placeholder=DESCRIPTION,
+            tooltip="description (optional, shown in the AWS console)",
+            layout=_column("description"),
+        )
+        self.remove = widgets.Button(
+            description=REMOVE,
+            tooltip="Remove this rule",
+            layout=_column("remove"),
+        )
+        self.message = widgets.HTML(layout=widgets.Layout(margin="0 0 2px 4px"))
+        self.fields = {"ports": self.ports, "source": self.source, "description": self.description}
+        line = widgets.HBox(
+            [self.ports, self.source, self.protocol, self.description, self.remove], layout=_wrap()
+        )
+        self.box = widgets.VBox([line, self.message], layout=widgets.Layout(width="100%"))
+        for control in (self.ports, self.source, self.protocol, self.description):
+            control.observe(lambda _change: on_change(), "value")
+        self.remove.on_click(lambda _button: on_remove(self))
+        self.problems: list[str] = []
+
+    @property
+    def blank(self) -> bool:
+        """A row still being filled in: neither ports nor source typed yet."""
+        return not self.ports.value.strip() and not self.source.value.strip()
+
+    def item(self) -> dict:
+        """The row in Coiled's format, for ``session.set_settings``."""
+        item = {
+            "ports": self.ports.value.split(","),
+            "cidr": self.source.value,
+            "protocol": self.protocol.value,
+        }
+        if self.description.value:
+            item["description"] = self.description.value
+        return item
+
+    def check(self) -> bool:
+        """Ask the core about each field; mark the bad ones and show their sentences."""
+        if self.blank:
+            found = {name: [] for name in self.fields}
+            whole: list[str] = []
+        else:
+            # One field at a time, the others held at values the core accepts, so that each
+            # sentence is shown beside the field it is about.
+            found = {
+                "ports": session.check_rule(self.ports.value, "everyone"),
+                "source": session.check_rule("8786", self.source.value),
+                "description": session.check_rule(
+                    "8786", "everyone", description=self.description.value
+                ),
+            }
+            whole = session.check_rule(
+                self.ports.value,
+                self.source.value,
+                protocol=self.protocol.value,
+                description=self.description.value,
+            )
+        problems = [p for sentences in found.values() for p in sentences]
+        problems += [p for p in whole if p not in problems]
+        for name, control in self.fields.items():
+            control.layout.border = f"2px solid {_ERROR}" if found[name] else ""
+        self.message.value = (
+            _block("<br>".join(_span(p, _ERROR) for p in problems)) if problems else ""
+        )
+        self.message.layout.display = "" if problems else "none"
+        self.problems = problems
+        return not problems
+
+    def controls(self) -> list[widgets.Widget]:
+        return [self.ports, self.source, self.protocol, self.description, self.remove]
+
+
+# --------------------------------------------------------------------------------------------------
+# The panel
+
+
+class FirewallPanel(widgets.VBox):
+    """Edit, plan, apply and save one cluster's firewall by clicking; the same session as the magics.
+
+    ``FirewallPanel(cluster=None)`` (or ``%coiled_firewall [--cluster NAME]``). ``background=False``
+    runs Plan, Apply and Save in the calling thread (the kernel waits; tests use it); by default they
+    run in a background thread and :meth:`wait` waits for the one running.
+    """
+
+    def __init__(self, cluster: str | None = None, *, background: bool = True, **kwargs):
+        view = session.show(cluster)  # a bad cluster name raises its one sentence here
+        self.cluster = cluster
+        self.background = background
+        self.rows: list[RuleRow] = []
+        self._view = view
+        self._applied: tuple | None = None
+        self._edited = False
+        self._loading = False
+        self._pushing: int | None = None  # the thread sending this panel's edit, if one is
+        self._busy = False
+        self._worker: threading.Thread | None = None
+        self._record = None
+        self._account_id = ""
+        self._sent: list[dict] | None = []
+        self._lock = threading.Lock()
+        self._pending: dict[str, Callable[[], object]] = {}
+        self._sender: threading.Thread | None = None
+
+        self.header = widgets.HTML()
+        self.rows_box = widgets.VBox(layout=widgets.Layout(width="100%"))
+        self.add_button = widgets.Button(description=ADD, tooltip="Add an empty rule row")
+        self.add_button.on_click(lambda _b: self.add_row())
+        self.scheduler_ip = widgets.ToggleButtons(
+            options=[("public", True), ("private", False)],
+            description=SCHEDULER_IP,
+            tooltips=[_MEANING[True], _MEANING[False]],
+            style={"button_width": "80px", "description_width": "initial"},
+        )
+        self.scheduler_ip.observe(self._on_toggle, "value")
+        self.meaning = widgets.HTML()
+        self.buttons = {
+            PLAN: widgets.Button(
+                description=PLAN, tooltip="Plan: what Apply would change (one read, no change)"
+            ),
+            APPLY: widgets.Button(
+                description=APPLY,
+                button_style="primary",
+                tooltip="Apply: make the cluster's security group match these rules",
+            ),
+            SAVE_USER: widgets.Button(
+                description=SAVE_USER,
+                tooltip="Save to my config: write these settings into your Dask config file",
+            ),
+            SAVE_ACCOUNT: widgets.Button(
+                description=SAVE_ACCOUNT,
+                tooltip="Save as team default: account-wide defaults for everyone in the account",
+            ),
+            REVERT: widgets.Button(
+                description=REVERT,
+                tooltip="Revert: drop this session's changes, back to your config and the defaults",
+            ),
+        }
+        for button in self.buttons.values():
+            button.layout.width = "auto"
+        self.buttons[PLAN].on_click(lambda _b: self.plan())
+        self.buttons[APPLY].on_click(lambda _b: self.apply())
+        self.buttons[SAVE_USER].on_click(lambda _b: self.save("user"))
+        self.buttons[SAVE_ACCOUNT].on_click(lambda _b: self.save("account"))
+        self.buttons[REVERT].on_click(lambda _b: self.revert())
+        self.marker = widgets.HTML()
+        self.status = widgets.HTML()
+        self.reachability = widgets.HTML()
+        self.output = widgets.Output(layout=widgets.Layout(width="100%", overflow="auto"))
+        self.cell = widgets.Textarea(
+            placeholder=CELL,
+            tooltip=CELL + ": paste it into a cell to reproduce these settings",
+            rows=9,
+            layout=widgets.Layout(width="100%"),
+        )
+        copy = widgets.Accordion(children=[self.cell], titles=(CELL,))
+
+        headings = widgets.HBox(
+            [
+                widgets.HTML(_span(title, _MUTED), layout=_column(name))
+                for name, title in (
+                    ("ports", "Ports"),
+                    ("source", "Source"),
+                    ("protocol", "Protocol"),
+                    ("description", "Description"),
+                    ("remove", ""),
+                )
+            ],
+            layout=_wrap(),
+        )
+        super().__init__(
+            [
+                self.header,
+                headings,
+                self.rows_box,
+                self.add_button,
+                self.scheduler_ip,
+                self.meaning,
+                widgets.HBox(list(self.buttons.values()), layout=_wrap()),
+                widgets.HBox([self.status, self.marker], layout=_wrap()),
+                self.reachability,
+                self.output,
+                copy,
+            ],
+            layout=widgets.Layout(width="100%", max_width="960px"),
+            **kwargs,
+        )
+        self.add_class("cj-firewall-panel")
+        self._load(view)
+        self._set_status("ready")
+        self._unsubscribe = session.subscribe(self._on_session)
+
+    # ----------------------------------------------------------------------------------------------
+    # Display: the widget, then a plain output that every Apply updates (for saved notebooks)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        note = (
+            f"(the firewall of cluster {self._view.target.cluster!r} as last applied from the "
+            "panel shows here, also in a saved notebook)"
+        )
+        self._record = display(
+            {"text/plain": note, "text/html": _span(note, _MUTED)}, raw=True, display_id=True
+        )
+
+    def close(self):
+        """Stop following the session, and close every control of the panel."""
+        unsubscribe = getattr(self, "_unsubscribe", None)  # None: __init__ failed
+        if unsubscribe is not None:
+            unsubscribe()
+        for row in getattr(self, "rows", []):
+            for control in row.controls():
+                control.close()
+        super().close()
+
+    # ----------------------------------------------------------------------------------------------
+    # Rows
+
+    def add_row(self, item: dict | None = None) -> RuleRow:
+        """Add one rule row (empty unless ``item`` in Coiled's format is given)."""
+        row = RuleRow(item, self._on_edit, self.remove_row)
+        self.rows.append(row)
+        self.rows_box.children = [r.box for r in self.rows]
+        if not self._loading:
+            self._on_edit()
+        else:
+            row.check()
+        return row
+
+    def remove_row(self, row: RuleRow) -> None:
+        self.rows.remove(row)
+        self.rows_box.children = [r.box for r in self.rows]
+        for control in row.controls():
+            control.close()
+        self._on_edit()
+
+    @property
+    def valid(self) -> bool:
+        return all(not row.problems for row in self.rows)
+
+    # ----------------------------------------------------------------------------------------------
+    # From the session into the controls
+
+    def _load(self, view) -> None:
+        """Show ``view`` (a SettingsView): rows, toggle, header, verdict, cell text, markers."""
+        self._loading = True
+        try:
+            for row in self.rows:
+                for control in row.controls():
+                    control.close()
+            self.rows = []
+            for item in to_coiled(view.settings.rules):
+                self.add_row(item)
+            self.scheduler_ip.value = view.settings.use_scheduler_public_ip.value
+        finally:
+            self._loading = False
+        self._sent = [row.item() for row in self.rows if not row.blank]
+        self._show_view(view)
+
+    def _show_view(self, view) -> None:
+        self._view = view
+        payload = view.to_payload()
+        self.header.value = self._header_html(payload)
+        self.meaning.value = _block(_span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED))
+        self.reachability.value = _reachability_html(payload)
+        self.cell.value = cell_text(
+            view.target.cluster, view.settings.rules, payload["use_scheduler_public_ip"]
+        )
+        self._update_controls()
+
+    def _header_html(self, payload: dict) -> str:
+        backend = html.escape(payload["backend_label"])
+        if payload["backend"] == "sandbox":
+            backend = f'<strong style="color: {_WARN}">{backend}</strong>'
+        account = self._account_id or "shown after Plan or Apply"
+        parts = [
+            f"cluster <code>{html.escape(payload['cluster'])}</code>",
+            f"backend {backend}",
+            f"region {html.escape(payload['region'])}",
+            f"account {html.escape(account)}",
+        ]
+        return _block(
+            "<strong>Firewall</strong> "
+            f'<span style="color: {_MUTED}">rules from {html.escape(payload["ingress_origin"])}'
+            "</span><br>" + " &middot; ".join(parts)
+        )
+
+    def _on_session(self, _values) -> None:
+        """A session change: from a magic or another panel (this panel's own edits are skipped)."""
+        if self._pushing == threading.get_ident():
+            return  # this panel's own edit, made in this thread
+        self._edited = True
+        try:
+            self._load(session.show(self.cluster))
+        except CoiledJupyterError as error:
+            self._set_status(str(error), error=True)
+
+    # ----------------------------------------------------------------------------------------------
+    # From the controls into the session
+
+    def _on_edit(self) -> None:
+        if self._loading:
+            return
+        valid = all([row.check() for row in self.rows])
+        items = [row.item() for row in self.rows if not row.blank]
+        if valid and items != self._sent:
+            self._sent = items
+            self._send_edit(
+                "rules",
+                lambda: session.set_settings(items, cluster=self.cluster, label="the panel"),
+            )
+        else:
+            self._update_controls()
+
+    def _on_toggle(self, change) -> None:
+        if self._loading:
+            return
+        self._send_edit(
+            "scheduler IP", lambda: session.set_scheduler_ip(change["new"], cluster=self.cluster)
+        )
+
+    def _send_edit(self, kind: str, edit: Callable[[], object]) -> None:
+        """Make one edit in the session: at once, or (``background``) on the panel's edit thread.
+
+        Each edit shows the new settings, and with them the reachability verdict, which may wait
+        on the public-address lookup (seconds when offline): a thread keeps typing fluid. Only the
+        newest waiting edit of each kind is sent, so a burst of keystrokes makes one change.
+        """
+        if not self.background:
+            self._push(edit)
+            return
+        with self._lock:
+            self._pending[kind] = edit
+            if self._sender is not None and self._sender.is_alive():
+                return
+            context = contextvars.copy_context()
+            self._sender = threading.Thread(target=context.run, args=(self._drain,), daemon=True)
+            self._sender.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._sender = None
+                    return
+                kind = next(iter(self._pending))
+                edit = self._pending.pop(kind)
+            self._push(edit)
+
+    def _push(self, edit: Callable[[], object]) -> None:
+        """Make one edit in the session; its sentence in the status line if the core refuses it."""
+        self._pushing = threading.get_ident()
+        try:
+            view = edit()
+        except CoiledJupyterError as error:
+            self._sent = None  # not in the session: the next edit sends the rows again
+            self._set_status(str(error), error=True)
+            self._update_controls()
+            return
+        except Exception as error:  # a bug: say so here, and keep the traceback below
+            self._sent = None
+            self._unexpected(error)
+            return
+        finally:
+            self._pushing = None
+        self._edited = True
+        self._set_status("ready")
+        self._show_view(view)
+
+    # ----------------------------------------------------------------------------------------------
+    # Buttons
+
+    def plan(self) -> None:
+        """What Apply would change; the core's plan in the result area."""
+        self._run("planning", lambda progress: session.plan(self.cluster), self._planned)
+
+    def apply(self) -> None:
+        """Make the cluster's group match; the group's rules as read back in the result area."""
+        self._run(
+            "applying",
+            lambda progress: session.apply(self.cluster, progress=progress),
+            self._applied_result,
+        )
+
+    def save(self, scope: str) -> None:
+        """Keep this session's settings: ``user`` (Dask config file) or ``account`` (team)."""
+        self._run("saving", lambda progress: session.save(scope, cluster=self.cluster), None)
+
+    def revert(self) -> None:
+        """Drop this session's settings: back to the saved config and the defaults."""
+        self._run("reverting", lambda progress: session.reset(self.cluster), None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running operation and the edits still being sent; True when all are done."""
+        for thread in (self._sender, self._worker):
+            if thread is not None:
+                thread.join(timeout)
+        return not any(t is not None and t.is_alive() for t in (self._sender, self._worker))
+
+    def _planned(self, plan) -> None:
+        if not plan.changes:
+            self._applied = _rule_snapshot(self._view.settings.rules)
+
+    def _applied_result(self, result) -> None:
+        self._applied = _rule_snapshot(self._view.settings.rules)
+        if self._record is not None:
+            self._record.update(result)
+
+    def _run(self, doing: str, work, after) -> None:
+        """Run one operation: buttons off and a status line while it runs; its result or its
+        sentence shown at the end. In a background thread unless ``background`` is False."""
+        if self._busy:
+            return
+        self._busy = True
+        self._set_status(self._starting(doing) + "...")
+        self._update_controls()
+
+        def progress(sentence: str) -> None:
+            self._set_status(f"{doing}: {sentence}")
+
+        def run() -> None:
+            sender = self._sender
+            if sender is not None:
+                sender.join()  # the operation acts on the newest edit
+            try:
+                result = work(progress)
+                self._show_result(result)
+                if after is not None:
+                    after(result)
+                self._set_status("ready")
+            except CoiledJupyterError as error:
+                self._set_status(str(error), error=True)
+            except Exception as error:  # a bug: say so here, and keep the traceback below
+                self._unexpected(error)
+            finally:
+                self._busy = False
+                self._refresh()
+
+        if self.background:
+            context = contextvars.copy_context()
+            self._worker = threading.Thread(target=context.run, args=(run,), daemon=True)
+            self._worker.start()
+        else:
+            run()
+
+    def _unexpected(self, error: Exception) -> None:
+        self._set_status(f"unexpected {type(error).__name__}: {error}", error=True)
+        self.output.append_stderr(traceback.format_exc())
+
+    def _starting(self, doing: str) -> str:
+        """``doing``, or that the sandbox is starting first (its cold start takes seconds)."""
+        if self._view.target.backend == "sandbox" and doing != "reverting":
+            from .provision.sandbox import running
+
+            if running() is None:
+                return "starting the sandbox (a local moto server, not AWS), then " + doing
+        return doing
+
+    def _show_result(self, result) -> None:
+        payload = result.to_payload()
+        if payload.get("account_id"):
+            self._account_id = payload["account_id"]
+        self.output.outputs = (
+            {"output_type": "display_data", "data": result._repr_mimebundle_(), "metadata": {}},
+        )
+
+    def _refresh(self) -> None:
+        """Re-read the settings (a save or revert changes where they come from)."""
+        try:
+            view = session.show(self.cluster)
+        except CoiledJupyterError as error:
+            self._set_status(str(error), error=True)
+            self._update_controls()
+            return
+        if _rule_snapshot(view.settings.rules) != _rule_snapshot(self._view.settings.rules) or (
+            view.settings.use_scheduler_public_ip.value
+            != self._view.settings.use_scheduler_public_ip.value
+        ):
+            self._load(view)
+        else:
+            self._show_view(view)
+
+    # ----------------------------------------------------------------------------------------------
+    # State of the controls
+
+    def _set_status(self, text: str, *, error: bool = False) -> None:
+        self.status.value = _block(_span(text, _ERROR if error else _MUTED))
+
+    def _update_controls(self) -> None:
+        valid = self.valid
+        for name, button in self.buttons.items():
+            button.disabled = self._busy or (not valid and name in (APPLY, SAVE_USER, SAVE_ACCOUNT))
+        self.add_button.disabled = self._busy
+        self.scheduler_ip.disabled = self._busy
+        for row in self.rows:
+            for control in row.controls():
+                control.disabled = self._busy
+        self.marker.value = self._marker_html(valid)
+
+    def _marker_html(self, valid: bool) -> str:
+        marks = []
+        if not valid:
+            marks.append("invalid rows are not in the session yet")
+        rules = _rule_snapshot(self._view.settings.rules)
+        if (self._applied is None and self._edited) or (
+            self._applied is not None and rules != self._applied
+        ):
+            marks.append("unapplied changes")
+        if _unsaved(self._view.settings):
+            marks.append("unsaved changes")
+        return _block(_span("● " + ", ".join(marks), _WARN)) if marks else ""
+
+
+def _unsaved(settings) -> bool:
+    """Does the session set a value that neither the Dask config nor the account defaults hold?"""
+    layers = {values.layer: values for values in settings.layers}
+    mine = layers.get(Layer.SESSION)
+    if mine is None:
+        return False
+    kept = [layers[layer] for layer in (Layer.CONFIG, Layer.ACCOUNT) if layer in layers]
+    if mine.ingress is not None and all(
+        k.ingress is None or _rule_snapshot(k.ingress) != _rule_snapshot(mine.ingress) for k in kept
+    ):
+        return True
+    return mine.use_scheduler_public_ip is not None and all(
+        k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
+    )
+
+
+def _reachability_html(payload: dict) -> str:
+    reach = payload.get("reachability")
+    if not reach:
+        return ""
+    colors = {"yes": "var(--jp-success-color1)", "no": _ERROR}
+    # Ports with the same verdict for the same reason share one line.
+    verdicts: dict[tuple[str, str], list[str]] = {}
+    for port in (reach["scheduler"], reach["dashboard"]):
+        verdicts.setdefault((port["verdict"], port["reason"]), []).append(
+            f"{port['name']} (port {int(port['port'])})"
+        )
+    lines = [
+        f"can this notebook reach the {html.escape(' and the '.join(names))}? "
+        f"{_span(verdict, colors.get(verdict, _WARN))}: {html.escape(reason)}"
+        for (verdict, reason), names in verdicts.items()
+    ]
+    lines += [_span(f"warning: {w}", _WARN) for w in payload.get("warnings", [])]
+    return _block("<br>".join(lines))
+
+
+def _wrap() -> widgets.Layout:
+    return widgets.Layout(flex_flow="row wrap", align_items="center", width="100%")
