@@ -7,6 +7,11 @@ BIN := $(abspath $(VENV))/bin
 LAB_PORT ?= 8888
 LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json \
 	labextension/yarn.lock labextension/tsconfig.json
+# The benchmarks get a virtualenv of their own: dask-cloudprovider's aiobotocore pins botocore below
+# the boto3 the tests use, so its versions are pinned there (benchmarks/constraints.txt) and the test
+# environment keeps the newest boto3.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: demo lab labextension test bench sandbox-stop clean
 
@@ -40,16 +45,22 @@ test: $(VENV)/.labextension
 	$(PY) -m ruff format --check coiled_jupyter tests benchmarks
 	$(PY) -m pytest -q
 
-## Benchmarks: apply latency and API calls, cold start of %load_ext; needs the bench extra.
-bench: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e ".[test,bench]"
-	$(PY) benchmarks/bench_apply.py
-	$(PY) benchmarks/bench_load_ext.py
+$(BENCH_VENV)/.installed: pyproject.toml benchmarks/constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -e ".[bench]" -c benchmarks/constraints.txt
+	touch $@
+
+## Benchmarks: apply latency and API calls beside dask-cloudprovider, cold first apply, cold start of
+## %load_ext; in their own virtualenv with the bench extra (about a minute to set up).
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/bench_apply.py
+	$(BENCH_PY) benchmarks/bench_load_ext.py
 
 ## Stop the shared sandbox server, if one runs.
 sandbox-stop: $(VENV)/.installed
 	$(PY) -m coiled_jupyter.provision.sandbox stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis labextension/node_modules labextension/lib \
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .hypothesis labextension/node_modules labextension/lib \
 		labextension/tsconfig.tsbuildinfo coiled_jupyter/labextension test-artifacts

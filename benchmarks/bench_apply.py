@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -160,6 +161,8 @@ def _ops(calls: list[str]) -> str:
         "CreateSecurityGroup": "Create",
         "AuthorizeSecurityGroupIngress": "Authorize",
         "RevokeSecurityGroupIngress": "Revoke",
+        "UpdateSecurityGroupRuleDescriptionsIngress": "UpdateDescriptions",
+        "DescribeSecurityGroupRules": "DescribeRules",
         "GetParameter": "SSM.GetParameter",
     }
     return ", ".join(short.get(c, c) for c in calls)
@@ -345,8 +348,8 @@ def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider 
         reconcile.apply(target(cluster), first)
 
     # Client-side work that grows with the rules: the declared rules are compacted and checked
-    # against the quota (desired_rules), once by apply and once more for the read-back table.
-    local = [timed(counter, lambda: session.desired_rules(first))[0] for _ in range(reps)]
+    # against the quota (desired_rules), once per apply.
+    local = [timed(counter, lambda: reconcile.desired_rules(first))[0] for _ in range(reps)]
 
     return {
         "fresh": summary(fresh),
@@ -354,6 +357,98 @@ def round_for(n: int, reps: int, counter: Counter, ec2, provider: CloudProvider 
         "changed": summary(changed),
         "dcp": summary(dcp) if dcp else None,
         "desired_rules": summary(local),
+    }
+
+
+def described(n: int, words: str) -> list[dict]:
+    return [{**rule, "description": f"{words} {i}"} for i, rule in enumerate(rule_set(n))]
+
+
+def other_paths(reps: int, counter: Counter, ec2, n: int = 10, swap: int = 40) -> dict:
+    """A description changed on ``n`` rules (planned as an update), and ``swap`` rules replaced by as
+    many others, which crosses the quota of 60 (added in two steps around the removal)."""
+    reset_and_warm(ec2, None)
+    one, two = explicit_settings(described(n, "office")), explicit_settings(described(n, "VPN"))
+    reconcile.apply(target("words"), one)
+    words = []
+    for rep in range(reps):
+        settings = two if rep % 2 == 0 else one
+        sample, result = timed(counter, lambda: reconcile.apply(target("words"), settings))
+        if len(result.plan.update) != n or result.plan.add or result.plan.remove:
+            raise SystemExit("the description change was not planned as updates only")
+        words.append(sample)
+    low = explicit_settings([{"ports": PORTS, "cidr": f"10.{2 * i}.0.0/16"} for i in range(swap)])
+    high = explicit_settings(
+        [{"ports": PORTS, "cidr": f"10.{2 * i}.0.0/16"} for i in range(swap, 2 * swap)]
+    )
+    reconcile.apply(target("swap"), low)
+    swaps = []
+    for rep in range(reps):
+        settings = high if rep % 2 == 0 else low
+        sample, result = timed(counter, lambda: reconcile.apply(target("swap"), settings))
+        if not result.plan.add_later:
+            raise SystemExit("the replacement across the quota did not go in steps")
+        swaps.append(sample)
+    return {"n": n, "swap": swap, "words": summary(words), "swaps": summary(swaps)}
+
+
+_COLD = """
+import json, time
+start = time.perf_counter()
+from coiled_jupyter import session
+imported = time.perf_counter()
+said = []
+rules = {"ingress": [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}]}
+first = session.apply("cold", backend_options=rules, progress=said.append)
+applied = time.perf_counter()
+session.apply("cold", backend_options=rules)
+again = time.perf_counter()
+from coiled_jupyter.provision import sandbox
+sandbox.stop()
+print(json.dumps({"import": imported - start, "first": applied - imported,
+                  "second": again - applied, "changed": first.changed, "said": said}))
+"""
+
+
+def cold_first_apply(reps: int) -> dict:
+    """A fresh process with a state folder of its own, so no sandbox runs yet: the first
+    ``session.apply`` starts the sandbox (moto server, backend load) and creates the group."""
+    import subprocess
+
+    runs = []
+    for rep in range(reps):
+        folder = Path(_TMP.name) / f"cold-{rep}"
+        (folder / "dask-config").mkdir(parents=True)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.upper().startswith("DASK_")},
+            "DASK_CONFIG": str(folder / "dask-config"),
+            "DASK_COILED_JUPYTER__SANDBOX__STATE_DIR": str(folder / "state"),
+            "DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES": "[]",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _COLD],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            with dask.config.set({"coiled-jupyter.sandbox.state-dir": str(folder / "state")}):
+                sandbox.stop()  # in case the child died before stopping its server
+        if done.returncode != 0:
+            raise SystemExit(f"the cold apply failed: {done.stderr.strip()[-500:]}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    median = {
+        k: statistics.median(r[k] for r in runs) * 1000 for k in ("import", "first", "second")
+    }
+    return {
+        **median,
+        "min_first": min(r["first"] for r in runs) * 1000,
+        "max_first": max(r["first"] for r in runs) * 1000,
+        "said": runs[0]["said"],
+        "n": len(runs),
     }
 
 
@@ -370,7 +465,9 @@ def default_path(reps: int, counter: Counter, ec2, n: int = 10) -> dict:
         timed(counter, lambda: session.apply("default-0", backend_options=options))[0]
         for _ in range(reps)
     ]
-    settings_only = [timed(counter, lambda: effective_settings(options))[0] for _ in range(reps)]
+    settings_only = [
+        timed(counter, lambda: session.effective_settings(options))[0] for _ in range(reps)
+    ]
     settings_local = [
         timed(counter, lambda: explicit_settings(options["ingress"]))[0] for _ in range(reps)
     ]
@@ -407,6 +504,46 @@ def measured_row(scenario: str, tool: str, rules, s: dict) -> list:
         s["sends"],
         s["ops"],
     ]
+
+
+def report_more(other: dict, cold: dict, reps: int) -> None:
+    rows = [
+        measured_row(
+            f"description changed on {other['n']}", "coiled_jupyter", other["n"], other["words"]
+        ),
+        measured_row(
+            f"{other['swap']} replaced by {other['swap']} (over the quota)",
+            "coiled_jupyter",
+            other["swap"],
+            other["swaps"],
+        ),
+    ]
+    print(f"\nOther paths (median of {reps})\n")
+    print(
+        table(
+            [
+                "scenario",
+                "tool",
+                "rules",
+                "median ms",
+                "min-max ms",
+                "in API calls ms",
+                "API calls",
+                "HTTP sends",
+                "calls (first repetition)",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nCold first apply (fresh process, no sandbox running; median of {cold['n']}): "
+        f"import coiled_jupyter.session {ms(cold['import'])} ms; first session.apply "
+        f"{ms(cold['first'])} ms (min-max {ms(cold['min_first'])}-{ms(cold['max_first'])}; "
+        "sandbox start, moto backend load, settings, create); second apply in that process "
+        f"{ms(cold['second'])} ms"
+    )
+    if cold["said"]:
+        print(f"  progress said: {' / '.join(cold['said'])}")
 
 
 def report(
@@ -595,12 +732,17 @@ def main(argv: list[str] | None = None) -> int:
                 results[n] = round_for(n, args.reps, counter, ec2, provider)
             print("round: full default path ...", flush=True)
             default = default_path(args.reps, counter, ec2)
+            print("round: description change, replacement over the quota ...", flush=True)
+            other = other_paths(args.reps, counter, ec2)
             report(results, default, dcp_note, provider.version if provider else None, args.reps)
         finally:
             if provider is not None:
                 provider.close()
             stopped = sandbox.stop()
             print(f"\nmoto server {'stopped' if stopped else 'was not running at the end'}")
+    cold_reps = max(1, min(args.reps, 3))
+    print(f"round: cold first apply x {cold_reps} fresh processes ...", flush=True)
+    report_more(other, cold_first_apply(cold_reps), args.reps)
     _TMP.cleanup()
     return 0
 

@@ -28,6 +28,8 @@ _COLUMNS = {
         ("ports", "Port"),
         ("source", "Source"),
         ("description", "Description"),
+        ("previous_description", "Was"),
+        ("origin", "Origin"),
     ],
     "settings": [
         ("protocol", "Protocol"),
@@ -54,6 +56,7 @@ _STYLE = """<style>
 .cj-result .cj-warning { color: var(--jp-warn-color0, #e65100); }
 .cj-result tr.cj-add td:first-child { color: var(--jp-success-color0, #2e7d32); }
 .cj-result tr.cj-remove td:first-child { color: var(--jp-error-color0, #c62828); }
+.cj-result tr.cj-update td:first-child { color: var(--jp-warn-color0, #e65100); }
 </style>"""
 
 
@@ -86,8 +89,16 @@ _TITLES = {
 }
 
 
+# Shown only when some row has a value: a plan's old descriptions (updates) and who wrote a removed rule.
+_OPTIONAL = {"previous_description", "origin"}
+
+
 def _columns(data: dict) -> list[tuple[str, str]]:
-    return _COLUMNS.get(data["kind"], _COLUMNS["rules"]) if data["rows"] else []
+    rows = data["rows"]
+    columns = _COLUMNS.get(data["kind"], _COLUMNS["rules"]) if rows else []
+    if data["kind"] != "plan":
+        return columns
+    return [c for c in columns if c[0] not in _OPTIONAL or any(r.get(c[0]) for r in rows)]
 
 
 def _lines_before(data: dict) -> list[str]:

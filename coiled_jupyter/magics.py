@@ -40,6 +40,7 @@ from traitlets.config.configurable import Configurable
 from . import session
 from .errors import CoiledJupyterError
 from .session import SCHEDULER_IP_WORDS, SCOPES
+from .strict_yaml import excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -311,7 +312,9 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
     from .rules import load_text
+    from .strict_yaml import check_size
 
+    check_size(text, where)  # before any scan of it
     if "$" not in text:
         return load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
@@ -407,7 +410,7 @@ class CoiledMagics(Magics, Configurable):
             close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UsageError(
-                f"%coiled_ingress has no subcommand {command!r}; {hint}use one of "
+                f"%coiled_ingress has no subcommand {excerpt(command)}; {hint}use one of "
                 f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h)."
             )
         self._check_options(args, command)
@@ -440,7 +443,7 @@ class CoiledMagics(Magics, Configurable):
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
-                f"{' '.join(positional)!r}; to name a cluster write --cluster "
+                f"{excerpt(' '.join(positional))}; to name a cluster write --cluster "
                 f"{positional[0]}."
             )
         if command == "save":
@@ -457,7 +460,7 @@ class CoiledMagics(Magics, Configurable):
         if args.words:
             raise UsageError(
                 f"the %%coiled_ingress cell takes only --cluster and --apply on its "
-                f"first line, not {' '.join(args.words)!r}; put the rules in the cell "
+                f"first line, not {excerpt(' '.join(args.words))}; put the rules in the cell "
                 "body."
             )
         for name in ("description", "protocol", "scope"):
@@ -549,7 +552,7 @@ def _split(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError:
         raise UsageError(
-            f"the line {text.strip()!r} has a quote that is not closed; close it, or "
+            f"the line {excerpt(text.strip())} has a quote that is not closed; close it, or "
             "write the value without quotes."
         ) from None
 
@@ -606,7 +609,7 @@ def _peel_options(body: str) -> tuple[str, list[str]]:
 def _ports_source_problem(command: str, positional: list[str]) -> str:
     example = f"%coiled_ingress {command} 8786,8787 10.1.0.0/16"
     if len(positional) < 2:
-        got = f"only {positional[0]!r}" if positional else "nothing"
+        got = f"only {excerpt(positional[0])}" if positional else "nothing"
         return f"%coiled_ingress {command} needs PORTS and SOURCE but got {got}; e.g. {example}."
     if any(word.endswith(",") for word in positional[:-1]) or any(
         word.startswith(",") for word in positional[1:]
@@ -621,7 +624,7 @@ def _ports_source_problem(command: str, positional: list[str]) -> str:
         f"; for a description write --description {shlex.quote(extra)}" if command == "add" else ""
     )
     return (
-        f"%coiled_ingress {command} takes PORTS and SOURCE but also got {extra!r}{hint}; "
+        f"%coiled_ingress {command} takes PORTS and SOURCE but also got {excerpt(extra)}{hint}; "
         f"e.g. {example}."
     )
 

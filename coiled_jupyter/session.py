@@ -30,6 +30,7 @@ from .settings import (
     save_config,
 )
 from .settings import effective_settings as resolve_settings
+from .strict_yaml import excerpt
 
 SCOPES = ("user", "account")
 SCHEDULER_IP_WORDS = ("public", "private")
@@ -180,7 +181,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
         return word
     close = difflib.get_close_matches(str(word), words, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise IngressError([sentence.format(value=repr(value), hint=hint)])
+    raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 
 
 def parse_scheduler_ip(choice) -> bool:
@@ -249,7 +250,7 @@ def plan(cluster=None, *, backend_options=None, **target_options):
 
 
 def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """Make the cluster's security group match the effective settings; the group as read back."""
+    """Make the cluster's security group match the effective settings, as the cloud confirmed it."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)

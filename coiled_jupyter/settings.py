@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import AccountStoreUnreadable, ConfigFileError
 from .rules import IngressError, Rule, canonical, parse_ingress, to_coiled
+from .strict_yaml import excerpt
 
 INGRESS_KEY = "coiled.backend-options.ingress"
 PUBLIC_IP_KEY = "coiled.use_scheduler_public_ip"
@@ -229,7 +230,7 @@ def _unknown_keys(
         if not close and not strict:
             continue
         hint = f"did you mean {close[0]!r}?" if close else f"use only {', '.join(known)}."
-        problems.append(f"{where} has unknown key {key!r}; {hint}")
+        problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
     return problems
 
 
@@ -241,19 +242,19 @@ def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:
         return _PUBLIC_IP_WORDS[value.strip().lower()]
     raise IngressError(
         [
-            f"{where} is {value!r}; use true (connect on the scheduler's public IP) or "
+            f"{where} is {excerpt(value)}; use true (connect on the scheduler's public IP) or "
             "false (its private IP)."
         ]
     )
 
 
+# No yes/no: YAML 1.2 and Coiled's client read them as text, and Coiled would take the text "no" as
+# true; only the words that mean one thing everywhere are accepted.
 _PUBLIC_IP_WORDS = {
     "public": True,
     "true": True,
-    "yes": True,
     "private": False,
     "false": False,
-    "no": False,
 }
 
 

@@ -80,7 +80,7 @@ def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
 def test_throttling_with_http_400_is_retried_too(cloud, faults):
     faults.fail(DESCRIBE, "RequestLimitExceeded", status=400, times=1)
     reconcile.apply(target("throttled-400"), settings_for([VPN]))
-    assert faults.sent[DESCRIBE] == 3  # find (throttled, retried) + read back
+    assert faults.sent[DESCRIBE] == 2  # find (throttled, retried); nothing is read back
     assert declared(cloud.ec2, "throttled-400") == {("tcp", 8786, 8787, "10.1.0.0/16")}
 
 
@@ -94,18 +94,20 @@ def test_not_found_right_after_create_is_retried(cloud, faults):
     assert declared(cloud.ec2, "eventual") == A
 
 
-def test_not_found_on_the_read_back_after_create_is_retried(cloud, faults):
-    faults.fail(DESCRIBE, "InvalidGroup.NotFound", skip=1, times=2)  # the find passes
-
+def test_a_fresh_apply_reports_what_the_authorize_response_confirms(cloud, faults):
+    """No read-back: the table comes from the authorize response, and agrees with the server."""
     result = reconcile.apply(target("eventual-read"), settings_for([VPN, PEERED]))
 
-    assert faults.sent[DESCRIBE] == 4
+    assert faults.log == ["DescribeSecurityGroups", "CreateSecurityGroup", AUTHORIZE]
     assert {
         (r.protocol, r.from_port, r.to_port, r.source)
         for r in result.table.rules
         if r.protocol == "tcp"
     } == A
     assert declared(cloud.ec2, "eventual-read") == A
+    g = group(cloud.ec2, "eventual-read")
+    assert result.table.group_id == g["GroupId"] and result.table.account_id == g["OwnerId"]
+    assert {r.description for r in result.table.rules} == {"VPN", "", aws.SELF_DESCRIPTION}
 
 
 def test_a_server_error_once_is_retried(cloud, faults):
@@ -377,3 +379,54 @@ def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
             with aws._clients_lock:
                 for key in [k for k in aws._clients if k[2] is None]:
                     del aws._clients[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification from the responses
+
+
+def test_an_authorize_response_listing_another_rule_than_sent_is_checked_by_a_read(cloud):
+    """The request goes to the sandbox as sent; the answer is altered to list another network, as a
+    cloud storing something else than asked would: the core does not trust it and reads the group."""
+    import urllib.request
+
+    from botocore.awsrequest import AWSResponse
+
+    class Body:
+        """What botocore reads a response body from (``stream()``)."""
+
+        def __init__(self, data: bytes):
+            self.data = data
+
+        def stream(self, **_):
+            yield self.data
+
+    reconcile.apply(target("verified"), settings_for([VPN]))
+    ec2 = aws.client("ec2", target().connection())
+    sent: list[str] = []
+
+    def forward_and_alter(request, event_name, **_):
+        operation = event_name.split(".")[2]
+        sent.append(operation)
+        if operation != AUTHORIZE:
+            return None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        data = request.body.encode() if isinstance(request.body, str) else request.body
+        forwarded = urllib.request.Request(
+            request.url, data=data, headers=dict(request.headers), method="POST"
+        )
+        with opener.open(forwarded, timeout=30) as answer:
+            body = answer.read().replace(b"10.2.0.0/16", b"10.99.0.0/16")
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml"}, Body(body))
+
+    ec2.meta.events.register("before-send", forward_and_alter)
+    try:
+        result = reconcile.apply(target("verified"), settings_for([VPN, PEERED]))
+    finally:
+        ec2.meta.events.unregister("before-send", forward_and_alter)
+
+    assert sent == [DESCRIBE, AUTHORIZE, DESCRIBE]  # find, authorize, the read that checks it
+    assert declared(cloud.ec2, "verified") == A
+    reported = {(r.protocol, r.from_port, r.to_port, r.source) for r in result.table.rules}
+    assert ("tcp", 8786, 8786, "10.2.0.0/16") in reported
+    assert not any(r.source == "10.99.0.0/16" for r in result.table.rules)

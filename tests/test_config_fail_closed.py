@@ -19,6 +19,8 @@ from pathlib import Path
 
 import dask.config
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coiled_jupyter import session
 from coiled_jupyter.errors import CoiledJupyterError, ConfigFileError
@@ -174,3 +176,24 @@ def test_a_file_the_kernel_may_not_read_is_refused(what):
     finally:
         os.chmod(folder / "dask", 0o755)
         shutil.rmtree(folder)
+
+
+_FILE_TEXT = st.text(
+    alphabet=st.sampled_from(list("[]{},:-&*!|>'\"#%@ \n\t0123456789abcxyz./_") + ["\x07"]),
+    max_size=300,
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(text=st.one_of(_FILE_TEXT, st.text(max_size=200)))
+def test_any_file_content_is_a_layer_or_one_sentence_naming_the_file(dask_config, text):
+    path = dask_config / "coiled.yaml"
+    path.write_text("coiled:\n  backend-options:\n    ingress:\n" + text, encoding="utf-8")
+    try:
+        config_layer()
+    except ConfigFileError as error:
+        assert str(path) in str(error) and "\n" not in str(error)

@@ -162,7 +162,7 @@ def test_the_tables_show_the_rules_and_where_they_came_from(results):
     text = results["rules"]._repr_mimebundle_()["text/plain"]
     rows = text_rows(text)
     assert rows[0] == ["Protocol", "Port", "Source", "Description", "Origin"]
-    assert ["tcp", "22", "0.0.0.0/0", "console", "not declared"] in rows
+    assert ["tcp", "22", "0.0.0.0/0", "console", "added by hand"] in rows
     assert [
         "tcp",
         "8786-8787",
@@ -181,8 +181,10 @@ def test_the_tables_show_the_rules_and_where_they_came_from(results):
     assert "whole internet" in text
 
     plan = results["plan"]._repr_mimebundle_()
-    assert ["remove", "tcp", "22", "0.0.0.0/0", "console"] in text_rows(plan["text/plain"])
-    assert "not declared" in plan["text/plain"] and "owned by coiled_jupyter" in plan["text/plain"]
+    rows = text_rows(plan["text/plain"])
+    assert rows[0] == ["Action", "Protocol", "Port", "Source", "Description", "Origin"]
+    assert ["remove", "tcp", "22", "0.0.0.0/0", "console", "added by hand"] in rows
+    assert "added by hand" in plan["text/plain"] and "owned by coiled_jupyter" in plan["text/plain"]
     assert 'class="cj-remove"' in plan["text/html"]
     assert plan[MIME]["summary"] == "add 0, remove 1, keep 3"
 

@@ -62,6 +62,7 @@ def test_a_killed_server_is_replaced_and_the_restart_announced(own_state_dir):
     assert warning and "restarted" in warning and "gone" in warning
     table = session.describe("restarted")
     assert warning in table.warnings
+    assert warning in session.plan("restarted").warnings
     assert any("gone" in w for w in session.apply("restarted").table.warnings)
     assert sandbox_module.acknowledge_restart()
     assert sandbox_module.restart_warning() is None
@@ -124,7 +125,25 @@ def test_a_kernel_killed_during_start_leaves_a_recorded_server(own_state_dir):
     finally:
         starter.kill()
         starter.wait()
-    pid = json.loads(state_file.read_text())["pid"]
-    assert alive(pid)
-    assert sandbox_module.stop()
-    assert wait_gone(pid)
+    try:
+        pid = json.loads(state_file.read_text())["pid"]
+        assert alive(pid)
+        assert sandbox_module.stop()
+        assert wait_gone(pid)
+    finally:
+        for leftover in _moto_servers_of(own_state_dir):  # only if the test failed
+            leftover.kill()
+
+
+def _moto_servers_of(state_dir: Path) -> list[psutil.Process]:
+    """moto servers started for ``state_dir`` (they inherit its environment variable)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "moto.server" not in " ".join(process.info["cmdline"] or []):
+                continue
+            if process.environ().get("DASK_COILED_JUPYTER__SANDBOX__STATE_DIR") == str(state_dir):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

@@ -474,8 +474,6 @@ def test_bad_cluster_options_name_backend_options(dask_config):
         ("PRIVATE", False),
         ("true", True),
         ("false", False),
-        ("yes", True),
-        ("no", False),
     ],
 )
 def test_parse_public_ip_accepts_booleans_and_words(value, expected):

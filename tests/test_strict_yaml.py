@@ -171,3 +171,9 @@ def test_valid_documents_read_as_before():
     assert [str(r) for r in rules] == ["tcp 8786 from 10.1.0.0/16", "tcp 8787 from 10.1.0.0/16"]
     assert rules[0].description == "office 1:30 yes"
     assert public_ip is False
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off"])
+def test_yes_no_on_off_are_not_a_value_of_the_toggle(word):
+    with pytest.raises(IngressError, match="use true"):
+        parse_coiled_options(f"use_scheduler_public_ip: {word}\n")

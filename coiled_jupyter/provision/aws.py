@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import boto3
 from botocore.config import Config
@@ -29,6 +29,10 @@ from ..rules import ALL_PROTOCOLS, Rule, sort_key
 TOOL = "coiled-jupyter"
 TAG_OWNER = "coiled-jupyter:owner"
 TAG_CLUSTER = "coiled-jupyter:cluster"
+# Tags on the rules (sgr-...) this tool writes: the owner tag tells them from rules added by hand;
+# TAG_ME lists the networks 'me' stood for when the rules of that call were written (one
+# TagSpecifications covers every rule of a call, so the value names the 'me' rules among them).
+TAG_ME = "coiled-jupyter:me"
 SELF_DESCRIPTION = "cluster-internal traffic (this group)"
 _NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
 # Rounds of "the call conflicted with the group as read; read again and retry the rest".
@@ -222,6 +226,11 @@ class Group:
     def owned(self) -> bool:
         return self.tags.get(TAG_OWNER) == TOOL
 
+    def with_rules(self, rules: Iterable[Rule]) -> Group:
+        """This group holding ``rules`` instead (each key once, the later description winning)."""
+        by_key = {r.key: r for r in rules}
+        return replace(self, rules=tuple(sorted(by_key.values(), key=sort_key)))
+
 
 def group_name(cluster: str) -> str:
     return f"{TOOL}-{cluster}"
@@ -274,6 +283,22 @@ def _protocol_and_ports(permission: dict) -> tuple[str, int, int]:
     return protocol, int(permission.get("FromPort", 0)), int(permission.get("ToPort", 65535))
 
 
+def rule_from_entry(entry: dict) -> Rule | None:
+    """One ``SecurityGroupRule`` (DescribeSecurityGroupRules, or the authorize response) as a canonical
+    rule; ``None`` for egress and prefix-list rules, which this tool does not manage."""
+    if entry.get("IsEgress") or entry.get("PrefixListId"):
+        return None
+    protocol, low, high = _protocol_and_ports(entry)
+    description = entry.get("Description", "")
+    if entry.get("CidrIpv4") or entry.get("CidrIpv6"):
+        network = str(
+            ipaddress.ip_network(entry.get("CidrIpv4") or entry["CidrIpv6"], strict=False)
+        )
+        return Rule(protocol, low, high, network, description)
+    referenced = (entry.get("ReferencedGroupInfo") or {}).get("GroupId")
+    return Rule(protocol, low, high, referenced, description) if referenced else None
+
+
 def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
     """Rule key -> the source spellings as stored, for the sources stored in a non-canonical form."""
     found: dict[tuple, list[str]] = {}
@@ -287,11 +312,15 @@ def stored_sources(permissions: Iterable[dict]) -> dict[tuple, tuple[str, ...]]:
     return {key: tuple(dict.fromkeys(texts)) for key, texts in found.items() if texts != [key[3]]}
 
 
-def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None) -> list[dict]:
+def permissions_from_rules(
+    rules: Iterable[Rule], stored_as: dict | None = None, *, empty_descriptions: bool = False
+) -> list[dict]:
     """Rules into as few ``IpPermissions`` entries as AWS allows: one per protocol and port range.
 
     ``stored_as`` (from :attr:`Group.stored_as`) gives the spellings to send instead of the canonical
-    source, so that a revoke names the rule exactly as the cloud holds it.
+    source, so that a revoke names the rule exactly as the cloud holds it. ``empty_descriptions``
+    sends an empty description as ``""`` rather than leaving it out: a description update clears it
+    so (AWS also clears an omitted one; moto keeps it).
     """
     grouped: dict[tuple[str, int, int], dict] = {}
     for rule in sorted(rules, key=sort_key):
@@ -307,7 +336,9 @@ def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None)
                     "ToPort": rule.to_port,
                 }
             grouped[key] = permission
-        described = {"Description": rule.description} if rule.description else {}
+        described = (
+            {"Description": rule.description} if rule.description or empty_descriptions else {}
+        )
         if rule.source_kind == "group":
             permission.setdefault("UserIdGroupPairs", []).append(
                 {"GroupId": rule.source, **described}
@@ -321,14 +352,29 @@ def permissions_from_rules(rules: Iterable[Rule], stored_as: dict | None = None)
     return list(grouped.values())
 
 
+def _rule_tags(rules: list[Rule], me: Iterable[str]) -> dict:
+    """The TagSpecifications of an authorize: this tool's owner tag, and which rules are 'me'."""
+    tags = [{"Key": TAG_OWNER, "Value": TOOL}]
+    mine = sorted({r.source for r in rules} & set(me))
+    if mine:
+        tags.append({"Key": TAG_ME, "Value": " ".join(mine)})
+    return {"ResourceType": "security-group-rule", "Tags": tags}
+
+
 class SecurityGroups:
-    """Find, create, change and delete the security groups of clusters in one region."""
+    """Find, create, change and delete the security groups of clusters in one region.
+
+    It keeps, per group, the group as last known: the latest read, with every write confirmed since
+    applied to it (:meth:`latest`), so that an apply reports the group it leaves without reading it
+    again. Writes are verified from the responses: an authorize lists the ``SecurityGroupRules`` it
+    stored, a revoke succeeds only for rules the group held (``InvalidPermission.NotFound`` else).
+    """
 
     def __init__(self, connection: Connection):
         self.connection = connection
         self.ec2 = client("ec2", connection)
-        # Group id -> Group.stored_as of its latest read, used to name rules exactly when revoking.
-        self._stored_as: dict[str, dict] = {}
+        # Group id -> the group as last known (read, then changed by our confirmed writes).
+        self._latest: dict[str, Group] = {}
         # Groups this object created: only for them is InvalidGroup.NotFound a passing state.
         self._created: set[str] = set()
 
@@ -382,6 +428,26 @@ class SecurityGroups:
             group_id, lambda: self._describe(GroupIds=[group_id])[0], f"reading group {group_id}"
         )
 
+    def latest(self, group_id: str) -> Group:
+        """The group as last read, with the writes confirmed since: no call."""
+        return self._latest[group_id]
+
+    def rule_tags(self, group_id: str) -> dict[tuple, dict]:
+        """Rule key -> the tags of that inbound rule (one ``DescribeSecurityGroupRules``): tells the
+        rules this tool wrote (owner tag) from rules added by hand."""
+        try:
+            response = self.ec2.describe_security_group_rules(
+                Filters=[{"Name": "group-id", "Values": [group_id]}]
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise cloud_error(error, f"reading the rules of {group_id}") from None
+        found: dict[tuple, dict] = {}
+        for entry in response.get("SecurityGroupRules", []):
+            rule = rule_from_entry(entry)
+            if rule is not None:
+                found[rule.key] = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}
+        return found
+
     def _describe(self, **kwargs) -> list[Group]:
         try:
             response = self.ec2.describe_security_groups(**kwargs)
@@ -393,7 +459,7 @@ class SecurityGroups:
             raise cloud_error(error, "reading security groups") from None
         groups = [_group(g) for g in response.get("SecurityGroups", [])]
         for group in groups:
-            self._stored_as[group.group_id] = group.stored_as
+            self._latest[group.group_id] = group
         return groups
 
     def create(self, cluster: str, vpc_id: str | None) -> str:
@@ -411,12 +477,24 @@ class SecurityGroups:
         if vpc_id:
             kwargs["VpcId"] = vpc_id
         try:
-            group_id = self.ec2.create_security_group(**kwargs)["GroupId"]
-            self._created.add(group_id)
-            return group_id
+            response = self.ec2.create_security_group(**kwargs)
         except ClientError as error:
             if _code(error) != "InvalidGroup.Duplicate":
                 raise cloud_error(error, f"creating group {group_name(cluster)}") from None
+        else:
+            group_id = response["GroupId"]
+            self._created.add(group_id)
+            # The ARN (arn:aws:ec2:region:account:security-group/sg-...) names the account.
+            arn = response.get("SecurityGroupArn", "").split(":")
+            self._latest[group_id] = Group(
+                group_id=group_id,
+                name=group_name(cluster),
+                vpc_id=vpc_id or "",
+                account_id=arn[4] if len(arn) > 5 else "",
+                tags={t["Key"]: t["Value"] for t in tags},
+                rules=(),
+            )
+            return group_id
         existing = self.refuse_foreign_name(cluster, vpc_id)
         if existing is None:
             raise CloudError(
@@ -426,25 +504,29 @@ class SecurityGroups:
             )
         return existing.group_id
 
-    def authorize(self, group_id: str, rules: list[Rule]) -> None:
-        """Add rules in one call; if some already exist (a concurrent apply), add only the rest."""
+    def authorize(self, group_id: str, rules: list[Rule], me: Iterable[str] = ()) -> None:
+        """Add rules in one call, tagged as this tool's; if some already exist (a concurrent apply),
+        add only the rest. ``me``: the networks 'me' stands for (tagged, see :data:`TAG_ME`)."""
         for _ in range(_CONFLICT_ROUNDS):
             if not rules:
                 return
             try:
-                self._retry_not_found(
+                response = self._retry_not_found(
                     group_id,
                     functools.partial(
                         self.ec2.authorize_security_group_ingress,
                         GroupId=group_id,
                         IpPermissions=permissions_from_rules(rules),
+                        TagSpecifications=[_rule_tags(rules, me)],
                     ),
                     f"adding rules to {group_id}",
                 )
-                return
             except ClientError as error:
                 if _code(error) != "InvalidPermission.Duplicate":
                     raise cloud_error(error, f"adding rules to {group_id}") from None
+            else:
+                self._stored(group_id, rules, response)
+                return
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key not in present]
         if rules:
@@ -454,16 +536,37 @@ class SecurityGroups:
                 "duplicates of rules it does not hold (another writer?); run it again.",
             )
 
+    def _stored(self, group_id: str, sent: list[Rule], response: dict) -> None:
+        """Take the rules an authorize stored into the group as last known, as the response lists
+        them (AWS lists every rule of the batch, which it applies all or nothing).
+
+        A listed rule that was not sent means the cloud stored something else than asked (e.g. a
+        network spelled another way): then the group is read back, since only a read can say what
+        it holds. moto 5.2.5 lists only the rules of the call's last ``IpPermissions`` entry (its
+        handler keeps one loop variable); a sent rule the response leaves out is taken as stored
+        on the strength of the call's success, which the server answers only once every entry
+        was stored.
+        """
+        listed = [rule_from_entry(e) for e in response.get("SecurityGroupRules", [])]
+        sent_keys = {r.key for r in sent}
+        if any(r is None or r.key not in sent_keys for r in listed):
+            self.get(group_id)
+            return
+        group = self._latest[group_id]
+        self._latest[group_id] = group.with_rules([*group.rules, *sent, *listed])
+
     def revoke(self, group_id: str, rules: list[Rule]) -> None:
         """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest.
 
-        Rules are named as the group's latest read spells them (see :attr:`Group.stored_as`)."""
+        Rules are named as the group's latest read spells them (see :attr:`Group.stored_as`). The
+        call fails with ``InvalidPermission.NotFound`` unless the group held every rule, so its
+        success confirms the removal."""
         for _ in range(_CONFLICT_ROUNDS):
             if not rules:
                 return
-            stored_as = self._stored_as.get(group_id)
+            stored_as = self._latest[group_id].stored_as if group_id in self._latest else None
             try:
-                self._retry_not_found(
+                response = self._retry_not_found(
                     group_id,
                     functools.partial(
                         self.ec2.revoke_security_group_ingress,
@@ -472,10 +575,20 @@ class SecurityGroups:
                     ),
                     f"removing rules from {group_id}",
                 )
-                return
             except ClientError as error:
                 if _code(error) != "InvalidPermission.NotFound":
                     raise cloud_error(error, f"removing rules from {group_id}") from None
+            else:
+                if response.get("UnknownIpPermissions"):
+                    # AWS's default VPC answers success for rules it did not hold: read what is left.
+                    self.get(group_id)
+                    return
+                gone = {r.key for r in rules}
+                group = self._latest[group_id]
+                self._latest[group_id] = group.with_rules(
+                    r for r in group.rules if r.key not in gone
+                )
+                return
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key in present]
         if rules:
@@ -484,6 +597,22 @@ class SecurityGroups:
                 f"removing rules from {group_id} kept failing as "
                 "not found while the group still holds them; run it again.",
             )
+
+    def update_descriptions(self, group_id: str, rules: list[Rule]) -> Group:
+        """Give existing rules new descriptions in one call, then read the group back.
+
+        ``UpdateSecurityGroupRuleDescriptionsIngress`` answers only "true" (moto: nothing at all, and
+        it silently skips rules from a security group), so its response cannot confirm what the
+        group now says: this is the one write that is read back."""
+        stored_as = self._latest[group_id].stored_as if group_id in self._latest else None
+        try:
+            self.ec2.update_security_group_rule_descriptions_ingress(
+                GroupId=group_id,
+                IpPermissions=permissions_from_rules(rules, stored_as, empty_descriptions=True),
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise cloud_error(error, f"updating rule descriptions of {group_id}") from None
+        return self.get(group_id)
 
     def delete(self, group_id: str) -> bool:
         """Delete a group; False when it was already gone."""
@@ -547,15 +676,39 @@ class AccountStore:
             raise cloud_error(error, f"reading account defaults {self.name}") from None
         except BotoCoreError as error:
             raise cloud_error(error, f"reading account defaults {self.name}") from None
+        return self._parse(response["Parameter"]["Value"])
+
+    def _parse(self, text: str) -> dict:
+        """The parameter's JSON, strictly: bounded in size and depth, no key twice, an object. A
+        parameter edited by hand in the console that breaks these is an error, never ignored."""
+        from ..strict_yaml import StrictYAMLError, check_depth, check_size, excerpt
+
+        where = f"parameter {self.name}"
+
+        def unique(pairs):
+            keys = [key for key, _ in pairs]
+            for key in keys:
+                if keys.count(key) > 1:
+                    raise StrictYAMLError(f"{where} has the key {excerpt(key)} twice; keep one.")
+            return dict(pairs)
+
         try:
-            value = json.loads(response["Parameter"]["Value"])
-        except ValueError:
+            check_size(text, where)
+            check_depth(text, where)
+            value = json.loads(text, object_pairs_hook=unique)
+        except StrictYAMLError as error:
             raise CloudError(
                 "InvalidAccountDefaults",
-                f"parameter {self.name} does not hold JSON; "
-                "set it again with set_backend_options().",
+                f"{str(error).rstrip('.')}; set it again with set_backend_options().",
             ) from None
-        return value if isinstance(value, dict) else None
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise CloudError(
+                "InvalidAccountDefaults",
+                f"{where} does not hold a JSON object; set it again with set_backend_options().",
+            )
+        return value
 
     def store(self, options: dict) -> None:
         try:

@@ -5,15 +5,26 @@ local endpoint). It takes resolved :class:`~coiled_jupyter.settings.Settings` an
 :class:`~.target.Target`, and returns result objects; nothing here prints, and nothing here imports
 IPython, ipywidgets or Jupyter Server.
 
-An apply converges idempotently: it reads the group once, adds what is missing before removing what is
-not declared (so access never drops below the declared rules mid-way), and reads back to verify. A run
-cut off half-way is finished by the next run; two kernels on one machine are serialised by a file lock,
-and a change by another machine during an apply is detected by the read-back and converged again.
+An apply converges whatever the path, in as few calls as the cloud allows: it reads the group once,
+then adds what is missing before removing what is not declared (so access never drops below the
+declared rules mid-way), and gives changed descriptions in place. When the group cannot hold the old
+and the new rules at once (the rules-per-group quota), it adds what fits, removes, then adds the rest,
+and the plan says beforehand that access narrows for that moment. Every write is verified from the
+cloud's response, which also gives the group it leaves, so nothing is read back except after a
+description update, whose response confirms nothing. A run cut off half-way is finished by the next
+run; two kernels on one machine are serialised by a file lock. A change by another machine during an
+apply shows as a conflict (a duplicate or missing rule), which is resolved by reading the group again;
+one that does not conflict is found and converged by the next apply.
+
+Rules this tool writes carry its owner tag (and 'me' rules the networks 'me' stood for), so a plan
+tells rules added by hand from rules it wrote earlier that are no longer declared.
 """
 
 from __future__ import annotations
 
-from ..errors import CloudError
+import collections
+import ipaddress
+
 from ..rules import (
     ALL_PROTOCOLS,
     IngressError,
@@ -28,7 +39,12 @@ from ..state import file_lock, lock_name
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
 
-_CONVERGE_ROUNDS = 3
+# Where an undeclared rule in the group came from, as plans and tables say it.
+ADDED_BY_HAND = "added by hand"
+NO_LONGER_DECLARED = "no longer declared"
+EARLIER_ME = "earlier address of 'me'"
+NOT_DECLARED = "not declared"
+_LISTED = 5
 
 
 class QuotaError(IngressError):
@@ -47,7 +63,13 @@ def self_rule(group_id: str) -> Rule:
 
 def desired_rules(settings: Settings) -> list[Rule]:
     """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas."""
+    return _desired(settings)[0]
+
+
+def _desired(settings: Settings) -> tuple[list[Rule], tuple[str, ...]]:
+    """The declared rules as they will be sent, and the networks ``me`` stands for among them."""
     rules = list(settings.rules)
+    me: tuple[str, ...] = ()
     if any(r.source == "me" for r in rules):
         from ..reach import public_address
 
@@ -61,9 +83,10 @@ def desired_rules(settings: Settings) -> list[Rule]:
                 ]
             )
         rules = resolve_me(rules, [address])
+        me = (str(ipaddress.ip_network(address)),)
     rules = compact(rules)
     check_quota(rules)
-    return rules
+    return rules, tuple(m for m in me if any(r.source == m for r in rules))
 
 
 def check_quota(rules: list[Rule]) -> None:
@@ -98,18 +121,140 @@ def _warnings(rules) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Operations
+# Planning: what changes, in which order, and who wrote what is removed
 
 
-def _groups(t: Target):
-    from .aws import SecurityGroups
+def _family(rule: Rule, combined: bool) -> str:
+    """The quota a rule counts against: AWS counts IPv4 (and group references) apart from IPv6; the
+    sandbox (moto) counts every inbound rule against one limit."""
+    if combined:
+        return "inbound"
+    return "IPv6" if rule.source_kind == "ipv6" else "IPv4"
 
-    return SecurityGroups(t.connection())
+
+def _overlaps(a: Rule, b: Rule) -> bool:
+    """Do two rules admit some traffic in common?"""
+    if ALL_PROTOCOLS not in (a.protocol, b.protocol) and a.protocol != b.protocol:
+        return False
+    if a.to_port < b.from_port or b.to_port < a.from_port:
+        return False
+    if a.network is None or b.network is None:
+        return a.source == b.source
+    return a.network.version == b.network.version and a.network.overlaps(b.network)
 
 
-def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
-    """Diff the desired rules (plus the group's self rule) against the group as read."""
-    notes: list[str] = []
+def _order(group, add: list[Rule], remove: list[Rule], combined: bool):
+    """Split ``add`` into what fits beside the current rules (added first) and the rest (added after
+    the removal), per quota family. Of the rules that must wait, those that re-admit traffic of a
+    removed rule go first, so that as little as possible is missing in between.
+
+    Returns (first, later, crowded), crowded listing (family, current count, added count)."""
+    limit = int(option("rules-per-group"))
+    count = collections.Counter(_family(r, combined) for r in group.rules)
+    # A prefix list counts as one IPv4 entry on moto; on AWS as its max entries, not read here.
+    count["inbound" if combined else "IPv4"] += len(group.unmanageable)
+    first: list[Rule] = []
+    later: list[Rule] = []
+    crowded = []
+    for family in sorted({_family(r, combined) for r in add}):
+        adding = [r for r in add if _family(r, combined) == family]
+        room = max(limit - count[family], 0)
+        if len(adding) > room:
+            crowded.append((family, count[family], len(adding)))
+            adding.sort(key=lambda r: not any(_overlaps(r, old) for old in remove))
+        first.extend(adding[:room])
+        later.extend(adding[room:])
+    return first, later, crowded
+
+
+def _listing(rules) -> str:
+    shown = ", ".join(str(r) for r in list(rules)[:_LISTED])
+    more = len(rules) - _LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _origins_of_undeclared(rules, owners: dict | None) -> list[str]:
+    """Who put each undeclared rule there, from the rules' tags (``None``: tags not read)."""
+    if owners is None:
+        return [NOT_DECLARED] * len(rules)
+    from .aws import TAG_ME, TAG_OWNER, TOOL
+
+    out = []
+    for rule in rules:
+        tags = owners.get(rule.key, {})
+        if tags.get(TAG_OWNER) != TOOL:
+            out.append(ADDED_BY_HAND)
+        elif rule.source in tags.get(TAG_ME, "").split():
+            out.append(EARLIER_ME)
+        else:
+            out.append(NO_LONGER_DECLARED)
+    return out
+
+
+def _removal_notes(remove, origins, me) -> list[str]:
+    by = collections.defaultdict(list)
+    for rule, origin in zip(remove, origins):
+        by[origin].append(rule)
+    notes = []
+    if by[ADDED_BY_HAND]:
+        notes.append(
+            f"{len(by[ADDED_BY_HAND])} rule(s) were added by hand, outside coiled_jupyter "
+            f"({_listing(by[ADDED_BY_HAND])}); they will be removed only because this group is "
+            "owned by coiled_jupyter, which keeps it to the declared rules (declare them to keep "
+            "them)."
+        )
+    if by[NO_LONGER_DECLARED]:
+        notes.append(
+            f"{len(by[NO_LONGER_DECLARED])} rule(s) that coiled_jupyter wrote earlier are no "
+            f"longer declared ({_listing(by[NO_LONGER_DECLARED])}); they will be removed."
+        )
+    if by[EARLIER_ME]:
+        now = " and ".join(me) if me else "no longer used"
+        notes.append(
+            f"'me' is now {now}; the rule for its earlier address "
+            f"({_listing(by[EARLIER_ME])}) will be removed, not kept beside it."
+        )
+    if by[NOT_DECLARED]:
+        notes.append(
+            f"{len(by[NOT_DECLARED])} rule(s) in the group are not declared in the settings "
+            f"({_listing(by[NOT_DECLARED])}); they will be removed because this group is owned by "
+            "coiled_jupyter (plan tells rules added by hand from earlier ones of coiled_jupyter)."
+        )
+    return notes
+
+
+def _order_note(first, remove, later, crowded) -> str:
+    limit = int(option("rules-per-group"))
+    over = ", ".join(f"{c} + {n} {family} rules" for family, c, n in crowded)
+    restored = [r for r in later if any(_overlaps(r, old) for old in remove)]
+    if restored:
+        moment = (
+            f"traffic that both the removed rules and {_listing(restored)} admit is refused "
+            "for that moment"
+        )
+    else:
+        moment = "no source that is admitted before and after loses access, but the last rules "
+        moment += "start to admit a moment later"
+    return (
+        f"access narrows briefly: the group cannot hold the current and the new rules at once "
+        f"({over}, over the quota of {limit}), so the apply adds {len(first)}, removes "
+        f"{len(remove)}, then adds the last {len(later)}; {moment}."
+    )
+
+
+def make_plan(
+    t: Target,
+    group,
+    desired: list[Rule],
+    origin: str,
+    *,
+    me: tuple[str, ...] = (),
+    owners: dict | None = None,
+) -> Plan:
+    """Diff the desired rules (plus the group's self rule) against the group as read.
+
+    ``owners`` (rule key -> tags, from :meth:`.aws.SecurityGroups.rule_tags`) tells who wrote the
+    rules that will be removed; without it they are only "not declared"."""
     if group is None:
         return Plan(
             t,
@@ -123,19 +268,31 @@ def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
                 f"a new security group will be created for cluster {t.cluster!r}, owned by "
                 "coiled_jupyter; it also admits all traffic from itself.",
             ),
-            _warnings(desired),
+            (*_backend_warnings(t), *_warnings(desired)),
+            me=me,
         )
     wanted = {r.key: r for r in [*desired, self_rule(group.group_id)]}
     current = {r.key: r for r in group.rules}
-    add = tuple(r for k, r in wanted.items() if k not in current)
-    remove = tuple(r for k, r in current.items() if k not in wanted)
-    keep = tuple(r for k, r in current.items() if k in wanted)
-    if remove:
-        notes.append(
-            f"{len(remove)} rule(s) in the group are not declared in the settings (for "
-            "example added by hand in the console); they will be removed because this group "
-            "is owned by coiled_jupyter."
-        )
+    add = sorted((r for k, r in wanted.items() if k not in current), key=sort_key)
+    remove = sorted((r for k, r in current.items() if k not in wanted), key=sort_key)
+    both = [k for k in current if k in wanted]
+    # The self rule's description is this tool's own; a hand-edited one is left (moto cannot
+    # update descriptions of rules from a group).
+    update = sorted(
+        (
+            wanted[k]
+            for k in both
+            if wanted[k].description != current[k].description and k[3] != group.group_id
+        ),
+        key=sort_key,
+    )
+    updated = {r.key for r in update}
+    keep = sorted((current[k] for k in both if k not in updated), key=sort_key)
+    first, later, crowded = _order(group, add, remove, t.backend == "sandbox")
+    origins = _origins_of_undeclared(remove, owners)
+    notes = _removal_notes(remove, origins, me)
+    if later:
+        notes.append(_order_note(first, remove, later, crowded))
     for item in group.unmanageable:
         notes.append(
             f"the group also holds {item}, which coiled_jupyter cannot manage; it is left as it is."
@@ -144,66 +301,106 @@ def make_plan(t: Target, group, desired: list[Rule], origin: str) -> Plan:
         t,
         group.account_id,
         group.group_id,
-        tuple(sorted(add, key=sort_key)),
-        tuple(sorted(remove, key=sort_key)),
-        tuple(sorted(keep, key=sort_key)),
+        tuple(sorted(first, key=sort_key)) + tuple(sorted(later, key=sort_key)),
+        tuple(remove),
+        tuple(keep),
         origin,
         tuple(notes),
-        _warnings(desired),
+        (*_backend_warnings(t), *_warnings(desired)),
+        update=tuple(update),
+        previous=tuple(current[r.key].description for r in update),
+        add_later=tuple(sorted(later, key=sort_key)),
+        remove_origins=tuple(origins),
+        me=me,
     )
 
 
+def _owners_if_needed(groups, group, desired) -> dict | None:
+    """The rules' tags, read (one call) only when the group holds rules that are not declared."""
+    if group is None:
+        return None
+    declared = {r.key for r in desired} | {self_rule(group.group_id).key}
+    if all(r.key in declared for r in group.rules):
+        return None
+    return groups.rule_tags(group.group_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Operations
+
+
+def _groups(t: Target):
+    from .aws import SecurityGroups
+
+    return SecurityGroups(t.connection())
+
+
 def plan(t: Target, settings: Settings) -> Plan:
-    """What :func:`apply` would change for this cluster (one read, no change)."""
-    desired = desired_rules(settings)
+    """What :func:`apply` would change for this cluster: one read, and a second (the rules' tags) when
+    the group holds rules that are not declared, to say who wrote them. No change."""
+    desired, me = _desired(settings)
     t = t.connected()
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     if group is None:
         # apply would be refused at CreateSecurityGroup; the plan must say so first.
         groups.refuse_foreign_name(t.cluster, t.vpc_id)
-    return make_plan(t, group, desired, settings.ingress.origin)
+    owners = _owners_if_needed(groups, group, desired)
+    return make_plan(t, group, desired, settings.ingress.origin, me=me, owners=owners)
 
 
 def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
-    """Create or reconcile the cluster's group to the effective settings, and read it back.
+    """Create or reconcile the cluster's group to the effective settings.
 
-    Calls: a fresh cluster takes 4 (find, create, authorize, read back), no change takes 1 (find), a
-    change takes at most 4 (find, authorize, revoke, read back), whatever the number of rules.
-    ``on_wait`` is told, with a sentence, when another kernel's apply to this cluster makes it wait.
+    EC2 calls, whatever the number of rules: no change takes 1 (find); a fresh cluster 3 (find,
+    create, authorize); a change 3 (find, authorize, revoke); one more authorize when the quota
+    makes the change go in steps; a description change adds the update and a read-back. The result
+    table is the group as the responses confirm it, not read again. ``on_wait`` is told, with a
+    sentence, when another kernel's apply to this cluster makes it wait.
     """
-    desired = desired_rules(settings)
+    desired, me = _desired(settings)
     t = t.connected()
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
-        first = make_plan(t, group, desired, settings.ingress.origin)
+        carried = make_plan(t, group, desired, settings.ingress.origin, me=me)
+        if not carried.changes:
+            return ApplyResult(carried, _table(t, group, settings, desired))
         if group is None:
             group_id = groups.create(t.cluster, t.vpc_id)
-            groups.authorize(group_id, [*desired, self_rule(group_id)])
-            group = groups.get(group_id)
-        elif not first.changes:
-            return ApplyResult(first, _table(t, group, settings, desired))
-        rounds = 0
-        while (step := make_plan(t, group, desired, settings.ingress.origin)).changes:
-            if rounds == _CONVERGE_ROUNDS:
-                raise CloudError(
-                    "ConcurrentChange",
-                    f"the group {group.group_id} kept changing "
-                    "while it was applied (another writer?); run apply again.",
-                )
-            rounds += 1
-            groups.authorize(group.group_id, list(step.add))
-            groups.revoke(group.group_id, list(step.remove))
-            group = groups.get(group.group_id)
-    return ApplyResult(first, _table(t, group, settings, desired))
+            groups.authorize(group_id, [*desired, self_rule(group_id)], me)
+        else:
+            group_id = group.group_id
+            later = set(carried.add_later)
+            groups.authorize(group_id, [r for r in carried.add if r not in later], me)
+            groups.revoke(group_id, list(carried.remove))
+            groups.authorize(group_id, list(carried.add_later), me)
+            if carried.update:
+                groups.update_descriptions(group_id, list(carried.update))
+        final = groups.latest(group_id)
+    kept_old = [
+        r
+        for r in carried.update
+        if any(h.key == r.key and h.description != r.description for h in final.rules)
+    ]
+    warnings = tuple(
+        f"the cloud kept the old description of {r}; set it in the console, or run apply again."
+        for r in kept_old
+    )
+    return ApplyResult(carried, _table(t, final, settings, desired, warnings=warnings))
 
 
 def describe(t: Target, settings: Settings) -> RuleTable:
-    """The group's rules as the cloud reports them (one read), each with its origin."""
+    """The group's rules as the cloud reports them (one read; a second for the rules' tags when some
+    are not declared), each with its origin."""
     t = t.connected()
-    group = _groups(t).find(t.cluster, t.vpc_id)
-    return _table(t, group, settings)
+    groups = _groups(t)
+    group = groups.find(t.cluster, t.vpc_id)
+    try:
+        desired = desired_rules(settings)
+    except IngressError:
+        desired = []
+    return _table(t, group, settings, desired, owners=_owners_if_needed(groups, group, desired))
 
 
 def destroy(t: Target, *, on_wait=None) -> DestroyResult:
@@ -217,8 +414,17 @@ def destroy(t: Target, *, on_wait=None) -> DestroyResult:
         return DestroyResult(t, group.group_id, groups.delete(group.group_id), group.account_id)
 
 
-def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = None) -> RuleTable:
-    """The group as read, each rule with its origin; ``desired`` saves compacting the rules again."""
+def _table(
+    t: Target,
+    group,
+    settings: Settings,
+    desired: list[Rule],
+    *,
+    owners: dict | None = None,
+    warnings: tuple[str, ...] = (),
+) -> RuleTable:
+    """The group, each rule with its origin (``owners``: the rules' tags, to say who wrote the
+    undeclared ones)."""
     if group is None:
         return RuleTable(
             t,
@@ -233,12 +439,9 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
                 f"cluster {t.cluster!r} has no security group yet; run apply.",
             ),
         )
-    if desired is None:
-        try:
-            desired = desired_rules(settings)
-        except IngressError:
-            desired = []
     declared = {r.key for r in desired}
+    undeclared = [r for r in group.rules if r.key not in declared and r.source != group.group_id]
+    found = dict(zip((r.key for r in undeclared), _origins_of_undeclared(undeclared, owners)))
     origins = []
     for rule in group.rules:
         if rule.source == group.group_id:
@@ -246,17 +449,17 @@ def _table(t: Target, group, settings: Settings, desired: list[Rule] | None = No
         elif rule.key in declared:
             origins.append(settings.ingress.origin)
         else:
-            origins.append("not declared")
+            origins.append(found[rule.key])
     return RuleTable(
         t,
         group.account_id,
         group.group_id,
         group.name,
-        group.vpc_id,
+        group.vpc_id or None,
         group.rules,
         tuple(origins),
         group.unmanageable,
-        (*_backend_warnings(t), *_warnings(group.rules)),
+        (*_backend_warnings(t), *_warnings(group.rules), *warnings),
     )
 
 

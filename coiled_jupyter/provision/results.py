@@ -101,7 +101,13 @@ class RuleTable(_Displayed):
 
 @dataclass(frozen=True, repr=False)
 class Plan(_Displayed):
-    """What an apply would do: create the group, add, remove and keep rules."""
+    """What an apply would do: create the group, add, remove, update (descriptions) and keep rules.
+
+    ``add_later`` is the part of ``add`` that goes after the removal, when the group cannot hold the
+    old and the new rules at once (the plan's notes say that access narrows for that moment);
+    ``remove_origins`` says who wrote each rule of ``remove``; ``previous`` holds the descriptions
+    the rules of ``update`` have in the group; ``me`` the networks 'me' stands for.
+    """
 
     target: Target
     account_id: str
@@ -112,6 +118,11 @@ class Plan(_Displayed):
     origin: str
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    update: tuple[Rule, ...] = ()
+    previous: tuple[str, ...] = ()
+    add_later: tuple[Rule, ...] = ()
+    remove_origins: tuple[str, ...] = ()
+    me: tuple[str, ...] = ()
 
     @property
     def create(self) -> bool:
@@ -119,21 +130,42 @@ class Plan(_Displayed):
 
     @property
     def changes(self) -> bool:
-        return self.create or bool(self.add or self.remove)
+        return self.create or bool(self.add or self.remove or self.update)
+
+    @property
+    def steps(self) -> list[dict]:
+        """The calls in the order apply makes them, with the number of rules each."""
+        first = len(self.add) - len(self.add_later)
+        steps = [
+            ("create", 1 if self.create else 0),
+            ("add", first),
+            ("remove", len(self.remove)),
+            ("add", len(self.add_later)),
+            ("update", len(self.update)),
+        ]
+        return [{"action": action, "rules": n} for action, n in steps if n]
 
     @property
     def summary(self) -> str:
         if not self.changes:
             return "no change"
+        update = f"update {len(self.update)}, " if self.update else ""
         return (
             f"{'create group, ' if self.create else ''}add {len(self.add)}, "
-            f"remove {len(self.remove)}, keep {len(self.keep)}"
+            f"remove {len(self.remove)}, {update}keep {len(self.keep)}"
         )
 
     def to_payload(self) -> dict:
         rows = (
             [rule_row(r, action="add") for r in self.add]
-            + [rule_row(r, action="remove") for r in self.remove]
+            + [
+                rule_row(r, action="remove", origin=o)
+                for r, o in zip(self.remove, self.remove_origins or ("",) * len(self.remove))
+            ]
+            + [
+                rule_row(r, action="update", previous_description=p)
+                for r, p in zip(self.update, self.previous)
+            ]
             + [rule_row(r, action="keep") for r in self.keep]
         )
         return self._payload(
@@ -142,6 +174,7 @@ class Plan(_Displayed):
             summary=self.summary,
             changes=self.changes,
             origin=self.origin,
+            steps=self.steps,
             rows=rows,
             notes=list(self.notes),
             warnings=list(self.warnings),
@@ -150,7 +183,7 @@ class Plan(_Displayed):
 
 @dataclass(frozen=True, repr=False)
 class ApplyResult(_Displayed):
-    """The plan that was carried out and the group's rules read back afterwards."""
+    """The plan that was carried out and the group's rules afterwards, as the cloud confirmed them."""
 
     plan: Plan
     table: RuleTable

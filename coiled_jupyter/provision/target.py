@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ..rules import IngressError
 from ..settings import option
+from ..strict_yaml import excerpt
 
 BACKENDS = ("sandbox", "aws")
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -65,7 +66,7 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
     problems = []
     if backend not in BACKENDS:
         problems.append(
-            f"backend {backend!r} is not known; use 'sandbox' (local, no account) or 'aws'."
+            f"backend {excerpt(backend)} is not known; use 'sandbox' (local, no account) or 'aws'."
         )
     cluster = cluster if cluster is not None else option("cluster")
     if isinstance(cluster, str) and not cluster.strip():
@@ -75,15 +76,17 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
         )
     elif not isinstance(cluster, str) or not _CLUSTER_NAME.fullmatch(cluster):
         problems.append(
-            f"cluster name {cluster!r} is not valid; use up to 63 letters, digits, '.', "
+            f"cluster name {excerpt(cluster)} is not valid; use up to 63 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit."
         )
     vpc_id = vpc_id if vpc_id is not None else option("vpc-id")
     if vpc_id is not None and (not isinstance(vpc_id, str) or not _VPC_ID.match(vpc_id)):
-        problems.append(f"VPC id {vpc_id!r} is not valid; it looks like 'vpc-0123456789abcdef0'.")
+        problems.append(
+            f"VPC id {excerpt(vpc_id)} is not valid; it looks like 'vpc-0123456789abcdef0'."
+        )
     region = region if region is not None else option("region")
     if region is not None and (not isinstance(region, str) or not _REGION.match(region)):
-        problems.append(f"region {region!r} is not valid; it looks like 'us-east-1'.")
+        problems.append(f"region {excerpt(region)} is not valid; it looks like 'us-east-1'.")
     if problems:
         raise IngressError(problems)
     return backend, cluster, vpc_id, region

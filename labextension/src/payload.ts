@@ -14,6 +14,7 @@ export interface IRow {
   description?: string;
   origin?: string;
   action?: string;
+  previous_description?: string;
   [key: string]: unknown;
 }
 
@@ -100,13 +101,21 @@ const RULE_COLUMNS: Column[] = [
   ['description', 'Description']
 ];
 
-/** The table's columns per kind of result, as in the text and HTML twins. */
-export function columnsFor(kind: string): Column[] {
+/** A plan's columns shown only when some row has a value: an update's old description, and who
+ * wrote a rule that is removed (as in coiled_jupyter/display.py). */
+const OPTIONAL_PLAN_COLUMNS: Column[] = [
+  ['previous_description', 'Was'],
+  ['origin', 'Origin']
+];
+
+/** The table's columns per kind of result and its rows, as in the text and HTML twins. */
+export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   if (kind === 'plan') {
-    return [['action', 'Action'], ...RULE_COLUMNS];
+    const optional = OPTIONAL_PLAN_COLUMNS.filter(([key]) => rows.some(row => row[key]));
+    return [['action', 'Action'], ...RULE_COLUMNS, ...optional];
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
   }
-  return [...RULE_COLUMNS, ['origin', 'From']];
+  return [...RULE_COLUMNS, ['origin', 'Origin']];
 }

@@ -220,8 +220,8 @@ export function renderResult(data: IPayload, narrow = false): HTMLElement {
   const rows = Array.isArray(data.rows) ? data.rows : [];
   if (rows.length) {
     const [shown, columns] = narrow
-      ? compact(rows, columnsFor(data.kind))
-      : [rows, columnsFor(data.kind)];
+      ? compact(rows, columnsFor(data.kind, rows))
+      : [rows, columnsFor(data.kind, rows)];
     root.appendChild(el('div', { className: 'cj-scroll' }, [sortableTable(shown, columns)]));
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
