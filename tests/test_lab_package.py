@@ -25,6 +25,10 @@ def test_the_wheel_installs_the_built_extension_where_lab_finds_it():
     output = (ROOT / "labextension" / PACKAGE_JSON["jupyterlab"]["outputDir"]).resolve()
     target = f"share/jupyter/labextensions/{PACKAGE_JSON['name']}"
     assert shared[str(output.relative_to(ROOT))] == target
+    # One mapping into the extension's folder: a second (install.json, say) would add a file twice
+    # once `jupyter-builder develop` links that folder to the built output.
+    assert [t for t in shared.values() if t.startswith(target)] == [target]
+    assert "install.json" in PACKAGE_JSON["scripts"]["build:install-json"]
     [path] = coiled_jupyter._jupyter_labextension_paths()
     assert (Path(coiled_jupyter.__file__).parent / path["src"]).resolve() == output
     assert path["dest"] == PACKAGE_JSON["name"]

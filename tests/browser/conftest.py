@@ -1,20 +1,16 @@
 """A real JupyterLab on 127.0.0.1 with this checkout's extension, and Debian's chromium to drive it.
 
-The lab server runs in its own process with the test session's sandbox (the same moto server the
-``sandbox`` and ``cloud`` fixtures use, found through the shared state dir) and a Dask config folder of
-its own. Chromium is Debian's ``/usr/bin/chromium`` driven by Python playwright; no browser is ever
-downloaded. Screenshots go to ``test-artifacts/`` at the top of the checkout.
+The lab server (tests/labserver.py) runs in its own process with the test session's sandbox (the
+moto server the ``sandbox`` and ``cloud`` fixtures use, found through the shared state dir) and a Dask
+config folder of its own. Chromium is Debian's ``/usr/bin/chromium`` driven by Python playwright; no
+browser is ever downloaded. Screenshots go to ``test-artifacts/`` at the top of the checkout.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,12 +37,6 @@ if not CHROMIUM.exists():
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _extension_installed() -> bool:
     out = subprocess.run(
         [sys.executable, "-m", "jupyter", "labextension", "list"],
@@ -56,81 +46,25 @@ def _extension_installed() -> bool:
     return EXTENSION in out.stdout + out.stderr
 
 
-def _settings(folder: Path) -> None:
-    """User settings: no news or update popup over the page, and the light theme to start."""
-    notification = folder / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    (notification / "themes.jupyterlab-settings").write_text(
-        json.dumps({"theme": "JupyterLab Light"})
-    )
-
-
 @pytest.fixture(scope="module")
 def lab(sandbox_server, tmp_path_factory):
-    """``jupyter lab`` on a free loopback port, without a token; yields its URL."""
+    """``jupyter lab`` on a free loopback port, without a token (tests/labserver.py); yields its URL.
+
+    The server and its kernels get the test session's sandbox folder and a Dask config folder of
+    their own."""
+    from labserver import running_lab
+
     if not _extension_installed():
         pytest.fail(
             f"the {EXTENSION} lab extension is not installed in this environment; run `make test` "
             "(its setup builds and links it) or `jupyter-builder develop --overwrite .`"
         )
     home = tmp_path_factory.mktemp("lab")
-    for name in ("root", "dask-config", "settings", "workspaces", "runtime", "config"):
-        (home / name).mkdir()
-    _settings(home / "settings")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DASK_CONFIG": str(home / "dask-config"),
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(home / "config"),
-    }
-    env = {k: v for k, v in env.items() if not k.startswith("DASK_COILED__")}
-    log = (home / "lab.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            "--ServerApp.port_retries=0",
-            "--IdentityProvider.token=",
-            "--allow-root",
-            f"--ServerApp.root_dir={home / 'root'}",
-            "--LabApp.expose_app_in_browser=True",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/status", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"jupyter lab did not start:\n{(home / 'lab.log').read_text()}")
-            time.sleep(0.3)
-    try:
+    (home / "dask-config").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_COILED__")}
+    env["DASK_CONFIG"] = str(home / "dask-config")
+    with running_lab(home, env) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
