@@ -64,6 +64,20 @@ from coiled_jupyter.settings import effective_settings  # noqa: E402
 # Rule sets
 
 
+# The columns of both latency tables (the main paths and the other paths).
+LATENCY_COLUMNS = [
+    "scenario",
+    "tool",
+    "rules",
+    "median ms",
+    "min-max ms",
+    "in API calls ms",
+    "API calls",
+    "HTTP sends",
+    "calls (first repetition)",
+]
+
+
 def rule_set(n: int, changed: bool = False) -> list[dict]:
     """``n`` rules on 8786-8787 from distinct /16s that never collapse into a wider network.
 
@@ -519,22 +533,7 @@ def report_more(other: dict, cold: dict, reps: int) -> None:
         ),
     ]
     print(f"\nOther paths (median of {reps})\n")
-    print(
-        table(
-            [
-                "scenario",
-                "tool",
-                "rules",
-                "median ms",
-                "min-max ms",
-                "in API calls ms",
-                "API calls",
-                "HTTP sends",
-                "calls (first repetition)",
-            ],
-            rows,
-        )
-    )
+    print(table(LATENCY_COLUMNS, rows))
     print(
         f"\nCold first apply (fresh process, no sandbox running; median of {cold['n']}): "
         f"import coiled_jupyter.session {ms(cold['import'])} ms; first session.apply "
@@ -580,22 +579,7 @@ def report(
     else:
         rows.append(["default group", dcp_name, NA, NA, NA, NA, NA, NA, dcp_note or "not run"])
     print(f"\nApply latency and cloud calls (median of {reps}; ms from the caller's side)\n")
-    print(
-        table(
-            [
-                "scenario",
-                "tool",
-                "rules",
-                "median ms",
-                "min-max ms",
-                "in API calls ms",
-                "API calls",
-                "HTTP sends",
-                "calls (first repetition)",
-            ],
-            rows,
-        )
-    )
+    print(table(LATENCY_COLUMNS, rows))
     print(
         "\n'in API calls ms': time inside botocore calls (serialise, sign, HTTP to moto, parse); "
         "the rest of 'median ms' is work on this side (rules, plan, table, lock, target)."
