@@ -318,3 +318,24 @@ def launch(_independent_clients, _image_id):
         return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
 
     return run
+
+
+# --------------------------------------------------------------------------------------------------
+# An IPython shell with the extension loaded, for the magics, the panel and the hostile-input tests
+
+
+@pytest.fixture(scope="module")
+def shell():
+    from IPython.testing.globalipapp import get_ipython
+
+    return get_ipython()
+
+
+@pytest.fixture
+def ip(shell):
+    """The shell with the extension loaded, unloaded again afterwards (with its %config)."""
+    shell.run_line_magic("load_ext", "coiled_jupyter")
+    yield shell
+    if "coiled_jupyter" in shell.extension_manager.loaded:
+        shell.run_line_magic("unload_ext", "coiled_jupyter")
+    shell.config.pop("CoiledMagics", None)

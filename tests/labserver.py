@@ -1,4 +1,4 @@
-"""A JupyterLab server of the tests' own, for browser tests.
+"""A JupyterLab server of the tests' own, and the browser that drives it, for browser tests.
 
 Bound to 127.0.0.1 on a free port, with no token (the browser is the test itself) and every Jupyter
 folder (config, data, runtime, workspaces, user settings) in a temporary folder, so that nothing of
@@ -21,6 +21,18 @@ from pathlib import Path
 
 # Loopback only: no proxy of the environment may stand between the test and its server.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Debian's chromium (never a downloaded browser), headless, with no connection of its own to anywhere.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 _QUIET = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}

@@ -38,19 +38,11 @@ def build(text) -> str:
     return text.get("prefix", "") + text["repeat"] * text["times"] + text.get("suffix", "")
 
 
-@pytest.fixture(scope="module")
-def shell():
-    from IPython.testing.globalipapp import get_ipython
-
-    return get_ipython()
-
-
 @pytest.fixture
-def ip(shell, dask_config):
-    shell.run_line_magic("load_ext", "coiled_jupyter")
+def ip(ip, dask_config):
+    """conftest's shell, over a Dask config file of this test's own."""
     (dask_config / "coiled.yaml").write_text(CONFIG_TEXT)
-    yield shell
-    shell.run_line_magic("unload_ext", "coiled_jupyter")
+    return ip
 
 
 @contextlib.contextmanager

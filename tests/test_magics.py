@@ -39,23 +39,6 @@ coiled:
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def shell():
-    from IPython.testing.globalipapp import get_ipython
-
-    return get_ipython()
-
-
-@pytest.fixture
-def ip(shell):
-    """The shell with the extension loaded, unloaded again afterwards."""
-    shell.run_line_magic("load_ext", "coiled_jupyter")
-    yield shell
-    if "coiled_jupyter" in shell.extension_manager.loaded:
-        shell.run_line_magic("unload_ext", "coiled_jupyter")
-    shell.config.pop("CoiledMagics", None)
-
-
 @pytest.fixture
 def config_file(monkeypatch, tmp_path):
     """A Dask config folder of this test's own, so that saving touches nothing else."""

@@ -18,13 +18,9 @@ from coiled_jupyter.settings import SESSION
 
 
 @pytest.fixture
-def ip(dask_config):
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "coiled_jupyter")
-    yield shell
-    shell.run_line_magic("unload_ext", "coiled_jupyter")
+def ip(ip, dask_config):
+    """conftest's shell, with a Dask config folder of this test's own."""
+    return ip
 
 
 @pytest.mark.parametrize("name", ["", " ", "\t", "  \n"])

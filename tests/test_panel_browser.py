@@ -14,18 +14,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from labserver import CHROMIUM, CHROMIUM_FLAGS
 
 playwright = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CLUSTER = "lab-panel"
 SOURCE = "source (CIDR, address, me, everyone)"
 WIDTH = 800
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"
-)
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +56,7 @@ def lab(tmp_path_factory, sandbox_server):
 def page(lab):
     """A chromium page 800 px wide that collects every console error and uncaught exception."""
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
             tab = browser.new_page(viewport={"width": WIDTH, "height": 1200})
             tab.errors = []

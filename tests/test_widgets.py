@@ -31,22 +31,6 @@ SOURCE = "source (CIDR, address, me, everyone)"
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def shell():
-    from IPython.testing.globalipapp import get_ipython
-
-    return get_ipython()
-
-
-@pytest.fixture
-def ip(shell):
-    """The shell with the extension loaded, unloaded again afterwards."""
-    shell.run_line_magic("load_ext", "coiled_jupyter")
-    yield shell
-    if "coiled_jupyter" in shell.extension_manager.loaded:
-        shell.run_line_magic("unload_ext", "coiled_jupyter")
-
-
 @pytest.fixture
 def open_panel(dask_config, sandbox):
     """``open_panel(cluster=None)``: a panel on a clean sandbox that runs its operations in the
