@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
-from .rules import IngressError, Rule, parse_rule, subtract
+from .rules import IngressError, Rule, canonical, parse_rule, subtract
 from .settings import (
     SESSION,
     Layer,
@@ -75,10 +75,14 @@ def show(
     cluster=None, *, reach: bool = True, backend_options: dict | None = None, **target_options
 ):
     """The effective settings for a cluster, with this notebook's reachability verdict."""
+    t = _target(cluster, **target_options)
+    return _view(t, _settings(t, backend_options), reach=reach)
+
+
+def _view(t, settings: Settings, *, reach: bool = True):
+    """``settings`` as the settings view, with the reachability verdict unless ``reach`` is False."""
     from .provision.results import SettingsView
 
-    t = _target(cluster, **target_options)
-    settings = _settings(t, backend_options)
     reachability = None
     if reach:
         from .reach import check
@@ -87,31 +91,33 @@ def show(
     return SettingsView(t, settings, reachability, coiled_toggle())
 
 
-def _edit(cluster, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
+def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
     """Replace what the session sets (``_KEEP`` keeps a value, ``None`` drops it), then show it."""
-    t = _target(cluster)
     current = SESSION.values
     values = SessionValues(
-        current.ingress if ingress is _KEEP else (None if ingress is None else tuple(ingress)),
+        current.ingress
+        if ingress is _KEEP
+        else (None if ingress is None else tuple(canonical(ingress))),
         current.use_scheduler_public_ip
         if use_scheduler_public_ip is _KEEP
         else use_scheduler_public_ip,
     )
     # The new settings are resolved before the change: if a layer they need cannot be read (a
-    # config file, the account store), the session is left as it was.
-    _settings(t, session=values)
+    # config file, the account store), the session is left as it was. Once made, the change is
+    # what they describe, so they are shown as they are, not resolved a second time.
+    settings = _settings(t, session=values)
     SESSION.replace(values)
-    return show(cluster)
+    return _view(t, settings)
 
 
-def _rules_to_edit(cluster) -> list[Rule]:
+def _rules_to_edit(t) -> list[Rule]:
     """What ``add`` and ``remove`` start from: the effective rules, except the built-in default.
 
     Declaring rules replaces Coiled's world-open default, so ``add`` over it starts from no rules:
     keeping 0.0.0.0/0 under the person's new rule would leave the cluster open while the table
     suggests it was restricted.
     """
-    settings = _settings(_target(cluster))
+    settings = _settings(t)
     if settings.ingress.layer == Layer.DEFAULT:
         return []
     return list(settings.rules)
@@ -140,14 +146,16 @@ def check_rule(ports, source, *, protocol=None, description=None) -> list[str]:
 def add(ports, source, *, protocol=None, description=None, cluster=None):
     """Admit ``source`` on ``ports`` in this session (``ports``: ``8786``, ``"8786,8787"``, ...)."""
     rules = parse_rule(_rule_input(ports, source, protocol, description), where="rule")
-    return _edit(cluster, ingress=[*_rules_to_edit(cluster), *rules])
+    t = _target(cluster)
+    return _edit(t, ingress=[*_rules_to_edit(t), *rules])
 
 
 def remove(ports, source, *, protocol=None, cluster=None):
     """Remove exactly these rules from the session (a port inside a range is cut out of it)."""
     rules = parse_rule(_rule_input(ports, source, protocol, None), where="rule")
-    settings = _settings(_target(cluster))
-    return _edit(cluster, ingress=subtract(settings.rules, rules, origin=settings.ingress.origin))
+    t = _target(cluster)
+    settings = _settings(t)
+    return _edit(t, ingress=subtract(settings.rules, rules, origin=settings.ingress.origin))
 
 
 def set_settings(value, *, cluster=None, label: str = "the settings"):
@@ -156,7 +164,7 @@ def set_settings(value, *, cluster=None, label: str = "the settings"):
     the input in error sentences (``the cell``)."""
     rules, public_ip = parse_coiled_options(value, where=label)
     return _edit(
-        cluster,
+        _target(cluster),
         ingress=rules if rules is not None else _KEEP,
         use_scheduler_public_ip=public_ip if public_ip is not None else _KEEP,
     )
@@ -164,12 +172,12 @@ def set_settings(value, *, cluster=None, label: str = "the settings"):
 
 def clear(cluster=None):
     """No rules at all: only the cluster's own internal traffic."""
-    return _edit(cluster, ingress=[])
+    return _edit(_target(cluster), ingress=[])
 
 
 def reset(cluster=None):
     """Drop this session's settings: back to the Dask config, account and built-in defaults."""
-    return _edit(cluster, ingress=None, use_scheduler_public_ip=None)
+    return _edit(_target(cluster), ingress=None, use_scheduler_public_ip=None)
 
 
 def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
@@ -198,7 +206,8 @@ def parse_scheduler_ip(choice) -> bool:
 
 def set_scheduler_ip(choice, *, cluster=None):
     """Connect clients on the scheduler's public or private IP, for this session."""
-    return _edit(cluster, use_scheduler_public_ip=parse_scheduler_ip(choice))
+    public_ip = parse_scheduler_ip(choice)
+    return _edit(_target(cluster), use_scheduler_public_ip=public_ip)
 
 
 def subscribe(callback: Callable[[SessionValues], None]) -> Callable[[], None]:
