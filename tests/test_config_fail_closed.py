@@ -129,7 +129,9 @@ def test_the_settings_view_refuses_with_the_same_sentence(dask_config, sandbox):
 
 
 # Imports first (Python itself lives under /root here), then file access as user nobody: dropping
-# the effective uid from 0 also drops the capability to read any file.
+# the effective uid from 0 also drops the capability to read any file. Dask's search path is this
+# test's folder alone: the checkout (and its venv's etc/dask) may sit in a folder only root may enter,
+# which nobody would then rightly report first.
 _AS_NOBODY = textwrap.dedent("""\
     import json, os
     import dask.config
@@ -137,6 +139,7 @@ _AS_NOBODY = textwrap.dedent("""\
     from coiled_jupyter.settings import config_layer
     from coiled_jupyter import strict_yaml
     strict_yaml._loader_class()
+    dask.config.paths = [os.environ["DASK_CONFIG"]]
     os.setegid(65534)
     os.seteuid(65534)
     try:
