@@ -118,6 +118,16 @@ def _lines_before(data: dict) -> list[str]:
     return lines
 
 
+def _layer_says(layer: dict) -> str:
+    """What one layer sets, and how it is known: "sets nothing (read at 03:41:07 UTC)", or only the
+    note for a layer that was not read (it may set values where it is kept)."""
+    sets = "; ".join(layer["sets"]) or ("sets nothing" if layer.get("read", True) else "")
+    note = layer.get("note")
+    if not note:
+        return sets
+    return f"{sets} ({note})" if sets else note
+
+
 def _lines_after(data: dict) -> list[str]:
     lines = []
     reach = data.get("reachability")
@@ -127,8 +137,9 @@ def _lines_after(data: dict) -> list[str]:
                 f"can this notebook reach the {port['name']} (port {port['port']})? "
                 f"{port['verdict']}: {port['reason']}"
             )
-    for layer in data.get("layers", []):
-        lines.append(f"layer {layer['layer']}: {'; '.join(layer['sets']) or 'sets nothing'}")
+    lines.extend(
+        f"layer {layer['layer']}: {_layer_says(layer)}" for layer in data.get("layers", [])
+    )
     lines.extend(f"note: {n}" for n in data.get("notes", []))
     lines.extend(f"warning: {w}" for w in data.get("warnings", []))
     return lines

@@ -6,9 +6,13 @@ everything before it changes anything, so a bad input changes nothing. Data flow
 this module -> :mod:`.settings` (layers) and :mod:`.provision` (the cloud) -> a result object -> its
 payload -> :mod:`.display`.
 
-Settings work (show, add, remove, set, clear, reset, the toggle, save to the user file) starts no
-server: the account layer is read where it exists, from AWS's SSM (one read) or from a sandbox that is
-already running; a sandbox that is not running holds no account defaults, so it is not started to ask.
+Settings work (show, add, remove, set, clear, reset, the toggle, save to the user file) makes no
+cloud call and starts no server: it takes the account layer as this process last read or wrote it, and
+the settings view says when it was not read. Cloud work (plan, apply, describe, ...) and
+:func:`effective_settings` read the account store (one SSM read; a sandbox that is not running holds no
+account defaults, so it is not started to ask). Where a layer that was not read could make an edit
+admit more than the person wrote (``remove`` from the built-in default, pinning everything), the edit
+is refused with the way to read it.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ def _target(cluster=None, *, backend=None, region=None, vpc_id=None):
     return target(cluster, backend=backend, region=region, vpc_id=vpc_id)
 
 
-def _account_loader(t):
-    """Reads the account layer of ``t``'s backend without starting anything."""
+def _read_account(t):
+    """Reads the account layer of ``t``'s backend from its store, without starting anything."""
     from .provision.account import load_account_layer
 
     if t.backend == "sandbox" and t.endpoint_url is None:
@@ -57,18 +61,30 @@ def _account_loader(t):
     return lambda: load_account_layer(t)
 
 
+def _read_settings(t, backend_options=None) -> Settings:
+    """For cloud work: every layer, the account store of ``t``'s backend read now."""
+    return resolve_settings(backend_options, account=_read_account(t))
+
+
 def _settings(t, backend_options=None, session: SessionValues | None = None) -> Settings:
-    """Every layer, the account store of ``t``'s backend included (``session``: prospective values)."""
-    return resolve_settings(backend_options, account=_account_loader(t), session=session)
+    """For settings work: every layer, the account layer as known without a cloud call
+    (``session``: prospective values)."""
+    from .provision.account import known_account_layer
+
+    return resolve_settings(
+        backend_options, account=lambda: known_account_layer(t), session=session
+    )
+
+
+def effective_settings(backend_options: dict | None = None, **target_options) -> Settings:
+    """The effective settings, each value with its origin (the layer, and the file or variable).
+
+    The account store is read (one SSM call), so the answer holds whatever layer decides it."""
+    return _read_settings(_target(**target_options), backend_options)
 
 
 # --------------------------------------------------------------------------------------------------
 # Settings work: no cloud call
-
-
-def effective_settings(backend_options: dict | None = None, **target_options) -> Settings:
-    """The effective settings, each value with its origin (the layer, and the file or variable)."""
-    return _settings(_target(**target_options), backend_options)
 
 
 def show(
@@ -155,6 +171,14 @@ def remove(ports, source, *, protocol=None, cluster=None):
     rules = parse_rule(_rule_input(ports, source, protocol, None), where="rule")
     t = _target(cluster)
     settings = _settings(t)
+    if settings.ingress.layer == Layer.DEFAULT and not settings.account_read:
+        # What is left of the world-open default could replace narrower team rules.
+        raise CoiledJupyterError(
+            "the rules to remove from are not known here: the account defaults were not read "
+            "(settings work makes no cloud call), and what is left of the built-in default would "
+            "replace them if your team set some. Run a plan (%coiled_ingress plan) to read them "
+            "and remove again, or declare the rules you want with %coiled_ingress set."
+        )
     return _edit(t, ingress=subtract(settings.rules, rules, origin=settings.ingress.origin))
 
 
@@ -236,6 +260,16 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
     notes: tuple[str, ...] = ()
     if everything:
         settings = _settings(t)
+        if not settings.account_read and Layer.DEFAULT in (
+            settings.ingress.layer,
+            settings.use_scheduler_public_ip.layer,
+        ):
+            raise CoiledJupyterError(
+                "the effective settings are not known here: the account defaults were not read "
+                "(settings work makes no cloud call), so pinning everything could write the "
+                "world-open built-in default over your team's rules. Run a plan "
+                "(%coiled_ingress plan) to read them, then save again."
+            )
         values = SessionValues(tuple(settings.rules), settings.use_scheduler_public_ip.value)
         pinned = [
             f"{name} from {resolved.origin}"
@@ -278,7 +312,7 @@ def plan(cluster=None, *, backend_options=None, progress: Progress = None, **tar
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.plan(t, _settings(t, backend_options), progress=progress)
+    return reconcile.plan(t, _read_settings(t, backend_options), progress=progress)
 
 
 def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
@@ -286,7 +320,7 @@ def apply(cluster=None, *, backend_options=None, progress: Progress = None, **ta
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.apply(t, _settings(t, backend_options), on_wait=progress)
+    return reconcile.apply(t, _read_settings(t, backend_options), on_wait=progress)
 
 
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
@@ -308,7 +342,7 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
         )
     )
     try:
-        return reconcile.apply(t, _settings(t), on_wait=progress)
+        return reconcile.apply(t, _read_settings(t), on_wait=progress)
     except BaseException:
         SESSION.replace(before)
         raise
@@ -319,7 +353,7 @@ def describe(cluster=None, *, backend_options=None, progress: Progress = None, *
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.describe(t, _settings(t, backend_options), progress=progress)
+    return reconcile.describe(t, _read_settings(t, backend_options), progress=progress)
 
 
 def destroy(cluster=None, *, progress: Progress = None, **target_options):
@@ -334,7 +368,7 @@ def scheduler_address(cluster=None, *, backend_options=None, **target_options):
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.scheduler_address(t, _settings(t, backend_options))
+    return reconcile.scheduler_address(t, _read_settings(t, backend_options))
 
 
 def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
@@ -342,4 +376,4 @@ def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.cluster_kwargs(t, _settings(t, backend_options), backend_options)
+    return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)

@@ -77,13 +77,20 @@ class Resolved:
 
 @dataclass(frozen=True)
 class LayerValues:
-    """What one layer sets: parsed rules (or None when it does not set them) and the toggle."""
+    """What one layer sets: parsed rules (or None when it does not set them) and the toggle.
+
+    ``read`` is False for a layer that was not read (the account layer in settings work, which makes
+    no cloud call): it then sets nothing here, though it may set values where it is kept. ``note``
+    says how the layer is known ("read at 03:41:07 UTC", "not read: ..."), for the layer list.
+    """
 
     layer: Layer
     ingress: list[Rule] | None = None
     use_scheduler_public_ip: bool | None = None
     ingress_detail: str = ""
     public_ip_detail: str = ""
+    read: bool = True
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,12 @@ class Settings:
     @property
     def rules(self) -> list[Rule]:
         return self.ingress.value
+
+    @property
+    def account_read(self) -> bool:
+        """False when the account layer was not read, so values shown from the built-in default may
+        in truth be the team's account defaults."""
+        return all(values.read for values in self.layers if values.layer == Layer.ACCOUNT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,6 +600,37 @@ def replaced_rules_note(settings: Settings) -> str | None:
         f"the rules from {settings.ingress.origin} replace those of the "
         f"{', and of the '.join(described)}; as in Coiled, the strongest layer that declares "
         "ingress wins as a whole: none of the replaced rules is kept."
+    )
+
+
+def unread_account_note(settings: Settings) -> str | None:
+    """The sentence saying what an account layer that was not read may change, or None when read.
+
+    Settings work makes no cloud call, so a view can show the built-in default where the team's
+    account defaults apply, or rules that replace account rules it cannot name. Saying so keeps the
+    view honest; a plan or an apply reads the account store and names them.
+    """
+    if settings.account_read:
+        return None
+    effects = []
+    from_default = [
+        name
+        for name, resolved in (
+            ("the rules", settings.ingress),
+            ("use_scheduler_public_ip", settings.use_scheduler_public_ip),
+        )
+        if resolved.layer == Layer.DEFAULT
+    ]
+    if from_default:
+        effects.append(
+            f"they apply instead of the built-in default shown for {' and '.join(from_default)}"
+        )
+    if settings.ingress.layer > Layer.ACCOUNT:
+        effects.append(f"the rules from {settings.ingress.origin} replace their rules")
+    return (
+        "the account defaults were not read here (settings work makes no cloud call): if your "
+        f"team set some, {', and '.join(effects)}. A plan or an apply reads them and names what "
+        "is replaced."
     )
 
 

@@ -104,8 +104,12 @@ def add_by_hand():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_session():
-    """Every test starts without a notebook-session layer."""
+def _fresh_session(monkeypatch):
+    """Every test starts without a notebook-session layer, and knowing nothing of account defaults
+    read or written by earlier tests (settings work takes them as this process last saw them)."""
+    from coiled_jupyter.provision import account
+
+    monkeypatch.setattr(account, "_known", {})
     yield
     from coiled_jupyter.settings import SESSION, SessionValues
 

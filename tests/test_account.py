@@ -333,11 +333,14 @@ def test_an_unreadable_account_store_only_matters_when_it_would_decide(cloud):
 
     assert settings.ingress.layer is Layer.SESSION
     assert settings.use_scheduler_public_ip.layer is Layer.SESSION
-    before = SESSION.values
-    # Without the session, the account layer would decide both values: reset is refused.
-    with pytest.raises(AccountStoreUnreadable):
-        session.reset()
-    assert SESSION.values == before
+    # Without the session the account layer decides both values. Reset is settings work: it makes
+    # no cloud call, so it is made and says the account defaults were not read; a plan, which
+    # needs them, is refused with the store's sentence.
+    view = session.reset()
+    assert not view.settings.account_read
+    assert any("were not read here" in note for note in view.to_payload()["notes"])
+    with pytest.raises(AccountStoreUnreadable, match="InvalidAccountDefaults"):
+        session.plan()
 
 
 def test_bad_rules_in_the_parameter_name_where_they_are(cloud):

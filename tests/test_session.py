@@ -217,8 +217,14 @@ def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask
     assert time.process_time() - start < 2.0
 
 
-def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(dask_config):
+def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(cloud, dask_config):
     session.set_scheduler_ip("private")
+    # The account defaults were not read (settings work makes no cloud call): pinning the
+    # built-in default could write 0.0.0.0/0 over a team's rules, so it waits for a read.
+    with pytest.raises(CoiledJupyterError, match="not read.*Run a plan"):
+        session.save(everything=True)
+    assert not (dask_config / "coiled.yaml").exists()
+    session.plan()
     saved = session.save(everything=True)
     data = yaml.safe_load((dask_config / "coiled.yaml").read_text())
     assert data["coiled"]["backend-options"]["ingress"] == [

@@ -7,14 +7,21 @@ and every reader name the workspace the way Coiled's client does (the ``workspac
 argument, else ``coiled.workspace``, else ``coiled.account`` in Dask's config) and through one
 function, :func:`store_name`, so ``set_backend_options(account="my-team")`` writes exactly the
 parameter that a kernel configured with ``coiled.workspace: my-team`` reads.
+
+Settings work makes no cloud call, so it uses the account layer as this process last read or wrote
+it (:func:`known_account_layer`), with the time; a plan, an apply or a describe reads it again
+(:func:`load_account_layer`). The memory is keyed on the store: the running sandbox server (one
+that restarted holds nothing) or the region and AWS environment, and the parameter's name.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import threading
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import AccountStoreUnreadable, CloudError
 from ..rules import IngressError, mask_host_bits, to_coiled
@@ -113,8 +120,67 @@ def account_store(t: Target, workspace: str | None = None, connection=None):
     return AccountStore(connection or t.connection(), store_name(workspace))
 
 
+@dataclass(frozen=True)
+class _Known:
+    """The account layer as this process last read or wrote it."""
+
+    values: LayerValues
+    how: str  # "read" or "written"
+    at: float
+
+
+_known: dict[tuple, _Known] = {}
+_known_lock = threading.Lock()
+
+
+def _store_key(t: Target, name: str) -> tuple | None:
+    """Which store ``name`` of ``t`` is, found without a cloud call; None for a sandbox that is not
+    running (it holds no account defaults)."""
+    if t.backend == "sandbox":
+        from .sandbox import resets_here, running
+
+        server = running()
+        if t.endpoint_url is not None and (server is None or t.endpoint_url != server.url):
+            return ("endpoint", t.endpoint_url, t.region, name)
+        if server is None:
+            return None
+        return ("sandbox", server.pid, server.url, resets_here(), t.region, name)
+    from .aws_environment import environment_digest
+
+    return ("aws", t.region, name, environment_digest())
+
+
+def _remember(t: Target, name: str, values: LayerValues, how: str) -> LayerValues:
+    """Keep ``values`` as the known state of the store; returns them with the note saying when."""
+    at = time.time()
+    noted = replace(values, note=f"{how} at {time.strftime('%H:%M:%S UTC', time.gmtime(at))}")
+    key = _store_key(t, name)
+    if key is not None:
+        with _known_lock:
+            _known[key] = _Known(noted, how, at)
+    return noted
+
+
+def known_account_layer(t: Target) -> LayerValues:
+    """The account layer as known without a cloud call: as last read or written by this process,
+    empty for a sandbox that is not running, else marked as not read."""
+    name = store_name()
+    key = _store_key(t, name)
+    if key is None:
+        return LayerValues(Layer.ACCOUNT, note="the local sandbox is not running, so it holds none")
+    with _known_lock:
+        known = _known.get(key)
+    if known is not None:
+        return known.values
+    return LayerValues(
+        Layer.ACCOUNT,
+        read=False,
+        note="not read: settings work makes no cloud call; a plan or an apply reads it",
+    )
+
+
 def load_account_layer(t: Target) -> LayerValues:
-    """The account layer from the target backend's store (one SSM read)."""
+    """The account layer from the target backend's store (one SSM read), remembered with its time."""
     store = account_store(t)
     try:
         options = store.load()
@@ -123,7 +189,8 @@ def load_account_layer(t: Target) -> LayerValues:
             f"{str(error).rstrip('.')}; the account defaults are needed because no Dask config, "
             "session or cluster options set these values."
         ) from None
-    return layer_from_options(Layer.ACCOUNT, options, f"SSM {store.name}")
+    values = layer_from_options(Layer.ACCOUNT, options, f"SSM {store.name}")
+    return _remember(t, store.name, values, "read")
 
 
 def save_account(t: Target, ingress, use_scheduler_public_ip: bool | None) -> str:
@@ -275,8 +342,10 @@ def set_backend_options(
     from .aws import AccountStore
 
     store = AccountStore(connection, name)
-    current = store.load() or {}
-    store.store({**current, **options})
+    stored = {**(store.load() or {}), **options}
+    store.store(stored)
+    if not keys.given or t.backend == "sandbox":  # other keys may be another account's store
+        _remember(t, name, layer_from_options(Layer.ACCOUNT, stored, location), "written")
     return location
 
 

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..errors import CloudError, ForeignGroupError
 from ..rules import ALL_PROTOCOLS, Rule, sort_key
+from .aws_environment import environment_digest
 
 TOOL = "coiled-jupyter"
 TAG_OWNER = "coiled-jupyter:owner"
@@ -139,37 +139,11 @@ def default_region() -> str | None:
 
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
-# Where boto3 looks for a profile's credentials, region and endpoint when a Connection names none.
-_AWS_FILES = (
-    ("AWS_CONFIG_FILE", "~/.aws/config"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-)
-
-
-def _environment_digest() -> str:
-    """A digest of everything in the kernel's environment that decides whom boto3 signs as and
-    where it sends: every ``AWS_*`` variable and the state of the AWS config and credentials files.
-
-    Part of the client cache key, so that ``AWS_PROFILE``, new keys, a region or an endpoint set in
-    a running kernel take effect at the next call, instead of the first client's account being used
-    for ever. A digest, so that no secret is kept in the key.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(k for k in os.environ if k.upper().startswith("AWS_")):
-        digest.update(f"{name}\0{os.environ[name]}\0".encode("utf-8", "surrogatepass"))
-    for variable, default in _AWS_FILES:
-        path = os.path.expanduser(os.environ.get(variable) or default)
-        try:
-            info = os.stat(path)
-            digest.update(f"{path}\0{info.st_mtime_ns}\0{info.st_size}\0".encode())
-        except OSError:
-            digest.update(f"{path}\0-\0".encode())
-    return digest.hexdigest()
 
 
 def client(service: str, connection: Connection):
     """A cached boto3 client, one per service, connection and AWS environment of the kernel (see
-    :func:`_environment_digest`); the key holds digests, never the credentials themselves."""
+    :func:`.aws_environment.environment_digest`); the key holds digests, never the credentials themselves."""
     key_id, secret = connection.access_key_id, connection.secret_access_key
     credentials = hashlib.sha256(
         f"{key_id and key_id.reveal()}\0{secret and secret.reveal()}".encode()
@@ -181,7 +155,7 @@ def client(service: str, connection: Connection):
         connection.profile,
         connection.direct,
         credentials,
-        _environment_digest(),
+        environment_digest(),
     )
     with _clients_lock:
         cached = _clients.get(key)

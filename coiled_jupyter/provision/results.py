@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..rules import ME, Rule
-from ..settings import Settings, replaced_rules_note
+from ..settings import Settings, replaced_rules_note, unread_account_note
 from .target import Target
 
 SCHEMA_VERSION = 1
@@ -280,7 +280,14 @@ class SettingsView(_Displayed):
             if values.use_scheduler_public_ip is not None:
                 detail = f" ({values.public_ip_detail})" if values.public_ip_detail else ""
                 sets.append(f"use_scheduler_public_ip={values.use_scheduler_public_ip}{detail}")
-            layers.append({"layer": values.layer.label, "sets": sets})
+            layers.append(
+                {
+                    "layer": values.layer.label,
+                    "sets": sets,
+                    "read": values.read,
+                    "note": values.note,
+                }
+            )
         reach = self.reachability
         public_ip = settings.use_scheduler_public_ip
         return self._payload(
@@ -298,8 +305,13 @@ class SettingsView(_Displayed):
     @property
     def notes(self) -> list[str]:
         """What the person may not expect, before anything is applied: the layers the rules replace,
-        and the address ``me`` stands for now (it is looked up again at apply)."""
-        notes = [note] if (note := replaced_rules_note(self.settings)) else []
+        what an account layer that was not read may change, and the address ``me`` stands for now
+        (it is looked up again at apply)."""
+        notes = [
+            note
+            for note in (replaced_rules_note(self.settings), unread_account_note(self.settings))
+            if note
+        ]
         lookup = getattr(self.reachability, "lookup", None)
         if lookup is not None and any(r.source == ME for r in self.settings.rules):
             notes.append(

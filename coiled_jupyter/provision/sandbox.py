@@ -230,13 +230,24 @@ def acknowledge_restart() -> bool:
         return True
 
 
+_resets_here = 0
+
+
+def resets_here() -> int:
+    """How many times this process reset the server: part of the key under which the account
+    defaults last read are remembered, so that none outlives the reset that emptied the store."""
+    return _resets_here
+
+
 def reset() -> None:
     """Forget every group and parameter in the shared server (tests, and starting over)."""
+    global _resets_here
     server = running()
     if server is not None:
         request = urllib.request.Request(f"{server.url}/moto-api/reset", method="POST")
         with _direct.open(request, timeout=10):
             pass
+        _resets_here += 1
 
 
 def stop() -> bool:

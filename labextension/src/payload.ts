@@ -33,6 +33,10 @@ export interface IReachability {
 export interface ILayer {
   layer: string;
   sets: string[];
+  /** False for a layer that was not read (the account layer in settings work). */
+  read?: boolean;
+  /** How the layer is known: "read at 03:41:07 UTC", "not read: ...". */
+  note?: string;
 }
 
 export interface IPayload {

@@ -7,6 +7,7 @@
 import { el } from './dom';
 import {
   Column,
+  ILayer,
   IPayload,
   IRow,
   TITLES,
@@ -88,12 +89,24 @@ function linesAfter(data: IPayload): string[] {
     }
   }
   for (const layer of data.layers ?? []) {
-    lines.push(`layer ${layer.layer}: ${layer.sets.join('; ') || 'sets nothing'}`);
+    lines.push(`layer ${layer.layer}: ${layerSays(layer)}`);
   }
   for (const note of data.notes ?? []) {
     lines.push(`note: ${note}`);
   }
   return lines;
+}
+
+/**
+ * What one layer sets, and how it is known ("sets nothing (read at 03:41:07 UTC)"); a layer that
+ * was not read shows only its note, since it may set values where it is kept.
+ */
+function layerSays(layer: ILayer): string {
+  const sets = layer.sets.join('; ') || (layer.read === false ? '' : 'sets nothing');
+  if (!layer.note) {
+    return sets;
+  }
+  return sets ? `${sets} (${layer.note})` : layer.note;
 }
 
 function cellText(row: IRow, key: string): string {
