@@ -17,7 +17,7 @@ from coiled_jupyter.errors import AccountStoreUnreadable, CloudError
 from coiled_jupyter.provision import account, aws
 from coiled_jupyter.rules import IngressError, Rule, parse_ingress
 from coiled_jupyter.session import effective_settings
-from coiled_jupyter.settings import SESSION, Layer
+from coiled_jupyter.settings import Layer
 
 PARAMETER = "/coiled-jupyter/backend-options"
 ACCOUNT_ORIGIN = f"account default (SSM {PARAMETER})"
