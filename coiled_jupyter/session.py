@@ -26,6 +26,7 @@ from .rules import IngressError, Rule, canonical, parse_rule, subtract
 from .settings import (
     SESSION,
     Layer,
+    LayerValues,
     Resolved,
     SessionValues,
     Settings,
@@ -107,8 +108,10 @@ def _view(t, settings: Settings, *, reach: bool = True):
     return SettingsView(t, settings, reachability, coiled_toggle())
 
 
-def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
-    """Replace what the session sets (``_KEEP`` keeps a value, ``None`` drops it), then show it."""
+def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP, built_on=None):
+    """Replace what the session sets (``_KEEP`` keeps a value, ``None`` drops it), then show it.
+
+    ``built_on``: the account layer new rules were edited from (see :func:`_rules_to_edit`)."""
     current = SESSION.values
     values = SessionValues(
         current.ingress
@@ -117,6 +120,7 @@ def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
         current.use_scheduler_public_ip
         if use_scheduler_public_ip is _KEEP
         else use_scheduler_public_ip,
+        current.built_on if ingress is _KEEP else built_on,
     )
     # The new settings are resolved before the change: if a layer they need cannot be read (a
     # config file, the account store), the session is left as it was. Once made, the change is
@@ -126,8 +130,19 @@ def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP):
     return _view(t, settings)
 
 
-def _rules_to_edit(t) -> list[Rule]:
-    """What ``add`` and ``remove`` start from: the effective rules, except the built-in default.
+def _built_on(settings: Settings) -> LayerValues | None:
+    """The account layer that rules edited from ``settings`` are built on: the account layer when it
+    decides the rules, what the session was built on when the session does, else None."""
+    if settings.ingress.layer == Layer.ACCOUNT:
+        return next(v for v in settings.layers if v.layer == Layer.ACCOUNT)
+    if settings.ingress.layer == Layer.SESSION:
+        return SESSION.values.built_on
+    return None
+
+
+def _rules_to_edit(t) -> tuple[list[Rule], LayerValues | None]:
+    """What ``add`` starts from: the effective rules, except the built-in default; and the account
+    layer they are built on.
 
     Declaring rules replaces Coiled's world-open default, so ``add`` over it starts from no rules:
     keeping 0.0.0.0/0 under the person's new rule would leave the cluster open while the table
@@ -135,8 +150,8 @@ def _rules_to_edit(t) -> list[Rule]:
     """
     settings = _settings(t)
     if settings.ingress.layer == Layer.DEFAULT:
-        return []
-    return list(settings.rules)
+        return [], None
+    return list(settings.rules), _built_on(settings)
 
 
 def _rule_input(ports, source, protocol, description) -> dict:
@@ -163,7 +178,8 @@ def add(ports, source, *, protocol=None, description=None, cluster=None):
     """Admit ``source`` on ``ports`` in this session (``ports``: ``8786``, ``"8786,8787"``, ...)."""
     rules = parse_rule(_rule_input(ports, source, protocol, description), where="rule")
     t = _target(cluster)
-    return _edit(t, ingress=[*_rules_to_edit(t), *rules])
+    base, built_on = _rules_to_edit(t)
+    return _edit(t, ingress=[*base, *rules], built_on=built_on)
 
 
 def remove(ports, source, *, protocol=None, cluster=None):
@@ -179,7 +195,11 @@ def remove(ports, source, *, protocol=None, cluster=None):
             "replace them if your team set some. Run a plan (%coiled_ingress plan) to read them "
             "and remove again, or declare the rules you want with %coiled_ingress set."
         )
-    return _edit(t, ingress=subtract(settings.rules, rules, origin=settings.ingress.origin))
+    return _edit(
+        t,
+        ingress=subtract(settings.rules, rules, origin=settings.ingress.origin),
+        built_on=_built_on(settings),
+    )
 
 
 def set_settings(value, *, cluster=None, label: str = "the settings"):
@@ -339,6 +359,7 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
         SessionValues(
             tuple(rules) if rules is not None else before.ingress,
             public_ip if public_ip is not None else before.use_scheduler_public_ip,
+            None if rules is not None else before.built_on,
         )
     )
     try:

@@ -14,6 +14,7 @@ config, so the rules reach it only as ``coiled.Cluster(**cluster_kwargs())``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import stat
@@ -82,6 +83,8 @@ class LayerValues:
     ``read`` is False for a layer that was not read (the account layer in settings work, which makes
     no cloud call): it then sets nothing here, though it may set values where it is kept. ``note``
     says how the layer is known ("read at 03:41:07 UTC", "not read: ..."), for the layer list.
+    ``built_on`` (the session layer only) is the account layer its rules were edited from, so that a
+    plan can say what the team changed since.
     """
 
     layer: Layer
@@ -91,6 +94,7 @@ class LayerValues:
     public_ip_detail: str = ""
     read: bool = True
     note: str = ""
+    built_on: LayerValues | None = None
 
 
 @dataclass(frozen=True)
@@ -418,10 +422,15 @@ def _env_detail(suffix: str = "") -> str:
 
 @dataclass(frozen=True)
 class SessionValues:
-    """What this kernel's session sets: parsed rules and the toggle (``None``: does not set it)."""
+    """What this kernel's session sets: parsed rules and the toggle (``None``: does not set it).
+
+    ``built_on``: the account layer that ``add`` or ``remove`` started the rules from, as it was
+    known then (None when the rules were written whole, or built on another layer).
+    """
 
     ingress: tuple[Rule, ...] | None = None
     use_scheduler_public_ip: bool | None = None
+    built_on: LayerValues | None = None
 
 
 _ABSENT = object()
@@ -454,12 +463,13 @@ class SessionLayer:
             values.use_scheduler_public_ip,
             "this kernel" if values.ingress is not None else "",
             "this kernel" if values.use_scheduler_public_ip is not None else "",
+            built_on=values.built_on,
         )
 
     def replace(self, values: SessionValues) -> None:
         """Make ``values`` the session (already validated), mirror the toggle, tell the observers."""
         if values.ingress is not None:
-            values = SessionValues(tuple(canonical(values.ingress)), values.use_scheduler_public_ip)
+            values = dataclasses.replace(values, ingress=tuple(canonical(values.ingress)))
         self._mirror_toggle(values.use_scheduler_public_ip)
         self._values = values
         for observer in list(self._observers):
@@ -634,16 +644,54 @@ def unread_account_note(settings: Settings) -> str | None:
     )
 
 
+def account_drift_note(settings: Settings) -> str | None:
+    """The sentence saying how the account defaults changed since the session's rules were built on
+    them, or None.
+
+    ``add`` over the team's rules copies them into the session, which then replaces the account
+    layer as a whole. If the team later drops a rule, the copy still admits it: more than the team
+    now allows, and more than the person believes they kept. A plan reads the account store again,
+    so it can say so before anything is applied.
+    """
+    session = next((v for v in settings.layers if v.layer == Layer.SESSION), None)
+    account = next((v for v in settings.layers if v.layer == Layer.ACCOUNT), None)
+    if settings.ingress.layer != Layer.SESSION or session is None or account is None:
+        return None
+    basis = session.built_on
+    if basis is None or not account.read:
+        return None
+    then = {rule.key for rule in basis.ingress or []}
+    now = {rule.key for rule in account.ingress or []}
+    mine = {rule.key for rule in settings.rules}
+    dropped = [rule for rule in settings.rules if rule.key in then - now]
+    added = canonical(rule for rule in account.ingress or [] if rule.key not in then | mine)
+    if not dropped and not added:
+        return None
+    changes = []
+    if dropped:
+        changes.append(f"they no longer have {_listed(dropped)}, which this session still admits")
+    if added:
+        changes.append(f"they now have {_listed(added)}, which this session does not")
+    since = f" ({basis.note})" if basis.note else ""
+    return (
+        f"the rules from {settings.ingress.origin} were built on the account defaults as known "
+        f"then{since}, and {', and '.join(changes)}: the session's rules are what apply. "
+        "%coiled_ingress reset takes the team's rules as they are now."
+    )
+
+
+def _listed(rules: list[Rule]) -> str:
+    shown = ", ".join(str(rule) for rule in rules[:3])
+    return f"{shown} and {len(rules) - 3} more" if len(rules) > 3 else shown
+
+
 def _layer_rules(values: LayerValues) -> str:
     rules = values.ingress or []
     where = f"{values.layer.label}{f' ({values.ingress_detail})' if values.ingress_detail else ''}"
     if not rules:
         return f"{where} (no rules)"
     written = [r for r in rules if r.source == ME]
-    rules = compact([r for r in rules if r.source != ME]) + written
-    shown = ", ".join(str(r) for r in rules[:3])
-    more = f" and {len(rules) - 3} more" if len(rules) > 3 else ""
-    return f"{where} ({shown}{more})"
+    return f"{where} ({_listed(compact([r for r in rules if r.source != ME]) + written)})"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -195,6 +195,11 @@ def test_add_symbolic_sources(ip, sandbox):
 
 
 def test_remove(ip, sandbox):
+    # Over the built-in default, what is left of 0.0.0.0/0 would replace any team rules, which
+    # settings work does not read: refused until a plan has read them.
+    with pytest.raises(UsageError, match="account defaults were not read"):
+        line(ip, "remove 8786,8787 everyone")
+    line(ip, "plan")
     view = line(ip, "remove 8786,8787 everyone")  # the built-in default holds only 0.0.0.0/0
     assert rules_of(view.settings) == []
     line(ip, "set [{ports: ['8000-8010'], cidr: 10.1.0.0/16}, {ports: [8786], cidr: 10.2.0.0/16}]")

@@ -73,9 +73,7 @@ def aws_backend(cloud, dask_config, monkeypatch, tmp_path):
 
 
 def account_line(view) -> str:
-    [line] = [
-        line for line in repr(view).splitlines() if line.startswith("layer account default:")
-    ]
+    [line] = [line for line in repr(view).splitlines() if line.startswith("layer account default:")]
     return line
 
 
@@ -226,3 +224,40 @@ def test_another_aws_environment_is_another_account(aws_backend, monkeypatch):
     view = session.show()
     assert not view.settings.account_read
     assert view.settings.ingress.layer is Layer.DEFAULT
+
+
+def test_the_plan_says_what_the_team_changed_since_add_copied_their_rules(team_defaults):
+    session.plan()
+    session.add(9000, "10.9.0.0/16", description="mine")
+    narrower = {
+        "ingress": [
+            {"ports": [8786], "cidr": "10.1.0.0/16", "description": "company VPN"},
+            {"ports": [8786], "cidr": "10.5.0.0/16", "description": "new office"},
+        ]
+    }
+    team_defaults.ssm.put_parameter(
+        Name=PARAMETER, Value=json.dumps(narrower), Type="String", Overwrite=True
+    )
+    plan = session.plan()
+    [drift] = [n for n in plan.notes if "were built on the account defaults" in n]
+    assert re.fullmatch(
+        r"the rules from notebook session \(this kernel\) were built on the account defaults as "
+        r"known then \(read at \d\d:\d\d:\d\d UTC\), and they no longer have tcp 8787 from "
+        r"10\.1\.0\.0/16, which this session still admits, and they now have tcp 8786 from "
+        r"10\.5\.0\.0/16, which this session does not: the session's "
+        r"rules are what apply\. %coiled_ingress reset takes the team's rules as they are now\.",
+        drift,
+    )
+    assert drift in session.show().to_payload()["notes"]  # the view knows the new read too
+    session.reset()
+    assert not [n for n in session.plan().notes if "were built on" in n]
+
+
+def test_rules_written_whole_carry_no_drift_note(team_defaults):
+    session.plan()
+    session.add(9000, "10.9.0.0/16")
+    session.set_settings([{"ports": [9000], "cidr": "10.9.0.0/16"}])
+    team_defaults.ssm.put_parameter(
+        Name=PARAMETER, Value=json.dumps({"ingress": []}), Type="String", Overwrite=True
+    )
+    assert not [n for n in session.plan().notes if "were built on" in n]

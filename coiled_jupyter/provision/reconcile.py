@@ -36,7 +36,7 @@ from ..rules import (
     resolve_me,
     sort_key,
 )
-from ..settings import Settings, option, replaced_rules_note
+from ..settings import Settings, account_drift_note, option, replaced_rules_note
 from ..state import file_lock, lock_name
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
@@ -86,7 +86,7 @@ def declared(settings: Settings) -> Desired:
     """
     rules = list(settings.rules)
     _check_count(rules)
-    notes = [note] if (note := replaced_rules_note(settings)) else []
+    notes = [note for note in (replaced_rules_note(settings), account_drift_note(settings)) if note]
     me: tuple[str, ...] = ()
     if any(r.source == "me" for r in rules):
         from ..reach import public_addresses

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..rules import ME, Rule
-from ..settings import Settings, replaced_rules_note, unread_account_note
+from ..settings import (
+    Settings,
+    account_drift_note,
+    replaced_rules_note,
+    unread_account_note,
+)
 from .target import Target
 
 SCHEMA_VERSION = 1
@@ -309,7 +314,11 @@ class SettingsView(_Displayed):
         (it is looked up again at apply)."""
         notes = [
             note
-            for note in (replaced_rules_note(self.settings), unread_account_note(self.settings))
+            for note in (
+                replaced_rules_note(self.settings),
+                account_drift_note(self.settings),
+                unread_account_note(self.settings),
+            )
             if note
         ]
         lookup = getattr(self.reachability, "lookup", None)
