@@ -71,6 +71,11 @@ export function accountOf(data: IPayload): string {
   return data.account_id || data.account || '';
 }
 
+/** Settings resolved without the account defaults (settings work makes no cloud call). */
+export function accountUnread(data: IPayload): boolean {
+  return (data.layers ?? []).some(layer => layer.read === false);
+}
+
 /** Where the settings' rule list came from (the key was renamed once; read both spellings). */
 export function ingressOrigin(data: IPayload): string {
   return data.ingress_origin ?? data.ingress_from ?? '';

@@ -14,7 +14,15 @@ import { ApiError, FirewallApi, IRuleFields } from './api';
 import { ingressCell } from './cell';
 import { button, el, textField } from './dom';
 import { firewallIcon } from './icon';
-import { Column, IPayload, IRow, accountOf, ingressOrigin, toggleOrigin } from './payload';
+import {
+  Column,
+  IPayload,
+  IRow,
+  accountOf,
+  accountUnread,
+  ingressOrigin,
+  toggleOrigin
+} from './payload';
 import { compact, renderHeader, renderResult, sortableTable } from './render';
 
 export const SIDEBAR_ID = 'coiled-jupyter-firewall';
@@ -92,14 +100,18 @@ export class FirewallSidebar extends Widget {
     // A later refresh (another cluster name, say) wins over one still in flight.
     const generation = ++this._generation;
     const current = () => generation === this._generation;
-    const read = await this.run(
-      () => this.api.settings(),
-      data => current() && this.showSettings(data)
-    );
+    let unread = false;
+    const showSettings = (data: IPayload) => {
+      if (current()) {
+        unread = accountUnread(data);
+        this.showSettings(data);
+      }
+    };
+    const read = await this.run(() => this.api.settings(), showSettings);
     if (!read || !current()) {
       return;
     }
-    await this.run(
+    const described = await this.run(
       () => this.api.describe(),
       data => {
         if (current()) {
@@ -109,6 +121,10 @@ export class FirewallSidebar extends Widget {
         }
       }
     );
+    // Describing read the account defaults, which the settings (no cloud call) could not show.
+    if (described && unread && current()) {
+      await this.run(() => this.api.settings(), showSettings);
+    }
   }
 
   protected onAfterAttach(): void {
