@@ -140,7 +140,7 @@ def _lines_after(data: dict) -> list[str]:
     lines.extend(
         f"layer {layer['layer']}: {_layer_says(layer)}" for layer in data.get("layers", [])
     )
-    lines.extend(f"note: {n}" for n in data.get("notes", []))
+    lines.extend(f"note: {n}" for n in [*data.get("notes", []), *data.get("client_notes", [])])
     lines.extend(f"warning: {w}" for w in data.get("warnings", []))
     return lines
 

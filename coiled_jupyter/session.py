@@ -352,7 +352,7 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
     t = _target(cluster)
     current = _settings(t)
     if rules is not None:
-        prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, "this kernel"))
+        prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, SESSION.detail))
         reconcile.desired_rules(prospective)
     before = SESSION.values
     SESSION.replace(

@@ -443,9 +443,13 @@ class SessionLayer:
     every change. The toggle is also set in this kernel's Dask config
     (``coiled.use_scheduler_public_ip``), the one key Coiled's client reads from there, and the value
     that was there before is put back when the session stops setting it.
+
+    ``detail`` names whose session it is in every origin: "this kernel", or the Jupyter server's
+    when the server extension holds it (the lab sidebar's session is the server's, not a kernel's).
     """
 
-    def __init__(self):
+    def __init__(self, detail: str = "this kernel"):
+        self.detail = detail
         self._values = SessionValues()
         self._observers: list[Callable[[SessionValues], None]] = []
         self._toggle_before: Any = _ABSENT
@@ -461,8 +465,8 @@ class SessionLayer:
             Layer.SESSION,
             list(values.ingress) if values.ingress is not None else None,
             values.use_scheduler_public_ip,
-            "this kernel" if values.ingress is not None else "",
-            "this kernel" if values.use_scheduler_public_ip is not None else "",
+            self.detail if values.ingress is not None else "",
+            self.detail if values.use_scheduler_public_ip is not None else "",
             built_on=values.built_on,
         )
 

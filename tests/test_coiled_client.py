@@ -391,14 +391,14 @@ def test_the_settings_table_says_what_coiled_cluster_reads_by_itself(cloud, dask
     view = session.show("told", reach=False)
     assert view.settings.use_scheduler_public_ip.value is False  # our account default...
     assert view.coiled_toggle is seen_by_coiled() is True  # ...which Coiled's client never reads
-    toggle_note, rules_note = view.to_payload()["notes"]
+    toggle_note, rules_note = view.to_payload()["client_notes"]
     assert "by itself: true, not the false above (from account default" in toggle_note
     assert "coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in toggle_note
     assert "takes the rules only as coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in rules_note
 
     view = session.set_scheduler_ip("private")
     assert view.coiled_toggle is seen_by_coiled() is False
-    assert view.to_payload()["notes"][0].endswith("by itself: false.")
+    assert view.to_payload()["client_notes"][0].endswith("by itself: false.")
     assert "note: coiled.Cluster() created in this kernel" in repr(view)
 
 

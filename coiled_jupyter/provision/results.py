@@ -303,7 +303,8 @@ class SettingsView(_Displayed):
             rows=[rule_row(r) for r in settings.rules],
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=[*self.notes, *self._coiled_notes()],
+            notes=self.notes,
+            client_notes=self._coiled_notes(),
             warnings=list(reach.warnings) if reach is not None else [],
         )
 

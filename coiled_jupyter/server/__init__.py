@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from .handlers import routes
 
+SESSION_DETAIL = "this Jupyter server"
+
 
 def _load_jupyter_server_extension(server_app) -> None:
-    """Register the handlers under the server's base URL."""
+    """Register the handlers under the server's base URL; the session they edit is the server's."""
+    from ..settings import SESSION
+
+    SESSION.detail = SESSION_DETAIL
     web_app = server_app.web_app
     web_app.add_handlers(".*$", routes(web_app.settings["base_url"]))
     server_app.log.info("coiled_jupyter: REST routes under /coiled-jupyter/api/")

@@ -53,6 +53,8 @@ export interface IPayload {
   summary?: string;
   rows?: IRow[];
   notes?: string[];
+  /** Notes about a coiled.Cluster() created in the kernel that made the payload. */
+  client_notes?: string[];
   warnings?: string[];
   ingress_origin?: string;
   ingress_from?: string;
@@ -69,11 +71,6 @@ export interface IPayload {
 /** The AWS account the result describes ('' when the call did not need to know it). */
 export function accountOf(data: IPayload): string {
   return data.account_id || data.account || '';
-}
-
-/** Settings resolved without the account defaults (settings work makes no cloud call). */
-export function accountUnread(data: IPayload): boolean {
-  return (data.layers ?? []).some(layer => layer.read === false);
 }
 
 /** Where the settings' rule list came from (the key was renamed once; read both spellings). */

@@ -91,7 +91,7 @@ function linesAfter(data: IPayload): string[] {
   for (const layer of data.layers ?? []) {
     lines.push(`layer ${layer.layer}: ${layerSays(layer)}`);
   }
-  for (const note of data.notes ?? []) {
+  for (const note of [...(data.notes ?? []), ...(data.client_notes ?? [])]) {
     lines.push(`note: ${note}`);
   }
   return lines;

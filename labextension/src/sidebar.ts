@@ -19,7 +19,6 @@ import {
   IPayload,
   IRow,
   accountOf,
-  accountUnread,
   ingressOrigin,
   toggleOrigin
 } from './payload';
@@ -100,13 +99,7 @@ export class FirewallSidebar extends Widget {
     // A later refresh (another cluster name, say) wins over one still in flight.
     const generation = ++this._generation;
     const current = () => generation === this._generation;
-    let unread = false;
-    const showSettings = (data: IPayload) => {
-      if (current()) {
-        unread = accountUnread(data);
-        this.showSettings(data);
-      }
-    };
+    const showSettings = (data: IPayload) => current() && this.showSettings(data);
     const read = await this.run(() => this.api.settings(), showSettings);
     if (!read || !current()) {
       return;
@@ -121,8 +114,9 @@ export class FirewallSidebar extends Widget {
         }
       }
     );
-    // Describing read the account defaults, which the settings (no cloud call) could not show.
-    if (described && unread && current()) {
+    // Describing read the account defaults again; the settings (no cloud call) show them as last
+    // read, so they are asked once more to show what the cloud holds now.
+    if (described && current()) {
       await this.run(() => this.api.settings(), showSettings);
     }
   }
@@ -192,6 +186,7 @@ export class FirewallSidebar extends Widget {
       el('h3', { className: 'cj-subheading', text: 'Settings' }),
       this.originLine,
       this.rulesBox,
+      this.settingsNotes,
       this.addForm(),
       el('div', { className: 'cj-toggle' }, [
         el('label', {}, [this.toggle, el('span', { text: ' Public scheduler IP' })]),
@@ -323,6 +318,11 @@ export class FirewallSidebar extends Widget {
     this.toggleOrigin.textContent = `Now ${
       data.use_scheduler_public_ip ? 'public' : 'private'
     }, from ${toggleOrigin(data)}.`;
+    // What the rules replace, what was not read, what changed since: said before anything is
+    // applied. Notes about a kernel's coiled.Cluster() (client_notes) do not concern the server.
+    this.settingsNotes.replaceChildren(
+      ...(data.notes ?? []).map(note => el('li', { text: `note: ${note}` }))
+    );
     const rows = data.rows ?? [];
     if (!rows.length) {
       this.rulesBox.replaceChildren(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
@@ -424,6 +424,10 @@ export class FirewallSidebar extends Widget {
   private readonly originLine = el('p', { className: 'cj-line' });
   private readonly toggleOrigin = el('p', { className: 'cj-help' });
   private readonly rulesBox = el('div', { className: 'cj-rules' });
+  private readonly settingsNotes = el('ul', {
+    className: 'cj-notes',
+    attrs: { 'aria-label': 'Settings notes' }
+  });
   private readonly resultBox = el('div', {
     className: 'cj-result-box',
     attrs: { 'aria-label': 'Result' }

@@ -81,6 +81,33 @@ def test_sidebar_refuses_host_bits_then_applies_the_fixed_rule(lab_page, cloud):
     lab_page.theme("JupyterLab Light")
 
 
+def test_sidebar_shows_team_defaults_after_refresh_and_says_what_an_add_replaces(lab_page, cloud):
+    """Team defaults written by another process: the settings alone (no cloud call) cannot know
+    them; Refresh's describe reads them, and the sidebar then shows them, with its notes."""
+    import json
+
+    team = [{"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "company VPN"}]
+    cloud.ssm.put_parameter(
+        Name="/coiled-jupyter/backend-options",
+        Value=json.dumps({"ingress": team}),
+        Type="String",
+        Overwrite=True,
+    )
+    sidebar = open_sidebar(lab_page, "lab-team")
+    origin = sidebar.locator(".cj-line", has_text="Rules from:")
+    expect(origin).to_contain_text("account default (SSM /coiled-jupyter/backend-options)")
+    expect(sidebar.locator(".cj-rules")).to_contain_text("company VPN")
+
+    add_rule(sidebar, "9000", "10.9.0.0/16", "data team")
+    notes = sidebar.get_by_label("Settings notes")
+    expect(notes).to_contain_text("replace those of the account default")
+    expect(notes).to_contain_text("tcp 8786-8787 from 10.1.0.0/16")
+    lab_page.screenshot("sidebar-team-light")
+    lab_page.theme("JupyterLab Dark")
+    lab_page.screenshot("sidebar-team-dark")
+    lab_page.theme("JupyterLab Light")
+
+
 def test_sidebar_edits_a_row_in_place_with_the_sentence_next_to_it(lab_page, cloud):
     sidebar = open_sidebar(lab_page, "lab-edit")
     add_rule(sidebar, "8786", "10.2.0.0/16")

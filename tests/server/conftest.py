@@ -13,3 +13,13 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403
 @pytest.fixture
 def jp_server_config():
     return {"ServerApp": {"jpserver_extensions": {"coiled_jupyter": True}}}
+
+
+@pytest.fixture(autouse=True)
+def _session_detail_restored():
+    """The extension names the session after the server; later tests in this process are kernels."""
+    from coiled_jupyter.settings import SESSION
+
+    detail = SESSION.detail
+    yield
+    SESSION.detail = detail

@@ -89,6 +89,7 @@ async def test_patch_edits_the_server_session_and_get_sees_the_edit(api):
     assert status == 200, data
     assert sources(data) == [("8786", "10.1.0.0/16"), ("8787", "10.1.0.0/16")]
     assert {row["description"] for row in data["rows"]} == {"office VPN"}
+    assert data["ingress_origin"] == "notebook session (this Jupyter server)"  # not a kernel's
     _, again = await api("GET", "settings", cluster=CLUSTER)
     assert sources(again) == sources(data)
 
