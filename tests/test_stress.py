@@ -40,7 +40,10 @@ _WORKER = textwrap.dedent("""
         start = time.perf_counter()
         result = session.apply(cluster, backend_options={"ingress": rules})
         seconds = time.perf_counter() - start
-        (folder / f"done-{n}-{name}").write_text(json.dumps([result.changed, seconds]))
+        # Written aside, then renamed: the parent must never read a half-written file.
+        temp = folder / f"writing-{n}-{name}"
+        temp.write_text(json.dumps([result.changed, seconds]))
+        temp.rename(folder / f"done-{n}-{name}")
 """)
 
 
