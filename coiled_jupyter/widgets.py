@@ -287,6 +287,7 @@ class FirewallPanel(widgets.VBox):
         self.marker = widgets.HTML()
         self.status = widgets.HTML()
         self.reachability = widgets.HTML()
+        self.notes = widgets.HTML()
         self.output = widgets.Output(layout=widgets.Layout(width="100%", overflow="auto"))
         self.cell = widgets.Textarea(
             placeholder=CELL,
@@ -314,6 +315,7 @@ class FirewallPanel(widgets.VBox):
                 self.header,
                 headings,
                 self.rows_box,
+                self.notes,
                 self.add_button,
                 self.scheduler_ip,
                 self.meaning,
@@ -406,6 +408,7 @@ class FirewallPanel(widgets.VBox):
         self.header.value = self._header_html(payload)
         self.meaning.value = _block(_span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED))
         self.reachability.value = _reachability_html(payload)
+        self.notes.value = _notes_html(payload)
         self.cell.value = cell_text(
             view.target.cluster, view.settings.rules, payload["use_scheduler_public_ip"]
         )
@@ -668,6 +671,13 @@ def _unsaved(settings) -> bool:
     return mine.use_scheduler_public_ip is not None and all(
         k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
     )
+
+
+def _notes_html(payload: dict) -> str:
+    """The settings' notes (what the rules replace, what was not read, what changed since), said
+    before anything is applied; the notes about coiled.Cluster() stay with the magic's table."""
+    notes = payload.get("notes", [])
+    return _block("<br>".join(_span(f"note: {note}", _MUTED) for note in notes)) if notes else ""
 
 
 def _reachability_html(payload: dict) -> str:

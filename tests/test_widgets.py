@@ -159,6 +159,19 @@ def test_opens_on_the_effective_settings(open_panel):
     assert panel.marker.value == ""
 
 
+def test_the_panel_says_what_the_rules_replace_and_what_was_not_read(open_panel, ip):
+    from coiled_jupyter.provision import account
+
+    panel = open_panel()
+    notes = html.unescape(panel.notes.value)
+    assert "note: the account defaults were not read here" in notes
+    account.set_backend_options(ingress=[{"ports": [8786], "cidr": "10.4.0.0/16"}])
+    ip.run_line_magic("coiled_ingress", "add 9000 10.9.0.0/16")  # known here: this process wrote it
+    notes = html.unescape(panel.notes.value)
+    assert "replace those of the account default" in notes and "tcp 8786 from 10.4.0.0/16" in notes
+    assert "were not read" not in notes
+
+
 def test_a_config_file_is_where_the_rows_come_from(dask_config):
     (dask_config / "coiled.yaml").write_text(
         "coiled:\n  backend-options:\n    ingress:\n"
@@ -309,6 +322,19 @@ def test_plan_then_apply_show_the_core_tables_and_change_the_group(open_panel, c
 
 
 def test_apply_runs_in_the_background_with_progress(dask_config, sandbox, cloud):
+    import threading
+
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
+
+    # The apply's EC2 calls wait at before-send until the test has looked at the busy panel.
+    released = threading.Event()
+    ec2 = aws.client("ec2", target().connection())
+
+    def hold(**_) -> None:
+        released.wait(30)
+
+    ec2.meta.events.register("before-send", hold)
     panel = FirewallPanel("panel-bg")
     try:
         fill(last_row(panel), source="10.2.0.0/16")
@@ -316,6 +342,7 @@ def test_apply_runs_in_the_background_with_progress(dask_config, sandbox, cloud)
         assert "applying" in status(panel)
         assert all(find(panel, name).disabled for name in BUTTONS)
         assert find(panel, "Add rule").disabled and find(last_row(panel), "ports").disabled
+        released.set()
         assert panel.wait(60)
         assert status(panel).endswith("ready"), status(panel)
         assert not any(find(panel, name).disabled for name in BUTTONS)
@@ -324,6 +351,8 @@ def test_apply_runs_in_the_background_with_progress(dask_config, sandbox, cloud)
             "10.2.0.0/16"
         }
     finally:
+        released.set()
+        ec2.meta.events.unregister("before-send", hold)
         panel.wait(60)
         panel.close()
 
