@@ -188,6 +188,30 @@ def test_coiled_keywords_that_are_not_firewall_settings_are_named_in_one_warning
     assert stored(cloud.ssm) == {"ingress": TEAM}
 
 
+@pytest.mark.parametrize(
+    "kwargs, extra",
+    [
+        ({}, ""),
+        (
+            {"zone": "us-east-1a"},
+            " set_backend_options here keeps only the firewall settings (ingress, firewall, "
+            "use_scheduler_public_ip) and sends nothing to Coiled; zone is Coiled's own, set with "
+            "coiled.set_backend_options.",
+        ),
+    ],
+)
+def test_a_call_without_firewall_settings_says_nothing_was_stored(cloud, api_calls, kwargs, extra):
+    api_calls.clear()
+    with pytest.warns(UserWarning) as caught:
+        account.set_backend_options(**kwargs)
+    assert [str(w.message) for w in caught] == [
+        "No firewall setting was given (ingress, firewall, use_scheduler_public_ip), so nothing "
+        "was stored." + extra
+    ]
+    assert stored(cloud.ssm) is None
+    assert dict(api_calls) == {}
+
+
 def test_every_mistake_of_one_call_comes_in_one_error(cloud, api_calls):
     api_calls.clear()
     with pytest.raises(IngressError) as info:

@@ -326,7 +326,9 @@ def set_backend_options(
     if problems:
         raise IngressError(problems)
 
-    _warn_ignored(coiled_only, keys if t.backend == "sandbox" else None, name, own, widened)
+    _warn_ignored(
+        coiled_only, keys if t.backend == "sandbox" else None, name, own, widened, not options
+    )
     location = f"SSM {name}"
     if not options:
         return location
@@ -350,11 +352,22 @@ def set_backend_options(
 
 
 def _warn_ignored(
-    coiled_only: set[str], sandbox_keys: AwsKeys | None, name: str, own: str, widened: list[str]
+    coiled_only: set[str],
+    sandbox_keys: AwsKeys | None,
+    name: str,
+    own: str,
+    widened: list[str],
+    nothing_stored: bool,
 ) -> None:
     """One warning for everything of the call that was not kept as written, and for whom it was
-    kept: Coiled's own keywords, unused keys, another workspace, host bits masked as AWS does."""
+    kept: nothing at all, Coiled's own keywords, unused keys, another workspace, host bits masked as
+    AWS does."""
     sentences = list(widened)
+    if nothing_stored:
+        sentences.append(
+            f"No firewall setting was given ({', '.join(FIREWALL_KEYWORDS)}), so nothing was "
+            "stored."
+        )
     if coiled_only:
         sentences.append(
             f"set_backend_options here keeps only the firewall settings ({', '.join(FIREWALL_KEYWORDS)}) "
@@ -367,7 +380,7 @@ def _warn_ignored(
             "aws_access_key_id and aws_secret_access_key were not used: the sandbox takes no AWS "
             "keys, and keys are never stored."
         )
-    if name != own:
+    if name != own and not nothing_stored:
         sentences.append(
             f"These defaults are in {name}, which kernels read when their coiled.workspace (or "
             f"coiled.account) is {name.rsplit('/', 1)[-1]!r}; this kernel reads {own}."
