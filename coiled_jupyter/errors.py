@@ -22,20 +22,20 @@ class ConfigFileError(CoiledJupyterError, ValueError):
     """The Dask config file cannot be read or written safely; nothing was changed."""
 
 
-class AccountStoreUnreadable(CoiledJupyterError, RuntimeError):
-    """The account store could not be read (no credentials, no permission, no network).
-
-    It only matters when no stronger layer decides a value; otherwise the settings are complete
-    without it, and a person with a config file or session rules is not blocked by it.
-    """
-
-
 class CloudError(CoiledJupyterError, RuntimeError):
     """A call to the cloud failed; ``code`` is the AWS error code and the message says what to do."""
 
     def __init__(self, code: str, message: str):
         self.code = code
         super().__init__(f"{code}: {message}")
+
+
+class AccountStoreUnreadable(CloudError):
+    """The account store could not be read (no credentials, no permission, no network).
+
+    It only matters when no stronger layer decides a value; otherwise the settings are complete
+    without it, and a person with a config file or session rules is not blocked by it.
+    """
 
 
 class ForeignGroupError(CloudError):

@@ -185,9 +185,11 @@ def load_account_layer(t: Target) -> LayerValues:
     try:
         options = store.load()
     except CloudError as error:
+        said = str(error).removeprefix(f"{error.code}: ").rstrip(".")
         raise AccountStoreUnreadable(
-            f"{str(error).rstrip('.')}; the account defaults are needed because no Dask config, "
-            "session or cluster options set these values."
+            error.code,
+            f"{said}; the account defaults are needed because no Dask config, session or cluster "
+            "options set these values.",
         ) from None
     values = layer_from_options(Layer.ACCOUNT, options, f"SSM {store.name}")
     return _remember(t, store.name, values, "read")

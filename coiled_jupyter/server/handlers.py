@@ -3,7 +3,9 @@
 A handler reads the request, makes one call, and answers with the result's JSON payload (the same dict
 the ``application/vnd.coiled-jupyter.rules+json`` mimetype carries). Errors map to status codes here
 and nowhere else: a person's mistake (:class:`CoiledJupyterError`) is a 400 with its sentences, a cloud
-failure (:class:`CloudError`) a 502 (503 when AWS throttles or is unavailable) with the AWS error code.
+failure (:class:`CloudError`, an unreadable account store included) a 502 (503 when AWS throttles or
+is unavailable) with the AWS error code; a group someone else owns, and another kernel's apply holding
+the lock past the wait, are 409 (the state of the thing conflicts; the sentence says what to do).
 
 Every method is ``@tornado.web.authenticated``; Jupyter Server's ``APIHandler`` checks XSRF on writes
 from a browser session. Core calls are synchronous (boto3), so they run in one worker thread, off the
@@ -26,7 +28,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .. import session
-from ..errors import CloudError, CoiledJupyterError
+from ..errors import CloudError, CoiledJupyterError, ForeignGroupError, LockTimeout
 
 # AWS codes that mean "try again later" rather than "the call was wrong".
 _UNAVAILABLE = frozenset(
@@ -47,6 +49,14 @@ _UNAVAILABLE = frozenset(
 )
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coiled-jupyter-rest")
+
+
+def _cloud_status(error: CloudError) -> int:
+    """409 for a group that is someone else's (a person must decide), 503 for "try again later",
+    502 for every other failure of the cloud behind this server."""
+    if isinstance(error, ForeignGroupError):
+        return 409
+    return 503 if error.code in _UNAVAILABLE else 502
 
 
 class BadRequest(CoiledJupyterError):
@@ -81,14 +91,17 @@ class _Handler(APIHandler):
         """``parse()`` reads the request and returns the one session call to make (no arguments).
 
         The call runs in the worker thread; its payload is the answer. A bad request or input is a
-        400 with the sentences, a cloud failure a 502/503 with the AWS code; nothing else is caught.
+        400 with the sentences, a cloud failure a 502/503 (409 for a group someone else owns) with
+        the AWS code, a lock held too long a 409; nothing else is caught.
         """
         try:
             call = parse()
             result = await asyncio.get_running_loop().run_in_executor(_WORKER, call)
         except CloudError as error:
-            status = 503 if error.code in _UNAVAILABLE else 502
-            self.refuse(status, {"message": str(error), "code": error.code})
+            self.refuse(_cloud_status(error), {"message": str(error), "code": error.code})
+            return
+        except LockTimeout as error:
+            self.refuse(409, {"message": str(error), "problems": list(error.problems)})
             return
         except CoiledJupyterError as error:
             self.refuse(400, {"message": str(error), "problems": list(error.problems)})

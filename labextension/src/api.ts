@@ -8,7 +8,10 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import { IPayload } from './payload';
 
-/** A refusal of the server: 400 carries the validation sentence, 502/503 the AWS error code. */
+/**
+ * A refusal of the server: 400 carries the validation sentence, 502/503 the AWS error code, 409 a
+ * conflict a person must resolve (a group someone else owns, another kernel's apply holding the lock).
+ */
 export class ApiError extends Error {
   constructor(
     readonly status: number,

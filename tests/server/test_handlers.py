@@ -232,6 +232,39 @@ async def test_a_cloud_fault_is_a_5xx_with_the_aws_code(api, jp_fetch, faults, c
     assert set(data) == {"message", "code"}
 
 
+async def test_a_group_someone_else_owns_is_a_409_with_the_sentence(api, cloud):
+    gid = cloud.ec2.create_security_group(
+        GroupName=f"coiled-jupyter-{CLUSTER}", Description="made by hand"
+    )["GroupId"]
+    status, data = await api("POST", "apply", {"cluster": CLUSTER})
+    assert status == 409, data
+    assert gid in data["message"] and "not owned" in data["message"]
+    assert data["code"]
+
+
+async def test_an_unreadable_account_store_is_a_502_with_its_code(api, cloud):
+    cloud.ssm.put_parameter(Name="/coiled-jupyter/backend-options", Value="{", Type="String")
+    status, data = await api("POST", "plan", {"cluster": CLUSTER})
+    assert status == 502, data
+    assert data["code"] == "InvalidAccountDefaults"
+    assert data["message"].startswith("InvalidAccountDefaults: ")
+    assert "the account defaults are needed" in data["message"]
+
+
+async def test_another_apply_holding_the_lock_past_the_wait_is_a_409(api):
+    import dask.config
+
+    from coiled_jupyter.provision.target import target
+    from coiled_jupyter.state import file_lock, lock_name
+
+    t = target(CLUSTER)
+    with dask.config.set({"coiled-jupyter.lock-timeout": 0.3}):
+        with file_lock(lock_name(t.backend, t.region, t.vpc_id, t.cluster)):
+            status, data = await api("POST", "apply", {"cluster": CLUSTER})
+    assert status == 409, data
+    assert "another" in data["message"].lower() or "waited" in data["message"].lower()
+
+
 @pytest.mark.parametrize("method, route", ROUTES)
 async def test_every_route_needs_jupyter_auth(jp_fetch, sandbox, dask_config, method, route):
     response = await jp_fetch(
