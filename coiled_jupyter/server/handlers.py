@@ -169,6 +169,24 @@ class SettingsHandler(_Handler):
         return partial(session.set_settings, data["value"], cluster=self.cluster(data))
 
 
+class CheckHandler(_Handler):
+    """``GET ?ports=&source=&protocol=&description=``: the sentences for one rule as typed (an empty
+    list when it is fine), so the sidebar can say what is wrong while the person types. It changes
+    nothing and calls no cloud, so it answers at once, on the event loop."""
+
+    @tornado.web.authenticated
+    def get(self) -> None:
+        # Other query arguments are ignored, as by every GET here (JupyterLab adds a cache-buster).
+        typed = {name: self.get_query_argument(name, "") for name in _RULE_FIELDS}
+        problems = session.check_rule(
+            typed["ports"],
+            typed["source"],
+            protocol=typed["protocol"] or None,
+            description=typed["description"] or None,
+        )
+        self.finish(json.dumps({"problems": problems}))
+
+
 class PlanHandler(_Handler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -202,6 +220,7 @@ def routes(base_url: str) -> list[tuple[str, type]]:
     api = url_path_join(base_url, "coiled-jupyter", "api")
     return [
         (url_path_join(api, "settings"), SettingsHandler),
+        (url_path_join(api, "check"), CheckHandler),
         (url_path_join(api, "plan"), PlanHandler),
         (url_path_join(api, "apply"), ApplyHandler),
         (url_path_join(api, "describe"), DescribeHandler),

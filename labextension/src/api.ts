@@ -23,12 +23,12 @@ export class ApiError extends Error {
   }
 }
 
-async function request(
+async function request<T = IPayload>(
   path: string,
   method: string,
   query: { [name: string]: string } = {},
   body?: unknown
-): Promise<IPayload> {
+): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const search = new URLSearchParams(query).toString();
   const url =
@@ -63,7 +63,7 @@ async function request(
       typeof data.code === 'string' ? data.code : ''
     );
   }
-  return data as IPayload;
+  return data as T;
 }
 
 /** The fields of one rule as the sidebar edits it. */
@@ -85,6 +85,19 @@ export class FirewallApi {
 
   settings(): Promise<IPayload> {
     return request('settings', 'GET', this.where());
+  }
+
+  /** The sentences for one rule as typed (none when it is fine); changes nothing. */
+  async check(rule: IRuleFields): Promise<string[]> {
+    const query: { [name: string]: string } = { ports: rule.ports, source: rule.source };
+    if (rule.protocol) {
+      query.protocol = rule.protocol;
+    }
+    if (rule.description) {
+      query.description = rule.description;
+    }
+    const answer = await request<{ problems?: unknown }>('check', 'GET', query);
+    return Array.isArray(answer.problems) ? answer.problems.map(String) : [];
   }
 
   add(rule: IRuleFields): Promise<IPayload> {

@@ -35,6 +35,9 @@ const COLUMNS: Column[] = [
   ['description', 'Description']
 ];
 
+/** How long typing pauses before the new rule is checked by the server. */
+const CHECK_DELAY_MS = 250;
+
 const TOGGLE_HELP =
   'Public: the client connects to the scheduler on its public IP, so the rules must admit this ' +
   "notebook's public address. Private: it connects on the private IP, over a VPN or peered VPC.";
@@ -210,29 +213,60 @@ export class FirewallSidebar extends Widget {
       className: 'cj-error',
       attrs: { role: 'alert', 'aria-label': 'New rule error' }
     });
+    const typed = (): IRuleFields => ({
+      ports: ports.value,
+      source: source.value,
+      protocol: protocol.value,
+      description: description.value
+    });
     const add = (): void => {
       void this.run(
-        () =>
-          this.api.add({
-            ports: ports.value,
-            source: source.value,
-            protocol: protocol.value,
-            description: description.value
-          }),
+        () => this.api.add(typed()),
         data => {
           ports.value = source.value = description.value = '';
+          check();
           this.showSettings(data);
         },
         error
       );
     };
+    const addButton = button('Add', 'Add rule', add, 'cj-button cj-primary');
+    // As the person types, the server's sentences for the rule (the same check as Add), once both
+    // ports and source hold something; Add waits until they are fine. A newer keystroke wins.
+    let asked = 0;
+    let timer = 0;
+    const check = (): void => {
+      window.clearTimeout(timer);
+      const mine = ++asked;
+      if (!ports.value.trim() || !source.value.trim()) {
+        error.textContent = '';
+        addButton.disabled = false;
+        return;
+      }
+      timer = window.setTimeout(async () => {
+        let problems: string[];
+        try {
+          problems = await this.api.check(typed());
+        } catch {
+          return; // Add still asks the server, which then says what is wrong
+        }
+        if (mine === asked) {
+          error.textContent = problems.join(' ');
+          addButton.disabled = problems.length > 0;
+        }
+      }, CHECK_DELAY_MS);
+    };
+    for (const field of [ports, source, description]) {
+      field.addEventListener('input', check);
+    }
+    protocol.addEventListener('change', check);
     return el('div', { className: 'cj-add' }, [
       el('div', { className: 'cj-subheading', text: 'Add a rule' }),
       ports,
       source,
       protocol,
       description,
-      button('Add', 'Add rule', add, 'cj-button cj-primary'),
+      addButton,
       error
     ]);
   }

@@ -55,14 +55,19 @@ def test_sidebar_refuses_host_bits_then_applies_the_fixed_rule(lab_page, cloud):
     assert "sandbox: not AWS" in header.inner_text()
     assert "lab-sidebar" in header.inner_text()
 
-    add_rule(sidebar, "8786", "10.1.0.2/16", "office VPN")
+    # The sentence comes as the person types, before Add, and Add waits until the rule is fine.
+    sidebar.get_by_label("New rule ports").fill("8786")
+    sidebar.get_by_label("New rule source").fill("10.1.0.2/16")
+    sidebar.get_by_label("New rule description").fill("office VPN")
     error = sidebar.get_by_label("New rule error")
-    error.wait_for(state="visible")
-    assert "host bits" in error.inner_text()
+    expect(error).to_contain_text("host bits")
     assert "10.1.0.0/16" in error.inner_text()
+    expect(sidebar.get_by_label("Add rule")).to_be_disabled()
     assert sidebar.locator(".cj-rules tr[data-rule]", has_text="10.1.0").count() == 0
 
     sidebar.get_by_label("New rule source").fill("10.1.0.0/16")
+    expect(error).to_be_empty()
+    expect(sidebar.get_by_label("Add rule")).to_be_enabled()
     sidebar.get_by_label("Add rule").click()
     row = sidebar.locator('.cj-rules tr[data-rule="tcp 8786 from 10.1.0.0/16"]')
     row.wait_for()

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.filterwarnings("error::jupyter_server.utils.JupyterServ
 CLUSTER = "rest-api"
 ROUTES = [
     ("GET", "settings"),
+    ("GET", "check"),
     ("PATCH", "settings"),
     ("PUT", "settings"),
     ("POST", "plan"),
@@ -230,6 +231,23 @@ async def test_a_cloud_fault_is_a_5xx_with_the_aws_code(api, jp_fetch, faults, c
     assert data["code"] == code
     assert code in data["message"]
     assert set(data) == {"message", "code"}
+
+
+async def test_check_says_what_is_wrong_with_a_rule_as_typed_and_changes_nothing(api):
+    status, data = await api("GET", "check", ports="8786", source="10.1.0.2/16")
+    assert status == 200, data
+    [problem] = data["problems"]
+    assert "host bits" in problem and "10.1.0.0/16" in problem
+    status, data = await api(
+        "GET", "check", ports="8786,87860", source="10.1.0.0/16", protocol="icmp"
+    )
+    assert status == 200 and len(data["problems"]) == 2, data
+    status, data = await api(
+        "GET", "check", ports="8786-8787", source="me", protocol="udp", description="VPN"
+    )
+    assert (status, data) == (200, {"problems": []})
+    _, settings = await api("GET", "settings", cluster=CLUSTER)
+    assert sources(settings) == DEFAULT  # nothing was added
 
 
 async def test_a_group_someone_else_owns_is_a_409_with_the_sentence(api, cloud):
