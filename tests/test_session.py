@@ -205,7 +205,7 @@ def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask
     from coiled_jupyter.provision import reconcile
 
     many, some = pasted(2000), pasted(500)
-    start = time.process_time()
+    start = time.thread_time()
     with pytest.raises(IngressError, match="more than the 64 KiB"):
         session.set_settings(many)  # text: refused on its size before it is read
     with pytest.raises(IngressError, match="has 2,000 rules; a security group holds at most"):
@@ -213,8 +213,9 @@ def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask
     session.set_settings(some)  # 1,000 rules: parsed, then refused over the quota when sent
     with pytest.raises(CoiledJupyterError, match="501 IPv4 entries .* over the quota of 60"):
         reconcile.declared(session.show(reach=False).settings)  # no cloud call in the timing
-    # CPU time, so that a busy machine does not fail it; the quadratic compaction took seconds.
-    assert time.process_time() - start < 2.0
+    # CPU time of this thread (the kernel's), so that neither a busy machine nor another thread of
+    # the test process (servers of earlier tests) fails it; the quadratic compaction took seconds.
+    assert time.thread_time() - start < 2.0
 
 
 def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(cloud, dask_config):
