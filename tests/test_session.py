@@ -213,9 +213,10 @@ def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask
     session.set_settings(some)  # 1,000 rules: parsed, then refused over the quota when sent
     with pytest.raises(CoiledJupyterError, match="501 IPv4 entries .* over the quota of 60"):
         reconcile.declared(session.show(reach=False).settings)  # no cloud call in the timing
-    # CPU time of this thread (the kernel's), so that neither a busy machine nor another thread of
-    # the test process (servers of earlier tests) fails it; the quadratic compaction took seconds.
-    assert time.thread_time() - start < 2.0
+    # A guard against the quadratic compaction coming back (27-47 s for 2,000 rules), not a speed
+    # target: that is benchmarks/bench_compaction.py's (0.1 s). CPU time of this thread, with room for
+    # a full suite's heap (about 2 s there, under 1 s alone).
+    assert time.thread_time() - start < 10.0
 
 
 def test_save_pins_everything_only_when_asked_and_says_what_it_pinned(cloud, dask_config):
