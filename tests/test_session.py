@@ -199,7 +199,7 @@ def pasted(count: int) -> str:
     )
 
 
-def test_pasted_addresses_over_the_quota_are_refused_in_well_under_a_second(dask_config):
+def test_pasted_addresses_over_the_quota_are_refused_without_quadratic_work(dask_config):
     import time
 
     from coiled_jupyter.provision import reconcile
