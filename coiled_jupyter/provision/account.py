@@ -120,16 +120,8 @@ def account_store(t: Target, workspace: str | None = None, connection=None):
     return AccountStore(connection or t.connection(), store_name(workspace))
 
 
-@dataclass(frozen=True)
-class _Known:
-    """The account layer as this process last read or wrote it."""
-
-    values: LayerValues
-    how: str  # "read" or "written"
-    at: float
-
-
-_known: dict[tuple, _Known] = {}
+# The account layer of each store as this process last read or wrote it, its note saying when.
+_known: dict[tuple, LayerValues] = {}
 _known_lock = threading.Lock()
 
 
@@ -151,13 +143,13 @@ def _store_key(t: Target, name: str) -> tuple | None:
 
 
 def _remember(t: Target, name: str, values: LayerValues, how: str) -> LayerValues:
-    """Keep ``values`` as the known state of the store; returns them with the note saying when."""
-    at = time.time()
-    noted = replace(values, note=f"{how} at {time.strftime('%H:%M:%S UTC', time.gmtime(at))}")
+    """Keep ``values`` as the known state of the store; returns them with the note saying ``how``
+    ("read", "written") and when."""
+    noted = replace(values, note=f"{how} at {time.strftime('%H:%M:%S UTC', time.gmtime())}")
     key = _store_key(t, name)
     if key is not None:
         with _known_lock:
-            _known[key] = _Known(noted, how, at)
+            _known[key] = noted
     return noted
 
 
@@ -171,7 +163,7 @@ def known_account_layer(t: Target) -> LayerValues:
     with _known_lock:
         known = _known.get(key)
     if known is not None:
-        return known.values
+        return known
     return LayerValues(
         Layer.ACCOUNT,
         read=False,
