@@ -136,6 +136,26 @@ def api_calls(sandbox):
         client.meta.events.unregister("before-call", count)
 
 
+@pytest.fixture
+def aws_backend_on_sandbox(sandbox, monkeypatch, tmp_path):
+    """The ``aws`` backend with its endpoint redirected to the sandbox (``AWS_ENDPOINT_URL``), no
+    instance metadata, and AWS config files of the test's own; no keys (the test gives them, in the
+    environment or to the call). The clients made for it are dropped afterwards."""
+    from coiled_jupyter.provision import aws
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.url)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
+        try:
+            yield sandbox
+        finally:
+            with aws._clients_lock:
+                for key in [k for k in aws._clients if k[2] is None]:
+                    del aws._clients[key]
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading the sandbox independently, and injecting faults moto never produces
 

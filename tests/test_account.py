@@ -274,25 +274,13 @@ def test_keys_are_hidden_from_repr_and_checked_without_quoting_them():
 
 
 @pytest.fixture
-def aws_backend_for_keys(sandbox, monkeypatch, tmp_path):
-    """The ``aws`` backend with its endpoint redirected to the sandbox (``AWS_ENDPOINT_URL``); the
-    client for the explicit keys is made first and checked to point at loopback."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.url)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
-        connection = aws.Connection(
-            region="us-east-1", access_key_id=KEY_ID, secret_access_key=SECRET
-        )
-        ssm = aws.client("ssm", connection)
-        assert ssm.meta.endpoint_url == sandbox.url
-        try:
-            yield ssm
-        finally:
-            with aws._clients_lock:
-                for key in [k for k in aws._clients if k[2] is None]:
-                    del aws._clients[key]
+def aws_backend_for_keys(aws_backend_on_sandbox):
+    """The ``aws`` backend redirected to the sandbox; the client for the explicit keys is made first
+    and checked to point at loopback."""
+    connection = aws.Connection(region="us-east-1", access_key_id=KEY_ID, secret_access_key=SECRET)
+    ssm = aws.client("ssm", connection)
+    assert ssm.meta.endpoint_url == aws_backend_on_sandbox.url
+    return ssm
 
 
 def test_keys_given_are_used_but_never_stored_or_shown(cloud, aws_backend_for_keys, make_faults):

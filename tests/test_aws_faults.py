@@ -356,29 +356,16 @@ def test_connections_do_not_show_their_keys():
 
 
 @pytest.fixture
-def aws_backend(sandbox, monkeypatch, tmp_path, make_faults):
-    """The ``aws`` backend, its endpoint redirected to the sandbox with ``AWS_ENDPOINT_URL`` and keys
-    given in the environment; the client is checked to point at loopback before any call."""
+def aws_backend(aws_backend_on_sandbox, monkeypatch, make_faults):
+    """The ``aws`` backend redirected to the sandbox, keys given in the environment; the client is
+    checked to point at loopback before any call."""
     import types
 
-    import dask.config
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", sandbox.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
-        connection = target().connection()
-        ec2 = aws.client("ec2", connection)
-        assert ec2.meta.endpoint_url == sandbox.url
-        try:
-            yield types.SimpleNamespace(faults=make_faults(ec2), ec2=ec2)
-        finally:
-            with aws._clients_lock:
-                for key in [k for k in aws._clients if k[2] is None]:
-                    del aws._clients[key]
+    ec2 = aws.client("ec2", target().connection())
+    assert ec2.meta.endpoint_url == aws_backend_on_sandbox.url
+    return types.SimpleNamespace(faults=make_faults(ec2), ec2=ec2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,26 +50,12 @@ def no_sandbox_running(tmp_path, dask_config):
 
 
 @pytest.fixture
-def aws_backend(cloud, dask_config, monkeypatch, tmp_path):
-    """The ``aws`` backend, its endpoint redirected to the sandbox (``AWS_ENDPOINT_URL``), keys in
-    the environment as a profile-less kernel has them."""
-    import dask.config
-
-    from coiled_jupyter.provision import aws
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
+def aws_backend(aws_backend_on_sandbox, cloud, dask_config, monkeypatch):
+    """The ``aws`` backend redirected to the sandbox, keys in the environment as a profile-less
+    kernel has them."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID9999")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    with dask.config.set({"coiled-jupyter.backend": "aws", "coiled-jupyter.region": "us-east-1"}):
-        try:
-            yield cloud
-        finally:
-            with aws._clients_lock:
-                for key in [k for k in aws._clients if k[2] is None]:
-                    del aws._clients[key]
+    return cloud
 
 
 def account_line(view) -> str:
