@@ -48,23 +48,11 @@ def _target(cluster=None, *, backend=None, region=None, vpc_id=None):
     return target(cluster, backend=backend, region=region, vpc_id=vpc_id)
 
 
-def _read_account(t):
-    """Reads the account layer of ``t``'s backend from its store, without starting anything."""
-    from .provision.account import load_account_layer
-
-    if t.backend == "sandbox" and t.endpoint_url is None:
-        from .provision.sandbox import running
-
-        server = running()
-        if server is None:
-            return lambda: None  # a sandbox that is not running holds no account defaults
-        t = replace(t, endpoint_url=server.url)
-    return lambda: load_account_layer(t)
-
-
 def _read_settings(t, backend_options=None) -> Settings:
     """For cloud work: every layer, the account store of ``t``'s backend read now."""
-    return resolve_settings(backend_options, account=_read_account(t))
+    from .provision.account import load_account_layer
+
+    return resolve_settings(backend_options, account=lambda: load_account_layer(t))
 
 
 def _settings(t, backend_options=None, session: SessionValues | None = None) -> Settings:

@@ -125,43 +125,47 @@ _known: dict[tuple, LayerValues] = {}
 _known_lock = threading.Lock()
 
 
-def _store_key(t: Target, name: str) -> tuple | None:
-    """Which store ``name`` of ``t`` is, found without a cloud call; None for a sandbox that is not
-    running (it holds no account defaults)."""
+_SANDBOX_STOPPED = LayerValues(
+    Layer.ACCOUNT, note="the local sandbox is not running, so it holds none"
+)
+
+
+def _located(t: Target, name: str) -> tuple[tuple, Target] | None:
+    """Where store ``name`` of ``t`` is, found without a cloud call: the key of its memory, and the
+    target to read it through (for the sandbox, its running server). None for a sandbox that is not
+    running: it holds no account defaults, and nothing starts it to ask."""
     if t.backend == "sandbox":
         from .sandbox import resets_here, running
 
         server = running()
         if t.endpoint_url is not None and (server is None or t.endpoint_url != server.url):
-            return ("endpoint", t.endpoint_url, t.region, name)
+            return ("endpoint", t.endpoint_url, t.region, name), t
         if server is None:
             return None
-        return ("sandbox", server.pid, server.url, resets_here(), t.region, name)
+        key = ("sandbox", server.pid, server.url, resets_here(), t.region, name)
+        return key, replace(t, endpoint_url=server.url)
     from .aws_environment import environment_digest
 
-    return ("aws", t.region, name, environment_digest())
+    return ("aws", t.region, name, environment_digest()), t
 
 
-def _remember(t: Target, name: str, values: LayerValues, how: str) -> LayerValues:
-    """Keep ``values`` as the known state of the store; returns them with the note saying ``how``
-    ("read", "written") and when."""
+def _remember(key: tuple, values: LayerValues, how: str) -> LayerValues:
+    """Keep ``values`` as the known state of the store ``key``; returns them with the note saying
+    ``how`` ("read", "written") and when."""
     noted = replace(values, note=f"{how} at {time.strftime('%H:%M:%S UTC', time.gmtime())}")
-    key = _store_key(t, name)
-    if key is not None:
-        with _known_lock:
-            _known[key] = noted
+    with _known_lock:
+        _known[key] = noted
     return noted
 
 
 def known_account_layer(t: Target) -> LayerValues:
     """The account layer as known without a cloud call: as last read or written by this process,
     empty for a sandbox that is not running, else marked as not read."""
-    name = store_name()
-    key = _store_key(t, name)
-    if key is None:
-        return LayerValues(Layer.ACCOUNT, note="the local sandbox is not running, so it holds none")
+    located = _located(t, store_name())
+    if located is None:
+        return _SANDBOX_STOPPED
     with _known_lock:
-        known = _known.get(key)
+        known = _known.get(located[0])
     if known is not None:
         return known
     return LayerValues(
@@ -172,10 +176,15 @@ def known_account_layer(t: Target) -> LayerValues:
 
 
 def load_account_layer(t: Target) -> LayerValues:
-    """The account layer from the target backend's store (one SSM read), remembered with its time."""
-    store = account_store(t)
+    """The account layer from the target backend's store (one SSM read), remembered with its time;
+    a sandbox that is not running holds none and is not started to ask."""
+    name = store_name()
+    located = _located(t, name)
+    if located is None:
+        return _SANDBOX_STOPPED
+    key, t = located
     try:
-        options = store.load()
+        options = account_store(t).load()
     except CloudError as error:
         said = str(error).removeprefix(f"{error.code}: ").rstrip(".")
         raise AccountStoreUnreadable(
@@ -183,8 +192,7 @@ def load_account_layer(t: Target) -> LayerValues:
             f"{said}; the account defaults are needed because no Dask config, session or cluster "
             "options set these values.",
         ) from None
-    values = layer_from_options(Layer.ACCOUNT, options, f"SSM {store.name}")
-    return _remember(t, store.name, values, "read")
+    return _remember(key, layer_from_options(Layer.ACCOUNT, options, f"SSM {name}"), "read")
 
 
 def save_account(t: Target, ingress, use_scheduler_public_ip: bool | None) -> str:
@@ -340,8 +348,10 @@ def set_backend_options(
     store = AccountStore(connection, name)
     stored = {**(store.load() or {}), **options}
     store.store(stored)
-    if not keys.given or t.backend == "sandbox":  # other keys may be another account's store
-        _remember(t, name, layer_from_options(Layer.ACCOUNT, stored, location), "written")
+    located = _located(t, name)
+    if located is not None and (not keys.given or t.backend == "sandbox"):
+        # (keys given for AWS may be another account's: its store is not this kernel's)
+        _remember(located[0], layer_from_options(Layer.ACCOUNT, stored, location), "written")
     return location
 
 
