@@ -122,7 +122,7 @@ def _built_on(settings: Settings) -> LayerValues | None:
     """The account layer that rules edited from ``settings`` are built on: the account layer when it
     decides the rules, what the session was built on when the session does, else None."""
     if settings.ingress.layer == Layer.ACCOUNT:
-        return next(v for v in settings.layers if v.layer == Layer.ACCOUNT)
+        return settings.layer(Layer.ACCOUNT)
     if settings.ingress.layer == Layer.SESSION:
         return SESSION.values.built_on
     return None

@@ -109,11 +109,16 @@ class Settings:
     def rules(self) -> list[Rule]:
         return self.ingress.value
 
+    def layer(self, layer: Layer) -> LayerValues | None:
+        """What ``layer`` set, as consulted for these settings (None if it was not consulted)."""
+        return next((values for values in self.layers if values.layer == layer), None)
+
     @property
     def account_read(self) -> bool:
         """False when the account layer was not read, so values shown from the built-in default may
         in truth be the team's account defaults."""
-        return all(values.read for values in self.layers if values.layer == Layer.ACCOUNT)
+        account = self.layer(Layer.ACCOUNT)
+        return account is None or account.read
 
 
 # --------------------------------------------------------------------------------------------------
@@ -657,8 +662,7 @@ def account_drift_note(settings: Settings) -> str | None:
     now allows, and more than the person believes they kept. A plan reads the account store again,
     so it can say so before anything is applied.
     """
-    session = next((v for v in settings.layers if v.layer == Layer.SESSION), None)
-    account = next((v for v in settings.layers if v.layer == Layer.ACCOUNT), None)
+    session, account = settings.layer(Layer.SESSION), settings.layer(Layer.ACCOUNT)
     if settings.ingress.layer != Layer.SESSION or session is None or account is None:
         return None
     basis = session.built_on

@@ -659,11 +659,10 @@ class FirewallPanel(widgets.VBox):
 
 def _unsaved(settings) -> bool:
     """Does the session set a value that neither the Dask config nor the account defaults hold?"""
-    layers = {values.layer: values for values in settings.layers}
-    mine = layers.get(Layer.SESSION)
+    mine = settings.layer(Layer.SESSION)
     if mine is None:
         return False
-    kept = [layers[layer] for layer in (Layer.CONFIG, Layer.ACCOUNT) if layer in layers]
+    kept = [values for layer in (Layer.CONFIG, Layer.ACCOUNT) if (values := settings.layer(layer))]
     if mine.ingress is not None and all(
         k.ingress is None or _rule_snapshot(k.ingress) != _rule_snapshot(mine.ingress) for k in kept
     ):
