@@ -510,7 +510,8 @@ class FirewallPanel(widgets.VBox):
         finally:
             self._pushing = None
         self._edited = True
-        self._set_status("ready")
+        if not self._busy:  # an operation started meanwhile keeps its own status line
+            self._set_status("ready")
         self._show_view(view)
 
     # ----------------------------------------------------------------------------------------------
