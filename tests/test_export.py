@@ -24,9 +24,9 @@ from coiled_jupyter.rules import Rule, compact, parse_ingress
 
 FORMATS_BACK = ("terraform", "csv", "markdown", "aws-cli")
 # Characters AWS accepts in descriptions, with the two that HCL reads as templates.
-DESCRIPTION_TEXT = st.text(
-    alphabet="abcXYZ019 ._-:/()#,@[]+=&;{}!$*", max_size=40
-).map(str.strip) | st.sampled_from(["cost ${x}", "$${y}", "{}"])
+DESCRIPTION_TEXT = st.text(alphabet="abcXYZ019 ._-:/()#,@[]+=&;{}!$*", max_size=40).map(
+    str.strip
+) | st.sampled_from(["cost ${x}", "$${y}", "{}"])
 
 
 @st.composite
@@ -209,7 +209,9 @@ def test_export_to_a_file_and_import_it_back_through_the_magics(ip, sandbox, das
     target = tmp_path / "firewall.tf"
     result = ip.run_line_magic("coiled_ingress", f"export terraform --to {target}")
     assert target.read_text() == result.text
-    assert "8786-8787" in result.to_payload()["summary"] or "1 rule" in result.to_payload()["summary"]
+    assert (
+        "8786-8787" in result.to_payload()["summary"] or "1 rule" in result.to_payload()["summary"]
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     ip.run_line_magic("coiled_ingress", "clear")
     imported = ip.run_line_magic("coiled_ingress", f"import terraform {target}")
@@ -217,7 +219,9 @@ def test_export_to_a_file_and_import_it_back_through_the_magics(ip, sandbox, das
 
 
 def test_export_shows_the_text_in_every_rendering(ip, sandbox, dask_config):
-    ip.run_line_magic("coiled_ingress", "set [{ports: [8786], cidr: 10.1.0.0/16, description: R&D}]")
+    ip.run_line_magic(
+        "coiled_ingress", "set [{ports: [8786], cidr: 10.1.0.0/16, description: R&D}]"
+    )
     result = ip.run_line_magic("coiled_ingress", "export markdown")
     bundle = result._repr_mimebundle_()
     assert "| 8786 | tcp | 10.1.0.0/16 |" in bundle["text/plain"]
