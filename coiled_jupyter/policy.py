@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .rules import EVERYONE_NETWORKS, IngressError, Rule, canonical_network, parse_ports
 from .strict_yaml import excerpt
@@ -117,11 +117,16 @@ def parse_guardrail(name, value, *, set_by: str = "", set_at: str = "") -> Guard
 
 
 def _items(value) -> list:
-    """A value as its items: ``"8786,8787"``, ``"16 48"`` and ``["/16"]`` alike."""
-    if isinstance(value, (list, tuple)):
-        return [item.strip() if isinstance(item, str) else item for item in value]
+    """A value as its items: ``"8786,8787"``, ``"16 48"``, ``["8786,8787"]`` and ``["/16"]``
+    alike."""
     if isinstance(value, str):
         return value.replace(",", " ").split()
+    if isinstance(value, (list, tuple)):
+        return [
+            part
+            for item in value
+            for part in (item.replace(",", " ").split() if isinstance(item, str) else [item])
+        ]
     return [value]
 
 
@@ -196,6 +201,19 @@ class Guardrails:
                 ]
             )
         return refused, overridden
+
+    def signed(self, before: Guardrails, by: str, at: str) -> Guardrails:
+        """These guardrails, each that is new or changed since ``before`` signed ``by`` at ``at``;
+        the others keep who set them and when."""
+        earlier = {rail.name: rail for rail in before.rails}
+        return Guardrails(
+            tuple(
+                earlier[rail.name]
+                if rail.name in earlier and earlier[rail.name].value == rail.value
+                else replace(rail, set_by=by, set_at=at)
+                for rail in self.rails
+            )
+        )
 
     def replaced(self, rail: Guardrail) -> Guardrails:
         return Guardrails(tuple(r for r in self.rails if r.name != rail.name) + (rail,))
