@@ -37,6 +37,12 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
+    "guardrails": [
+        ("guardrail", "Guardrail"),
+        ("rule", "Rule"),
+        ("set_by", "Set by"),
+        ("set_at", "Set at"),
+    ],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
@@ -87,6 +93,7 @@ _TITLES = {
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
     "export": "Firewall export",
+    "guardrails": "Team guardrails",
 }
 
 

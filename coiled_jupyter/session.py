@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from .errors import CoiledJupyterError
 from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
+from .policy import NAMES as GUARDRAIL_NAMES
 from .rules import IngressError, Rule, canonical, parse_rule, subtract
 from .settings import (
     SESSION,
@@ -316,20 +317,42 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
 # Cloud work
 
 
-def plan(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """What :func:`apply` would change for this cluster (one read, no change)."""
+def plan(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """What :func:`apply` would change for this cluster (one read, no change).
+
+    ``override_guardrails``: team guardrails the rules may break, by name, each with the reason
+    (``{"no-world": "vendor debugging until 17:00"}``); the reason is tagged on those rules."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.plan(t, _read_settings(t, backend_options), progress=progress)
+    return reconcile.plan(
+        t, _read_settings(t, backend_options), progress=progress, overrides=override_guardrails
+    )
 
 
-def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """Make the cluster's security group match the effective settings, as the cloud confirmed it."""
+def apply(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """Make the cluster's security group match the effective settings, as the cloud confirmed it
+    (``override_guardrails`` as for :func:`plan`)."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.apply(t, _read_settings(t, backend_options), on_wait=progress)
+    return reconcile.apply(
+        t, _read_settings(t, backend_options), on_wait=progress, overrides=override_guardrails
+    )
 
 
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
@@ -499,3 +522,68 @@ def _read_import(path, where: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise CoiledJupyterError(f"{where} is not UTF-8 text.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Team guardrails (kept with the account defaults)
+
+
+def guardrails(**target_options):
+    """The team's guardrails as the account store holds them (one SSM read)."""
+    from .provision.account import guardrails as read
+    from .provision.results import GuardrailsView
+
+    t = _target(**target_options)
+    return GuardrailsView(t, read(t).rails)
+
+
+def set_guardrails(*, no_world=None, within=None, widest=None, max_rules=None, **target_options):
+    """Set team guardrails for everyone who reads the account store (``None`` leaves one as it
+    is): ``no_world="8786,8787"`` (never open to 0.0.0.0/0 or ::/0), ``within=["10.0.0.0/8"]``
+    (sources only inside these networks), ``widest=16`` or ``(16, 48)`` (no network wider than
+    /16, /48 for IPv6), ``max_rules=40``. Each new or changed one is signed with who set it
+    (the AWS identity of this kernel) and when. All are checked before anything is written."""
+    from .policy import parse_guardrail
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    given = {"no-world": no_world, "within": within, "widest": widest, "max-rules": max_rules}
+    rails, problems = [], []
+    for name, value in given.items():
+        if value is not None:
+            try:
+                rails.append(parse_guardrail(name, value))
+            except IngressError as error:
+                problems.extend(error.problems)
+    if problems:
+        raise IngressError(problems)
+    if not rails:
+        raise IngressError(
+            ["set_guardrails needs at least one of no_world, within, widest and max_rules."]
+        )
+
+    def change(current):
+        for rail in rails:
+            current = current.replaced(rail)
+        return current
+
+    t = _target(**target_options)
+    return GuardrailsView(t, store(t, change).rails)
+
+
+def clear_guardrail(name, **target_options):
+    """Remove one team guardrail (``all`` removes every one)."""
+    from .policy import Guardrails
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    word = _one_of(
+        name,
+        (*GUARDRAIL_NAMES, "all"),
+        "there is no guardrail {value}; {hint}the guardrails are "
+        + ", ".join(GUARDRAIL_NAMES)
+        + ", or all.",
+    )
+    t = _target(**target_options)
+    stored = store(t, lambda rails: Guardrails() if word == "all" else rails.without(word))
+    return GuardrailsView(t, stored.rails)

@@ -428,6 +428,35 @@ class ExportResult(_Displayed):
         )
 
 
+@dataclass(frozen=True, repr=False)
+class GuardrailsView(_Displayed):
+    """The team's guardrails: every plan and apply of everyone who reads the account store checks
+    them before any write."""
+
+    target: Target
+    rails: tuple = ()
+
+    def to_payload(self) -> dict:
+        return self._payload(
+            "guardrails",
+            summary=(
+                f"{len(self.rails)} team guardrail{'' if len(self.rails) == 1 else 's'}, checked "
+                "by every plan and apply before any write"
+                if self.rails
+                else "no team guardrails: set one with %coiled_ingress guard no-world 8786"
+            ),
+            rows=[
+                {
+                    "guardrail": rail.name,
+                    "rule": rail.describe(),
+                    "set_by": rail.set_by,
+                    "set_at": rail.set_at,
+                }
+                for rail in self.rails
+            ],
+        )
+
+
 class ClusterKwargs(dict):
     """Keyword arguments for ``coiled.Cluster(**kwargs)``: ``backend_options`` (its ``ingress`` in
     Coiled's exact schema) and ``use_scheduler_public_ip``.

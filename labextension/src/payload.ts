@@ -98,7 +98,8 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
-  export: 'Firewall export'
+  export: 'Firewall export',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -125,6 +126,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }
