@@ -39,8 +39,7 @@ from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -311,14 +310,11 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
-    from .rules import load_text
-    from .strict_yaml import check_size
-
-    check_size(text, where)  # before any scan of it
+    session.check_size(text, where)  # before any scan of it
     if "$" not in text:
-        return load_text(text, where)
+        return session.load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
-    return placeholders.fill(load_text(placeholders.text, where))
+    return placeholders.fill(session.load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,18 +376,14 @@ class CoiledMagics(Magics, Configurable):
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
-        from .strict_yaml import check_size
-
         where = "the magic's line"
-        check_size(line, where)
+        session.check_size(line, where)
         line = substitute(line, self.shell.user_ns, where)
-        check_size(line, f"{where} with its variables inserted")
+        session.check_size(line, f"{where} with its variables inserted")
         return line
 
     def _ingress_line(self, line: str):
-        from .strict_yaml import check_size
-
-        check_size(line, "the magic's line")  # before any scanning of it
+        session.check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
