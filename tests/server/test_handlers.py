@@ -95,19 +95,23 @@ async def test_patch_edits_the_server_session_and_get_sees_the_edit(api):
     assert sources(again) == sources(data)
 
     status, data = await api(
-        "PATCH", "settings", {"op": "remove", "ports": "8787", "source": "10.1.0.0/16"}
+        "PATCH",
+        "settings",
+        {"op": "remove", "ports": "8787", "source": "10.1.0.0/16", "cluster": CLUSTER},
     )
     assert status == 200, data
     assert sources(data) == [("8786", "10.1.0.0/16")]
 
-    status, data = await api("PATCH", "settings", {"op": "scheduler_ip", "choice": "private"})
+    status, data = await api(
+        "PATCH", "settings", {"op": "scheduler_ip", "choice": "private", "cluster": CLUSTER}
+    )
     assert status == 200, data
     assert data["use_scheduler_public_ip"] is False
 
-    status, data = await api("PATCH", "settings", {"op": "clear"})
+    status, data = await api("PATCH", "settings", {"op": "clear", "cluster": CLUSTER})
     assert (status, data["rows"]) == (200, [])
 
-    status, data = await api("PATCH", "settings", {"op": "reset"})
+    status, data = await api("PATCH", "settings", {"op": "reset", "cluster": CLUSTER})
     assert status == 200
     assert sources(data) == DEFAULT
     assert data["use_scheduler_public_ip"] is True
@@ -167,7 +171,7 @@ async def test_save_writes_the_user_file_or_the_account_store(api, cloud, dask_c
         {"ports": [8786], "cidr": "10.5.0.0/16"}
     ]
 
-    status, saved = await api("POST", "save", {"scope": "account", "cluster": CLUSTER})
+    status, saved = await api("POST", "save", {"scope": "account"})
     assert status == 200, saved
     names = [p["Name"] for p in cloud.ssm.describe_parameters()["Parameters"]]
     assert any(name.startswith("/coiled-jupyter/backend-options") for name in names)
