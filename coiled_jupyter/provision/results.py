@@ -378,9 +378,9 @@ class SettingsView(_Displayed):
         )
         if self.coiled_toggle != public_ip.value:
             mirrored = (
-                ""
-                if cluster == self.default_cluster
-                else f" (it holds the default cluster {self.default_cluster!r}'s toggle only)"
+                f" (it holds the default cluster {self.default_cluster!r}'s toggle only)"
+                if public_ip.layer == Layer.SESSION and cluster != self.default_cluster
+                else ""
             )
             toggle += (
                 f"{mirrored}, not the {str(public_ip.value).lower()} above (from "
