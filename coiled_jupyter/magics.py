@@ -34,7 +34,7 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 from traitlets.config.configurable import Configurable
 
 from . import session
@@ -328,8 +328,8 @@ class CoiledMagics(Magics, Configurable):
     cluster = Unicode(
         "",
         config=True,
-        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-        "key coiled-jupyter.cluster.",
+        help="Cluster the magics (and the panel, and cluster_kwargs()) act on when no cluster is "
+        "named, in this kernel; empty means the Dask config key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -341,6 +341,13 @@ class CoiledMagics(Magics, Configurable):
         # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
         # shell as traitlets parent (for ipython_config.py).
         super().__init__(shell=shell, **kwargs)
+        session.use_default_cluster(self.cluster or None)
+
+    @observe("cluster")
+    def _default_cluster_changed(self, change) -> None:
+        """One default cluster in the kernel: the panel, cluster_kwargs() and the toggle mirrored
+        into Dask's config follow %config CoiledMagics.cluster too."""
+        session.use_default_cluster(change["new"] or None)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_ingress and %%coiled_ingress
@@ -728,6 +735,7 @@ def unload_ipython_extension(ipython) -> None:
                 del table[name]
     if magics is not None:
         ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+        session.use_default_cluster(None)
     dispatcher = ipython.strdispatchers.get("complete_command")
     if dispatcher is not None:
         for key, completer in _COMPLETERS:

@@ -32,7 +32,7 @@ from .settings import (
     SessionValues,
     Settings,
     coiled_toggle,
-    option,
+    default_cluster,
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
@@ -108,7 +108,7 @@ def _view(t, settings: Settings, *, reach: bool = True):
         reachability,
         coiled_toggle(),
         session_clusters=SESSION.clusters(),
-        default_cluster=option("cluster"),
+        default_cluster=default_cluster(),
         session_version=SESSION.version(t.cluster),
     )
 
@@ -291,6 +291,13 @@ def subscribe(callback: Callable[[SessionChange], None]) -> Callable[[], None]:
     return SESSION.subscribe(callback)
 
 
+def use_default_cluster(cluster: str | None) -> None:
+    """Act on ``cluster`` when an operation names none (``%config CoiledMagics.cluster``); None
+    goes back to Dask's ``coiled-jupyter.cluster``. Its session toggle is the one mirrored into
+    Dask's ``coiled.use_scheduler_public_ip``."""
+    SESSION.use_default_cluster(cluster)
+
+
 def name_session(detail: str) -> None:
     """Name whose session this is in every origin ("this Jupyter server" for the sidebar's)."""
     SESSION.detail = detail
@@ -329,7 +336,7 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
     )
     t = _target(cluster)
     notes: tuple[str, ...] = ()
-    if t.cluster != option("cluster"):
+    if t.cluster != default_cluster():
         notes = (
             f"saved from the session of cluster {t.cluster!r}: the {_SAVED_WHERE[word]} are read "
             "for every cluster, so they now apply to every cluster without session settings of "

@@ -467,8 +467,8 @@ class SessionLayer:
     session) can be refused instead of undoing the newer change.
 
     :mod:`coiled_jupyter.session` validates and changes it; observers (an open panel) are told after
-    every change. The toggle of the default cluster (Dask's ``coiled-jupyter.cluster``) is also set
-    in this kernel's Dask config (``coiled.use_scheduler_public_ip``), the one key Coiled's client
+    every change. The toggle of the default cluster (:func:`default_cluster`) is also set in this
+    kernel's Dask config (``coiled.use_scheduler_public_ip``), the one key Coiled's client
     reads from there: that key is kernel-wide, so it cannot hold every cluster's toggle; other
     clusters' toggles reach Coiled through ``cluster_kwargs(cluster)``, and their settings view says
     so when the key says otherwise. The value that was there before is put back when the default
@@ -487,6 +487,14 @@ class SessionLayer:
         self._versions: dict[str, int] = {}
         self._observers: list[Callable[[SessionChange], None]] = []
         self._toggle_before: Any = _ABSENT
+        self.default_cluster: str | None = None  # see default_cluster()
+
+    def use_default_cluster(self, cluster: str | None) -> None:
+        """Act on ``cluster`` when an operation names none (None: Dask's coiled-jupyter.cluster),
+        and mirror its toggle from now on."""
+        with self.lock:
+            self.default_cluster = cluster or None
+            self._mirror_toggle(self.of().use_scheduler_public_ip)
 
     @property
     def values(self) -> dict[str, SessionValues]:
@@ -496,7 +504,7 @@ class SessionLayer:
     def of(self, cluster: str | None = None) -> SessionValues:
         """What the session sets for ``cluster`` (None: the default cluster); empty values when it
         sets nothing."""
-        return self._clusters.get(cluster or option("cluster"), SessionValues())
+        return self._clusters.get(cluster or default_cluster(), SessionValues())
 
     def version(self, cluster: str) -> int:
         """How many changes ``cluster``'s session settings have had; an edit names the version it
@@ -543,7 +551,7 @@ class SessionLayer:
             else:
                 self._clusters[cluster] = values
             self._versions[cluster] = self.version(cluster) + 1
-            self._mirror_toggle(self.of(option("cluster")).use_scheduler_public_ip)
+            self._mirror_toggle(self.of().use_scheduler_public_ip)
             change = SessionChange(cluster, values, self.version(cluster))
             for observer in list(self._observers):
                 observer(change)
@@ -593,6 +601,13 @@ class SessionLayer:
 
 
 SESSION = SessionLayer()
+
+
+def default_cluster() -> str:
+    """The cluster an operation acts on when it names none: the magics' ``CoiledMagics.cluster``
+    when it is set in this kernel, else Dask's ``coiled-jupyter.cluster``; one default for the
+    magics, the panel and the mirrored toggle."""
+    return SESSION.default_cluster or option("cluster")
 
 
 def coiled_toggle() -> bool:

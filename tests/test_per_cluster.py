@@ -185,3 +185,20 @@ def test_a_panel_keeps_its_cluster_when_the_default_changes(dask_config):
         assert SESSION.of("other").empty
     finally:
         panel.close()
+
+
+def test_the_magics_default_cluster_is_the_kernel_default(ip, dask_config):
+    """%config CoiledMagics.cluster names the default cluster for the whole kernel: the panel and
+    the toggle mirrored into Dask's config (which coiled.Cluster() reads) follow it."""
+    ip.run_line_magic("config", "CoiledMagics.cluster = 'prod'")
+    ip.run_line_magic("coiled_scheduler_ip", "private")
+    assert SESSION.of("prod").use_scheduler_public_ip is False
+    assert dask.config.get(PUBLIC_IP_KEY) is False
+    panel = FirewallPanel(background=False)
+    try:
+        assert panel.cluster == "prod" and panel.scheduler_ip.value is False
+    finally:
+        panel.close()
+    ip.run_line_magic("config", "CoiledMagics.cluster = 'dev'")
+    assert dask.config.get(PUBLIC_IP_KEY, None) is None  # dev sets no toggle
+    assert session.show(reach=False).target.cluster == "dev"
