@@ -123,6 +123,12 @@ def _lines_before(data: dict) -> list[str]:
             f"(client connects on the scheduler's {where} IP; from "
             f"{data['use_scheduler_public_ip_origin']})"
         )
+        others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
+        if others:
+            lines.append(
+                f"session settings (kept per cluster) also for: {', '.join(others)}; "
+                "none of them applies to this cluster"
+            )
     return lines
 
 

@@ -34,13 +34,12 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -342,14 +341,11 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
-    from .rules import load_text
-    from .strict_yaml import check_size
-
-    check_size(text, where)  # before any scan of it
+    session.check_size(text, where)  # before any scan of it
     if "$" not in text:
-        return load_text(text, where)
+        return session.load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
-    return placeholders.fill(load_text(placeholders.text, where))
+    return placeholders.fill(session.load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,8 +359,8 @@ class CoiledMagics(Magics, Configurable):
     cluster = Unicode(
         "",
         config=True,
-        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-        "key coiled-jupyter.cluster.",
+        help="Cluster the magics (and the panel, and cluster_kwargs()) act on when no cluster is "
+        "named, in this kernel; empty means the Dask config key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -376,6 +372,13 @@ class CoiledMagics(Magics, Configurable):
         # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
         # shell as traitlets parent (for ipython_config.py).
         super().__init__(shell=shell, **kwargs)
+        session.use_default_cluster(self.cluster or None)
+
+    @observe("cluster")
+    def _default_cluster_changed(self, change) -> None:
+        """One default cluster in the kernel: the panel, cluster_kwargs() and the toggle mirrored
+        into Dask's config follow %config CoiledMagics.cluster too."""
+        session.use_default_cluster(change["new"] or None)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_ingress and %%coiled_ingress
@@ -419,18 +422,14 @@ class CoiledMagics(Magics, Configurable):
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
-        from .strict_yaml import check_size
-
         where = "the magic's line"
-        check_size(line, where)
+        session.check_size(line, where)
         line = substitute(line, self.shell.user_ns, where)
-        check_size(line, f"{where} with its variables inserted")
+        session.check_size(line, f"{where} with its variables inserted")
         return line
 
     def _ingress_line(self, line: str):
-        from .strict_yaml import check_size
-
-        check_size(line, "the magic's line")  # before any scanning of it
+        session.check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
@@ -836,6 +835,7 @@ def unload_ipython_extension(ipython) -> None:
                 del table[name]
     if magics is not None:
         ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+        session.use_default_cluster(None)
     dispatcher = ipython.strdispatchers.get("complete_command")
     if dispatcher is not None:
         for key, completer in _COMPLETERS:
