@@ -485,7 +485,9 @@ def config_layer() -> LayerValues:
             )
     values = {}
     for name, path in _OUR_PATHS.items():
-        variable = "USE_SCHEDULER_PUBLIC_IP" if name == "use_scheduler_public_ip" else "BACKEND_OPTIONS"
+        variable = (
+            "USE_SCHEDULER_PUBLIC_IP" if name == "use_scheduler_public_ip" else "BACKEND_OPTIONS"
+        )
         values[name] = (_get(merged, *path), detail(_sources_in(_get(origins, *path)), variable))
         if values[name][0] is not None or (name == "firewall" and values["ingress"][0] is not None):
             continue
@@ -523,7 +525,9 @@ def _has_null(patch: dict, path: tuple[str, ...]) -> bool:
     :func:`_merged`)."""
     *way, last = path
     place = _get(patch, *way) if way else patch
-    return isinstance(place, dict) and key_spelling(place, last) in place and _get(place, last) is None
+    return (
+        isinstance(place, dict) and key_spelling(place, last) in place and _get(place, last) is None
+    )
 
 
 def _env_detail(suffix: str = "") -> str:

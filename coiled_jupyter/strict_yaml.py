@@ -106,8 +106,9 @@ NOT_A_MAPPING = NotAMapping()
 
 def load_keys(text: str, where: str, tree: dict, limits=FILE_LIMITS):
     """From a config file, only the keys in ``tree`` (nested names, ``{}`` where a value is read:
-    ``{"coiled": {"backend-options": {"ingress": {}}}}``), as nested dicts with the file's own spellings, as Dask's reader sees them: YAML
-    merge keys (``<<: *defaults``) and aliases on the way are followed as PyYAML does. The values at
+    ``{"coiled": {"backend-options": {"ingress": {}}}}``), as nested dicts with the file's own
+    spellings, as Dask's reader sees them: YAML merge keys (``<<: *defaults``) and aliases on the
+    way are followed as PyYAML does. The values at
     the end of a path are held to the strict rules; the rest of the file only to the limits. On the
     way, a null stays ``None`` and any other value that is not a mapping is :data:`NOT_A_MAPPING`.
     Keys match with ``-`` and ``_`` alike, as in Dask; a key on one of these paths given twice (or
@@ -345,7 +346,11 @@ class _Loader:
         mapping: dict = {}
         seen: dict = {}
         for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<" and not key_node.style:
+            if (
+                isinstance(key_node, yaml.ScalarNode)
+                and key_node.value == "<<"
+                and not key_node.style
+            ):
                 raise _Refused(_MERGE_PROBLEM, key_node.start_mark)
             key = self._convert(key_node)
             if not isinstance(key, (str, int, float, bool, type(None))):
@@ -411,7 +416,9 @@ class _Loader:
                 written.append((key_node, value_node))
         merged = []
         for value_node in merges:
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
             for source in sources:
                 if not isinstance(source, yaml.MappingNode):
                     raise _Refused(
@@ -473,7 +480,9 @@ class _Loader:
 
 
 def _is_null(node, yaml) -> bool:
-    return isinstance(node, yaml.ScalarNode) and not node.style and bool(_NULL.fullmatch(node.value))
+    return (
+        isinstance(node, yaml.ScalarNode) and not node.style and bool(_NULL.fullmatch(node.value))
+    )
 
 
 def _character(character) -> str:

@@ -215,9 +215,7 @@ def _yaml_file(spec: dict) -> str:
     anchors, aliases and merge keys (values as JSON, which is YAML)."""
     if spec["coiled_null"]:
         return "coiled:\n"
-    backend = {
-        key: spec[key] for key in ("ingress", "firewall") if spec[key] is not _ABSENT
-    }
+    backend = {key: spec[key] for key in ("ingress", "firewall") if spec[key] is not _ABSENT}
     toggle = {} if spec["toggle"] is _ABSENT else {spec["toggle_key"]: spec["toggle"]}
 
     def flow(mapping: dict) -> str:
@@ -229,9 +227,8 @@ def _yaml_file(spec: dict) -> str:
             f"  {k}: {json.dumps(v)}\n" for k, v in toggle.items()
         )
     if style == "merge":
-        return (
-            f"team: &t {flow(backend)}\ncoiled:\n  {backend_key}: {{<<: *t}}\n"
-            + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in toggle.items())
+        return f"team: &t {flow(backend)}\ncoiled:\n  {backend_key}: {{<<: *t}}\n" + "".join(
+            f"  {k}: {json.dumps(v)}\n" for k, v in toggle.items()
         )
     if style == "merge-list":
         # The second mapping adds what the first does not set (a key in both is refused).
@@ -251,9 +248,8 @@ def _yaml_file(spec: dict) -> str:
             "firewall": {"ports": [22], "cidr": "0.0.0.0/0"},
         }
         written = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in backend.items())
-        return (
-            f"wide: &w {flow(wide)}\ncoiled:\n  {backend_key}:\n    <<: *w\n{written}"
-            + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in toggle.items())
+        return f"wide: &w {flow(wide)}\ncoiled:\n  {backend_key}:\n    <<: *w\n{written}" + "".join(
+            f"  {k}: {json.dumps(v)}\n" for k, v in toggle.items()
         )
     if style == "alias":
         return (
@@ -285,7 +281,11 @@ def _expected(env: dict):
 
     unset = (
         (ingress is None and set_somewhere("coiled.backend-options.ingress"))
-        or (ingress is None and firewall is None and set_somewhere("coiled.backend-options.firewall"))
+        or (
+            ingress is None
+            and firewall is None
+            and set_somewhere("coiled.backend-options.firewall")
+        )
         or (toggle is None and set_somewhere("coiled.use_scheduler_public_ip"))
     )
     return ingress, firewall, toggle, unset
