@@ -180,19 +180,32 @@ def parse_coiled_options(
                     "use_scheduler_public_ip, as in Coiled's documentation."
                 ]
             )
+        problems += [
+            _not_used(key, f"beside 'coiled' in {where}", _BELONGS_UNDER_COILED)
+            for key in data
+            if key != key_spelling(data, "coiled")
+        ]
         problems += _unknown_keys(
             coiled,
             ("backend-options", "use_scheduler_public_ip"),
             f"'coiled' in {where}",
-            strict=False,
+            belongs=_BELONGS_IN_COILED,
         )
         backend = _get(coiled, "backend-options") or {}
         if not isinstance(backend, dict):
             problems.append(f"'coiled.backend-options' in {where} must be a mapping with ingress.")
             backend = {}
         problems += _unknown_keys(
-            backend, ("ingress", "firewall"), f"'coiled.backend-options' in {where}", strict=False
+            backend,
+            ("ingress", "firewall"),
+            f"'coiled.backend-options' in {where}",
+            belongs=_BELONGS_IN_BACKEND_OPTIONS,
         )
+        if _get(backend, "ingress") is not None and _get(backend, "firewall") is not None:
+            problems.append(
+                f"'coiled.backend-options' in {where} has both 'ingress' and the deprecated "
+                "'firewall', and only ingress is used; remove 'firewall'."
+            )
         options = {
             "ingress": _get(backend, "ingress"),
             "firewall": _get(backend, "firewall"),
@@ -232,12 +245,13 @@ def parse_coiled_options(
 
 
 def _unknown_keys(
-    mapping: dict, known: tuple[str, ...], where: str, *, strict: bool = True
+    mapping: dict, known: tuple[str, ...], where: str, *, belongs: dict | None = None
 ) -> list[str]:
     """Keys Coiled's format does not have, with a did-you-mean ('-' and '_' are alike, as in Dask).
 
-    Not ``strict``: only near-misses of ``known`` are reported, since a pasted ``coiled:`` snippet
-    may hold Coiled's other keys (token, workspace, region...) that are not ours to judge.
+    ``belongs`` (inside a pasted ``coiled:`` snippet): where keys that are not ours belong, by key
+    (``None``: any other key), for a sentence that names the key and that place: every key is
+    used or refused, none is accepted and dropped.
     """
     import difflib
 
@@ -248,11 +262,43 @@ def _unknown_keys(
         if name in spellings:
             continue
         close = difflib.get_close_matches(name, spellings, n=1, cutoff=0.7)
-        if not close and not strict:
-            continue
-        hint = f"did you mean {close[0]!r}?" if close else f"use only {', '.join(known)}."
-        problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
+        if close:
+            problems.append(f"{where} has unknown key {excerpt(key)}; did you mean {close[0]!r}?")
+        elif belongs is not None:
+            problems.append(_not_used(key, f"in {where}", belongs))
+        else:
+            problems.append(f"{where} has unknown key {excerpt(key)}; use only {', '.join(known)}.")
     return problems
+
+
+def _not_used(key, where: str, belongs: dict) -> str:
+    place = belongs.get(str(key).replace("_", "-"), belongs[None])
+    return f"{excerpt(key)} {where} is not used here: {place}"
+
+
+# Where a key that is not ours belongs, for the sentence refusing it in a pasted snippet.
+_BELONGS_UNDER_COILED = {
+    "ingress": "it belongs under coiled.backend-options (coiled: {backend-options: {ingress: "
+    "[...]}}), as in Coiled's documentation.",
+    "firewall": "it belongs under coiled.backend-options, as in Coiled's documentation.",
+    "backend-options": "it belongs under coiled (coiled: {backend-options: ...}), as in "
+    "Coiled's documentation.",
+    "use-scheduler-public-ip": "it belongs under coiled (coiled: {use_scheduler_public_ip: "
+    "false}), as in Coiled's documentation.",
+    None: "only coiled: is read from a snippet; other tools' settings belong in your Dask config "
+    "file, so remove it.",
+}
+_BELONGS_IN_COILED = {
+    "ingress": _BELONGS_UNDER_COILED["ingress"],
+    "firewall": _BELONGS_UNDER_COILED["firewall"],
+    None: "only backend-options.ingress and use_scheduler_public_ip are firewall settings; "
+    "Coiled's other settings belong in your Dask config file (coiled.yaml) or in "
+    "coiled.Cluster(...), so remove it.",
+}
+_BELONGS_IN_BACKEND_OPTIONS = {
+    None: "only ingress is a firewall setting; other backend options belong in "
+    "coiled.Cluster(backend_options=...), so remove it.",
+}
 
 
 def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:

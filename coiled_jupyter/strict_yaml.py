@@ -130,6 +130,58 @@ def load_keys(text: str, where: str, tree: dict, limits=FILE_LIMITS):
         raise loader.refusal(refused.problem, refused.mark) from None
 
 
+def load_json(text: str, where: str, limits: Limits = TEXT_LIMITS):
+    """A JSON text (a REST body) into Python values, by this module's rules that apply to JSON: the
+    size and the nesting depth checked before it is parsed (Python's parser recurses), no key twice
+    in one object (``-`` and ``_`` alike, as in YAML here), at most ``limits.digits`` digits per
+    number, and no ``NaN`` or ``Infinity``. Python's ``json`` alone keeps the last of two keys, so
+    ``{"cidr": "10.1.0.0/16", "cidr": "0.0.0.0/0"}`` would admit the world."""
+    import json
+
+    check_size(text, where, limits)
+    check_depth(text, where, limits)
+
+    def mapping(pairs):
+        found: dict = {}
+        seen: set = set()
+        for key, value in pairs:
+            if key.replace("_", "-") in seen:
+                raise StrictYAMLError(
+                    f"{where} has the key {excerpt(key)} twice in one object; keep one."
+                )
+            seen.add(key.replace("_", "-"))
+            found[key] = value
+        return found
+
+    def number(kind):
+        def parse(text: str):
+            digits = sum(c.isdigit() for c in text)
+            if digits > limits.digits:
+                raise StrictYAMLError(
+                    f"{where} has a number of {digits:,} digits ({excerpt(text, 12)}); no value "
+                    f"here has more than {limits.digits}."
+                )
+            return kind(text)
+
+        return parse
+
+    def constant(name: str):
+        raise StrictYAMLError(f"{where} has {name}, which is not a number; write a plain number.")
+
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=mapping,
+            parse_int=number(int),
+            parse_float=number(float),
+            parse_constant=constant,
+        )
+    except json.JSONDecodeError as error:
+        raise StrictYAMLError(
+            f"{where} is not JSON ({error.msg} at line {error.lineno}, column {error.colno})."
+        ) from None
+
+
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
