@@ -66,6 +66,8 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +97,8 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  export: 'Firewall export'
 };
 
 export type Column = [key: string, title: string];
