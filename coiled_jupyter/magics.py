@@ -40,7 +40,7 @@ from traitlets.config.configurable import Configurable
 from . import session
 from .errors import CoiledJupyterError
 from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .strict_yaml import check_value, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -193,6 +193,7 @@ def _as_text(name: str, value, where: str) -> str:
     if isinstance(value, str):
         text = value
     else:
+        check_value(value, f"variable {name!r} in {where}")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):

@@ -219,7 +219,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
     word = value.strip().lower() if isinstance(value, str) else value
     if word in words:
         return word
-    close = difflib.get_close_matches(str(word), words, n=1)
+    close = difflib.get_close_matches(word, words, n=1) if isinstance(word, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 

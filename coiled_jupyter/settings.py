@@ -161,8 +161,16 @@ def parse_coiled_options(
     Returns ``(rules or None, use_scheduler_public_ip or None)``.
     """
     from .rules import load_text
+    from .strict_yaml import StrictYAMLError, check_value
 
-    data = load_text(value, where) if isinstance(value, str) else value
+    if isinstance(value, str):
+        data = load_text(value, where)
+    else:
+        try:
+            check_value(value, where)
+        except StrictYAMLError as error:
+            raise IngressError(error.problems) from None
+        data = value
     if data is None:
         raise IngressError(
             [

@@ -130,6 +130,30 @@ def load_keys(text: str, where: str, tree: dict, limits=FILE_LIMITS):
         raise loader.refusal(refused.problem, refused.mark) from None
 
 
+def check_value(value, where: str, limits: Limits = TEXT_LIMITS) -> None:
+    """Refuse Python values (a notebook variable, an API argument) nested deeper or holding more
+    values than a text may, before anything walks them recursively: ``json.dumps``, ``repr`` and
+    ``copy`` end in ``RecursionError`` on a list nested a few thousand deep. Walked with a stack,
+    so a value that holds itself is refused on its depth too."""
+    stack = [(value, 1)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > limits.depth:
+            raise StrictYAMLError(
+                f"{where} nests deeper than {limits.depth} levels; a rule list needs 3."
+            )
+        if count > limits.nodes:
+            raise StrictYAMLError(
+                f"{where} holds more than {limits.nodes:,} values; split it or shorten it."
+            )
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((child, depth + 1) for child in item)
+
+
 def load_json(text: str, where: str, limits: Limits = TEXT_LIMITS):
     """A JSON text (a REST body) into Python values, by this module's rules that apply to JSON: the
     size and the nesting depth checked before it is parsed (Python's parser recurses), no key twice
