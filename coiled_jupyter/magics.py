@@ -39,7 +39,7 @@ from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES, excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, check_value, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -212,6 +212,7 @@ def _as_text(name: str, value, where: str) -> str:
     if isinstance(value, str):
         text = value
     else:
+        check_value(value, f"variable {name!r} in {where}")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
-from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
+from .export import FORMATS as EXPORT_FORMATS
 from .policy import NAMES as GUARDRAIL_NAMES
 from .rules import PROTOCOLS, IngressError, Rule, canonical, load_text, parse_rule, subtract
 from .settings import (
@@ -38,11 +38,21 @@ from .settings import (
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
-from .strict_yaml import check_size, excerpt
+from .strict_yaml import check_size, check_value, excerpt, load_json
 
 # For the front ends, which import only this module, display and errors (docs/architecture.md):
-# the protocols a rule may name, and the strict reader of what a person types.
-__all__ = ["PROTOCOLS", "check_size", "excerpt", "load_text"]
+# the protocols a rule may name, the export formats, the guardrails' names, and the strict reader of
+# what a person types.
+__all__ = [
+    "EXPORT_FORMATS",
+    "GUARDRAIL_NAMES",
+    "PROTOCOLS",
+    "check_size",
+    "check_value",
+    "excerpt",
+    "load_json",
+    "load_text",
+]
 
 SCOPES = ("user", "account")
 _SAVED_WHERE = {"user": "Dask config file's settings", "account": "account defaults"}
@@ -256,7 +266,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
     word = value.strip().lower() if isinstance(value, str) else value
     if word in words:
         return word
-    close = difflib.get_close_matches(str(word), words, n=1)
+    close = difflib.get_close_matches(word, words, n=1) if isinstance(word, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 
