@@ -66,6 +66,18 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
+  verdict?: string;
+  /** Magics that fix what the warnings and notes say, each working when pasted. */
+  commands?: ICommand[];
+  /** The settings view's layers, notes and reasons, shown collapsed unless `verbose`. */
+  details?: string[];
+  verbose?: boolean;
+}
+
+export interface ICommand {
+  command: string;
+  does: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +107,8 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  history: 'Firewall history'
 };
 
 export type Column = [key: string, title: string];
@@ -122,6 +135,13 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'history') {
+    return [
+      ['at', 'When'],
+      ['changes', 'Changed'],
+      ['before', 'Before']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }
