@@ -90,6 +90,7 @@ _TITLES = {
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
     "history": "Firewall history",
+    "export": "Firewall export",
 }
 
 
@@ -153,6 +154,8 @@ def text(data: dict) -> str:
                 lines.append("  ".join("-" * w for w in widths))
     elif data["kind"] in ("rules", "settings", "apply"):
         lines.append("(no inbound rules)")
+    if data.get("body"):
+        lines.append(data["body"].rstrip("\n"))
     lines.extend(_lines_after(data))
     lines.extend(_command_lines(data))
     if data.get("details"):
@@ -194,6 +197,8 @@ def html(data: dict) -> str:
         out.append("</tbody></table>")
     elif data["kind"] in ("rules", "settings", "apply"):
         out.append("<p><em>(no inbound rules)</em></p>")
+    if data.get("body"):
+        out.append(f'<pre class="cj-body">{escape(data["body"])}</pre>')
     after = _lines_after(data)
     if after:
         out.append(_html_list(after))

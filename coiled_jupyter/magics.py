@@ -55,6 +55,8 @@ SUBCOMMANDS = (
     "save",
     "history",
     "undo",
+    "export",
+    "import",
 )
 # The subcommands that show the settings view (as %coiled_ingress alone does), so -v applies.
 _SHOWING_SETTINGS = (None, "add", "remove", "set", "clear", "reset")
@@ -65,16 +67,18 @@ _OPTIONS_OF = {
     "remove": ("protocol",),
     "save": ("scope",),
     "undo": ("apply",),
+    "export": ("to",),
 }
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
+    "to": "--to",
     "apply": "--apply",
     "verbose": "--verbose",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
+_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope", "--to")
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
@@ -95,6 +99,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
+                                        aws-cli [--to FILE]
+  %coiled_ingress import FORMAT FILE    set the session's rules from such an export
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
@@ -136,6 +143,8 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress save [--scope user|account]   keep this session's settings
   %coiled_ingress history           the group's rules before each apply from this machine
   %coiled_ingress undo [--apply]    plan (or apply) the way back to before the last apply
+  %coiled_ingress export FORMAT [--to FILE]   terraform, coiled, csv, markdown or aws-cli
+  %coiled_ingress import FORMAT FILE            set the session's rules from such an export
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
@@ -240,6 +249,24 @@ plan and changes nothing. With --apply it applies that plan (and a later undo go
 The rules are set in this session too, so the next apply keeps them. {_CLUSTER_HELP}
 """,
 }
+
+_SUBCOMMAND_HELP["export"] = f"""\
+%coiled_ingress export FORMAT [--to FILE] [--cluster NAME]
+
+The effective rules for IT, in their tools' formats: terraform, coiled (Coiled's ingress), csv,
+markdown (a port matrix) or aws-cli. --to FILE writes it to a file. What a format cannot carry is
+named under the export. {_CLUSTER_HELP}
+
+  %coiled_ingress export terraform --to firewall.tf
+"""
+_SUBCOMMAND_HELP["import"] = f"""\
+%coiled_ingress import FORMAT FILE [--cluster NAME]
+
+Set this session's rules from an export (any format export writes), as set would; nothing reaches
+the cloud until a plan and an apply. {_CLUSTER_HELP}
+
+  %coiled_ingress import terraform firewall.tf
+"""
 
 _CELL_HELP = """\
 %%coiled_ingress [--cluster NAME] [--apply]
@@ -528,6 +555,7 @@ class CoiledMagics(Magics, Configurable):
         metavar="user|account",
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
+    @argument("--to", metavar="FILE", help="export: write the export to FILE")
     @argument("--apply", action="store_true", help="cell, undo: apply (after setting the rules)")
     @argument("-v", "--verbose", action="store_true", help="settings: every layer, note and reason")
     @argument("-h", "--help", action="store_true", help="print this help")
@@ -604,6 +632,8 @@ class CoiledMagics(Magics, Configurable):
             where = "the rules of %coiled_ingress set"
             data = substitute_yaml(body, self.shell.user_ns, where)
             return session.set_settings(data, cluster=cluster, label=where)
+        if command in ("export", "import"):
+            return _export_or_import(command, positional, args, cluster)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -734,6 +764,22 @@ def strip_comment(line: str) -> str:
     return line
 
 
+def _export_or_import(command: str, positional: list[str], args, cluster):
+    if command == "export":
+        if len(positional) != 1:
+            raise UsageError(
+                "%coiled_ingress export takes one format (terraform, coiled, csv, markdown or "
+                "aws-cli), e.g. %coiled_ingress export terraform --to firewall.tf."
+            )
+        return session.export_rules(positional[0], cluster=cluster, to=args.to)
+    if len(positional) != 2:
+        raise UsageError(
+            "%coiled_ingress import takes a format and a file, e.g. %coiled_ingress import "
+            "terraform firewall.tf."
+        )
+    return session.import_rules(positional[0], path=positional[1], cluster=cluster)
+
+
 def _split(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -843,6 +889,7 @@ _INGRESS_OPTIONS = {
     "add": ["--description", "--protocol", "--cluster"],
     "remove": ["--protocol", "--cluster"],
     "save": ["--scope", "--cluster"],
+    "export": ["--to", "--cluster"],
 }
 
 
@@ -871,6 +918,8 @@ def complete_ingress(shell, event) -> list[str]:
         return list(SUBCOMMANDS)
     if command in ("add", "remove") and len(words) == 2:
         return ["me", "everyone"]
+    if command in ("export", "import") and len(words) == 1:
+        return list(session.EXPORT_FORMATS)
     raise TryNext()
 
 

@@ -73,6 +73,8 @@ export interface IPayload {
   /** The settings view's layers, notes and reasons, shown collapsed unless `verbose`. */
   details?: string[];
   verbose?: boolean;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 export interface ICommand {
@@ -108,7 +110,8 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
-  history: 'Firewall history'
+  history: 'Firewall history',
+  export: 'Firewall export'
 };
 
 export type Column = [key: string, title: string];
