@@ -25,6 +25,7 @@ _PUBLIC = {
     "destroy": "coiled_jupyter.session",
     "scheduler_address": "coiled_jupyter.session",
     "cluster_kwargs": "coiled_jupyter.session",
+    "rehearse": "coiled_jupyter.session",
     "FirewallPanel": "coiled_jupyter.widgets",
 }
 

@@ -53,15 +53,23 @@ SUBCOMMANDS = (
     "describe",
     "destroy",
     "save",
+    "rehearse",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
-_OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
+_OPTIONS_OF = {
+    "add": ("description", "protocol"),
+    "remove": ("protocol",),
+    "save": ("scope",),
+    "rehearse": ("live", "stop"),
+}
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
     "apply": "--apply",
+    "live": "--live",
+    "stop": "--stop",
 }
 # Options that take a value, to find where the subcommand word is.
 _VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
@@ -85,6 +93,11 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress rehearse              enforce the group with packets on this machine (network
+                                        namespaces, nftables, a real dask scheduler) and set each
+                                        predicted verdict beside a measured one [--stop]
+  %coiled_ingress rehearse --live       connect from this notebook to the real scheduler and
+                                        dashboard, beside the predicted verdicts
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
@@ -372,6 +385,8 @@ class CoiledMagics(Magics, Configurable):
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
+    @argument("--live", action="store_true", help="rehearse: connect to the real cluster")
+    @argument("--stop", action="store_true", help="rehearse: tear the rehearsal down")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
@@ -448,6 +463,8 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
+        if command == "rehearse":
+            return session.rehearse(cluster, live=args.live, stop=args.stop, progress=print)
         if command in ("plan", "apply", "describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
@@ -468,6 +485,13 @@ class CoiledMagics(Magics, Configurable):
                 raise UsageError(
                     f"the %%coiled_ingress cell takes only --cluster and --apply, not "
                     f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
+                )
+        for name in ("live", "stop"):
+            if getattr(args, name):
+                raise UsageError(
+                    f"the %%coiled_ingress cell takes only --cluster and --apply, not "
+                    f"{_OPTION_FLAGS[name]}; rehearse on a line: %coiled_ingress rehearse "
+                    f"{_OPTION_FLAGS[name]}."
                 )
         cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
