@@ -26,6 +26,8 @@ _PUBLIC = {
     "scheduler_address": "coiled_jupyter.session",
     "cluster_kwargs": "coiled_jupyter.session",
     "rehearse": "coiled_jupyter.session",
+    "export_rules": "coiled_jupyter.session",
+    "import_rules": "coiled_jupyter.session",
     "FirewallPanel": "coiled_jupyter.widgets",
 }
 

@@ -54,6 +54,8 @@ SUBCOMMANDS = (
     "destroy",
     "save",
     "rehearse",
+    "export",
+    "import",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
@@ -62,17 +64,19 @@ _OPTIONS_OF = {
     "remove": ("protocol",),
     "save": ("scope",),
     "rehearse": ("live", "stop"),
+    "export": ("to",),
 }
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
+    "to": "--to",
     "apply": "--apply",
     "live": "--live",
     "stop": "--stop",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
+_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope", "--to")
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
@@ -98,6 +102,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
                                         predicted verdict beside a measured one [--stop]
   %coiled_ingress rehearse --live       connect from this notebook to the real scheduler and
                                         dashboard, beside the predicted verdicts
+  %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
+                                        aws-cli [--to FILE]
+  %coiled_ingress import FORMAT FILE    set the session's rules from such an export
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
@@ -384,6 +391,7 @@ class CoiledMagics(Magics, Configurable):
         metavar="user|account",
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
+    @argument("--to", metavar="FILE", help="export: write the export to FILE")
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
     @argument("--live", action="store_true", help="rehearse: connect to the real cluster")
     @argument("--stop", action="store_true", help="rehearse: tear the rehearsal down")
@@ -455,6 +463,8 @@ class CoiledMagics(Magics, Configurable):
             where = "the rules of %coiled_ingress set"
             data = substitute_yaml(body, self.shell.user_ns, where)
             return session.set_settings(data, cluster=cluster, label=where)
+        if command in ("export", "import"):
+            return _export_or_import(command, positional, args, cluster)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -571,6 +581,22 @@ class CoiledMagics(Magics, Configurable):
 # Parsing helpers
 
 
+def _export_or_import(command: str, positional: list[str], args, cluster):
+    if command == "export":
+        if len(positional) != 1:
+            raise UsageError(
+                "%coiled_ingress export takes one format (terraform, coiled, csv, markdown or "
+                "aws-cli), e.g. %coiled_ingress export terraform --to firewall.tf."
+            )
+        return session.export_rules(positional[0], cluster=cluster, to=args.to)
+    if len(positional) != 2:
+        raise UsageError(
+            "%coiled_ingress import takes a format and a file, e.g. %coiled_ingress import "
+            "terraform firewall.tf."
+        )
+    return session.import_rules(positional[0], path=positional[1], cluster=cluster)
+
+
 def _split(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -680,6 +706,8 @@ _INGRESS_OPTIONS = {
     "add": ["--description", "--protocol", "--cluster"],
     "remove": ["--protocol", "--cluster"],
     "save": ["--scope", "--cluster"],
+    "export": ["--to", "--cluster"],
+    "rehearse": ["--live", "--stop", "--cluster"],
 }
 
 
@@ -708,6 +736,8 @@ def complete_ingress(shell, event) -> list[str]:
         return list(SUBCOMMANDS)
     if command in ("add", "remove") and len(words) == 2:
         return ["me", "everyone"]
+    if command in ("export", "import") and len(words) == 1:
+        return list(session.EXPORT_FORMATS)
     raise TryNext()
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
+from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
 from .rules import IngressError, Rule, canonical, parse_rule, subtract
 from .settings import (
     SESSION,
@@ -497,3 +498,115 @@ def _route_source(host: str) -> str | None:
             return probe.getsockname()[0]
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports for IT, and imports back
+
+# An import is a rule list, not a data set: anything larger is refused before it is read whole.
+IMPORT_MAX_BYTES = 1024 * 1024
+
+
+def export_rules(format, *, cluster=None, to=None, **target_options):
+    """The effective rules as they will be sent (``me`` resolved, compacted) in one of IT's formats:
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` or ``aws-cli``; written to the file ``to``
+    when given. Reads the account store (one SSM call), as a plan does, so the team's defaults are
+    what is exported when they decide the rules; nothing else is called."""
+    from . import export
+    from .provision.reconcile import declared
+    from .provision.results import ExportResult
+
+    format = export.check_format(format)
+    path = _export_path(to) if to is not None else None
+    t = _target(cluster, **target_options)
+    settings = _read_settings(t)
+    wanted = declared(settings)
+    exported = export.export(
+        wanted.rules,
+        format,
+        cluster=t.cluster,
+        region=t.region,
+        origin=settings.ingress.origin,
+        purpose=_purpose,
+    )
+    if path is not None:
+        from .state import write_atomically
+
+        write_atomically(path, exported.text)
+    return ExportResult(
+        t,
+        format,
+        exported.text,
+        len(wanted.rules),
+        settings.ingress.origin,
+        str(path) if path is not None else None,
+        exported.lost,
+        wanted.notes,
+    )
+
+
+_PURPOSES = {8786: "client to scheduler", 8787: "dashboard"}
+
+
+def _purpose(rule: Rule) -> str:
+    """What the ports of ``rule`` are for on a Dask cluster ('' for ports Dask does not use)."""
+    return ", ".join(
+        _PURPOSES[port] for port in sorted(_PURPOSES) if rule.from_port <= port <= rule.to_port
+    )
+
+
+def _export_path(to):
+    from pathlib import Path
+
+    if not isinstance(to, str) or not to.strip():
+        raise CoiledJupyterError(f"the export file {excerpt(to)} is not a file name; name one.")
+    path = Path(to).expanduser()
+    if path.is_dir():
+        raise CoiledJupyterError(f"{excerpt(to)} is a folder; name a file to export to.")
+    if not path.parent.is_dir():
+        raise CoiledJupyterError(
+            f"the folder of {excerpt(to)} does not exist; create it or name another file."
+        )
+    return path
+
+
+def import_rules(format, text=None, *, path=None, cluster=None):
+    """Set the session's rules from an export (``text``, or the file ``path``) in ``format``;
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` and ``aws-cli`` read back what
+    :func:`export_rules` wrote. Like ``set``, nothing is applied until a plan and an apply."""
+    from . import export
+
+    format = export.check_format(format, importing=True)
+    if (text is None) == (path is None):
+        raise CoiledJupyterError("import takes the export's text or a file path, one of the two.")
+    where = "the import" if path is None else f"the file {excerpt(str(path))}"
+    if path is not None:
+        text = _read_import(path, where)
+    rules = export.import_rules(text, format, where=where)
+    return _edit(_target(cluster), ingress=rules)
+
+
+def _read_import(path, where: str) -> str:
+    """The file's text, read with a bound and only when it is a regular file (a FIFO or a device
+    would block or never end)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(os.path.expanduser(str(path)), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CoiledJupyterError(f"{where} cannot be read: {error.strerror}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CoiledJupyterError(f"{where} is not a regular file.")
+        data = os.read(fd, IMPORT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > IMPORT_MAX_BYTES:
+        raise CoiledJupyterError(
+            f"{where} is larger than {IMPORT_MAX_BYTES // 1024} KiB, more than any rule list."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CoiledJupyterError(f"{where} is not UTF-8 text.") from None

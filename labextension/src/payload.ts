@@ -66,6 +66,8 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +97,9 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  export: 'Firewall export',
+  rehearsal: 'Firewall rehearsal'
 };
 
 export type Column = [key: string, title: string];
@@ -105,6 +109,17 @@ const RULE_COLUMNS: Column[] = [
   ['ports', 'Port'],
   ['source', 'Source'],
   ['description', 'Description']
+];
+
+/** A rehearsal's: per source and port, the verdict predicted beside the one measured. */
+const REHEARSAL_COLUMNS: Column[] = [
+  ['source', 'Source'],
+  ['address', 'Address'],
+  ['port', 'Port'],
+  ['predicted', 'Predicted'],
+  ['measured', 'Measured'],
+  ['time', 'Time'],
+  ['detail', 'What happened']
 ];
 
 /** A plan's columns shown only when some row has a value: an update's old description, and who
@@ -122,6 +137,9 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'rehearsal') {
+    return REHEARSAL_COLUMNS;
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }

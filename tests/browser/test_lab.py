@@ -284,3 +284,28 @@ def test_every_kind_renders_with_every_field_as_text(lab_page):
     plan.get_by_label("Sort by Port").click()
     assert plan.locator("td[data-column=ports]").all_inner_texts() == ["80", "8786"]
     lab_page.screenshot("every-kind-light")
+
+
+REHEARSAL = r"""
+from coiled_jupyter.provision.target import target
+from coiled_jupyter.rehearsal.result import RehearsalResult, Row
+agreed = Row("inside 10.1.0.0/16", "10.1.0.5", "scheduler", 8786, "yes", "r", "yes", 0.1,
+             "connected", "distributed.Client")
+wrong = Row({markup!r}, "198.51.100.7", "dashboard", 8787, "no", "r", "yes", 0.2,
+            "HTTP 200", "HTTP GET")
+RehearsalResult(target("rehearsed"), "rehearsed with packets", (agreed, wrong))
+"""
+
+
+def test_a_rehearsal_renders_natively_with_a_disagreement_marked(lab_page):
+    new_notebook(lab_page)
+    output = run_cell(lab_page, REHEARSAL.format(markup=MARKUP).strip())
+    rendered = output.locator('.cj-rendered[data-kind="rehearsal"]')
+    expect(rendered).to_have_count(1, timeout=60_000)
+    headers = rendered.locator("th").all_inner_texts()
+    assert headers == ["Source", "Address", "Port", "Predicted", "Measured", "Time", "What happened"]
+    rows = rendered.locator("tbody tr")
+    assert rows.nth(0).get_attribute("class") in (None, "")
+    assert "cj-disagree" in rows.nth(1).get_attribute("class")
+    assert MARKUP in rows.nth(1).inner_text()  # shown as text, never as markup
+    assert output.locator("img, script").count() == 0
