@@ -34,14 +34,19 @@ def rows(result) -> dict[str, tuple[str, str]]:
     }
 
 
-def test_live_compares_a_real_connect_with_the_prediction(sandbox, dask_config, listener):
-    open_port, closed_port = listener
-    session.set_settings([{"ports": [open_port], "cidr": "127.0.0.1/32"}], cluster="live")
+def rehearse_live(admitted: int, open_port: int, closed_port: int):
+    """Admit loopback on ``admitted``, apply, and rehearse live against 127.0.0.1."""
+    session.set_settings([{"ports": [admitted], "cidr": "127.0.0.1/32"}], cluster="live")
     session.set_scheduler_ip("private")
     session.apply("live")
-    result = session.rehearse(
+    return session.rehearse(
         "live", live=True, host="127.0.0.1", scheduler_port=open_port, dashboard_port=closed_port
     )
+
+
+def test_live_compares_a_real_connect_with_the_prediction(sandbox, dask_config, listener):
+    open_port, closed_port = listener
+    result = rehearse_live(open_port, open_port, closed_port)
     assert rows(result) == {"(scheduler)": ("yes", "yes"), "(dashboard)": ("no", "no")}
     payload = result.to_payload()
     assert payload["live"] is True and payload["notes"] == []
@@ -50,12 +55,7 @@ def test_live_compares_a_real_connect_with_the_prediction(sandbox, dask_config, 
 
 def test_live_explains_a_difference(sandbox, dask_config, listener):
     open_port, closed_port = listener
-    session.set_settings([{"ports": [closed_port], "cidr": "127.0.0.1/32"}], cluster="live")
-    session.set_scheduler_ip("private")
-    session.apply("live")
-    result = session.rehearse(
-        "live", live=True, host="127.0.0.1", scheduler_port=open_port, dashboard_port=closed_port
-    )
+    result = rehearse_live(closed_port, open_port, closed_port)
     assert rows(result) == {"(scheduler)": ("no", "yes"), "(dashboard)": ("yes", "no")}
     notes = result.to_payload()["notes"]
     assert notes[0].startswith(f"port {open_port} (scheduler) at 127.0.0.1: connected although")

@@ -333,20 +333,9 @@ def live(
             reason = (
                 f"admitted by {rule}." if rule else f"no rule admits {from_address} on port {port}."
             )
-        found = tcp_connect(host, port, timeout)
+        source = Source(f"this notebook ({from_address or 'address unknown'})", host)
         rows.append(
-            Row(
-                f"this notebook ({from_address or 'address unknown'})",
-                host,
-                name,
-                port,
-                verdict,
-                reason,
-                found.verdict,
-                found.seconds,
-                found.detail,
-                "TCP connect",
-            )
+            _row(source, name, port, verdict, reason, tcp_connect(host, port, timeout), "tcp")
         )
     notes = tuple(_explain(row) for row in rows if not row.agree)
     summary = f"live: TCP connects from this notebook to {host}"
