@@ -64,3 +64,16 @@ def test_a_killed_rehearsal_leaves_nothing_after_the_next_start():
         assert again.alive
     assert namespaces.ours() == []
     assert host_links_of_ours() == []
+
+
+def test_an_idle_rehearsal_is_torn_down():
+    from coiled_jupyter.rehearsal import rehearse
+
+    running = rehearse.current(8786, 8787)
+    assert rehearse.current(8786, 8787) is running  # reused, not built again
+    rehearse._touch(0.05)
+    idle = rehearse._idle
+    idle.join(60)  # the idle clock ran out and stopped the rehearsal
+    assert not idle.is_alive()
+    assert rehearse._current is None and not running.alive
+    assert namespaces.ours() == []
