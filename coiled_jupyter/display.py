@@ -37,6 +37,12 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
+    "guardrails": [
+        ("guardrail", "Guardrail"),
+        ("rule", "Rule"),
+        ("set_by", "Set by"),
+        ("set_at", "Set at"),
+    ],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
@@ -98,6 +104,7 @@ _TITLES = {
     "save": "Firewall settings saved",
     "rehearsal": "Firewall rehearsal",
     "export": "Firewall export",
+    "guardrails": "Team guardrails",
 }
 
 
@@ -127,6 +134,12 @@ def _lines_before(data: dict) -> list[str]:
             f"(client connects on the scheduler's {where} IP; from "
             f"{data['use_scheduler_public_ip_origin']})"
         )
+        others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
+        if others:
+            lines.append(
+                f"session settings (kept per cluster) also for: {', '.join(others)}; "
+                "none of them applies to this cluster"
+            )
     return lines
 
 

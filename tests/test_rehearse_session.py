@@ -37,7 +37,7 @@ def rows(result) -> dict[str, tuple[str, str]]:
 def rehearse_live(admitted: int, open_port: int, closed_port: int):
     """Admit loopback on ``admitted``, apply, and rehearse live against 127.0.0.1."""
     session.set_settings([{"ports": [admitted], "cidr": "127.0.0.1/32"}], cluster="live")
-    session.set_scheduler_ip("private")
+    session.set_scheduler_ip("private", cluster="live")
     session.apply("live")
     return session.rehearse(
         "live", live=True, host="127.0.0.1", scheduler_port=open_port, dashboard_port=closed_port

@@ -99,7 +99,8 @@ export const TITLES: { [kind: string]: string } = {
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
   export: 'Firewall export',
-  rehearsal: 'Firewall rehearsal'
+  rehearsal: 'Firewall rehearsal',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -140,6 +141,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'rehearsal') {
     return REHEARSAL_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }
