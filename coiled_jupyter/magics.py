@@ -53,6 +53,7 @@ SUBCOMMANDS = (
     "describe",
     "destroy",
     "save",
+    "ports",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
@@ -64,7 +65,7 @@ _OPTION_FLAGS = {
     "apply": "--apply",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
+_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope", "--kind")
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
@@ -76,7 +77,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress add PORTS SOURCE      admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules [--protocol udp]
   %coiled_ingress set RULES             replace the rules by a YAML or JSON rule list, e.g.
-                                        %coiled_ingress set [{ports: [8786], cidr: 10.1.0.0/16}]
+                                        %coiled_ingress set [{ports: [443], cidr: 10.1.0.0/16}]
+                                        or by Coiled's keywords, as coiled.Cluster takes them:
+                                        %coiled_ingress set allow_ingress_from=me allow_ssh=true
   %coiled_ingress clear                 no rules: only the cluster's own internal traffic
   %coiled_ingress reset                 drop this session's settings (back to config and defaults)
   %coiled_ingress plan                  what apply would change (one read, no change)
@@ -85,11 +88,20 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress ports                 each port the cluster listens on, what uses it, and
+                                        whether the rules admit it and from where
+
+--kind coiled|dask (with any subcommand) says which kind of cluster the rules are for, for this
+session: coiled (coiled.Cluster: scheduler and HTTPS dashboard on coiled.scheduler_port, 443 by
+default) or dask (a plain Dask cluster: 8786 and 8787). Default: the Dask config key
+coiled-jupyter.cluster-kind, else coiled. Every table says which kind and ports it assumed.
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
 
-The cell magic takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's docs.
+The cell magic takes Coiled's format: a rule list, a coiled: snippet as in Coiled's docs, or
+Coiled's network keywords (allow_ingress_from: me, allow_ssh_from, allow_ssh, allow_spark,
+open_extra_ports, scheduler_port), which become the rules coiled.Cluster builds from them.
 Without --apply it sets the session and shows the settings; with --apply it also applies.
 
   %%coiled_ingress [--cluster NAME] [--apply]
@@ -372,6 +384,11 @@ class CoiledMagics(Magics, Configurable):
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
+    @argument(
+        "--kind",
+        metavar="coiled|dask",
+        help="the kind of cluster (its ports), kept for this session",
+    )
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
@@ -415,6 +432,10 @@ class CoiledMagics(Magics, Configurable):
             )
         self._check_options(args, command)
         cluster = self._cluster(args)
+        with session.kind_for(args.kind, cluster):
+            return self._ingress_command(args, command, body, cluster)
+
+    def _ingress_command(self, args, command, body, cluster):
         if command is None:
             return self._show(cluster)
         positional = args.words[1:]
@@ -448,6 +469,8 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
+        if command == "ports":
+            return session.port_matrix(cluster)
         if command in ("plan", "apply", "describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
@@ -459,7 +482,7 @@ class CoiledMagics(Magics, Configurable):
             return _print_help(parser)
         if args.words:
             raise UsageError(
-                f"the %%coiled_ingress cell takes only --cluster and --apply on its "
+                f"the %%coiled_ingress cell takes only --cluster, --kind and --apply on its "
                 f"first line, not {excerpt(' '.join(args.words))}; put the rules in the cell "
                 "body."
             )
@@ -471,9 +494,10 @@ class CoiledMagics(Magics, Configurable):
                 )
         cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
-        if not args.apply:
-            return session.set_settings(cell, cluster=cluster, label="the cell")
-        return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
+        with session.kind_for(args.kind, cluster):
+            if not args.apply:
+                return session.set_settings(cell, cluster=cluster, label="the cell")
+            return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
 
     def _check_options(self, args, command):
         for name, flag in _OPTION_FLAGS.items():

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import settings
+from .ports import PortModel
 from .rules import ME, IngressError, Rule, admits, open_to_everyone, resolve_me
 
 YES, NO, UNKNOWN = "yes", "no", "unknown"
@@ -305,7 +306,9 @@ class Reachability:
     """What the rules mean for this notebook: a verdict per port, its addresses, and warnings.
 
     ``public`` is ``None`` when the public address is unknown or was not needed (the private IP is
-    used and no rule says ``me``), since it is only looked up when it matters.
+    used and no rule says ``me``), since it is only looked up when it matters. ``model`` is the
+    kind of cluster and the ports the verdicts assumed; ``connect_warnings`` are the warnings that
+    say a client will not connect (a plan repeats them before anything is applied).
     """
 
     use_scheduler_public_ip: bool
@@ -315,6 +318,8 @@ class Reachability:
     dashboard: PortReach
     warnings: tuple[str, ...] = ()
     lookup: PublicAddress | None = None  # how the public address was found, when it was
+    model: PortModel | None = None
+    connect_warnings: tuple[str, ...] = ()
 
     @property
     def ports(self) -> tuple[PortReach, PortReach]:
@@ -330,6 +335,7 @@ class Reachability:
             "dashboard": self.dashboard.to_dict(),
             "warnings": list(self.warnings),
             "public_lookup": self.lookup.to_dict() if self.lookup is not None else None,
+            "ports": self.model.to_dict() if self.model is not None else None,
         }
 
 
@@ -341,19 +347,25 @@ def check(
     public: str | None = None,
     scheduler_port: int | None = None,
     dashboard_port: int | None = None,
+    model: PortModel | None = None,
 ) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
 
     ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_addresses`, which
     is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
-    that judging private-IP settings never waits on the network. The ports default to the options
-    ``scheduler-port`` and ``dashboard-port``.
+    that judging private-IP settings never waits on the network. The ports are those of ``model``
+    (default: the default cluster's, :func:`coiled_jupyter.ports.model`); ``scheduler_port`` and
+    ``dashboard_port`` override them.
     """
+    from .ports import model as port_model
+
     rules = list(rules)
+    if model is None:
+        model = port_model()
     if scheduler_port is None:
-        scheduler_port = int(settings.option("scheduler-port"))
+        scheduler_port = model.scheduler
     if dashboard_port is None:
-        dashboard_port = int(settings.option("dashboard-port"))
+        dashboard_port = model.dashboard
     local = tuple(
         local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local)
     )
@@ -380,20 +392,60 @@ def check(
         for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port))
     )
 
-    warnings: list[str] = []
+    connect: list[str] = []
+    locked_out = lockout(rules, model, scheduler_port)
     public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
-    if public_only:
-        warnings.append(_private_ip_warning(public_only, scheduler_port, local))
+    if locked_out:
+        connect.append(locked_out)
+    elif public_only:
+        connect.append(_private_ip_warning(public_only, scheduler_port, local))
     elif scheduler.verdict == NO:
-        warnings.append(
+        connect.append(
             _not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local, public)
         )
+    warnings = list(connect)
     opened = open_to_everyone(rules)
     if opened:
         warnings.append(_open_warning(opened, scheduler_port, public))
     return Reachability(
-        use_scheduler_public_ip, local, public, scheduler, dashboard, tuple(warnings), lookup
+        use_scheduler_public_ip,
+        local,
+        public,
+        scheduler,
+        dashboard,
+        tuple(warnings),
+        lookup,
+        model,
+        tuple(connect),
     )
+
+
+def lockout(rules: Iterable[Rule], model: PortModel, port: int | None = None) -> str | None:
+    """One sentence when no rule admits any source at all on the scheduler's port, else None.
+
+    Declaring ingress replaces Coiled's default rules as a whole, and nothing adds the scheduler's
+    port back: the seeds' ``[{ports: [8786, 8787], cidr: ...}]`` on a Coiled cluster listening on
+    443 opens two ports nothing listens on, and every client times out.
+    """
+    port = model.scheduler if port is None else port
+    tcp = [r for r in rules if r.protocol in (_PROTOCOL, "-1", "all")]
+    if any(r.from_port <= port <= r.to_port for r in tcp):
+        return None
+    opened = _merged_ports(tcp)
+    these = f"these rules open {_words(opened)} only" if opened else "these rules open no port"
+    where = "this Coiled cluster" if model.kind == "coiled" else "this Dask cluster"
+    listens = model.listens if port == model.scheduler else f"listens on {port} (scheduler)"
+    fixes = [f"add {port}"]
+    if model.kind == "coiled" and any(r.from_port <= 8786 <= r.to_port for r in tcp):
+        sources = list(dict.fromkeys(r.source for r in tcp))
+        source = sources[0] if len(sources) == 1 and not sources[0].startswith("sg-") else "me"
+        fixes.append(
+            "or set scheduler_port: 8786 (Coiled's keyword form, e.g. `%coiled_ingress set "
+            f"allow_ingress_from={source} scheduler_port=8786`)"
+        )
+    if model.kind == "dask" and any(r.from_port <= 443 <= r.to_port for r in tcp):
+        fixes.append("or, if it is a Coiled cluster, say so with `--kind coiled`")
+    return f"{where} {listens}; {these}, so no client will connect: {', '.join(fixes)}."
 
 
 def _judge(
@@ -510,6 +562,17 @@ def _open_warning(opened: list[Rule], scheduler_port: int, public: str | None) -
         f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
         f"`%coiled_ingress add {example} me`, then remove {networks}."
     )
+
+
+def _merged_ports(rules: list[Rule]) -> list[str]:
+    """The ports the rules open, whatever the source, as AWS holds them: ``8786-8787``, ``22``."""
+    merged: list[list[int]] = []
+    for rule in sorted(rules, key=lambda r: (r.from_port, r.to_port)):
+        if merged and rule.from_port <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], rule.to_port)
+        else:
+            merged.append([rule.from_port, rule.to_port])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in merged]
 
 
 def _is_private(address: str) -> bool:

@@ -17,6 +17,7 @@ is refused with the way to read it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,11 +49,18 @@ def _target(cluster=None, *, backend=None, region=None, vpc_id=None):
     return target(cluster, backend=backend, region=region, vpc_id=vpc_id)
 
 
+def _model(t):
+    """The kind of cluster ``t`` is and the ports it listens on (see :mod:`.ports`)."""
+    from .ports import model
+
+    return model(t.cluster)
+
+
 def _read_settings(t, backend_options=None) -> Settings:
     """For cloud work: every layer, the account store of ``t``'s backend read now."""
     from .provision.account import load_account_layer
 
-    return resolve_settings(backend_options, account=lambda: load_account_layer(t))
+    return resolve_settings(backend_options, account=lambda: load_account_layer(t), model=_model(t))
 
 
 def _settings(t, backend_options=None, session: SessionValues | None = None) -> Settings:
@@ -61,7 +69,10 @@ def _settings(t, backend_options=None, session: SessionValues | None = None) -> 
     from .provision.account import known_account_layer
 
     return resolve_settings(
-        backend_options, account=lambda: known_account_layer(t), session=session
+        backend_options,
+        account=lambda: known_account_layer(t),
+        session=session,
+        model=_model(t),
     )
 
 
@@ -88,12 +99,13 @@ def _view(t, settings: Settings, *, reach: bool = True):
     """``settings`` as the settings view, with the reachability verdict unless ``reach`` is False."""
     from .provision.results import SettingsView
 
+    model = _model(t)
     reachability = None
     if reach:
         from .reach import check
 
-        reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
-    return SettingsView(t, settings, reachability, coiled_toggle())
+        reachability = check(settings.rules, settings.use_scheduler_public_ip.value, model=model)
+    return SettingsView(t, settings, reachability, coiled_toggle(), ports=model)
 
 
 def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP, built_on=None):
@@ -190,16 +202,100 @@ def remove(ports, source, *, protocol=None, cluster=None):
     )
 
 
-def set_settings(value, *, cluster=None, label: str = "the settings"):
+def _settings_input(t, value, label: str, keywords: dict):
+    """Rules, toggle and Coiled's ``scheduler_port`` (``_KEEP`` when not said) from what was typed:
+    Coiled's format (see :func:`set_settings`), or Coiled's network keywords (``keywords``, or a
+    mapping or ``key=value`` text naming them), which become the rules ``coiled.Cluster`` would
+    build from them."""
+    from . import network_args
+    from .rules import load_text
+
+    if keywords:
+        if value is not None:
+            given = ", ".join(keywords)
+            raise IngressError(
+                [f"{label} is given both as rules and as keywords ({given}); give one."]
+            )
+        value = keywords
+    data = value
+    if isinstance(value, str) and not network_args.is_keyword_form(value):
+        data = load_text(value, label)
+    if not network_args.is_keyword_form(data):
+        rules, public_ip = parse_coiled_options(data, where=label)
+        return rules, public_ip, _KEEP
+    args, public_ip = network_args.parse(data, where=label)
+    https = _model(t).dashboard_https
+    return args.rules(use_dashboard_https=https), public_ip, args.scheduler_port
+
+
+def _set_scheduler_port(t, port) -> None:
+    """Keep (or drop, None) the scheduler port Coiled's keyword form said, for this cluster."""
+    from . import ports
+
+    if port is not _KEEP:
+        here = ports.session_ports(t.cluster)
+        ports.set_session(t.cluster, replace(here, scheduler_port=port))
+
+
+def set_settings(value=None, *, cluster=None, label: str = "the settings", **keywords):
     """Set the session from a rule list, ``{ingress, use_scheduler_public_ip}`` or a ``coiled:``
-    snippet as in Coiled's documentation, given as YAML/JSON text or Python values. ``label`` names
-    the input in error sentences (``the cell``)."""
-    rules, public_ip = parse_coiled_options(value, where=label)
+    snippet as in Coiled's documentation, given as YAML/JSON text or Python values; or from Coiled's
+    network keywords (``set_settings(allow_ingress_from="me", allow_ssh=True)``, a mapping, or
+    ``allow_ingress_from=me allow_ssh=true`` text), which become exactly the rules
+    ``coiled.Cluster`` builds from them. ``label`` names the input in error sentences."""
+    t = _target(cluster)
+    rules, public_ip, scheduler_port = _settings_input(t, value, label, keywords)
+    _set_scheduler_port(t, scheduler_port)
     return _edit(
-        _target(cluster),
+        t,
         ingress=rules if rules is not None else _KEEP,
         use_scheduler_public_ip=public_ip if public_ip is not None else _KEEP,
     )
+
+
+def set_kind(kind, *, cluster=None):
+    """Say which kind of cluster this is, for this session (``coiled`` or ``dask``; None forgets
+    it): it decides the ports every verdict, warning and plan checks."""
+    from . import ports
+
+    word = None if kind is None else ports.parse_kind(kind)
+    t = _target(cluster)
+    here = ports.session_ports(t.cluster)
+    ports.set_session(t.cluster, replace(here, kind=word))
+    try:
+        return _view(t, _settings(t))
+    except BaseException:
+        ports.set_session(t.cluster, here)
+        raise
+
+
+@contextlib.contextmanager
+def kind_for(kind, cluster=None):
+    """Set this session's kind of cluster (``--kind`` of a magic) for the command that follows;
+    if that command fails, the kind is put back, so a refused command changes nothing. None: no-op."""
+    from . import ports
+
+    if kind is None:
+        yield
+        return
+    word = ports.parse_kind(kind, where="--kind")
+    t = _target(cluster)
+    here = ports.session_ports(t.cluster)
+    ports.set_session(t.cluster, replace(here, kind=word))
+    try:
+        yield
+    except BaseException:
+        ports.set_session(t.cluster, here)
+        raise
+
+
+def port_matrix(cluster=None, *, backend_options=None, **target_options):
+    """For this cluster's kind: each port, what uses it, and whether the effective rules admit it
+    and from where (settings work: no cloud call)."""
+    from .provision.results import PortMatrix
+
+    t = _target(cluster, **target_options)
+    return PortMatrix(t, _settings(t, backend_options), _model(t))
 
 
 def clear(cluster=None):
@@ -208,8 +304,13 @@ def clear(cluster=None):
 
 
 def reset(cluster=None):
-    """Drop this session's settings: back to the Dask config, account and built-in defaults."""
-    return _edit(_target(cluster), ingress=None, use_scheduler_public_ip=None)
+    """Drop this session's settings (the kind of cluster too): back to the Dask config, account
+    and built-in defaults."""
+    from . import ports
+
+    t = _target(cluster)
+    ports.set_session(t.cluster, ports.SessionPorts())
+    return _edit(t, ingress=None, use_scheduler_public_ip=None)
 
 
 def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
@@ -334,15 +435,18 @@ def apply(cluster=None, *, backend_options=None, progress: Progress = None, **ta
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
     """Set the session from ``value`` and apply, all or nothing: the rules are checked as they will
     be sent (``me`` resolved, quota) before the session changes, and a failed apply restores it."""
+    from . import ports
     from .provision import reconcile
 
-    rules, public_ip = parse_coiled_options(value, where=label)
     t = _target(cluster)
+    rules, public_ip, scheduler_port = _settings_input(t, value, label, {})
+    ports_before = ports.session_ports(t.cluster)
     current = _settings(t)
     if rules is not None:
         prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, SESSION.detail))
         reconcile.desired_rules(prospective)
     before = SESSION.values
+    _set_scheduler_port(t, scheduler_port)
     SESSION.replace(
         SessionValues(
             tuple(rules) if rules is not None else before.ingress,
@@ -354,6 +458,7 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
         return reconcile.apply(t, _read_settings(t), on_wait=progress)
     except BaseException:
         SESSION.replace(before)
+        ports.set_session(t.cluster, ports_before)
         raise
 
 

@@ -451,7 +451,7 @@ MISTAKES = [
         "use_scheduler_public_ip is 'maybe'; use true",
     ),
     ("cell", "# nothing yet\n", "the cell is empty"),
-    ("cell-line", "add", "takes only --cluster and --apply on its first line, not 'add'"),
+    ("cell-line", "add", "takes only --cluster, --kind and --apply on its first line, not 'add'"),
 ]
 
 

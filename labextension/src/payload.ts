@@ -39,6 +39,16 @@ export interface ILayer {
   note?: string;
 }
 
+/** The kind of cluster and the ports a result assumed (coiled_jupyter/ports.py). */
+export interface IPorts {
+  kind: string;
+  kind_origin?: string;
+  scheduler_port?: number;
+  dashboard_port?: number;
+  dashboard_https?: boolean;
+  summary: string;
+}
+
 export interface IPayload {
   version?: number;
   kind: string;
@@ -66,6 +76,7 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  ports?: IPorts | null;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +106,8 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  ports: 'Ports'
 };
 
 export type Column = [key: string, title: string];
@@ -119,6 +131,15 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   if (kind === 'plan') {
     const optional = OPTIONAL_PLAN_COLUMNS.filter(([key]) => rows.some(row => row[key]));
     return [['action', 'Action'], ...RULE_COLUMNS, ...optional];
+  }
+  if (kind === 'ports') {
+    return [
+      ['ports', 'Port'],
+      ['use', 'Used by'],
+      ['needed', 'Needed'],
+      ['admitted', 'Admitted'],
+      ['from', 'From']
+    ];
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
