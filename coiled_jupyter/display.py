@@ -94,6 +94,7 @@ _TITLES = {
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
     "ports": "Ports",
+    "export": "Firewall export",
 }
 
 
@@ -170,6 +171,8 @@ def text(data: dict) -> str:
                 lines.append("  ".join("-" * w for w in widths))
     elif data["kind"] in ("rules", "settings", "apply"):
         lines.append("(no inbound rules)")
+    if data.get("body"):
+        lines.append(data["body"].rstrip("\n"))
     lines.extend(_lines_after(data))
     return "\n".join(lines)
 
@@ -205,6 +208,8 @@ def html(data: dict) -> str:
         out.append("</tbody></table>")
     elif data["kind"] in ("rules", "settings", "apply"):
         out.append("<p><em>(no inbound rules)</em></p>")
+    if data.get("body"):
+        out.append(f'<pre class="cj-body">{escape(data["body"])}</pre>')
     after = _lines_after(data)
     if after:
         out.append(

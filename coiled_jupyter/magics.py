@@ -54,18 +54,36 @@ SUBCOMMANDS = (
     "destroy",
     "save",
     "ports",
+    "export",
+    "import",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
-_OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
+_OPTIONS_OF = {
+    "add": ("description", "protocol"),
+    "remove": ("protocol",),
+    "save": ("scope",),
+    "export": ("to",),
+}
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
+    "to": "--to",
     "apply": "--apply",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope", "--kind")
+_VALUE_OPTIONS = (
+    "-c",
+    "--cluster",
+    "-d",
+    "--description",
+    "-p",
+    "--protocol",
+    "--scope",
+    "--to",
+    "--kind",
+)
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
@@ -88,6 +106,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
+                                        aws-cli [--to FILE]
+  %coiled_ingress import FORMAT FILE    set the session's rules from such an export
   %coiled_ingress ports                 each port the cluster listens on, what uses it, and
                                         whether the rules admit it and from where
 
@@ -383,6 +404,7 @@ class CoiledMagics(Magics, Configurable):
         metavar="user|account",
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
+    @argument("--to", metavar="FILE", help="export: write the export to FILE")
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
     @argument(
         "--kind",
@@ -461,6 +483,8 @@ class CoiledMagics(Magics, Configurable):
             where = "the rules of %coiled_ingress set"
             data = substitute_yaml(body, self.shell.user_ns, where)
             return session.set_settings(data, cluster=cluster, label=where)
+        if command in ("export", "import"):
+            return _export_or_import(command, positional, args, cluster)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -571,6 +595,22 @@ class CoiledMagics(Magics, Configurable):
 # Parsing helpers
 
 
+def _export_or_import(command: str, positional: list[str], args, cluster):
+    if command == "export":
+        if len(positional) != 1:
+            raise UsageError(
+                "%coiled_ingress export takes one format (terraform, coiled, csv, markdown or "
+                "aws-cli), e.g. %coiled_ingress export terraform --to firewall.tf."
+            )
+        return session.export_rules(positional[0], cluster=cluster, to=args.to)
+    if len(positional) != 2:
+        raise UsageError(
+            "%coiled_ingress import takes a format and a file, e.g. %coiled_ingress import "
+            "terraform firewall.tf."
+        )
+    return session.import_rules(positional[0], path=positional[1], cluster=cluster)
+
+
 def _split(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -676,10 +716,11 @@ def _words_before(event) -> tuple[list[str], str]:
 
 
 _INGRESS_OPTIONS = {
-    None: ["--cluster", "--help"],
-    "add": ["--description", "--protocol", "--cluster"],
-    "remove": ["--protocol", "--cluster"],
-    "save": ["--scope", "--cluster"],
+    None: ["--cluster", "--kind", "--help"],
+    "add": ["--description", "--protocol", "--cluster", "--kind"],
+    "remove": ["--protocol", "--cluster", "--kind"],
+    "save": ["--scope", "--cluster", "--kind"],
+    "export": ["--to", "--cluster", "--kind"],
 }
 
 
@@ -691,6 +732,8 @@ def complete_ingress(shell, event) -> list[str]:
         return list(SCOPES)
     if previous in ("-p", "--protocol"):
         return ["tcp", "udp"]
+    if previous == "--kind":
+        return list(session.KINDS)
     if previous in ("-c", "--cluster"):
         raise TryNext()
     words, skip = [], False
@@ -703,11 +746,13 @@ def complete_ingress(shell, event) -> list[str]:
             words.append(word)
     command = words[0] if words else None
     if current.startswith("-"):
-        return _INGRESS_OPTIONS.get(command, ["--cluster"])
+        return _INGRESS_OPTIONS.get(command, ["--cluster", "--kind"])
     if command is None:
         return list(SUBCOMMANDS)
     if command in ("add", "remove") and len(words) == 2:
         return ["me", "everyone"]
+    if command in ("export", "import") and len(words) == 1:
+        return list(session.EXPORT_FORMATS)
     raise TryNext()
 
 
@@ -715,7 +760,7 @@ def complete_ingress_cell(shell, event) -> list[str]:
     before, current = _words_before(event)
     if before and before[-1] in ("-c", "--cluster"):
         raise TryNext()
-    return ["--cluster", "--apply", "--help"]
+    return ["--cluster", "--kind", "--apply", "--help"]
 
 
 def complete_scheduler_ip(shell, event) -> list[str]:

@@ -98,7 +98,7 @@ class PortModel:
         """Every port the cluster may need opened, what uses it, in the order IT reads them."""
         if self.kind == DASK:
             found = [
-                PortUse(self.scheduler, "client to scheduler (Dask comms)", needed=True),
+                PortUse(self.scheduler, "client to scheduler", needed=True),
                 PortUse(self.dashboard, "dashboard (HTTP)"),
             ]
         elif self.dashboard == self.scheduler:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
+from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
+from .ports import KINDS  # noqa: F401 (for front ends)
 from .rules import IngressError, Rule, canonical, parse_rule, subtract
 from .settings import (
     SESSION,
@@ -491,3 +493,116 @@ def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
 
     t = _target(cluster, **target_options)
     return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports for IT, and imports back
+
+# An import is a rule list, not a data set: anything larger is refused before it is read whole.
+IMPORT_MAX_BYTES = 1024 * 1024
+
+
+def export_rules(format, *, cluster=None, to=None, **target_options):
+    """The effective rules as they will be sent (``me`` resolved, compacted) in one of IT's formats:
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` or ``aws-cli``; written to the file ``to``
+    when given. Reads the account store (one SSM call), as a plan does, so the team's defaults are
+    what is exported when they decide the rules; nothing else is called."""
+    from . import export
+    from .provision.reconcile import declared
+    from .provision.results import ExportResult
+
+    format = export.check_format(format)
+    path = _export_path(to) if to is not None else None
+    t = _target(cluster, **target_options)
+    settings = _read_settings(t)
+    wanted = declared(settings)
+    exported = export.export(
+        wanted.rules,
+        format,
+        cluster=t.cluster,
+        region=t.region,
+        origin=settings.ingress.origin,
+        purpose=_purpose_of(_model(t)),
+    )
+    if path is not None:
+        from .state import write_atomically
+
+        write_atomically(path, exported.text)
+    return ExportResult(
+        t,
+        format,
+        exported.text,
+        len(wanted.rules),
+        settings.ingress.origin,
+        str(path) if path is not None else None,
+        exported.lost,
+        wanted.notes,
+    )
+
+
+def _purpose_of(model) -> Callable[[Rule], str]:
+    """What the ports of a rule are for on a cluster of ``model``'s kind ('' for ports it does not
+    use), from the one table of ports (:mod:`.ports`)."""
+    uses = [use for use in model.uses() if use.port is not None]
+
+    def purpose(rule: Rule) -> str:
+        return ", ".join(u.use for u in uses if rule.from_port <= u.port <= rule.to_port)
+
+    return purpose
+
+
+def _export_path(to):
+    from pathlib import Path
+
+    if not isinstance(to, str) or not to.strip():
+        raise CoiledJupyterError(f"the export file {excerpt(to)} is not a file name; name one.")
+    path = Path(to).expanduser()
+    if path.is_dir():
+        raise CoiledJupyterError(f"{excerpt(to)} is a folder; name a file to export to.")
+    if not path.parent.is_dir():
+        raise CoiledJupyterError(
+            f"the folder of {excerpt(to)} does not exist; create it or name another file."
+        )
+    return path
+
+
+def import_rules(format, text=None, *, path=None, cluster=None):
+    """Set the session's rules from an export (``text``, or the file ``path``) in ``format``;
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` and ``aws-cli`` read back what
+    :func:`export_rules` wrote. Like ``set``, nothing is applied until a plan and an apply."""
+    from . import export
+
+    format = export.check_format(format, importing=True)
+    if (text is None) == (path is None):
+        raise CoiledJupyterError("import takes the export's text or a file path, one of the two.")
+    where = "the import" if path is None else f"the file {excerpt(str(path))}"
+    if path is not None:
+        text = _read_import(path, where)
+    rules = export.import_rules(text, format, where=where)
+    return _edit(_target(cluster), ingress=rules)
+
+
+def _read_import(path, where: str) -> str:
+    """The file's text, read with a bound and only when it is a regular file (a FIFO or a device
+    would block or never end)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(os.path.expanduser(str(path)), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CoiledJupyterError(f"{where} cannot be read: {error.strerror}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CoiledJupyterError(f"{where} is not a regular file.")
+        data = os.read(fd, IMPORT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > IMPORT_MAX_BYTES:
+        raise CoiledJupyterError(
+            f"{where} is larger than {IMPORT_MAX_BYTES // 1024} KiB, more than any rule list."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CoiledJupyterError(f"{where} is not UTF-8 text.") from None

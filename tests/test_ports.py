@@ -301,3 +301,57 @@ def test_coiled_client_sets_the_private_dashboard_as_we_say():
         '            if "use_dashboard_public_ip" not in backend_options and not use_dashboard_https:\n'
         '                backend_options["use_dashboard_public_ip"] = False'
     ) in source
+
+
+# --------------------------------------------------------------------------------------------------
+# --kind on the magics, the panel's control
+
+
+def test_kind_on_the_magics_is_kept_and_a_refused_command_changes_nothing(ip, kind):
+    from IPython.core.error import UsageError
+
+    kind(None)
+    view = ip.run_line_magic("coiled_ingress", "--kind dask")
+    assert view.to_payload()["ports"]["kind"] == "dask"
+    ip.run_line_magic("coiled_ingress", "add 8786 10.1.0.0/16")
+    assert ports.model().kind == "dask"
+    with pytest.raises(UsageError, match="did you mean 'coiled'"):
+        ip.run_line_magic("coiled_ingress", "--kind coield")
+    with pytest.raises(UsageError, match="host bits"):
+        ip.run_line_magic("coiled_ingress", "add 443 10.1.0.2/16 --kind coiled")
+    assert ports.model().kind == "dask"
+    matrix = ip.run_line_magic("coiled_ingress", "ports --kind coiled")
+    assert matrix.to_payload()["kind"] == "ports"
+    assert ports.model().kind == "coiled"
+
+
+def test_kind_completes(ip):
+    from IPython.core.completer import provisionalcompleter
+
+    def complete(text):
+        with provisionalcompleter():
+            return [c.text for c in ip.Completer.completions(text, len(text))]
+
+    assert set(complete("%coiled_ingress --kind ")) >= {"coiled", "dask"}
+    assert complete("%coiled_ingress add --kind d") == ["dask"]
+    assert "--kind" in complete("%coiled_ingress add --k")
+
+
+def test_the_panel_has_a_kind_control_and_warns_before_apply(sandbox, dask_config, kind):
+    import html
+
+    from coiled_jupyter.widgets import KIND, FirewallPanel
+
+    kind(None)
+    session.set_settings(SEEDS)
+    panel = FirewallPanel(background=False)
+    try:
+        assert panel.kind.description == KIND and panel.kind.value == "coiled"
+        assert "ports assumed: kind coiled" in html.unescape(panel.header.value)
+        assert "no client will connect: add 443" in html.unescape(panel.reachability.value)
+        panel.kind.value = "dask"
+        assert ports.model().kind == "dask"
+        assert "no client will connect" not in html.unescape(panel.reachability.value)
+        assert "ports assumed: kind dask" in html.unescape(panel.header.value)
+    finally:
+        panel.close()

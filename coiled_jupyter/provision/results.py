@@ -470,6 +470,37 @@ class SaveResult(_Displayed):
         )
 
 
+@dataclass(frozen=True, repr=False)
+class ExportResult(_Displayed):
+    """The effective rules in one of IT's formats (:mod:`coiled_jupyter.export`): ``text`` to copy,
+    where it was written (``path``, or None), and what the format could not carry."""
+
+    target: Target
+    format: str
+    text: str
+    rule_count: int
+    origin: str
+    path: str | None = None
+    lost: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_payload(self) -> dict:
+        written = f"; written to {self.path}" if self.path else ""
+        return self._payload(
+            "export",
+            format=self.format,
+            summary=f"{self.rule_count} rule{'' if self.rule_count == 1 else 's'} from "
+            f"{self.origin} as {self.format}{written}",
+            body=self.text,
+            path=self.path,
+            notes=list(self.notes),
+            warnings=list(self.lost),
+        )
+
+
 class ClusterKwargs(dict):
     """Keyword arguments for ``coiled.Cluster(**kwargs)``: ``backend_options`` (its ``ingress`` in
     Coiled's exact schema) and ``use_scheduler_public_ip``.

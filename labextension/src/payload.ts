@@ -77,6 +77,8 @@ export interface IPayload {
   declared_in?: string;
   plan?: IPayload;
   ports?: IPorts | null;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -107,7 +109,8 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
-  ports: 'Ports'
+  ports: 'Ports',
+  export: 'Firewall export'
 };
 
 export type Column = [key: string, title: string];

@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 
+import dask.config
 import pytest
 import yaml
 
@@ -347,3 +348,24 @@ def test_loading_the_extension_raises_no_auth_warning(jp_serverapp):
         warnings.simplefilter("always")
         _load_jupyter_server_extension(jp_serverapp)
     assert not [w for w in caught if issubclass(w.category, JupyterServerAuthWarning)]
+
+
+async def test_patch_kind_says_which_ports_the_sidebar_checks(api, monkeypatch):
+    """Issue 18: the sidebar's kind control, and the lockout sentence before Apply."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "dask")
+    status, data = await api(
+        "PUT", "settings", {"value": [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]}
+    )
+    assert status == 200, data
+    assert any("no client will connect: add 8786" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "coiled"})
+    assert status == 200, data
+    assert data["ports"]["summary"] == (
+        "kind coiled (notebook session (this Jupyter server)): scheduler 443 (TLS), "
+        "dashboard 443 (HTTPS)"
+    )
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "spark"})
+    assert status == 400 and "use 'coiled'" in data["message"]
+    _, data = await api("GET", "settings")
+    assert data["ports"]["kind"] == "coiled"
