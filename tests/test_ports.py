@@ -355,3 +355,86 @@ def test_the_panel_has_a_kind_control_and_warns_before_apply(sandbox, dask_confi
         assert "ports assumed: kind dask" in html.unescape(panel.header.value)
     finally:
         panel.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Coiled's current page, verbatim, through every front end (issue 18 item 4)
+
+# Coiled's "Configuring firewalls" page, current version: the account-level call.
+NEWER_PAGE_CALL = """\
+import coiled
+
+coiled.set_backend_options(
+    backend="aws",
+    aws_access_key_id="<your-access-key-id-here>",
+    aws_secret_access_key="<your-access-key-secret-here>",
+    ingress=[{"ports": [22, 443], "cidr": "10.1.0.0/16"}],
+    account="my-team-account-name",  # if you are using a Coiled team account
+)
+"""
+NEWER_PAGE_RULES = {("tcp", "22", "10.1.0.0/16"), ("tcp", "443", "10.1.0.0/16")}
+
+
+def _shown(view) -> set:
+    return {(r.protocol, r.ports, r.source) for r in view.settings.rules}
+
+
+def test_newer_page_through_set_backend_options(cloud, dask_config, kind):
+    import coiled_jupyter
+
+    kind(None)
+    body = NEWER_PAGE_CALL.removeprefix("import coiled\n")
+    with pytest.warns(UserWarning, match="not used: the sandbox takes no AWS keys"):
+        exec(compile(body, "<coiled's page>", "exec"), {"coiled": coiled_jupyter})
+    with dask.config.set({"coiled.workspace": "my-team-account-name"}):
+        plan = session.plan("page")
+        assert {(r.protocol, r.ports, r.source) for r in plan.add} == NEWER_PAGE_RULES
+        assert not [w for w in plan.warnings if "no client will connect" in w]
+        applied = session.apply("page")
+    assert {(r.protocol, r.ports, r.source) for r in applied.table.rules} >= NEWER_PAGE_RULES
+
+
+def test_newer_page_through_the_magics(ip, kind):
+    kind(None)
+    view = ip.run_cell_magic("coiled_ingress", "", "- ports: [22, 443]\n  cidr: 10.1.0.0/16\n")
+    assert _shown(view) == NEWER_PAGE_RULES
+    assert view.reachability.scheduler.port == 443
+    assert not [w for w in view.reachability.connect_warnings if "no client" in w]
+    view = ip.run_line_magic("coiled_ingress", 'set [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]')
+    assert _shown(view) == NEWER_PAGE_RULES
+
+
+def test_newer_page_through_the_panel(sandbox, dask_config, kind):
+    from coiled_jupyter.widgets import FirewallPanel
+
+    kind(None)
+    panel = FirewallPanel(background=False)
+    try:
+        for row in list(panel.rows):
+            panel.remove_row(row)
+        panel.add_row(NEWER_PAGE[0])
+        assert _shown(session.show()) == NEWER_PAGE_RULES
+        panel.apply()
+        assert "no client will connect" not in str(shown_payload(panel))
+    finally:
+        panel.close()
+
+
+def shown_payload(panel) -> dict:
+    from coiled_jupyter.display import MIMETYPE
+
+    [output] = panel.output.outputs
+    return output["data"][MIMETYPE]
+
+
+def test_both_kinds_take_both_pages_examples_as_written(ip, kind):
+    """The seeds' example applies on a Coiled cluster too (with the lockout sentence); the newer
+    page's on a Dask cluster (with its own)."""
+    kind("dask")
+    view = session.set_settings(NEWER_PAGE)
+    assert _shown(view) == NEWER_PAGE_RULES
+    assert "add 8786, or, if it is a Coiled cluster" in view.reachability.connect_warnings[0]
+    kind("coiled")
+    view = session.set_settings(SEEDS)
+    assert {r.ports for r in view.settings.rules} == {"8786", "8787"}
+    assert view.reachability.connect_warnings[0] == SEEDS_LOCKOUT

@@ -369,3 +369,17 @@ async def test_patch_kind_says_which_ports_the_sidebar_checks(api, monkeypatch):
     assert status == 400 and "use 'coiled'" in data["message"]
     _, data = await api("GET", "settings")
     assert data["ports"]["kind"] == "coiled"
+
+
+async def test_the_newer_page_example_as_the_sidebar_sends_it(api, monkeypatch):
+    """Coiled's current page, [{ports: [22, 443], cidr: 10.1.0.0/16}], as the sidebar's PUT."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "coiled")
+    page = [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]
+    status, data = await api("PUT", "settings", {"value": page})
+    assert status == 200, data
+    assert sources(data) == [("22", "10.1.0.0/16"), ("443", "10.1.0.0/16")]
+    assert data["reachability"]["scheduler"]["port"] == 443
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("POST", "apply", {})
+    assert status == 200, data
+    assert ("443", "10.1.0.0/16") in sources(data)
