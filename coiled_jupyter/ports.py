@@ -262,17 +262,13 @@ def model(cluster: str | None = None, *, kind: str | None = None) -> PortModel:
 
 
 def _config_kind() -> tuple[str, str]:
-    from .settings import option, package_defaults
+    from .settings import option
 
     value = option(KIND_OPTION)
+    if value is None:
+        return COILED, _BUILT_IN
     variable = next(
         (k for k in os.environ if k.upper() == "DASK_COILED_JUPYTER__CLUSTER_KIND"), None
     )
-    default = package_defaults()["coiled-jupyter"][KIND_OPTION]
-    if variable is not None:
-        origin = f"dask config (${variable})"
-    elif value != default:
-        origin = "dask config"
-    else:
-        origin = _BUILT_IN
+    origin = f"dask config (${variable})" if variable is not None else "dask config"
     return parse_kind(value, where=f"{KIND_KEY} in Dask's config"), origin

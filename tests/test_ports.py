@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dask.config
 import pytest
+from test_coiled_client import PAGE_CALL
 
 from coiled_jupyter import ports, session
 from coiled_jupyter.display import text
@@ -26,10 +27,7 @@ def kind(monkeypatch):
 
     def set_kind(value):
         monkeypatch.delenv("DASK_COILED_JUPYTER__CLUSTER_KIND", raising=False)
-        if value is None:
-            monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "coiled")
-        else:
-            monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", value)
+        monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", value)
 
     return set_kind
 
@@ -360,18 +358,9 @@ def test_the_panel_has_a_kind_control_and_warns_before_apply(sandbox, dask_confi
 # --------------------------------------------------------------------------------------------------
 # Coiled's current page, verbatim, through every front end (issue 18 item 4)
 
-# Coiled's "Configuring firewalls" page, current version: the account-level call.
-NEWER_PAGE_CALL = """\
-import coiled
-
-coiled.set_backend_options(
-    backend="aws",
-    aws_access_key_id="<your-access-key-id-here>",
-    aws_secret_access_key="<your-access-key-secret-here>",
-    ingress=[{"ports": [22, 443], "cidr": "10.1.0.0/16"}],
-    account="my-team-account-name",  # if you are using a Coiled team account
-)
-"""
+# Coiled's "Configuring firewalls" page as it reads now: its account-level call (test_coiled_client's
+# PAGE_CALL) with the ports of its current example.
+NEWER_PAGE_CALL = PAGE_CALL.replace('"ports": [8786, 8787]', '"ports": [22, 443]')
 NEWER_PAGE_RULES = {("tcp", "22", "10.1.0.0/16"), ("tcp", "443", "10.1.0.0/16")}
 
 
