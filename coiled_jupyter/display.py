@@ -44,6 +44,12 @@ _COLUMNS = {
         ("admitted", "Admitted"),
         ("from", "From"),
     ],
+    "guardrails": [
+        ("guardrail", "Guardrail"),
+        ("rule", "Rule"),
+        ("set_by", "Set by"),
+        ("set_at", "Set at"),
+    ],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
@@ -95,6 +101,7 @@ _TITLES = {
     "save": "Firewall settings saved",
     "ports": "Ports",
     "export": "Firewall export",
+    "guardrails": "Team guardrails",
 }
 
 
@@ -126,6 +133,12 @@ def _lines_before(data: dict) -> list[str]:
             f"(client connects on the scheduler's {where} IP; from "
             f"{data['use_scheduler_public_ip_origin']})"
         )
+        others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
+        if others:
+            lines.append(
+                f"session settings (kept per cluster) also for: {', '.join(others)}; "
+                "none of them applies to this cluster"
+            )
     return lines
 
 

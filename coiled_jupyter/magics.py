@@ -34,13 +34,12 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, check_value, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -56,6 +55,7 @@ SUBCOMMANDS = (
     "ports",
     "export",
     "import",
+    "guard",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
@@ -64,12 +64,16 @@ _OPTIONS_OF = {
     "remove": ("protocol",),
     "save": ("scope",),
     "export": ("to",),
+    "plan": ("override_guardrail", "reason"),
+    "apply": ("override_guardrail", "reason"),
 }
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
     "to": "--to",
+    "override_guardrail": "--override-guardrail",
+    "reason": "--reason",
     "apply": "--apply",
 }
 # Options that take a value, to find where the subcommand word is.
@@ -82,6 +86,8 @@ _VALUE_OPTIONS = (
     "--protocol",
     "--scope",
     "--to",
+    "--override-guardrail",
+    "--reason",
     "--kind",
 )
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
@@ -109,6 +115,10 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
                                         aws-cli [--to FILE]
   %coiled_ingress import FORMAT FILE    set the session's rules from such an export
+  %coiled_ingress guard [NAME VALUE]    the team's guardrails, or set one: no-world PORTS,
+                                        within NETWORKS, widest IPV4 [IPV6], max-rules K;
+                                        guard clear NAME removes one. A plan that breaks one
+                                        is refused unless --override-guardrail NAME --reason TEXT
   %coiled_ingress ports                 each port the cluster listens on, what uses it, and
                                         whether the rules admit it and from where
 
@@ -215,6 +225,7 @@ def _as_text(name: str, value, where: str) -> str:
     if isinstance(value, str):
         text = value
     else:
+        check_value(value, f"variable {name!r} in {where}")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):
@@ -344,14 +355,11 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
-    from .rules import load_text
-    from .strict_yaml import check_size
-
-    check_size(text, where)  # before any scan of it
+    session.check_size(text, where)  # before any scan of it
     if "$" not in text:
-        return load_text(text, where)
+        return session.load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
-    return placeholders.fill(load_text(placeholders.text, where))
+    return placeholders.fill(session.load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,8 +373,8 @@ class CoiledMagics(Magics, Configurable):
     cluster = Unicode(
         "",
         config=True,
-        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-        "key coiled-jupyter.cluster.",
+        help="Cluster the magics (and the panel, and cluster_kwargs()) act on when no cluster is "
+        "named, in this kernel; empty means the Dask config key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -378,6 +386,13 @@ class CoiledMagics(Magics, Configurable):
         # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
         # shell as traitlets parent (for ipython_config.py).
         super().__init__(shell=shell, **kwargs)
+        session.use_default_cluster(self.cluster or None)
+
+    @observe("cluster")
+    def _default_cluster_changed(self, change) -> None:
+        """One default cluster in the kernel: the panel, cluster_kwargs() and the toggle mirrored
+        into Dask's config follow %config CoiledMagics.cluster too."""
+        session.use_default_cluster(change["new"] or None)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_ingress and %%coiled_ingress
@@ -405,6 +420,13 @@ class CoiledMagics(Magics, Configurable):
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
     @argument("--to", metavar="FILE", help="export: write the export to FILE")
+    @argument(
+        "--override-guardrail",
+        action="append",
+        metavar="NAME",
+        help="plan, apply: break this team guardrail (with --reason)",
+    )
+    @argument("--reason", action="append", metavar="TEXT", help="why a guardrail is overridden")
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
     @argument(
         "--kind",
@@ -419,18 +441,14 @@ class CoiledMagics(Magics, Configurable):
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
-        from .strict_yaml import check_size
-
         where = "the magic's line"
-        check_size(line, where)
+        session.check_size(line, where)
         line = substitute(line, self.shell.user_ns, where)
-        check_size(line, f"{where} with its variables inserted")
+        session.check_size(line, f"{where} with its variables inserted")
         return line
 
     def _ingress_line(self, line: str):
-        from .strict_yaml import check_size
-
-        check_size(line, "the magic's line")  # before any scanning of it
+        session.check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
@@ -485,6 +503,8 @@ class CoiledMagics(Magics, Configurable):
             return session.set_settings(data, cluster=cluster, label=where)
         if command in ("export", "import"):
             return _export_or_import(command, positional, args, cluster)
+        if command == "guard":
+            return _guard(positional)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -495,7 +515,11 @@ class CoiledMagics(Magics, Configurable):
             return session.save(args.scope or "user", cluster=cluster)
         if command == "ports":
             return session.port_matrix(cluster)
-        if command in ("plan", "apply", "describe", "destroy"):
+        if command in ("plan", "apply"):
+            return getattr(session, command)(
+                cluster, progress=print, override_guardrails=_overrides(args)
+            )
+        if command in ("describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
 
@@ -593,6 +617,38 @@ class CoiledMagics(Magics, Configurable):
 
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers
+
+
+def _guard(words: list[str]):
+    if not words:
+        return session.guardrails()
+    if words[0] == "clear":
+        if len(words) != 2:
+            raise UsageError("%coiled_ingress guard clear takes one guardrail name, or all.")
+        return session.clear_guardrail(words[1])
+    if len(words) < 2:
+        raise UsageError(
+            f"%coiled_ingress guard {excerpt(words[0])} needs a value, e.g. %coiled_ingress guard "
+            "no-world 8786,8787."
+        )
+    name = words[0].strip().lower()
+    if name not in session.GUARDRAIL_NAMES:
+        raise UsageError(
+            f"there is no guardrail {excerpt(words[0])}; the guardrails are "
+            f"{', '.join(session.GUARDRAIL_NAMES)} (or guard clear NAME)."
+        )
+    return session.set_guardrails(**{name.replace("-", "_"): words[1:]})
+
+
+def _overrides(args) -> dict[str, str] | None:
+    """--override-guardrail NAME --reason TEXT pairs, in the order given."""
+    names, reasons = args.override_guardrail or [], args.reason or []
+    if len(names) != len(reasons):
+        raise UsageError(
+            "give each --override-guardrail NAME its own --reason TEXT saying why, e.g. "
+            "--override-guardrail no-world --reason 'vendor debugging until 17:00'."
+        )
+    return dict(zip(names, reasons)) or None
 
 
 def _export_or_import(command: str, positional: list[str], args, cluster):
@@ -721,6 +777,8 @@ _INGRESS_OPTIONS = {
     "remove": ["--protocol", "--cluster", "--kind"],
     "save": ["--scope", "--cluster", "--kind"],
     "export": ["--to", "--cluster", "--kind"],
+    "plan": ["--override-guardrail", "--reason", "--cluster", "--kind"],
+    "apply": ["--override-guardrail", "--reason", "--cluster", "--kind"],
 }
 
 
@@ -805,6 +863,7 @@ def unload_ipython_extension(ipython) -> None:
                 del table[name]
     if magics is not None:
         ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+        session.use_default_cluster(None)
     dispatcher = ipython.strdispatchers.get("complete_command")
     if dispatcher is not None:
         for key, completer in _COMPLETERS:

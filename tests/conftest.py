@@ -68,7 +68,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     """A real, empty Dask config folder and no DASK_COILED__ variables; no session left afterwards."""
     import copy
 
-    from coiled_jupyter.settings import SESSION, SessionValues
+    from coiled_jupyter.settings import SESSION
 
     folder = tmp_path / "dask-config"
     folder.mkdir()
@@ -81,7 +81,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("DASK_CONFIG", str(empty))
     _without_coiled_variables(monkeypatch)
-    SESSION.replace(SessionValues())
+    SESSION.clear()
     dask.config.config.clear()
     dask.config.config.update(saved)
 
@@ -116,11 +116,11 @@ def _fresh_session(monkeypatch):
     monkeypatch.setattr(account, "_known", {})
     yield
     from coiled_jupyter import ports
+    from coiled_jupyter.settings import SESSION
 
     ports.forget()
-    from coiled_jupyter.settings import SESSION, SessionValues
 
-    SESSION.replace(SessionValues())
+    SESSION.clear()
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ export const TITLES: { [kind: string]: string } = {
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
   ports: 'Ports',
-  export: 'Firewall export'
+  export: 'Firewall export',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -146,6 +147,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }
