@@ -318,6 +318,9 @@ class Reachability:
     dashboard: PortReach
     warnings: tuple[str, ...] = ()
     lookup: PublicAddress | None = None  # how the public address was found, when it was
+    # The fixes the warnings speak of, as (command, what it does): each one a line that works when
+    # pasted into a cell for the cluster these rules are for (the view adds --cluster NAME).
+    commands: tuple[tuple[str, str], ...] = ()
     model: PortModel | None = None
     connect_warnings: tuple[str, ...] = ()
 
@@ -334,6 +337,7 @@ class Reachability:
             "scheduler": self.scheduler.to_dict(),
             "dashboard": self.dashboard.to_dict(),
             "warnings": list(self.warnings),
+            "commands": [{"command": c, "does": d} for c, d in self.commands],
             "public_lookup": self.lookup.to_dict() if self.lookup is not None else None,
             "ports": self.model.to_dict() if self.model is not None else None,
         }
@@ -347,6 +351,7 @@ def check(
     public: str | None = None,
     scheduler_port: int | None = None,
     dashboard_port: int | None = None,
+    declared: bool = True,
     model: PortModel | None = None,
 ) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
@@ -355,7 +360,8 @@ def check(
     is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
     that judging private-IP settings never waits on the network. The ports are those of ``model``
     (default: the default cluster's, :func:`coiled_jupyter.ports.model`); ``scheduler_port`` and
-    ``dashboard_port`` override them.
+    ``dashboard_port`` override them. ``declared`` is False for the built-in default, which any
+    declared rule replaces: its fix is to declare rules, not to remove the default's.
     """
     from .ports import model as port_model
 
@@ -385,36 +391,39 @@ def check(
         kind = "this notebook's private address"
         unknown = (
             "this notebook has no private address on its network interfaces (only loopback "
-            "or link-local); connect on the public IP with `%coiled_scheduler_ip public`."
+            "or link-local); connect on the public IP instead."
         )
     scheduler, dashboard = (
         _judge(name, port, rules, candidates, kind, unknown, public)
         for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port))
     )
 
-    connect: list[str] = []
-    locked_out = lockout(rules, model, scheduler_port)
+    advice: list[tuple[str, list[tuple[str, str]]]] = []
+    locked_out = _lockout_advice(rules, model, scheduler_port)
     public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
     if locked_out:
-        connect.append(locked_out)
+        advice.append(locked_out)
     elif public_only:
-        connect.append(_private_ip_warning(public_only, scheduler_port, local))
+        advice.append(_private_ip_warning(public_only, scheduler_port, local))
     elif scheduler.verdict == NO:
-        connect.append(
+        advice.append(
             _not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local, public)
         )
-    warnings = list(connect)
+    elif scheduler.verdict == UNKNOWN and not use_scheduler_public_ip and not local:
+        advice.append(("", [("%coiled_scheduler_ip public", "connect on the public IP instead")]))
+    connect = [text for text, _ in advice if text]
     opened = open_to_everyone(rules)
     if opened:
-        warnings.append(_open_warning(opened, scheduler_port, public))
+        advice.append(_open_warning(opened, scheduler_port, public, declared))
     return Reachability(
         use_scheduler_public_ip,
         local,
         public,
         scheduler,
         dashboard,
-        tuple(warnings),
+        tuple(text for text, _ in advice if text),
         lookup,
+        tuple(dict.fromkeys(command for _, commands in advice for command in commands)),
         model,
         tuple(connect),
     )
@@ -427,25 +436,34 @@ def lockout(rules: Iterable[Rule], model: PortModel, port: int | None = None) ->
     port back: the seeds' ``[{ports: [8786, 8787], cidr: ...}]`` on a Coiled cluster listening on
     443 opens two ports nothing listens on, and every client times out.
     """
-    port = model.scheduler if port is None else port
-    tcp = [r for r in rules if r.protocol in (_PROTOCOL, "-1", "all")]
+    found = _lockout_advice(list(rules), model, model.scheduler if port is None else port)
+    return found[0] if found else None
+
+
+def _lockout_advice(rules: list[Rule], model: PortModel, port: int) -> Advice | None:
+    tcp = [r for r in rules if r.protocol in (_PROTOCOL, "all")]
     if any(r.from_port <= port <= r.to_port for r in tcp):
         return None
     opened = _merged_ports(tcp)
     these = f"these rules open {_words(opened)} only" if opened else "these rules open no port"
     where = "this Coiled cluster" if model.kind == "coiled" else "this Dask cluster"
     listens = model.listens if port == model.scheduler else f"listens on {port} (scheduler)"
+    sources = list(dict.fromkeys(r.source for r in tcp if not r.source.startswith("sg-")))
+    source = sources[0] if len(sources) == 1 else "me"
     fixes = [f"add {port}"]
+    commands = [(f"%coiled_ingress add {port} {source}", f"open {port} to {source}")]
     if model.kind == "coiled" and any(r.from_port <= 8786 <= r.to_port for r in tcp):
-        sources = list(dict.fromkeys(r.source for r in tcp))
-        source = sources[0] if len(sources) == 1 and not sources[0].startswith("sg-") else "me"
-        fixes.append(
-            "or set scheduler_port: 8786 (Coiled's keyword form, e.g. `%coiled_ingress set "
-            f"allow_ingress_from={source} scheduler_port=8786`)"
+        fixes.append("or set scheduler_port: 8786")
+        commands.append(
+            (
+                f"%coiled_ingress set allow_ingress_from={source} scheduler_port=8786",
+                "or have the scheduler listen on 8786 (Coiled's keywords)",
+            )
         )
     if model.kind == "dask" and any(r.from_port <= 443 <= r.to_port for r in tcp):
-        fixes.append("or, if it is a Coiled cluster, say so with `--kind coiled`")
-    return f"{where} {listens}; {these}, so no client will connect: {', '.join(fixes)}."
+        fixes.append("or, if it is a Coiled cluster, say so")
+        commands.append(("%coiled_ingress --kind coiled", "or say it is a Coiled cluster"))
+    return f"{where} {listens}; {these}, so no client will connect: {', '.join(fixes)}.", commands
 
 
 def _judge(
@@ -501,15 +519,23 @@ def _public_only(rules: list[Rule], port: int) -> list[str]:
     return list(dict.fromkeys(str(net) for net in networks))
 
 
-def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> str:
+Advice = tuple[str, list[tuple[str, str]]]  # a warning and the commands that fix it
+
+
+def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> Advice:
     own = next((a for a in local if _is_private(a) and ipaddress.ip_address(a).version == 4), None)
-    example = str(ipaddress.ip_network(f"{own}/16", strict=False)) if own else "10.0.0.0/16"
-    here = f" (this notebook is {own})" if own else ""
+    commands = []
+    if own:
+        network = str(ipaddress.ip_network(f"{own}/16", strict=False))
+        commands.append(
+            (f"%coiled_ingress add {port} {network}", f"admit this notebook's network ({own})")
+        )
+    commands.append(("%coiled_scheduler_ip public", "connect on the public IP instead"))
     return (
         f"the client will connect on the scheduler's private IP, but the rules only admit public "
-        f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, e.g. "
-        f"`%coiled_ingress add {port} {example}`{here}, or connect on the public IP with "
-        "`%coiled_scheduler_ip public`."
+        f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, or connect "
+        "on the public IP.",
+        commands,
     )
 
 
@@ -519,49 +545,68 @@ def _not_admitted_warning(
     use_public: bool,
     local: Sequence[str],
     public: str | None,
-) -> str:
+) -> Advice:
     port, address = scheduler.port, scheduler.address
     if use_public:
         text = (
             f"this notebook's public address {address} is not admitted on port {port}, so the "
-            f"client will time out connecting to the scheduler; add it with "
-            f"`%coiled_ingress add {port} {address}` or `%coiled_ingress add {port} me`"
+            "client will time out connecting to the scheduler; admit it"
         )
+        commands = [(f"%coiled_ingress add {port} me", f"admit this notebook ({address})")]
         admitted_local = next((a for a in local if _admitting_rule(rules, port, a, public)), None)
         if admitted_local:
             text += (
                 f", or, if this notebook is in the cluster's network, connect on the private IP "
-                f"with `%coiled_scheduler_ip private` ({admitted_local} is admitted)"
+                f"({admitted_local} is admitted)"
             )
-        return text + "."
+            commands.append(("%coiled_scheduler_ip private", "connect on the private IP"))
+        return text + ".", commands
     addresses = "address" if len(local) == 1 else "addresses"
     verb = "is" if len(local) == 1 else "are"
     return (
         f"this notebook's private {addresses} {_words(local)} {verb} not admitted on port {port}, "
-        f"so the client will time out connecting to the scheduler; add your VPC range, or this "
-        f"notebook alone with `%coiled_ingress add {port} {address}`."
+        "so the client will time out connecting to the scheduler; add your VPC range, or this "
+        "notebook alone.",
+        [(f"%coiled_ingress add {port} {address}", f"admit this notebook alone ({address})")],
     )
 
 
-def _open_warning(opened: list[Rule], scheduler_port: int, public: str | None) -> str:
+def _open_warning(
+    opened: list[Rule], scheduler_port: int, public: str | None, declared: bool
+) -> Advice:
     ports = list(
         dict.fromkeys(
             r.ports + ("" if r.protocol == _PROTOCOL else f"/{r.protocol}") for r in opened
         )
     )
     networks = _words(list(dict.fromkeys(r.source for r in opened)))
-    example = (
-        scheduler_port
-        if any(r.from_port <= scheduler_port <= r.to_port for r in opened)
-        else opened[0].from_port
+    me = (
+        f"this notebook's public address ({public})" if public else "this notebook's public address"
     )
-    me = f"`me` ({public})" if public else "`me`"
-    return (
+    text = (
         f"{'port' if len(ports) == 1 else 'ports'} {_words(ports)} "
         f"{'is' if len(ports) == 1 else 'are'} open to the whole internet ({networks}); restrict "
-        f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
-        f"`%coiled_ingress add {example} me`, then remove {networks}."
+        f"them to a CIDR such as your office or VPC range, or to {me}."
     )
+    spans = ",".join(dict.fromkeys(r.ports for r in opened if r.protocol == _PROTOCOL))
+    spans = spans or str(scheduler_port)
+    commands = [(f"%coiled_ingress add {spans} me", f"admit {me} on {spans}")]
+    if not declared:
+        # Declaring a rule replaces the built-in default as a whole: nothing is left to remove.
+        return text, [(commands[0][0], commands[0][1] + " instead of everyone")]
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for rule in opened:
+        by_source.setdefault((rule.source, rule.protocol), []).append(rule.ports)
+    for (source, protocol), spans_of_source in by_source.items():
+        option = "" if protocol == _PROTOCOL else f" --protocol {protocol}"
+        listed = ",".join(dict.fromkeys(spans_of_source))
+        commands.append(
+            (
+                f"%coiled_ingress remove {listed} {source}{option}",
+                f"then stop admitting {source} on {listed}",
+            )
+        )
+    return text, commands
 
 
 def _merged_ports(rules: list[Rule]) -> list[str]:

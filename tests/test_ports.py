@@ -168,8 +168,7 @@ def test_verdicts_use_the_port_the_scheduler_listens_on(kind, coiled_config):
 
 SEEDS_LOCKOUT = (
     "this Coiled cluster listens on 443 (scheduler and HTTPS dashboard); these rules open "
-    "8786-8787 only, so no client will connect: add 443, or set scheduler_port: 8786 (Coiled's "
-    "keyword form, e.g. `%coiled_ingress set allow_ingress_from=10.1.0.0/16 scheduler_port=8786`)."
+    "8786-8787 only, so no client will connect: add 443, or set scheduler_port: 8786."
 )
 
 
@@ -177,7 +176,15 @@ def test_the_seeds_example_on_a_coiled_cluster_says_no_client_will_connect(kind)
     kind(None)
     view = session.set_settings(SEEDS)
     assert view.reachability.connect_warnings[0] == SEEDS_LOCKOUT
-    assert f"warning: {SEEDS_LOCKOUT}" in text(view.to_payload())
+    assert SEEDS_LOCKOUT in text(view.to_payload())
+    # The fixes, each a line that works when pasted.
+    assert view.reachability.commands[:2] == (
+        ("%coiled_ingress add 443 10.1.0.0/16", "open 443 to 10.1.0.0/16"),
+        (
+            "%coiled_ingress set allow_ingress_from=10.1.0.0/16 scheduler_port=8786",
+            "or have the scheduler listen on 8786 (Coiled's keywords)",
+        ),
+    )
 
 
 def test_plan_and_apply_say_it_first_and_still_apply_as_written(sandbox, kind):
@@ -214,9 +221,7 @@ def test_no_rules_at_all_say_so(kind):
 def test_a_dask_kind_with_coiled_rules_points_at_the_kind(kind):
     kind("dask")
     sentence = lockout(parse_ingress(NEWER_PAGE), ports.model())
-    assert sentence.endswith(
-        "add 8786, or, if it is a Coiled cluster, say so with `--kind coiled`."
-    )
+    assert sentence.endswith("add 8786, or, if it is a Coiled cluster, say so.")
 
 
 def test_not_this_notebook_is_said_in_the_plan(sandbox, kind, coiled_config):
@@ -422,7 +427,12 @@ def test_both_kinds_take_both_pages_examples_as_written(ip, kind):
     kind("dask")
     view = session.set_settings(NEWER_PAGE)
     assert _shown(view) == NEWER_PAGE_RULES
-    assert "add 8786, or, if it is a Coiled cluster" in view.reachability.connect_warnings[0]
+    assert (
+        "add 8786, or, if it is a Coiled cluster, say so." in view.reachability.connect_warnings[0]
+    )
+    assert ("%coiled_ingress --kind coiled", "or say it is a Coiled cluster") in (
+        view.reachability.commands
+    )
     kind("coiled")
     view = session.set_settings(SEEDS)
     assert {r.ports for r in view.settings.rules} == {"8786", "8787"}
