@@ -24,11 +24,15 @@ TEST_CONFIG = {
     "coiled-jupyter.sandbox.state-dir": str(_STATE_DIR),
     "coiled-jupyter.public-ip.services": [],
     "coiled-jupyter.public-ip.services-ipv6": [],
+    # The tests written before issue 18 judge a plain Dask cluster's ports (8786/8787); tests of the
+    # kinds (tests/test_ports.py) set or drop the kind themselves.
+    "coiled-jupyter.cluster-kind": "dask",
 }
 dask.config.set(TEST_CONFIG)
 os.environ["DASK_COILED_JUPYTER__SANDBOX__STATE_DIR"] = str(_STATE_DIR)
 os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES"] = "[]"
 os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES_IPV6"] = "[]"
+os.environ["DASK_COILED_JUPYTER__CLUSTER_KIND"] = "dask"
 os.environ["DASK_CONFIG"] = str(_CONFIG_DIR)
 for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
     os.environ.pop(name, None)
@@ -111,7 +115,10 @@ def _fresh_session(monkeypatch):
 
     monkeypatch.setattr(account, "_known", {})
     yield
+    from coiled_jupyter import ports
     from coiled_jupyter.settings import SESSION
+
+    ports.forget()
 
     SESSION.clear()
 

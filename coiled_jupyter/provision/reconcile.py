@@ -475,12 +475,30 @@ def plan(t: Target, settings: Settings, *, progress=None, overrides=None) -> Pla
     wanted = enforce(wanted, groups, group)
     owners = _owners_if_needed(groups, group, wanted.rules)
     plan = make_plan(t, group, wanted.rules, settings.ingress.origin, me=wanted.me, owners=owners)
-    return _noted(plan, wanted)
+    return _noted(plan, wanted, settings)
 
 
-def _noted(plan: Plan, wanted: Desired) -> Plan:
-    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered)."""
-    return replace(plan, notes=(*wanted.notes, *plan.notes))
+def _noted(plan: Plan, wanted: Desired, settings: Settings) -> Plan:
+    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered), the
+    kind of cluster and ports it assumed, and, first of its warnings, the sentence saying when no
+    client (or not this notebook) will connect to the port the scheduler listens on."""
+    from ..reach import check
+
+    model = port_model(plan.target.cluster)
+    reach = check(settings.rules, settings.use_scheduler_public_ip.value, model=model)
+    return replace(
+        plan,
+        notes=(*wanted.notes, *plan.notes),
+        warnings=(*reach.connect_warnings, *plan.warnings),
+        ports=model,
+    )
+
+
+def port_model(cluster: str):
+    """The kind of cluster and its ports (see :mod:`coiled_jupyter.ports`)."""
+    from ..ports import model
+
+    return model(cluster)
 
 
 def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> ApplyResult:
@@ -499,7 +517,9 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
         wanted = enforce(wanted, groups, group)
-        carried = _noted(make_plan(t, group, desired, settings.ingress.origin, me=me), wanted)
+        carried = _noted(
+            make_plan(t, group, desired, settings.ingress.origin, me=me), wanted, settings
+        )
         if not carried.changes:
             return ApplyResult(
                 carried,
@@ -587,8 +607,13 @@ def _table(
     overrides: dict[tuple, str] | None = None,
 ) -> RuleTable:
     """The group, each rule with its origin (``owners``: the rules' tags, to say who wrote the
-    undeclared ones; ``overrides``: rule key -> the team guardrails it overrides, and why)."""
+    undeclared ones; ``overrides``: rule key -> the team guardrails it overrides, and why), and the
+    kind of cluster and ports it was read for: a group whose rules admit no one on the scheduler's
+    port says so."""
+    from ..reach import lockout
+
     overrides = overrides or {}
+    model = port_model(t.cluster)
     if group is None:
         return RuleTable(
             t,
@@ -602,6 +627,7 @@ def _table(
                 *_backend_warnings(t),
                 f"cluster {t.cluster!r} has no security group yet; run apply.",
             ),
+            ports=model,
         )
     declared = {r.key for r in desired}
     undeclared = [r for r in group.rules if r.key not in declared and r.source != group.group_id]
@@ -625,7 +651,13 @@ def _table(
         group.rules,
         tuple(origins),
         group.unmanageable,
-        (*_backend_warnings(t), *_warnings(group.rules), *warnings),
+        (
+            *_backend_warnings(t),
+            *filter(None, [lockout([r for r in group.rules if r.source != group.group_id], model)]),
+            *_warnings(group.rules),
+            *warnings,
+        ),
+        ports=model,
     )
 
 
@@ -680,7 +712,7 @@ def scheduler_address(t: Target, settings: Settings) -> SchedulerAddress:
             ]
         )
     return SchedulerAddress(
-        t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")), group.account_id
+        t, scheduler["InstanceId"], ip, public, port_model(t.cluster).scheduler, group.account_id
     )
 
 
@@ -712,30 +744,74 @@ def cluster_kwargs(
     in the sandbox is a moto group that no real launcher can use, so it is kept apart, as
     ``.sandbox_group_id``, and ``.security_group_id`` stays None.
     """
-    from ..rules import to_coiled
-
     wanted = declared(settings, overrides)
-    ingress = to_coiled(wanted.rules, client=True)
     t = t.connected()
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     enforce(wanted, groups, group)
-    options = dict(backend_options or {})
-    options.pop("firewall", None)
-    options["ingress"] = ingress
-    kwargs = {
-        "backend_options": options,
-        "use_scheduler_public_ip": settings.use_scheduler_public_ip.value,
-    }
+    kwargs, notes = _coiled_kwargs(t, settings, backend_options, wanted.rules)
     if group is None or t.backend != "sandbox":
-        return ClusterKwargs(kwargs, group.group_id if group else None)
+        return ClusterKwargs(kwargs, group.group_id if group else None, notes=notes)
     return ClusterKwargs(
         kwargs,
         None,
         sandbox_group_id=group.group_id,
         notes=(
+            *notes,
             f"the group {group.group_id} exists only in the sandbox (a local moto server), so no "
             "real launcher can use it and security_group_id is None; set coiled-jupyter.backend "
             "to aws and apply to get a real group.",
         ),
     )
+
+
+def _coiled_kwargs(
+    t: Target, settings: Settings, backend_options, desired: list[Rule]
+) -> tuple[dict, tuple[str, ...]]:
+    """``coiled.Cluster``'s keywords for the rules: Coiled's network keywords
+    (``allow_ingress_from=...``) when the rules of a Coiled cluster can be said that way, else
+    ``backend_options={"ingress": [...]}``; never both, which Coiled refuses
+    (``ArgumentCombinationError``). With explicit ingress, a ``coiled.scheduler_port`` in Dask's
+    config makes Coiled refuse too: a warning says so. ``desired``: the rules as they will be sent
+    (``me`` resolved), for the ingress."""
+    import warnings
+
+    import dask.config
+
+    from ..network_args import from_rules
+    from ..ports import COILED, COILED_SCHEDULER, SCHEDULER_PORT_KEY
+    from ..rules import to_coiled
+
+    model = port_model(t.cluster)
+    options = dict(backend_options or {})
+    options.pop("firewall", None)
+    options.pop("ingress", None)
+    public_ip = {"use_scheduler_public_ip": settings.use_scheduler_public_ip.value}
+    keywords = None
+    if model.kind == COILED:
+        keywords = from_rules(
+            list(settings.rules),
+            scheduler=model.scheduler,
+            use_dashboard_https=model.dashboard_https,
+        )
+    if keywords is not None:
+        return {
+            **keywords.kwargs(),
+            **({"backend_options": options} if options else {}),
+            **public_ip,
+        }, ()
+    options["ingress"] = to_coiled(desired, client=True)
+    kwargs = {"backend_options": options, **public_ip}
+    configured = dask.config.get(SCHEDULER_PORT_KEY, None)
+    if model.kind == COILED and configured is not None:
+        sentence = (
+            f"Dask's config holds {SCHEDULER_PORT_KEY} ({configured}), and coiled.Cluster() refuses "
+            "it beside explicit ingress (ArgumentCombinationError): remove it from the config and "
+            f"pass scheduler_options={{'port': {configured}}}, or say the rules with Coiled's "
+            "keywords (allow_ingress_from=...)."
+        )
+        warnings.warn(sentence, UserWarning, stacklevel=4)
+        return kwargs, (sentence,)
+    if model.kind == COILED and model.scheduler != COILED_SCHEDULER:
+        kwargs["scheduler_options"] = {"port": model.scheduler}
+    return kwargs, ()

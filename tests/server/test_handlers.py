@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 
+import dask.config
 import pytest
 import yaml
 
@@ -370,6 +371,41 @@ async def test_rehearse_is_the_session_call(api):
         assert status == 200 and body["summary"] == reason
     status, body = await api("POST", "rehearse", {"cluster": "x", "live": True})
     assert status == 400 and "unknown field(s) 'live'" in body["message"]
+
+
+async def test_patch_kind_says_which_ports_the_sidebar_checks(api, monkeypatch):
+    """Issue 18: the sidebar's kind control, and the lockout sentence before Apply."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "dask")
+    status, data = await api(
+        "PUT", "settings", {"value": [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]}
+    )
+    assert status == 200, data
+    assert any("no client will connect: add 8786" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "coiled"})
+    assert status == 200, data
+    assert data["ports"]["summary"] == (
+        "kind coiled (notebook session (this Jupyter server)): scheduler 443 (TLS), "
+        "dashboard 443 (HTTPS)"
+    )
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "spark"})
+    assert status == 400 and "use 'coiled'" in data["message"]
+    _, data = await api("GET", "settings")
+    assert data["ports"]["kind"] == "coiled"
+
+
+async def test_the_newer_page_example_as_the_sidebar_sends_it(api, monkeypatch):
+    """Coiled's current page, [{ports: [22, 443], cidr: 10.1.0.0/16}], as the sidebar's PUT."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "coiled")
+    page = [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]
+    status, data = await api("PUT", "settings", {"value": page})
+    assert status == 200, data
+    assert sources(data) == [("22", "10.1.0.0/16"), ("443", "10.1.0.0/16")]
+    assert data["reachability"]["scheduler"]["port"] == 443
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("POST", "apply", {})
+    assert status == 200, data
+    assert ("443", "10.1.0.0/16") in sources(data)
 
 
 async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
