@@ -202,10 +202,14 @@ class _Body:
 class Faults:
     """Synthetic AWS error responses from a botocore ``before-send`` handler on real clients.
 
-    ``fail(operation, code, status=..., times=1, skip=0, before=None)`` makes the next ``times`` sends
-    of ``operation`` (after letting ``skip`` through) answer with that AWS error code; ``times=None``
-    means every send. ``before(request)`` runs first, e.g. another writer changing the group.
+    ``fail(operation, code, status=..., times=1, skip=0, message=None, before=None)`` makes the next
+    ``times`` sends of ``operation`` (after letting ``skip`` through) answer with that AWS error code
+    (and ``message``, or ``message(request)``); ``times=None`` means every send. ``before(request)``
+    runs first, e.g. another writer changing the group.
     ``sent[operation]`` counts HTTP sends (each retry is one), ``log`` lists them in order.
+    ``answer(operation, body, ...)`` answers with that body instead (a success AWS would send, or a
+    proxy's HTML page); ``throw(operation, make)`` raises ``make(request)`` where the HTTP client
+    would fail (botocore's connection errors and time-outs, which it retries first).
     """
 
     def __init__(self):
@@ -227,7 +231,7 @@ class Faults:
         status: int = 400,
         times: int | None = 1,
         skip: int = 0,
-        message: str | None = None,
+        message=None,
         before=None,
     ) -> None:
         self._rules.setdefault(operation, []).append(
@@ -239,6 +243,33 @@ class Faults:
                 "before": before,
                 "message": message or f"injected {code}",
             }
+        )
+
+    def answer(
+        self,
+        operation: str,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "text/xml",
+        times: int | None = 1,
+        skip: int = 0,
+    ) -> None:
+        self._rules.setdefault(operation, []).append(
+            {
+                "times": times,
+                "skip": skip,
+                "before": None,
+                "respond": lambda request: _response(request, status, content_type, body),
+            }
+        )
+
+    def throw(self, operation: str, make, *, times: int | None = 1, skip: int = 0) -> None:
+        def respond(request):
+            raise make(request)
+
+        self._rules.setdefault(operation, []).append(
+            {"times": times, "skip": skip, "before": None, "respond": respond}
         )
 
     def clear(self) -> None:
@@ -265,20 +296,32 @@ class Faults:
                 rule["times"] -= 1
             if rule["before"] is not None:
                 rule["before"](request)
+            if "respond" in rule:
+                return rule["respond"](request)
+            message = rule["message"]
+            message = message(request) if callable(message) else message
             if service == "ec2":
+                from xml.sax.saxutils import escape
+
                 body = (
                     f"<Response><Errors><Error><Code>{rule['code']}</Code><Message>"
-                    f"{rule['message']}</Message></Error></Errors><RequestID>injected"
+                    f"{escape(message)}</Message></Error></Errors><RequestID>injected"
                     "</RequestID></Response>"
                 ).encode()
                 headers = {"Content-Type": "text/xml"}
             else:
                 import json
 
-                body = json.dumps({"__type": rule["code"], "message": rule["message"]}).encode()
+                body = json.dumps({"__type": rule["code"], "message": message}).encode()
                 headers = {"Content-Type": "application/x-amz-json-1.1"}
             return AWSResponse(request.url, rule["status"], headers, _Body(body))
         return None
+
+
+def _response(request, status: int, content_type: str, body: bytes):
+    from botocore.awsrequest import AWSResponse
+
+    return AWSResponse(request.url, status, {"Content-Type": content_type}, _Body(body))
 
 
 @pytest.fixture

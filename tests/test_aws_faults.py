@@ -80,7 +80,7 @@ def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
 def test_throttling_with_http_400_is_retried_too(cloud, faults):
     faults.fail(DESCRIBE, "RequestLimitExceeded", status=400, times=1)
     reconcile.apply(target("throttled-400"), settings_for([VPN]))
-    assert faults.sent[DESCRIBE] == 2  # find (throttled, retried); nothing is read back
+    assert faults.sent[DESCRIBE] == 3  # find (throttled, retried), then the verifying read
     assert declared(cloud.ec2, "throttled-400") == {("tcp", 8786, 8787, "10.1.0.0/16")}
 
 
@@ -94,11 +94,11 @@ def test_not_found_right_after_create_is_retried(cloud, faults):
     assert declared(cloud.ec2, "eventual") == A
 
 
-def test_a_fresh_apply_reports_what_the_authorize_response_confirms(cloud, faults):
-    """No read-back: the table comes from the authorize response, and agrees with the server."""
+def test_a_fresh_apply_reports_what_the_verifying_read_finds(cloud, faults):
+    """The table comes from the read after the writes, and agrees with the server."""
     result = reconcile.apply(target("eventual-read"), settings_for([VPN, PEERED]))
 
-    assert faults.log == ["DescribeSecurityGroups", "CreateSecurityGroup", AUTHORIZE]
+    assert faults.log == [DESCRIBE, "CreateSecurityGroup", AUTHORIZE, DESCRIBE]
     assert {
         (r.protocol, r.from_port, r.to_port, r.source)
         for r in result.table.rules
