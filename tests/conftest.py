@@ -209,7 +209,8 @@ class Faults:
     ``sent[operation]`` counts HTTP sends (each retry is one), ``log`` lists them in order.
     ``answer(operation, body, ...)`` answers with that body instead (a success AWS would send, or a
     proxy's HTML page); ``throw(operation, make)`` raises ``make(request)`` where the HTTP client
-    would fail (botocore's connection errors and time-outs, which it retries first).
+    would fail (botocore's connection errors and time-outs, which it retries first);
+    ``meanwhile(operation, before)`` only runs ``before(request)`` and sends the request.
     """
 
     def __init__(self):
@@ -254,12 +255,13 @@ class Faults:
         content_type: str = "text/xml",
         times: int | None = 1,
         skip: int = 0,
+        before=None,
     ) -> None:
         self._rules.setdefault(operation, []).append(
             {
                 "times": times,
                 "skip": skip,
-                "before": None,
+                "before": before,
                 "respond": lambda request: _response(request, status, content_type, body),
             }
         )
@@ -270,6 +272,12 @@ class Faults:
 
         self._rules.setdefault(operation, []).append(
             {"times": times, "skip": skip, "before": None, "respond": respond}
+        )
+
+    def meanwhile(self, operation: str, before, *, times: int | None = 1, skip: int = 0) -> None:
+        """Run ``before(request)`` (another writer acting), then send the request as it is."""
+        self._rules.setdefault(operation, []).append(
+            {"times": times, "skip": skip, "before": before, "respond": lambda request: None}
         )
 
     def clear(self) -> None:

@@ -243,6 +243,76 @@ def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
     assert declared(cloud.ec2, "gone") == B
 
 
+def _unknown_permissions(entries: set[tuple]) -> bytes:
+    """AWS's answer to a revoke, in the default VPC, of rules it does not know: success, with them
+    listed as ``UnknownIpPermissions``."""
+    items = "".join(
+        f"<item><ipProtocol>{p}</ipProtocol><fromPort>{lo}</fromPort><toPort>{hi}</toPort>"
+        f"<ipRanges><item><cidrIp>{cidr}</cidrIp></item></ipRanges></item>"
+        for p, lo, hi, cidr in sorted(entries)
+    )
+    return (
+        '<RevokeSecurityGroupIngressResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>injected</requestId><return>true</return>"
+        f"<unknownIpPermissionSet>{items}</unknownIpPermissionSet>"
+        "</RevokeSecurityGroupIngressResponse>"
+    ).encode()
+
+
+def test_a_removal_answered_as_unknown_is_not_reported_as_made(cloud, faults):
+    """The revoke never reaches the group; AWS's answer says success with the rule unknown (as
+    the default VPC does for a rule spelled otherwise than it holds it)."""
+    reconcile.apply(target("unknown"), settings_for([VPN, PEERED]))
+    old = {("tcp", 8786, 8786, "10.2.0.0/16")}
+    faults.answer(REVOKE, _unknown_permissions(old), times=None)
+
+    with pytest.raises(CloudError) as info:
+        reconcile.apply(target("unknown"), settings_for([VPN, OFFICE]))
+
+    said = str(info.value)
+    assert info.value.code == "UnknownIpPermissions"
+    assert "10.2.0.0/16" in said and "not removed" in said
+    assert "wider than either" in said  # the new rule was added beside it
+    assert declared(cloud.ec2, "unknown") == A | B
+    faults.clear()
+    assert reconcile.apply(target("unknown"), settings_for([VPN, OFFICE])).changed
+    assert declared(cloud.ec2, "unknown") == B
+
+
+def test_a_removal_answered_as_unknown_because_another_writer_made_it_is_done(cloud, faults):
+    reconcile.apply(target("unknown-gone"), settings_for([VPN, PEERED]))
+    old = {("tcp", 8786, 8786, "10.2.0.0/16")}
+    faults.answer(
+        REVOKE,
+        _unknown_permissions(old),
+        before=_another_writer(cloud, "unknown-gone", "revoke_security_group_ingress", old),
+    )
+
+    result = reconcile.apply(target("unknown-gone"), settings_for([VPN, OFFICE]))
+
+    assert result.changed
+    assert faults.sent[REVOKE] == 1  # the read found it gone: nothing left to remove
+    assert declared(cloud.ec2, "unknown-gone") == B
+
+
+def test_a_rule_added_by_another_writer_during_the_apply_is_said_not_hidden(cloud, faults):
+    """The verifying read after the writes finds a rule this apply did not write."""
+    reconcile.apply(target("meanwhile"), settings_for([VPN, PEERED]))
+    other = {("tcp", 8786, 8786, "172.16.0.0/12")}
+    faults.meanwhile(
+        REVOKE, _another_writer(cloud, "meanwhile", "authorize_security_group_ingress", other)
+    )
+
+    with pytest.raises(CloudError) as info:
+        reconcile.apply(target("meanwhile"), settings_for([VPN, OFFICE]))
+
+    said = str(info.value)
+    assert info.value.code == "ConcurrentChange"
+    assert "another writer changed group" in said
+    assert "172.16.0.0/12" in said and "admits more" in said
+    assert declared(cloud.ec2, "meanwhile") == B | other  # said as it is, not changed further
+
+
 def test_a_duplicate_that_never_resolves_is_an_error_not_a_loop(cloud, faults):
     reconcile.apply(target("stuck"), settings_for([VPN]))
     faults.sent.clear()
