@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AccountStoreUnreadable, ConfigFileError
+from .policy import Guardrails
 from .rules import ME, IngressError, Rule, canonical, compact, parse_ingress
 from .strict_yaml import excerpt
 
@@ -95,6 +96,8 @@ class LayerValues:
     read: bool = True
     note: str = ""
     built_on: LayerValues | None = None
+    # The team's guardrails (the account layer only; see coiled_jupyter.policy).
+    guardrails: Guardrails = field(default_factory=Guardrails)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class Settings:
     ingress: Resolved
     use_scheduler_public_ip: Resolved
     layers: tuple[LayerValues, ...] = field(default=())
+    # Why the account store could not be read, when the settings did not need it: its guardrails
+    # are then unknown, so nothing may be applied (see provision.reconcile).
+    account_unreadable: AccountStoreUnreadable | None = None
 
     @property
     def rules(self) -> list[Rule]:
@@ -112,6 +118,12 @@ class Settings:
     def layer(self, layer: Layer) -> LayerValues | None:
         """What ``layer`` set, as consulted for these settings (None if it was not consulted)."""
         return next((values for values in self.layers if values.layer == layer), None)
+
+    @property
+    def guardrails(self) -> Guardrails:
+        """The team's guardrails, as the account layer holds them."""
+        account = self.layer(Layer.ACCOUNT)
+        return account.guardrails if account is not None else Guardrails()
 
     @property
     def account_read(self) -> bool:
@@ -573,7 +585,7 @@ def effective_settings(
     weakest = min(settings.ingress.layer, settings.use_scheduler_public_ip.layer)
     if unreadable is not None and weakest < Layer.ACCOUNT:
         raise unreadable
-    return settings
+    return dataclasses.replace(settings, account_unreadable=unreadable)
 
 
 def resolve(layers: list[LayerValues]) -> Settings:
