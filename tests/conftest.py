@@ -361,6 +361,24 @@ def faults(sandbox, make_faults):
     return make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
 
 
+@pytest.fixture
+def fresh_faults(sandbox, dask_config, make_faults):
+    """A :class:`Faults` injector on EC2 and SSM clients made for this test alone, which the core
+    uses meanwhile: faults that botocore retries (connection errors, time-outs) then spend the
+    retry quota of these clients, not that of the session's shared ones."""
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
+
+    saved = dict(aws._clients)
+    aws._clients.clear()
+    try:
+        connection = target().connection()
+        yield make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
+    finally:
+        aws._clients.clear()
+        aws._clients.update(saved)
+
+
 @pytest.fixture(scope="session")
 def _image_id(_independent_clients):
     ec2 = _independent_clients["ec2"]

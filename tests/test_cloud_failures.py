@@ -3,8 +3,9 @@ every front end: the core, the magics (a plain UsageError, also under ``%xmode V
 panel; the REST routes are in tests/server/test_handlers.py. No sentence and no traceback carries a
 credential.
 
-Faults are injected at botocore's ``before-send`` on clients made for each test alone (``broken``),
-so that the retries some of them cause do not spend the retry quota of the session's shared clients.
+Faults are injected at botocore's ``before-send`` on clients made for each test alone
+(``fresh_faults``), so that the retries some of them cause do not spend the retry quota of the
+session's shared clients.
 """
 
 from __future__ import annotations
@@ -64,20 +65,6 @@ FAILURES = {
 }
 
 
-@pytest.fixture
-def broken(sandbox, dask_config, make_faults):
-    """A :class:`Faults` injector on fresh EC2 and SSM clients for the sandbox, which the core uses
-    for this test; the session's shared clients are back afterwards."""
-    saved = dict(aws._clients)
-    aws._clients.clear()
-    try:
-        connection = target().connection()
-        yield make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
-    finally:
-        aws._clients.clear()
-        aws._clients.update(saved)
-
-
 def _botocore_in_chain(error: BaseException) -> list[BaseException]:
     """The exceptions of botocore (or of its HTTP client) that ``error`` was raised from."""
     found, seen = [], error
@@ -95,9 +82,9 @@ def _everything_said(error: BaseException) -> str:
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-def test_a_failure_is_one_cloud_error_sentence_from_the_core(broken, failure):
+def test_a_failure_is_one_cloud_error_sentence_from_the_core(fresh_faults, failure):
     inject, code = FAILURES[failure]
-    inject(broken)
+    inject(fresh_faults)
     with pytest.raises(CloudError) as raised:
         session.apply("failing")
     assert raised.value.code == code
@@ -107,9 +94,11 @@ def test_a_failure_is_one_cloud_error_sentence_from_the_core(broken, failure):
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-def test_a_failure_is_a_plain_usage_error_in_the_magics_even_verbose(broken, ip, capsys, failure):
+def test_a_failure_is_a_plain_usage_error_in_the_magics_even_verbose(
+    fresh_faults, ip, capsys, failure
+):
     inject, code = FAILURES[failure]
-    inject(broken)
+    inject(fresh_faults)
     ip.run_line_magic("xmode", "Verbose")
     try:
         result = ip.run_cell("%coiled_ingress apply --cluster failing")
@@ -123,11 +112,11 @@ def test_a_failure_is_a_plain_usage_error_in_the_magics_even_verbose(broken, ip,
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-def test_a_failure_is_one_sentence_in_the_panel(broken, failure):
+def test_a_failure_is_one_sentence_in_the_panel(fresh_faults, failure):
     from coiled_jupyter.widgets import FirewallPanel
 
     inject, code = FAILURES[failure]
-    inject(broken)
+    inject(fresh_faults)
     panel = FirewallPanel(cluster="failing", background=False)
     try:
         panel.apply()
@@ -139,8 +128,8 @@ def test_a_failure_is_one_sentence_in_the_panel(broken, failure):
     assert "unexpected" not in text  # the panel's word for a bug
 
 
-def test_an_unreadable_store_answer_refuses_what_needs_the_account_layer(broken):
-    _no_parameter(broken)
+def test_an_unreadable_store_answer_refuses_what_needs_the_account_layer(fresh_faults):
+    _no_parameter(fresh_faults)
     with pytest.raises(AccountStoreUnreadable) as raised:
         session.plan("needs-the-account")
     assert raised.value.code == "InvalidResponse"
