@@ -2,8 +2,10 @@
 
 Every call goes through one boto3 client per (region, endpoint, credentials), created once and reused
 (creating one costs ~0.2 s), with botocore's ``standard`` retry mode so that throttling
-(``RequestLimitExceeded``) is retried. Errors are matched on their codes, never on messages, and turned
-into :class:`CloudError`, which says what to do and never carries credentials.
+(``RequestLimitExceeded``) is retried. Errors are matched on their codes, never on messages. Every
+call (:func:`_call`) and every session or client made (:func:`_made`) turns whatever fails, AWS's
+answer, botocore's own errors or an answer that is not AWS's, into one :class:`CloudError`, which says
+what to do, is scrubbed of credentials and carries none of botocore's objects.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ An apply converges whatever the path, in as few calls as the cloud allows: it re
 then adds what is missing before removing what is not declared (so access never drops below the
 declared rules mid-way), and gives changed descriptions in place. When the group cannot hold the old
 and the new rules at once (the rules-per-group quota), it adds what fits, removes, then adds the rest,
-and the plan says beforehand that access narrows for that moment. Every write is verified from the
-cloud's response, which also gives the group it leaves, so nothing is read back except after a
-description update, whose response confirms nothing. A run cut off half-way is finished by the next
-run; two kernels on one machine are serialised by a file lock. A change by another machine during an
-apply shows as a conflict (a duplicate or missing rule), which is resolved by reading the group again;
-one that does not conflict is found and converged by the next apply.
+and the plan says beforehand that access narrows for that moment. After its writes it reads the
+group once: only a read knows what the group holds, since there is no lock across machines. A write
+that conflicts with another writer (a duplicate or missing rule) is resolved by reading the group
+again; a change that does not conflict shows in that last read and is said, with what differs,
+never reported as success. A run cut off half-way says what it left and is finished by the next run;
+two kernels on one machine are serialised by a file lock.
 
 Rules this tool writes carry its owner tag (and 'me' rules the networks 'me' stood for), so a plan
 tells rules added by hand from rules it wrote earlier that are no longer declared.
