@@ -94,50 +94,60 @@ def cloud_error(error: Exception, doing: str) -> CloudError:
     return CloudError(code, f"{doing} failed: {reason}")
 
 
+# Failures that are not an AWS error answer, most specific first: (classes, code (None: the class's
+# name), the sentence, with {said} (botocore's text), {where} (the endpoint) and {profile}).
+_CHECK_NETWORK = "check the network (and HTTPS_PROXY), then run it again."
+_REASONS = (
+    (
+        NoCredentialsError,
+        "NoCredentials",
+        "no AWS credentials were found; configure a profile (aws configure) or use the sandbox "
+        "backend.",
+    ),
+    (
+        ProfileNotFound,
+        "ProfileNotFound",
+        "the AWS profile {profile!r} is not in your AWS config files; check AWS_PROFILE (aws "
+        "configure list-profiles lists the profiles).",
+    ),
+    (
+        (PartialCredentialsError, CredentialRetrievalError),
+        None,
+        "the AWS credentials could not be loaded ({said}); check your AWS profile or keys.",
+    ),
+    ((ConfigParseError, ConfigNotFound), None, "{said}; fix or move that AWS config file."),
+    (ReadTimeoutError, "ReadTimeoutError", "{where} did not answer in time; " + _CHECK_NETWORK),
+    (BotoConnectionError, None, "could not connect to {where}; " + _CHECK_NETWORK),
+    (
+        ResponseParserError,
+        "ResponseParserError",
+        "the answer was not an AWS response (an HTML page or an empty body, as a proxy or a "
+        "captive portal sends); " + _CHECK_NETWORK,
+    ),
+    (
+        HTTPClientError,
+        "HTTPClientError",
+        "the HTTP request did not complete ({said}); " + _CHECK_NETWORK,
+    ),
+)
+
+
 def _reason(error: Exception) -> tuple[str, str]:
     """The code and the sentence for a failure that is not an AWS error answer."""
-    if isinstance(error, NoCredentialsError):
-        return "NoCredentials", (
-            "no AWS credentials were found; configure a profile (aws configure) or use the "
-            "sandbox backend."
-        )
-    if isinstance(error, ProfileNotFound):
-        return "ProfileNotFound", (
-            f"the AWS profile {_quoted(error.kwargs.get('profile', ''))!r} is not in your AWS "
-            "config files; check AWS_PROFILE (aws configure list-profiles lists the profiles)."
-        )
-    if isinstance(error, (PartialCredentialsError, CredentialRetrievalError)):
-        return type(error).__name__, (
-            f"the AWS credentials could not be loaded ({_quoted(error)}); check your AWS "
-            "profile or keys."
-        )
-    if isinstance(error, (ConfigParseError, ConfigNotFound)):
-        return type(error).__name__, f"{_quoted(error)}; fix or move that AWS config file."
-    if isinstance(error, ReadTimeoutError):
-        return "ReadTimeoutError", (
-            f"{_where(error)} did not answer in time; check the network (and HTTPS_PROXY), then "
-            "run it again."
-        )
-    if isinstance(error, BotoConnectionError):
-        return type(error).__name__, (
-            f"could not connect to {_where(error)}; check the network (and HTTPS_PROXY), then "
-            "run it again."
-        )
-    if isinstance(error, ResponseParserError):
-        return "ResponseParserError", (
-            "the answer was not an AWS response (an HTML page or an empty body, as a proxy or "
-            "a captive portal sends); check the network and HTTPS_PROXY, then run it again."
-        )
-    if isinstance(error, HTTPClientError):
-        return "HTTPClientError", (
-            f"the HTTP request did not complete ({_quoted(error)}); check the network (and "
-            "HTTPS_PROXY), then run it again."
-        )
+    kwargs = getattr(error, "kwargs", {})
+    for classes, code, sentence in _REASONS:
+        if isinstance(error, classes):
+            return code or type(error).__name__, sentence.format(
+                said=_quoted(error),
+                where=_where(error),
+                profile=_quoted(kwargs.get("profile", "")),
+            )
     return type(error).__name__, _quoted(error)
 
 
-def _where(error: BotoCoreError) -> str:
-    url = error.kwargs.get("endpoint_url") or error.kwargs.get("proxy_url")
+def _where(error: Exception) -> str:
+    kwargs = getattr(error, "kwargs", {})
+    url = kwargs.get("endpoint_url") or kwargs.get("proxy_url")
     return _quoted(url) if url else "the AWS endpoint"
 
 
