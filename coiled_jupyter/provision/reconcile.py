@@ -41,6 +41,7 @@ from ..rules import (
 )
 from ..settings import Settings, account_drift_note, option, replaced_rules_note
 from ..state import file_lock, lock_name
+from . import history
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
 
@@ -241,8 +242,8 @@ def _warnings(rules) -> tuple[str, ...]:
         dict.fromkeys(r.ports for r in sorted(wide, key=lambda r: (r.from_port, r.to_port)))
     )
     return (
-        f"port {ports} is open to the whole internet; restrict it to your network "
-        "(e.g. %coiled_ingress set with a CIDR, or 'me').",
+        f"port {ports} is open to the whole internet; restrict it to your network, or to this "
+        "notebook's public address ('me'), before you apply.",
     )
 
 
@@ -525,7 +526,8 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
         except CloudError as error:
             error.tell(_left_behind(groups, group_id, group, desired))
             raise
-        final = _verified(t, groups, group_id, desired)
+        not_kept = history.record(t, group, group_id, carried)  # also when another writer ...
+        final = _verified(t, groups, group_id, desired)  # ... changed the group meanwhile
     kept_old = [
         r
         for r in carried.update
@@ -534,7 +536,7 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
     warnings = tuple(
         f"the cloud kept the old description of {r}; set it in the console, or run apply again."
         for r in kept_old
-    )
+    ) + ((not_kept,) if not_kept else ())
     return ApplyResult(
         carried,
         _table(t, final, settings, desired, warnings=warnings, overrides=wanted.shown_overrides()),
