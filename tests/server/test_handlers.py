@@ -425,3 +425,50 @@ async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     assert dev["session_clusters"] == ["prod"]
     _, plan = await api("POST", "plan", {"cluster": "prod"})
     assert [(r["action"], r["source"]) for r in plan["rows"]] == [("add", "10.20.0.0/16")]
+
+
+# Faults botocore raises rather than answers, injected at before-send on clients of the test's own
+# (fresh_faults): each is one sentence with its code over REST, never a 500 with a traceback.
+_PORTAL = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Accept<br></body></html>"
+)
+
+
+def _not_reached(request):
+    from botocore.exceptions import EndpointConnectionError
+
+    return EndpointConnectionError(endpoint_url=request.url)
+
+
+@pytest.mark.parametrize(
+    "inject, code, status",
+    [
+        (lambda f: f.answer("CreateSecurityGroup", _PORTAL), "ResponseParserError", 502),
+        (lambda f: f.answer("DescribeSecurityGroups", b""), "ResponseParserError", 502),
+        (
+            lambda f: f.throw("CreateSecurityGroup", _not_reached, times=None),
+            "EndpointConnectionError",
+            503,
+        ),
+        (lambda f: f.answer("GetParameter", b"{}"), "InvalidResponse", 502),
+    ],
+    ids=["html page", "empty body", "no connection", "ssm answer without parameter"],
+)
+async def test_a_failure_botocore_raises_is_a_5xx_sentence(api, fresh_faults, inject, code, status):
+    inject(fresh_faults)
+    got, data = await api("POST", "apply", {"cluster": CLUSTER}, timeout=90)
+    assert got == status, data
+    assert data["code"] == code
+    assert data["message"].startswith(f"{code}: ")
+    assert "Traceback" not in data["message"] and "<html" not in data["message"]
+
+
+async def test_a_mistyped_aws_profile_is_a_sentence_not_a_500(
+    api, aws_backend_on_sandbox, monkeypatch
+):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    for method, route in (("GET", "describe"), ("POST", "plan"), ("POST", "apply")):
+        got, data = await api(method, route, {} if method == "POST" else None)
+        assert got == 502, (route, data)
+        assert data["code"] == "ProfileNotFound"
+        assert "'no-such-profile'" in data["message"] and "AWS_PROFILE" in data["message"]
