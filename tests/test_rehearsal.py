@@ -218,11 +218,20 @@ def test_random_rules_with_a_real_client_and_dashboard(rehearsal, case):
 # Through the session: the sandbox's group, rehearsed
 
 
-def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehearsal):
-    # The module's rehearsal holds the lock; the session's own rehearsal reuses nothing of it, so
-    # this test borrows it as the process's current one.
+@pytest.fixture
+def borrowed(rehearsal):
+    """The module's rehearsal as the process's current one: it holds the lock, so the session's
+    rehearse would not start its own; the idle clock is stopped after, not the rehearsal."""
     from coiled_jupyter.rehearsal import rehearse as module
 
+    module._current = rehearsal
+    yield module
+    module._current = None
+    if module._idle is not None:
+        module._idle.cancel()
+
+
+def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, borrowed):
     session.set_settings(
         [
             {"ports": [8786], "cidr": "10.1.0.0/16"},
@@ -231,13 +240,7 @@ def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehears
         cluster="rehearsed",
     )
     session.apply("rehearsed")
-    module._current = rehearsal
-    try:
-        result = session.rehearse("rehearsed")
-    finally:
-        module._current = None
-        if module._idle is not None:
-            module._idle.cancel()
+    result = session.rehearse("rehearsed")
     assert isinstance(result, RehearsalResult)
     payload = result.to_payload()
     assert payload["kind"] == "rehearsal" and payload["warnings"] == []
@@ -249,3 +252,16 @@ def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehears
     assert found["172.31.0.11", "8786 (scheduler)"] == ("yes", "yes")
     text = result._repr_mimebundle_()["text/plain"]
     assert text.startswith("Firewall rehearsal: cluster 'rehearsed'")
+
+
+def test_a_prefix_list_admits_nothing_and_is_named(borrowed):
+    from coiled_jupyter.provision.results import RuleTable
+    from coiled_jupyter.provision.target import target
+
+    entry = "tcp 8786-8786 from prefix list pl-12345678"
+    table = RuleTable(
+        target("x"), "", "sg-0123456789abcdef0", "g", None, tuple(TWO_CIDRS), ("", ""), (entry,)
+    )
+    result = borrowed.rehearse(table, scheduler_port=SCHEDULER_PORT, dashboard_port=DASHBOARD_PORT)
+    assert f"{entry}: admits nothing here." in result.to_payload()["notes"]
+    assert result.disagreements == []
