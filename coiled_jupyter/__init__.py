@@ -25,6 +25,8 @@ _PUBLIC = {
     "destroy": "coiled_jupyter.session",
     "scheduler_address": "coiled_jupyter.session",
     "cluster_kwargs": "coiled_jupyter.session",
+    "history": "coiled_jupyter.session",
+    "undo": "coiled_jupyter.session",
     "rehearse": "coiled_jupyter.session",
     "export_rules": "coiled_jupyter.session",
     "import_rules": "coiled_jupyter.session",

@@ -113,7 +113,11 @@ def _view(t, settings: Settings, *, reach: bool = True):
     if reach:
         from .reach import check
 
-        reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
+        reachability = check(
+            settings.rules,
+            settings.use_scheduler_public_ip.value,
+            declared=settings.ingress.layer != Layer.DEFAULT,
+        )
     return SettingsView(
         t,
         settings,
@@ -497,6 +501,57 @@ def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
 
     t = _target(cluster, **target_options)
     return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)
+
+
+def history(cluster=None, **target_options):
+    """The applies of this cluster made from this machine, newest first, each with the rules the
+    group held before it and what it changed (kept in the state folder; no cloud call)."""
+    from .provision import history as kept
+    from .provision.results import HistoryView
+
+    t = _target(cluster, **target_options)
+    return HistoryView(t, tuple(kept.entries(t)))
+
+
+def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
+    """The way back to the group's rules before the last apply made from this machine: the plan
+    (nothing changes), or with ``apply=True`` those rules set in this session and applied, all or
+    nothing (that apply is recorded too, so a second undo goes back again)."""
+    from .provision import history as kept
+    from .provision import reconcile
+    from .rules import to_coiled
+
+    t = _target(cluster)
+    entries = kept.entries(t)
+    if not entries:
+        raise CoiledJupyterError(
+            f"no apply of cluster {t.cluster!r} is recorded on this machine, so there is nothing "
+            "to undo; the history starts with the next apply."
+        )
+    last = entries[0]
+    label = f"undo of the apply at {last.when}"
+    if apply:
+        return set_and_apply(
+            to_coiled(last.before), cluster=cluster, progress=progress, label=label
+        )
+    settings = _read_settings(t)
+    back = replace(settings, ingress=Resolved(list(last.before), Layer.SESSION, label))
+    way_back = reconcile.plan(t, back, progress=progress)
+    created = (
+        " That apply created the group: undo leaves it without rules; destroy deletes it."
+        if last.created
+        else ""
+    )
+    note = (
+        f"undo: back to the {len(last.before)} rule{'' if len(last.before) == 1 else 's'} the "
+        f"group held before the apply at {last.when} ({'; '.join(last.changes)}); nothing "
+        f"changes until undo is applied, which also sets these rules in this session.{created}"
+    )
+    return replace(
+        way_back,
+        notes=(note, *way_back.notes),
+        commands=(("%coiled_ingress undo --apply", "apply this plan"),),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -299,3 +299,37 @@ def test_parameterised_notebook_with_papermill(kernel_env):
     mistake = shown(cell(notebook, "mistake"))
     assert mistake.startswith("UsageError: variable 'office_cidr'") and "Traceback" not in mistake
     assert not SECRETS.search(json.dumps([c.get("outputs", []) for c in notebook.cells]))
+
+
+# A reader's saved Dask config that would change every notebook if it were read: open rules of its
+# own, another backend, cluster, region, ports and account parameter.
+HOSTILE_CONFIG = """\
+coiled:
+  use_scheduler_public_ip: true
+  backend-options:
+    ingress:
+      - {ports: [22], cidr: 0.0.0.0/0, description: readers own}
+coiled-jupyter:
+  backend: aws
+  cluster: readers-prod
+  region: eu-west-3
+  scheduler-port: 9786
+  dashboard-port: 9787
+  account-parameter: /readers/own-parameter
+"""
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_is_independent_of_the_readers_saved_config(name, kernel, kernel_env):
+    """Each notebook shows the same as on a clean machine, with a hostile coiled.yaml in the
+    kernel's Dask config folder (standing for ~/.config/dask), which it never writes to."""
+    readers = kernel_env / "dask-config"
+    readers.mkdir()
+    (readers / "coiled.yaml").write_text(HOSTILE_CONFIG)
+    notebook = execute(NOTEBOOKS / name, kernel_env, KERNELS[kernel])
+    check_run(name, notebook, "first")
+    shown_everywhere = "\n".join(shown(c) for c in notebook.cells if c.cell_type == "code")
+    for leak in ("readers own", "readers-prod", "eu-west-3", "9786", "/readers/own-parameter"):
+        assert leak not in shown_everywhere, (name, leak)
+    assert (readers / "coiled.yaml").read_text() == HOSTILE_CONFIG

@@ -66,8 +66,20 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
+  verdict?: string;
+  /** Magics that fix what the warnings and notes say, each working when pasted. */
+  commands?: ICommand[];
+  /** The settings view's layers, notes and reasons, shown collapsed unless `verbose`. */
+  details?: string[];
+  verbose?: boolean;
   /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
   body?: string;
+}
+
+export interface ICommand {
+  command: string;
+  does: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -98,6 +110,7 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
+  history: 'Firewall history',
   export: 'Firewall export',
   rehearsal: 'Firewall rehearsal',
   guardrails: 'Team guardrails'
@@ -148,6 +161,13 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
       ['rule', 'Rule'],
       ['set_by', 'Set by'],
       ['set_at', 'Set at']
+    ];
+  }
+  if (kind === 'history') {
+    return [
+      ['at', 'When'],
+      ['changes', 'Changed'],
+      ['before', 'Before']
     ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
