@@ -29,6 +29,9 @@ _PUBLIC = {
     "undo": "coiled_jupyter.session",
     "export_rules": "coiled_jupyter.session",
     "import_rules": "coiled_jupyter.session",
+    "guardrails": "coiled_jupyter.session",
+    "set_guardrails": "coiled_jupyter.session",
+    "clear_guardrail": "coiled_jupyter.session",
     "FirewallPanel": "coiled_jupyter.widgets",
 }
 

@@ -38,6 +38,12 @@ _COLUMNS = {
         ("description", "Description"),
     ],
     "history": [("at", "When"), ("changes", "Changed"), ("before", "Before")],
+    "guardrails": [
+        ("guardrail", "Guardrail"),
+        ("rule", "Rule"),
+        ("set_by", "Set by"),
+        ("set_at", "Set at"),
+    ],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
@@ -91,6 +97,7 @@ _TITLES = {
     "save": "Firewall settings saved",
     "history": "Firewall history",
     "export": "Firewall export",
+    "guardrails": "Team guardrails",
 }
 
 
@@ -118,6 +125,12 @@ def _lines_before(data: dict) -> list[str]:
             f"{str(data['use_scheduler_public_ip']).lower()} "
             f"(from {data['use_scheduler_public_ip_origin']})"
         )
+        others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
+        if others:
+            lines.append(
+                f"session settings (kept per cluster) also for: {', '.join(others)}; "
+                "none of them applies to this cluster"
+            )
     return lines
 
 

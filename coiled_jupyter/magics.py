@@ -34,13 +34,12 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, check_value, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -57,6 +56,7 @@ SUBCOMMANDS = (
     "undo",
     "export",
     "import",
+    "guard",
 )
 # The subcommands that show the settings view (as %coiled_ingress alone does), so -v applies.
 _SHOWING_SETTINGS = (None, "add", "remove", "set", "clear", "reset")
@@ -68,21 +68,47 @@ _OPTIONS_OF = {
     "save": ("scope",),
     "undo": ("apply",),
     "export": ("to",),
+    "plan": ("override_guardrail", "reason"),
+    "apply": ("override_guardrail", "reason"),
 }
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
     "to": "--to",
+    "override_guardrail": "--override-guardrail",
+    "reason": "--reason",
     "apply": "--apply",
     "verbose": "--verbose",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope", "--to")
+_VALUE_OPTIONS = (
+    "-c",
+    "--cluster",
+    "-d",
+    "--description",
+    "-p",
+    "--protocol",
+    "--scope",
+    "--to",
+    "--override-guardrail",
+    "--reason",
+)
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
-_INGRESS_DESCRIPTION = """\
+# The cell magic's example, in Coiled's documented format.
+_CELL_EXAMPLE = """\
+  coiled:
+    backend-options:
+      ingress:
+        - ports: [8786, 8787]
+          cidr: 10.1.0.0/16
+    use_scheduler_public_ip: false
+"""
+
+_INGRESS_DESCRIPTION = (
+    """\
 Show or change the firewall ingress rules of Dask clusters (an EC2 security group per cluster).
 
   %coiled_ingress                       the effective settings, where each came from, and whether
@@ -102,6 +128,13 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
                                         aws-cli [--to FILE]
   %coiled_ingress import FORMAT FILE    set the session's rules from such an export
+  %coiled_ingress guard [NAME VALUE]    the team's guardrails, or set one: no-world PORTS,
+                                        within NETWORKS, widest IPV4 [IPV6], max-rules K;
+                                        guard clear NAME removes one. A plan that breaks one
+                                        is refused unless --override-guardrail NAME --reason TEXT
+  %coiled_ingress history               the group's rules before each apply from this machine
+  %coiled_ingress undo [--apply]        plan (or apply) the way back to before the last apply
+  -v, --verbose                         the settings with every layer, note and reason
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
@@ -110,13 +143,9 @@ The cell magic takes Coiled's format: a rule list, or a coiled: snippet as in Co
 Without --apply it sets the session and shows the settings; with --apply it also applies.
 
   %%coiled_ingress [--cluster NAME] [--apply]
-  coiled:
-    backend-options:
-      ingress:
-        - ports: [8786, 8787]
-          cidr: 10.1.0.0/16
-    use_scheduler_public_ip: false
-
+"""
+    + _CELL_EXAMPLE
+    + """
 add, remove, set, clear, reset and the cell change this notebook's session layer and return the
 new settings. coiled.Cluster() does not read rules from the session or from Dask's config (saved
 ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs()).
@@ -124,6 +153,7 @@ ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs
 key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
 variable name; write $$ for a literal $.
 """
+)
 
 # What %coiled_ingress -h prints: one screen. The details of each subcommand are -h SUBCOMMAND.
 _INGRESS_SHORT_HELP = """\
@@ -134,8 +164,7 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress add PORTS SOURCE  admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules
   %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
-  %coiled_ingress clear             no rules: only the cluster's own internal traffic
-  %coiled_ingress reset             drop this session's settings (back to config and defaults)
+  %coiled_ingress clear | reset     no rules | drop this session's settings (back to defaults)
   %coiled_ingress plan              what apply would change (one read, no change)
   %coiled_ingress apply             make the cluster's security group match; show its rules
   %coiled_ingress describe          the group's rules as the cloud reports them
@@ -145,6 +174,7 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress undo [--apply]    plan (or apply) the way back to before the last apply
   %coiled_ingress export FORMAT [--to FILE]   terraform, coiled, csv, markdown or aws-cli
   %coiled_ingress import FORMAT FILE            set the session's rules from such an export
+  %coiled_ingress guard [NAME VALUE]            the team's guardrails, or set one
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
@@ -268,7 +298,19 @@ the cloud until a plan and an apply. {_CLUSTER_HELP}
   %coiled_ingress import terraform firewall.tf
 """
 
-_CELL_HELP = """\
+_SUBCOMMAND_HELP["guard"] = """\
+%coiled_ingress guard [NAME VALUE ...] | guard clear NAME
+
+The team's guardrails, kept with the account defaults, or set one: no-world PORTS (never from the
+whole internet), within NETWORKS, widest IPV4 [IPV6] (the widest prefix), max-rules K. guard clear
+NAME (or all) removes one. A plan or apply that breaks one is refused unless
+--override-guardrail NAME --reason TEXT says why (the override is tagged and shown).
+
+  %coiled_ingress guard no-world 8786,8787
+"""
+
+_CELL_HELP = (
+    """\
 %%coiled_ingress [--cluster NAME] [--apply]
 RULES
 
@@ -277,13 +319,9 @@ The cell takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's
 ${name} in the cell is replaced by the notebook variable name; write $$ for a literal $.
 
   %%coiled_ingress
-  coiled:
-    backend-options:
-      ingress:
-        - ports: [8786, 8787]
-          cidr: 10.1.0.0/16
-    use_scheduler_public_ip: false
 """
+    + _CELL_EXAMPLE
+)
 
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
@@ -359,6 +397,7 @@ def _as_text(name: str, value, where: str) -> str:
     if isinstance(value, str):
         text = value
     else:
+        check_value(value, f"variable {name!r} in {where}")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):
@@ -495,14 +534,11 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
-    from .rules import load_text
-    from .strict_yaml import check_size
-
-    check_size(text, where)  # before any scan of it
+    session.check_size(text, where)  # before any scan of it
     if "$" not in text:
-        return load_text(text, where)
+        return session.load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
-    return placeholders.fill(load_text(placeholders.text, where))
+    return placeholders.fill(session.load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,8 +552,8 @@ class CoiledMagics(Magics, Configurable):
     cluster = Unicode(
         "",
         config=True,
-        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-        "key coiled-jupyter.cluster.",
+        help="Cluster the magics (and the panel, and cluster_kwargs()) act on when no cluster is "
+        "named, in this kernel; empty means the Dask config key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -529,6 +565,13 @@ class CoiledMagics(Magics, Configurable):
         # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
         # shell as traitlets parent (for ipython_config.py).
         super().__init__(shell=shell, **kwargs)
+        session.use_default_cluster(self.cluster or None)
+
+    @observe("cluster")
+    def _default_cluster_changed(self, change) -> None:
+        """One default cluster in the kernel: the panel, cluster_kwargs() and the toggle mirrored
+        into Dask's config follow %config CoiledMagics.cluster too."""
+        session.use_default_cluster(change["new"] or None)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_ingress and %%coiled_ingress
@@ -556,6 +599,13 @@ class CoiledMagics(Magics, Configurable):
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
     @argument("--to", metavar="FILE", help="export: write the export to FILE")
+    @argument(
+        "--override-guardrail",
+        action="append",
+        metavar="NAME",
+        help="plan, apply: break this team guardrail (with --reason)",
+    )
+    @argument("--reason", action="append", metavar="TEXT", help="why a guardrail is overridden")
     @argument("--apply", action="store_true", help="cell, undo: apply (after setting the rules)")
     @argument("-v", "--verbose", action="store_true", help="settings: every layer, note and reason")
     @argument("-h", "--help", action="store_true", help="print this help")
@@ -567,18 +617,14 @@ class CoiledMagics(Magics, Configurable):
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
-        from .strict_yaml import check_size
-
         where = "the magic's line"
-        check_size(line, where)
+        session.check_size(line, where)
         line = substitute(line, self.shell.user_ns, where)
-        check_size(line, f"{where} with its variables inserted")
+        session.check_size(line, f"{where} with its variables inserted")
         return line
 
     def _ingress_line(self, line: str):
-        from .strict_yaml import check_size
-
-        check_size(line, "the magic's line")  # before any scanning of it
+        session.check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
@@ -634,6 +680,8 @@ class CoiledMagics(Magics, Configurable):
             return session.set_settings(data, cluster=cluster, label=where)
         if command in ("export", "import"):
             return _export_or_import(command, positional, args, cluster)
+        if command == "guard":
+            return _guard(positional)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -644,7 +692,11 @@ class CoiledMagics(Magics, Configurable):
             return session.save(args.scope or "user", cluster=cluster)
         if command == "undo":
             return session.undo(cluster, apply=args.apply, progress=print)
-        if command in ("plan", "apply", "describe", "destroy"):
+        if command in ("plan", "apply"):
+            return getattr(session, command)(
+                cluster, progress=print, override_guardrails=_overrides(args)
+            )
+        if command in ("describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
 
@@ -762,6 +814,38 @@ def strip_comment(line: str) -> str:
         if state == "" and line[index : index + 1] == "#" and line[index - 1 : index].strip() == "":
             return line[:index].rstrip()
     return line
+
+
+def _guard(words: list[str]):
+    if not words:
+        return session.guardrails()
+    if words[0] == "clear":
+        if len(words) != 2:
+            raise UsageError("%coiled_ingress guard clear takes one guardrail name, or all.")
+        return session.clear_guardrail(words[1])
+    if len(words) < 2:
+        raise UsageError(
+            f"%coiled_ingress guard {excerpt(words[0])} needs a value, e.g. %coiled_ingress guard "
+            "no-world 8786,8787."
+        )
+    name = words[0].strip().lower()
+    if name not in session.GUARDRAIL_NAMES:
+        raise UsageError(
+            f"there is no guardrail {excerpt(words[0])}; the guardrails are "
+            f"{', '.join(session.GUARDRAIL_NAMES)} (or guard clear NAME)."
+        )
+    return session.set_guardrails(**{name.replace("-", "_"): words[1:]})
+
+
+def _overrides(args) -> dict[str, str] | None:
+    """--override-guardrail NAME --reason TEXT pairs, in the order given."""
+    names, reasons = args.override_guardrail or [], args.reason or []
+    if len(names) != len(reasons):
+        raise UsageError(
+            "give each --override-guardrail NAME its own --reason TEXT saying why, e.g. "
+            "--override-guardrail no-world --reason 'vendor debugging until 17:00'."
+        )
+    return dict(zip(names, reasons)) or None
 
 
 def _export_or_import(command: str, positional: list[str], args, cluster):
@@ -890,6 +974,8 @@ _INGRESS_OPTIONS = {
     "remove": ["--protocol", "--cluster"],
     "save": ["--scope", "--cluster"],
     "export": ["--to", "--cluster"],
+    "plan": ["--override-guardrail", "--reason", "--cluster"],
+    "apply": ["--override-guardrail", "--reason", "--cluster"],
 }
 
 
@@ -972,6 +1058,7 @@ def unload_ipython_extension(ipython) -> None:
                 del table[name]
     if magics is not None:
         ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+        session.use_default_cluster(None)
     dispatcher = ipython.strdispatchers.get("complete_command")
     if dispatcher is not None:
         for key, completer in _COMPLETERS:

@@ -189,9 +189,9 @@ def fresh(ip):
     """No session, no config file, no account memory, an empty sandbox: the state is built again."""
     from coiled_jupyter.provision import account
     from coiled_jupyter.provision import sandbox as module
-    from coiled_jupyter.settings import SESSION, SessionValues
+    from coiled_jupyter.settings import SESSION
 
-    SESSION.replace(SessionValues())
+    SESSION.clear()
     (dask_config_folder() / "coiled.yaml").unlink(missing_ok=True)
     account._known.clear()
     module.reset()

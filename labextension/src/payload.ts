@@ -111,7 +111,8 @@ export const TITLES: { [kind: string]: string } = {
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
   history: 'Firewall history',
-  export: 'Firewall export'
+  export: 'Firewall export',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -144,6 +145,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
       ['at', 'When'],
       ['changes', 'Changed'],
       ['before', 'Before']
+    ];
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
     ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
