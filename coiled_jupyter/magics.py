@@ -969,9 +969,10 @@ def _words_before(event) -> tuple[list[str], str]:
 
 
 _INGRESS_OPTIONS = {
-    None: ["--cluster", "--help"],
-    "add": ["--description", "--protocol", "--cluster"],
-    "remove": ["--protocol", "--cluster"],
+    None: ["--cluster", "--verbose", "--help"],
+    "add": ["--description", "--protocol", "--cluster", "--verbose"],
+    "remove": ["--protocol", "--cluster", "--verbose"],
+    "undo": ["--apply", "--cluster"],
     "save": ["--scope", "--cluster"],
     "export": ["--to", "--cluster"],
     "plan": ["--override-guardrail", "--reason", "--cluster"],
