@@ -37,13 +37,13 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
-    "history": [("at", "When"), ("changes", "Changed"), ("before", "Before")],
     "guardrails": [
         ("guardrail", "Guardrail"),
         ("rule", "Rule"),
         ("set_by", "Set by"),
         ("set_at", "Set at"),
     ],
+    "history": [("at", "When"), ("changes", "Changed"), ("before", "Before")],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),

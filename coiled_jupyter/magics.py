@@ -174,7 +174,7 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress undo [--apply]    plan (or apply) the way back to before the last apply
   %coiled_ingress export FORMAT [--to FILE]   terraform, coiled, csv, markdown or aws-cli
   %coiled_ingress import FORMAT FILE            set the session's rules from such an export
-  %coiled_ingress guard [NAME VALUE]            the team's guardrails, or set one
+  %coiled_ingress guard [NAME VALUE]  the team's guardrails (no-world, within, widest, max-rules)
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
@@ -234,13 +234,13 @@ Drop this session's settings: back to Dask's config file, the account defaults a
 default. The scheduler-IP toggle in the kernel's Dask config goes back to what it was.
 """,
     "plan": f"""\
-%coiled_ingress plan [--cluster NAME]
+%coiled_ingress plan [--override-guardrail NAME --reason TEXT] [--cluster NAME]
 
 What apply would change: create the group, add, remove, update or keep rules. One read, no change.
 It reads the account defaults and says which rules the effective rules replace. {_CLUSTER_HELP}
 """,
     "apply": f"""\
-%coiled_ingress apply [--cluster NAME]
+%coiled_ingress apply [--override-guardrail NAME --reason TEXT] [--cluster NAME]
 
 Make the cluster's security group match the effective settings and show its rules as the cloud
 confirmed them. The group's rules before the apply are kept on this machine: %coiled_ingress
@@ -299,14 +299,16 @@ the cloud until a plan and an apply. {_CLUSTER_HELP}
 """
 
 _SUBCOMMAND_HELP["guard"] = """\
-%coiled_ingress guard [NAME VALUE ...] | guard clear NAME
+%coiled_ingress guard [NAME VALUE ... | clear NAME]
 
-The team's guardrails, kept with the account defaults, or set one: no-world PORTS (never from the
-whole internet), within NETWORKS, widest IPV4 [IPV6] (the widest prefix), max-rules K. guard clear
-NAME (or all) removes one. A plan or apply that breaks one is refused unless
---override-guardrail NAME --reason TEXT says why (the override is tagged and shown).
+The team's guardrails, kept with the account defaults and checked by every plan and apply of
+everyone who reads them, before any write: no-world PORTS (never open to 0.0.0.0/0 or ::/0),
+within NETWORKS (sources only inside them), widest IPV4 [IPV6] (no wider prefix), max-rules K.
+Without a value it lists them, who set each and when; clear NAME (or clear all) removes one.
+A plan that breaks one is refused unless it names it: --override-guardrail NAME --reason TEXT.
 
   %coiled_ingress guard no-world 8786,8787
+  %coiled_ingress apply --override-guardrail no-world --reason "vendor debugging until 17:00"
 """
 
 _CELL_HELP = (
@@ -803,19 +805,6 @@ class CoiledMagics(Magics, Configurable):
 # Parsing helpers
 
 
-def strip_comment(line: str) -> str:
-    """``line`` without a trailing ``# comment``, so that a cell of magics reads as Python does.
-
-    A ``#`` starts a comment at the start of the line or after whitespace, outside quotes; inside
-    quotes (``--description "office #1"``) or a word (``a#b``) it stays. Quotes are read as the
-    shell reads them, which is also how YAML reads the flow list of ``set``.
-    """
-    for index, state in _quote_states(line):
-        if state == "" and line[index : index + 1] == "#" and line[index - 1 : index].strip() == "":
-            return line[:index].rstrip()
-    return line
-
-
 def _guard(words: list[str]):
     if not words:
         return session.guardrails()
@@ -846,6 +835,19 @@ def _overrides(args) -> dict[str, str] | None:
             "--override-guardrail no-world --reason 'vendor debugging until 17:00'."
         )
     return dict(zip(names, reasons)) or None
+
+
+def strip_comment(line: str) -> str:
+    """``line`` without a trailing ``# comment``, so that a cell of magics reads as Python does.
+
+    A ``#`` starts a comment at the start of the line or after whitespace, outside quotes; inside
+    quotes (``--description "office #1"``) or a word (``a#b``) it stays. Quotes are read as the
+    shell reads them, which is also how YAML reads the flow list of ``set``.
+    """
+    for index, state in _quote_states(line):
+        if state == "" and line[index : index + 1] == "#" and line[index - 1 : index].strip() == "":
+            return line[:index].rstrip()
+    return line
 
 
 def _export_or_import(command: str, positional: list[str], args, cluster):

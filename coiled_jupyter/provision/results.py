@@ -55,6 +55,11 @@ def rule_row(rule: Rule, **extra) -> dict:
     }
 
 
+def _rule_keys(rules) -> tuple:
+    """Rules as compared for "the same rules": descriptions count, order does not."""
+    return tuple(sorted((rule.key, rule.description) for rule in rules))
+
+
 def _layer_says(layer: dict) -> str:
     """What one layer sets, and how it is known: "sets nothing (read at 03:41:07 UTC)", or only the
     note for a layer that was not read (it may set values where it is kept)."""
@@ -70,11 +75,6 @@ def command_rows(commands, t: Target) -> list[dict]:
     when pasted whichever cluster the magics default to: ``{"command": ..., "does": ...}``."""
     cluster = f" --cluster {shlex.quote(t.cluster)}"
     return [{"command": command + cluster, "does": does} for command, does in commands]
-
-
-def _rule_keys(rules) -> tuple:
-    """Rules as compared for "the same rules": descriptions count, order does not."""
-    return tuple(sorted((rule.key, rule.description) for rule in rules))
 
 
 def _count(rules) -> str:
@@ -152,9 +152,9 @@ class Plan(_Displayed):
     add_later: tuple[Rule, ...] = ()
     remove_origins: tuple[str, ...] = ()
     me: tuple[str, ...] = ()
+    settings: Settings | None = field(default=None, compare=False)  # what was planned
     # What to run next, as (command, what it does); each works when pasted (see command_rows).
     commands: tuple[tuple[str, str], ...] = ()
-    settings: Settings | None = field(default=None, compare=False)  # what was planned
 
     @property
     def create(self) -> bool:
@@ -310,11 +310,6 @@ class SettingsView(_Displayed):
     session_clusters: tuple[str, ...] = ()
     default_cluster: str | None = None
     session_version: int = 0
-    verbose: bool = False
-
-    def expanded(self) -> SettingsView:
-        """This view with its details shown (``%coiled_ingress -v``): every layer, note and reason."""
-        return replace(self, verbose=True)
 
     @property
     def unsaved(self) -> bool:
@@ -330,6 +325,12 @@ class SettingsView(_Displayed):
         return mine.use_scheduler_public_ip is not None and all(
             k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
         )
+
+    verbose: bool = False
+
+    def expanded(self) -> SettingsView:
+        """This view with its details shown (``%coiled_ingress -v``): every layer, note and reason."""
+        return replace(self, verbose=True)
 
     def to_payload(self) -> dict:
         settings = self.settings

@@ -140,19 +140,19 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
   }
-  if (kind === 'history') {
-    return [
-      ['at', 'When'],
-      ['changes', 'Changed'],
-      ['before', 'Before']
-    ];
-  }
   if (kind === 'guardrails') {
     return [
       ['guardrail', 'Guardrail'],
       ['rule', 'Rule'],
       ['set_by', 'Set by'],
       ['set_at', 'Set at']
+    ];
+  }
+  if (kind === 'history') {
+    return [
+      ['at', 'When'],
+      ['changes', 'Changed'],
+      ['before', 'Before']
     ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
