@@ -189,6 +189,37 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     assert "from-kernel" in in_cloud.inner_text()
 
 
+def test_the_settings_view_leads_with_the_table_and_folds_the_rest(lab_page):
+    """A magic's settings view in Lab: the table, one verdict line, the warning and its command as
+    code (no backticks); layers, notes and reasons folded until asked for, or opened by -v."""
+    new_notebook(lab_page)
+    output = run_cell(
+        lab_page, "%load_ext coiled_jupyter\n%coiled_ingress --cluster lab-calm  # the default"
+    )
+    rendered = output.locator(".cj-rendered")
+    rendered.wait_for(timeout=60_000)
+    assert rendered.get_attribute("data-kind") == "settings"
+    details = rendered.locator("details.cj-details")
+    assert details.get_attribute("open") is None
+    layers = details.locator("li", has_text="layer built-in default")
+    expect(layers).not_to_be_visible()
+    shown = rendered.inner_text()
+    assert "can this notebook reach the scheduler (port 8786)? " in shown
+    assert "`" not in shown and "layer " not in shown
+    assert rendered.locator(".cj-commands code").all_inner_texts() == [
+        "%coiled_ingress add 8786,8787 me --cluster lab-calm"
+    ]
+    lab_page.screenshot("settings-calm-light")
+    details.locator("summary").click()
+    expect(layers).to_be_visible()
+    lab_page.theme("JupyterLab Dark")
+    lab_page.screenshot("settings-calm-opened-dark")
+    lab_page.theme("JupyterLab Light")
+    verbose = run_cell(lab_page, "%coiled_ingress -v --cluster lab-calm").locator(".cj-rendered")
+    verbose.wait_for(timeout=60_000)
+    expect(verbose.locator("li", has_text="layer built-in default")).to_be_visible()
+
+
 def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
     sidebar = open_sidebar(lab_page, "lab-cell")
     add_rule(sidebar, "8786,8787", "10.7.0.0/16", "team VPN")
