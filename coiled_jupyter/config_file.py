@@ -213,8 +213,9 @@ class _Edit:
         return root, _shared_nodes(root)
 
     def _mapping(self, create: tuple[str, ...]):
-        """The mapping at ``create`` (e.g. ``("coiled", "backend-options")``) and its nodes on the
-        way, or where it is missing: ``(node, None)`` when found, else ``(parent, missing names)``."""
+        """The mapping at ``create`` (e.g. ``("coiled", "backend-options")``): ``(node, None)`` when
+        found, else where it is missing and the names missing from there: ``(parent, names)``, or
+        ``((key, value), names)`` for a key whose value is null or ``{}``."""
         import yaml
 
         root, shared = self._root()
@@ -239,7 +240,7 @@ class _Edit:
                 )
             node = value
         self._check_editable(node, create)
-        return node, ()
+        return node, None
 
     def _check_editable(self, node, path: tuple[str, ...]) -> None:
         """Refuse a mapping this save would change that is shared through an alias, or written in
@@ -275,7 +276,7 @@ class _Edit:
         """Remove the deprecated ``coiled.backend-options.firewall`` (ingress replaces it), keeping
         the comment lines inside it."""
         found, missing = self._mapping(("coiled", "backend-options"))
-        if missing:
+        if missing is not None:
             return
         pair = _find(found, "firewall")
         if pair is None:
@@ -289,7 +290,7 @@ class _Edit:
 
     def set_ingress(self, items: list[dict]) -> None:
         found, missing = self._mapping(("coiled", "backend-options"))
-        if missing:
+        if missing is not None:
             self._add(found, missing, ("ingress", items))
             return
         pair = _find(found, "ingress")
@@ -302,7 +303,7 @@ class _Edit:
 
     def set_toggle(self, public_ip: bool) -> None:
         found, missing = self._mapping(("coiled",))
-        if missing:
+        if missing is not None:
             self._add(found, missing, ("use_scheduler_public_ip", public_ip))
             return
         pair = _find(found, "use_scheduler_public_ip")
@@ -342,8 +343,8 @@ class _Edit:
             key, value = place
             column = key.start_mark.column + self.indent["mapping"]
             lines = self._lines(column, (*missing, entry))
-            self._splice(value.start_mark.index, value.end_mark.index, "")
-            at = self._line_end(key.start_mark.index)
+            self._splice(self._after_colon(key), value.end_mark.index, "")
+            at = self._line_end(key.end_mark.index)
             self._splice(at, at, "".join(self.newline + line for line in lines))
             return
         column = place.value[0][0].start_mark.column
@@ -378,10 +379,10 @@ class _Edit:
             return
         if _is_null(value):
             if not items:
-                self._splice(value.start_mark.index, value.end_mark.index, " []")
+                self._splice(self._after_colon(key), value.end_mark.index, " []")
                 return
-            self._splice(value.start_mark.index, value.end_mark.index, "")
-            at = self._line_end(key.start_mark.index)
+            self._splice(self._after_colon(key), value.end_mark.index, "")
+            at = self._line_end(key.end_mark.index)
             dash = key.start_mark.column + self.indent["offset"]
             content = key.start_mark.column + self.indent["sequence"]
             lines = _block_items(items, dash, content)
@@ -392,7 +393,7 @@ class _Edit:
                 "holds a mapping as coiled.backend-options.ingress, which save does not rewrite; "
                 "write it as a list"
             )
-        start = self._line_end(key.start_mark.index)
+        start = self._line_end(key.end_mark.index)
         end = self._line_end(_content_end(value))
         dash = value.start_mark.column
         content = value.value[0].start_mark.column if value.value else dash + 2
@@ -414,8 +415,7 @@ class _Edit:
         ]
         if not items:
             self._splice(start, end, "".join(self.newline + line for line in moved))
-            colon = self.text.index(":", key.end_mark.index)
-            self._splice(colon + 1, colon + 1, " []")
+            self._splice(self._after_colon(key), self._after_colon(key), " []")
             return
         self._splice(start, end, "".join(self.newline + line for line in out + moved))
 
@@ -433,6 +433,10 @@ class _Edit:
 
     # ----------------------------------------------------------------------------------------------
     # Text positions
+
+    def _after_colon(self, key) -> int:
+        """Just after the ':' that follows ``key``."""
+        return self.text.index(":", key.end_mark.index) + 1
 
     def _splice(self, start: int, end: int, new: str) -> None:
         self.text = self.text[:start] + new + self.text[end:]
