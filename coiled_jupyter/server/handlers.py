@@ -34,7 +34,7 @@ from jupyter_server.utils import url_path_join
 
 from .. import session
 from ..errors import CloudError, CoiledJupyterError, ForeignGroupError, LockTimeout
-from ..strict_yaml import excerpt, load_json
+from ..session import excerpt, load_json
 
 # AWS codes that mean "try again later" rather than "the call was wrong".
 _UNAVAILABLE = frozenset(
@@ -225,19 +225,41 @@ class CheckHandler(_Handler):
 class PlanHandler(_Handler):
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.respond(lambda: partial(session.plan, self.cluster(self.body(()))))
+        await self.respond(lambda: self.parse_cloud_change(session.plan))
+
+    def parse_cloud_change(self, function):
+        """A plan or an apply; ``override_guardrails`` is ``{"no-world": "why", ...}``."""
+        data = self.body(("override_guardrails",))
+        overrides = data.get("override_guardrails")
+        if overrides is not None and not (
+            isinstance(overrides, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in overrides.items())
+        ):
+            raise BadRequest(
+                "override_guardrails must be an object of guardrail names to reasons, e.g. "
+                '{"no-world": "vendor debugging until 17:00"}'
+            )
+        return partial(function, self.cluster(data), override_guardrails=overrides)
 
 
-class ApplyHandler(_Handler):
+class ApplyHandler(PlanHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.respond(lambda: partial(session.apply, self.cluster(self.body(()))))
+        await self.respond(lambda: self.parse_cloud_change(session.apply))
 
 
 class DescribeHandler(_Handler):
     @tornado.web.authenticated
     async def get(self) -> None:
         await self.respond(lambda: partial(session.describe, self.cluster()))
+
+
+class RehearseHandler(_Handler):
+    """The cluster's group enforced with packets in this server's machine (the server's rehearsal)."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(lambda: partial(session.rehearse, self.cluster(self.body(()))))
 
 
 class SaveHandler(_Handler):
@@ -260,4 +282,5 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (url_path_join(api, "apply"), ApplyHandler),
         (url_path_join(api, "describe"), DescribeHandler),
         (url_path_join(api, "save"), SaveHandler),
+        (url_path_join(api, "rehearse"), RehearseHandler),
     ]
