@@ -289,29 +289,15 @@ class _Edit:
         self._splice(start, end, "".join(kept))
 
     def set_ingress(self, items: list[dict]) -> None:
-        found, missing = self._mapping(("coiled", "backend-options"))
-        if missing is not None:
-            self._add(found, missing, ("ingress", items))
-            return
-        pair = _find(found, "ingress")
-        if pair is None:
-            self._add(found, (), ("ingress", items))
-            return
-        key, value = pair
-        self._check_value(value, "coiled.backend-options.ingress")
-        self._replace_list(key, value, items)
+        pair = self._entry(("coiled", "backend-options"), "ingress", items)
+        if pair is not None:
+            self._replace_list(*pair, items)
 
     def set_toggle(self, public_ip: bool) -> None:
-        found, missing = self._mapping(("coiled",))
-        if missing is not None:
-            self._add(found, missing, ("use_scheduler_public_ip", public_ip))
-            return
-        pair = _find(found, "use_scheduler_public_ip")
+        pair = self._entry(("coiled",), "use_scheduler_public_ip", public_ip)
         if pair is None:
-            self._add(found, (), ("use_scheduler_public_ip", public_ip))
             return
-        key, value = pair
-        self._check_value(value, "coiled.use_scheduler_public_ip")
+        value = pair[1]
         word = "true" if public_ip else "false"
         if _is_block(value):
             raise self.refusal("holds a list or mapping as coiled.use_scheduler_public_ip")
@@ -319,6 +305,20 @@ class _Edit:
             self._splice(value.start_mark.index, value.end_mark.index, f" {word}")
         else:
             self._splice(value.start_mark.index, value.end_mark.index, word)
+
+    def _entry(self, path: tuple[str, ...], name: str, value):
+        """The (key, value) nodes of ``name`` in the mapping at ``path``, to be changed; or None
+        when it was missing and has been added with ``value``."""
+        found, missing = self._mapping(path)
+        if missing is not None:
+            self._add(found, missing, (name, value))
+            return None
+        pair = _find(found, name)
+        if pair is None:
+            self._add(found, (), (name, value))
+            return None
+        self._check_value(pair[1], ".".join((*path, name)))
+        return pair
 
     def _add(self, place, missing: tuple[str, ...], entry: tuple[str, object]) -> None:
         """Add ``missing`` mappings and ``entry`` (a key and its value) where ``place`` says: the
