@@ -25,6 +25,7 @@ from .errors import ConfigFileError
 from .rules import Rule, to_coiled
 from .settings import config_path, option
 from .state import file_lock, lock_name
+from .strict_yaml import excerpt
 
 
 def save_config(
@@ -63,7 +64,7 @@ def _write(target: Path, ingress: list[Rule] | None, use_scheduler_public_ip: bo
         edit.set_ingress(to_coiled(ingress))
     if use_scheduler_public_ip is not None:
         edit.set_toggle(bool(use_scheduler_public_ip))
-    _replace(target, edit.text, mode)
+    _replace(target, edit.bom + edit.text, mode)
 
 
 # A temporary file of ours: ".<name>.coiled-jupyter-<pid>.tmp" beside the file. A save killed between
@@ -178,8 +179,11 @@ class _Edit:
     Each change reads the text again, so that the next one works on what the last one wrote."""
 
     def __init__(self, text: str, target: Path):
-        self.text = text
+        # libyaml's positions start after a BOM, PyYAML's at it: the BOM is kept aside.
+        self.bom = "\ufeff" if text.startswith("\ufeff") else ""
+        self.text = text[len(self.bom) :]
         self.target = target
+        self._composed = None  # (the text, what _root made of it): composed once per change
         self.newline = "\r\n" if "\r\n" in text else "\n"
         self._check_parses()
         self.indent = _guess_indent(text)
@@ -188,29 +192,40 @@ class _Edit:
     # Reading
 
     def _check_parses(self) -> None:
-        """Refuse a file that is not valid YAML (duplicate keys included), as before any change."""
-        from ruamel.yaml import YAML
-        from ruamel.yaml.error import YAMLError
-
-        try:
-            YAML(typ="rt").load(self.text)
-        except YAMLError as error:
-            raise self.refusal(f"cannot be parsed as YAML ({first_line(error)})") from None
-        except RecursionError:
-            raise self.refusal("nests too deeply to be read") from None
-
-    def _root(self):
-        """The document's node (PyYAML's composer keeps where each node starts and ends), and the
-        nodes reached more than once (through an alias)."""
+        """Refuse a file that is not valid YAML, a key twice in one mapping included (PyYAML keeps
+        the last, so which one Dask uses is not what the person sees), before any change."""
         import yaml
 
+        root, _ = self._root()
+        for node in _walk(root) if root is not None else ():
+            if not isinstance(node, yaml.MappingNode):
+                continue
+            seen = set()
+            for key, _value in node.value:
+                name = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)
+                if name in seen:
+                    raise self.refusal(
+                        f"cannot be parsed as YAML (the key {excerpt(key.value)} is there twice, "
+                        f"line {key.start_mark.line + 1})"
+                    )
+                seen.add(name)
+
+    def _root(self):
+        """The document's node (the composer keeps where each node starts and ends; libyaml's when
+        PyYAML has it), and the nodes reached more than once (through an alias)."""
+        import yaml
+
+        if self._composed is not None and self._composed[0] is self.text:
+            return self._composed[1]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            root = yaml.compose(self.text, Loader=loader)
         except yaml.YAMLError as error:
             raise self.refusal(f"cannot be parsed as YAML ({first_line(error)})") from None
         except RecursionError:
             raise self.refusal("nests too deeply to be read") from None
-        return root, _shared_nodes(root)
+        self._composed = (self.text, (root, _shared_nodes(root)))
+        return self._composed[1]
 
     def _mapping(self, create: tuple[str, ...]):
         """The mapping at ``create`` (e.g. ``("coiled", "backend-options")``): ``(node, None)`` when
@@ -620,7 +635,8 @@ def _scalar(value, *, flow: bool = False) -> str:
 
 
 def _guess_indent(text: str) -> dict:
-    """The indentation a YAML file uses (ruamel's ``mapping``, ``sequence`` and dash ``offset``)."""
+    """The indentation a YAML file uses: ``mapping`` (a child key's indent), ``sequence`` (a list
+    item's content, from its parent key) and ``offset`` (the dash, from its parent key)."""
     found = {"mapping": None, "sequence": None, "offset": None}
     lines = [
         line.rstrip()

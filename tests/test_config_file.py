@@ -309,7 +309,7 @@ def test_saving_twice_gives_the_same_bytes(user_file):
     [
         "coiled:\n  token: abc\n    nested: [unclosed\n",
         "coiled: {token: abc\n",
-        "coiled:\n  token: a\n  token: b\n",  # duplicate keys are an error for ruamel
+        "coiled:\n  token: a\n  token: b\n",  # a key twice: PyYAML would keep the last
         "\tcoiled: x\n",
     ],
 )
