@@ -223,9 +223,7 @@ def remove(ports, source, *, protocol=None, cluster=None):
     return _edit(t, change)
 
 
-def set_settings(
-    value, *, cluster=None, label: str = "the settings", based_on: int | None = None
-):
+def set_settings(value, *, cluster=None, label: str = "the settings", based_on: int | None = None):
     """Set the session from a rule list, ``{ingress, use_scheduler_public_ip}`` or a ``coiled:``
     snippet as in Coiled's documentation, given as YAML/JSON text or Python values. ``label`` names
     the input in error sentences (``the cell``). ``based_on``: the session version (a settings
@@ -247,9 +245,7 @@ def clear(cluster=None):
 def reset(cluster=None):
     """Drop this session's settings for the cluster: back to the Dask config, account and built-in
     defaults."""
-    return _edit(
-        _target(cluster), lambda: {"ingress": None, "use_scheduler_public_ip": None}
-    )
+    return _edit(_target(cluster), lambda: {"ingress": None, "use_scheduler_public_ip": None})
 
 
 def _one_of(value, words: tuple[str, ...], sentence: str) -> str:

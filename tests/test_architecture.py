@@ -137,7 +137,9 @@ def test_front_ends_import_only_session_display_and_errors(name):
 
 def test_the_front_end_rule_sees_a_lazy_import(tmp_path):
     source = tmp_path / "widgets.py"
-    source.write_text("from . import session\ndef f():\n    from .provision.sandbox import running\n")
+    source.write_text(
+        "from . import session\ndef f():\n    from .provision.sandbox import running\n"
+    )
     known = {"coiled_jupyter.session", "coiled_jupyter.provision.sandbox"}
     found = imports_of("coiled_jupyter.widgets", source, known)
     assert found - THROUGH == {"coiled_jupyter.provision.sandbox"}

@@ -332,7 +332,8 @@ class SettingsView(_Displayed):
             use_scheduler_public_ip=public_ip.value,
             use_scheduler_public_ip_origin=public_ip.origin,
             rows=[rule_row(r) for r in settings.rules],
-            ingress=to_coiled(settings.rules),  # the rules in Coiled's format, as a panel edits them
+            # The rules in Coiled's format, as a panel edits them.
+            ingress=to_coiled(settings.rules),
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
             notes=self.notes,
@@ -374,7 +375,9 @@ class SettingsView(_Displayed):
         )
         cluster = self.target.cluster
         kwargs = (
-            "cluster_kwargs()" if cluster == self.default_cluster else f"cluster_kwargs({cluster!r})"
+            "cluster_kwargs()"
+            if cluster == self.default_cluster
+            else f"cluster_kwargs({cluster!r})"
         )
         if self.coiled_toggle != public_ip.value:
             mirrored = (
