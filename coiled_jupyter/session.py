@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
+from .export import FORMATS as EXPORT_FORMATS
+from .policy import NAMES as GUARDRAIL_NAMES
 from .rules import PROTOCOLS, IngressError, Rule, canonical, load_text, parse_rule, subtract
 from .settings import (
     SESSION,
@@ -36,11 +38,21 @@ from .settings import (
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
-from .strict_yaml import check_size, excerpt
+from .strict_yaml import check_size, check_value, excerpt, load_json
 
 # For the front ends, which import only this module, display and errors (docs/architecture.md):
-# the protocols a rule may name, and the strict reader of what a person types.
-__all__ = ["PROTOCOLS", "check_size", "excerpt", "load_text"]
+# the protocols a rule may name, the export formats, the guardrails' names, and the strict reader of
+# what a person types.
+__all__ = [
+    "EXPORT_FORMATS",
+    "GUARDRAIL_NAMES",
+    "PROTOCOLS",
+    "check_size",
+    "check_value",
+    "excerpt",
+    "load_json",
+    "load_text",
+]
 
 SCOPES = ("user", "account")
 _SAVED_WHERE = {"user": "Dask config file's settings", "account": "account defaults"}
@@ -254,7 +266,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
     word = value.strip().lower() if isinstance(value, str) else value
     if word in words:
         return word
-    close = difflib.get_close_matches(str(word), words, n=1)
+    close = difflib.get_close_matches(word, words, n=1) if isinstance(word, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 
@@ -387,22 +399,42 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
 # Cloud work
 
 
-def plan(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """What :func:`apply` would change for this cluster (one read, no change)."""
+def plan(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """What :func:`apply` would change for this cluster (one read, no change).
+
+    ``override_guardrails``: team guardrails the rules may break, by name, each with the reason
+    (``{"no-world": "vendor debugging until 17:00"}``); the reason is tagged on those rules."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
     settings = _read_settings(t, backend_options)
-    return replace(reconcile.plan(t, settings, progress=progress), settings=settings)
+    planned = reconcile.plan(t, settings, progress=progress, overrides=override_guardrails)
+    return replace(planned, settings=settings)
 
 
-def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """Make the cluster's security group match the effective settings, as the cloud confirmed it."""
+def apply(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """Make the cluster's security group match the effective settings, as the cloud confirmed it
+    (``override_guardrails`` as for :func:`plan`)."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
     settings = _read_settings(t, backend_options)
-    return replace(reconcile.apply(t, settings, on_wait=progress), settings=settings)
+    applied = reconcile.apply(t, settings, on_wait=progress, overrides=override_guardrails)
+    return replace(applied, settings=settings)
 
 
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
@@ -465,3 +497,180 @@ def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
 
     t = _target(cluster, **target_options)
     return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports for IT, and imports back
+
+# An import is a rule list, not a data set: anything larger is refused before it is read whole.
+IMPORT_MAX_BYTES = 1024 * 1024
+
+
+def export_rules(format, *, cluster=None, to=None, **target_options):
+    """The effective rules as they will be sent (``me`` resolved, compacted) in one of IT's formats:
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` or ``aws-cli``; written to the file ``to``
+    when given. Reads the account store (one SSM call), as a plan does, so the team's defaults are
+    what is exported when they decide the rules; nothing else is called."""
+    from . import export
+    from .provision.reconcile import declared
+    from .provision.results import ExportResult
+
+    format = export.check_format(format)
+    path = _export_path(to) if to is not None else None
+    t = _target(cluster, **target_options)
+    settings = _read_settings(t)
+    wanted = declared(settings)
+    exported = export.export(
+        wanted.rules,
+        format,
+        cluster=t.cluster,
+        region=t.region,
+        origin=settings.ingress.origin,
+        purpose=_purpose,
+    )
+    if path is not None:
+        from .state import write_atomically
+
+        write_atomically(path, exported.text)
+    return ExportResult(
+        t,
+        format,
+        exported.text,
+        len(wanted.rules),
+        settings.ingress.origin,
+        str(path) if path is not None else None,
+        exported.lost,
+        wanted.notes,
+    )
+
+
+_PURPOSES = {8786: "client to scheduler", 8787: "dashboard"}
+
+
+def _purpose(rule: Rule) -> str:
+    """What the ports of ``rule`` are for on a Dask cluster ('' for ports Dask does not use)."""
+    return ", ".join(
+        _PURPOSES[port] for port in sorted(_PURPOSES) if rule.from_port <= port <= rule.to_port
+    )
+
+
+def _export_path(to):
+    from pathlib import Path
+
+    if not isinstance(to, str) or not to.strip():
+        raise CoiledJupyterError(f"the export file {excerpt(to)} is not a file name; name one.")
+    path = Path(to).expanduser()
+    if path.is_dir():
+        raise CoiledJupyterError(f"{excerpt(to)} is a folder; name a file to export to.")
+    if not path.parent.is_dir():
+        raise CoiledJupyterError(
+            f"the folder of {excerpt(to)} does not exist; create it or name another file."
+        )
+    return path
+
+
+def import_rules(format, text=None, *, path=None, cluster=None):
+    """Set the session's rules from an export (``text``, or the file ``path``) in ``format``;
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` and ``aws-cli`` read back what
+    :func:`export_rules` wrote. Like ``set``, nothing is applied until a plan and an apply."""
+    from . import export
+
+    format = export.check_format(format, importing=True)
+    if (text is None) == (path is None):
+        raise CoiledJupyterError("import takes the export's text or a file path, one of the two.")
+    where = "the import" if path is None else f"the file {excerpt(str(path))}"
+    if path is not None:
+        text = _read_import(path, where)
+    rules = export.import_rules(text, format, where=where)
+    return _edit(_target(cluster), lambda: {"ingress": rules})
+
+
+def _read_import(path, where: str) -> str:
+    """The file's text, read with a bound and only when it is a regular file (a FIFO or a device
+    would block or never end)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(os.path.expanduser(str(path)), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CoiledJupyterError(f"{where} cannot be read: {error.strerror}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CoiledJupyterError(f"{where} is not a regular file.")
+        data = os.read(fd, IMPORT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > IMPORT_MAX_BYTES:
+        raise CoiledJupyterError(
+            f"{where} is larger than {IMPORT_MAX_BYTES // 1024} KiB, more than any rule list."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CoiledJupyterError(f"{where} is not UTF-8 text.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Team guardrails (kept with the account defaults)
+
+
+def guardrails(**target_options):
+    """The team's guardrails as the account store holds them (one SSM read)."""
+    from .provision.account import guardrails as read
+    from .provision.results import GuardrailsView
+
+    t = _target(**target_options)
+    return GuardrailsView(t, read(t).rails)
+
+
+def set_guardrails(*, no_world=None, within=None, widest=None, max_rules=None, **target_options):
+    """Set team guardrails for everyone who reads the account store (``None`` leaves one as it
+    is): ``no_world="8786,8787"`` (never open to 0.0.0.0/0 or ::/0), ``within=["10.0.0.0/8"]``
+    (sources only inside these networks), ``widest=16`` or ``(16, 48)`` (no network wider than
+    /16, /48 for IPv6), ``max_rules=40``. Each new or changed one is signed with who set it
+    (the AWS identity of this kernel) and when. All are checked before anything is written."""
+    from .policy import parse_guardrail
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    given = {"no-world": no_world, "within": within, "widest": widest, "max-rules": max_rules}
+    rails, problems = [], []
+    for name, value in given.items():
+        if value is not None:
+            try:
+                rails.append(parse_guardrail(name, value))
+            except IngressError as error:
+                problems.extend(error.problems)
+    if problems:
+        raise IngressError(problems)
+    if not rails:
+        raise IngressError(
+            ["set_guardrails needs at least one of no_world, within, widest and max_rules."]
+        )
+
+    def change(current):
+        for rail in rails:
+            current = current.replaced(rail)
+        return current
+
+    t = _target(**target_options)
+    return GuardrailsView(t, store(t, change).rails)
+
+
+def clear_guardrail(name, **target_options):
+    """Remove one team guardrail (``all`` removes every one)."""
+    from .policy import Guardrails
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    word = _one_of(
+        name,
+        (*GUARDRAIL_NAMES, "all"),
+        "there is no guardrail {value}; {hint}the guardrails are "
+        + ", ".join(GUARDRAIL_NAMES)
+        + ", or all.",
+    )
+    t = _target(**target_options)
+    stored = store(t, lambda rails: Guardrails() if word == "all" else rails.without(word))
+    return GuardrailsView(t, stored.rails)

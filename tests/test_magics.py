@@ -555,8 +555,9 @@ def test_botocore_failure_is_a_usage_error_with_its_code(ip, sandbox, monkeypatc
 
 
 def test_config_file_refused_is_a_usage_error(ip, sandbox, config_file):
-    config_file.write_text("# hand-written\ncoiled: 5\n")
     line(ip, "set [{ports: [8786], cidr: 10.1.0.0/16}]")
+    # Written after the set: the settings refuse to resolve over it (config_layer).
+    config_file.write_text("# hand-written\ncoiled: 5\n")
     before = local_state(config_file)
     with pytest.raises(UsageError) as raised:
         line(ip, "save")

@@ -66,6 +66,8 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +97,9 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  export: 'Firewall export',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -122,6 +126,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }
