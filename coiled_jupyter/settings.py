@@ -952,8 +952,8 @@ def account_drift_note(settings: Settings) -> str | None:
     since = f" ({basis.note})" if basis.note else ""
     return (
         f"the rules from {settings.ingress.origin} were built on the account defaults as known "
-        f"then{since}, and {', and '.join(changes)}: the session's rules are what apply. "
-        "%coiled_ingress reset takes the team's rules as they are now."
+        f"then{since}, and {', and '.join(changes)}: the session's rules are what apply, and a "
+        "reset takes the team's rules as they are now."
     )
 
 
