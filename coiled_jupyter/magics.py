@@ -383,9 +383,10 @@ itself; %coiled_ingress reset puts back the value that was there before.
 _FIREWALL_DESCRIPTION = """\
 Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
 Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
-Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. Edits that are valid
-reach the session at once, so the next %coiled_ingress shows them; a change made by a magic shows
-in an open panel.
+Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. A row reaches the
+session when you commit it (Enter or leaving the field) and it is valid, so the next
+%coiled_ingress shows it; a change made by a magic shows in an open panel. Settings are per
+cluster: the panel edits the cluster's own.
 
   %coiled_firewall [--cluster NAME]
 """
