@@ -161,8 +161,7 @@ variable name; write $$ for a literal $.
 _INGRESS_SHORT_HELP = """\
 %coiled_ingress [SUBCOMMAND ...] [--cluster NAME]: the firewall of a Dask cluster's security group
 
-  %coiled_ingress                   the settings, where they came from, and a verdict line
-  %coiled_ingress -v                ... with every layer, note and reason
+  %coiled_ingress [-v]              the settings, their origin, a verdict line (-v: every reason)
   %coiled_ingress add PORTS SOURCE  admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules
   %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
@@ -178,9 +177,8 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress export FORMAT [--to FILE]   terraform, coiled, csv, markdown or aws-cli
   %coiled_ingress import FORMAT FILE            set the session's rules from such an export
   %coiled_ingress guard [NAME VALUE]  the team's guardrails (no-world, within, widest, max-rules)
-  %coiled_ingress ports             each port of the cluster's kind, its use, what admits it
+  %coiled_ingress ports [--kind coiled|dask]   the ports of the cluster's kind, what admits them
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
-  --kind coiled|dask (any command)  which kind of cluster, so which ports (default: coiled, 443)
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
 notebook's public address), everyone, or a security group id (sg-...). ${name} inserts the
@@ -329,7 +327,7 @@ A plan that breaks one is refused unless it names it: --override-guardrail NAME 
 """
 
 _CELL_HELP = """\
-%%coiled_ingress [--cluster NAME] [--kind coiled|dask] [--apply]
+%%coiled_ingress [--cluster NAME] [--apply] [--kind coiled|dask]
 RULES
 
 The cell takes Coiled's format: a rule list, a coiled: snippet as in Coiled's docs, or Coiled's
@@ -683,9 +681,9 @@ class CoiledMagics(Magics, Configurable):
     def _ingress_command(self, command, args, body):
         cluster = self._cluster(args)
         with session.kind_for(args.kind, cluster):
-            return self._ingress_command(args, command, body, cluster)
+            return self._run_subcommand(args, command, body, cluster)
 
-    def _ingress_command(self, args, command, body, cluster):
+    def _run_subcommand(self, args, command, body, cluster):
         if command is None:
             return self._show(cluster)
         positional = args.words[1:]
