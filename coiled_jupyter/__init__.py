@@ -27,6 +27,7 @@ _PUBLIC = {
     "cluster_kwargs": "coiled_jupyter.session",
     "history": "coiled_jupyter.session",
     "undo": "coiled_jupyter.session",
+    "rehearse": "coiled_jupyter.session",
     "export_rules": "coiled_jupyter.session",
     "import_rules": "coiled_jupyter.session",
     "guardrails": "coiled_jupyter.session",

@@ -57,6 +57,15 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
+    "rehearsal": [
+        ("source", "Source"),
+        ("address", "Address"),
+        ("port", "Port"),
+        ("predicted", "Predicted"),
+        ("measured", "Measured"),
+        ("time", "Time"),
+        ("detail", "What happened"),
+    ],
 }
 
 # The class is named twice in the cell rule to outrank JupyterLab's own output-table rule
@@ -73,6 +82,7 @@ _STYLE = """<style>
 .cj-result tr.cj-add td:first-child { color: var(--jp-success-color0, #2e7d32); }
 .cj-result tr.cj-remove td:first-child { color: var(--jp-error-color0, #c62828); }
 .cj-result tr.cj-update td:first-child { color: var(--jp-warn-color0, #e65100); }
+.cj-result tr.cj-disagree td { color: var(--jp-error-color0, #c62828); font-weight: bold; }
 </style>"""
 
 
@@ -104,6 +114,7 @@ _TITLES = {
     "save": "Firewall settings saved",
     "ports": "Ports",
     "history": "Firewall history",
+    "rehearsal": "Firewall rehearsal",
     "export": "Firewall export",
     "guardrails": "Team guardrails",
 }
@@ -212,6 +223,8 @@ def html(data: dict) -> str:
         )
         for row in data["rows"]:
             css = f' class="cj-{escape(row["action"])}"' if "action" in row else ""
+            if row.get("agree") is False:
+                css = ' class="cj-disagree"'
             out.append(
                 f"<tr{css}>"
                 + "".join(f"<td>{escape(str(row.get(k, '')))}</td>" for k, _ in columns)

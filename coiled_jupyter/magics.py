@@ -55,6 +55,7 @@ SUBCOMMANDS = (
     "history",
     "undo",
     "ports",
+    "rehearse",
     "export",
     "import",
     "guard",
@@ -68,6 +69,7 @@ _OPTIONS_OF = {
     "remove": ("protocol",),
     "save": ("scope",),
     "undo": ("apply",),
+    "rehearse": ("live", "stop"),
     "export": ("to",),
     "plan": ("override_guardrail", "reason"),
     "apply": ("override_guardrail", "reason"),
@@ -81,6 +83,8 @@ _OPTION_FLAGS = {
     "reason": "--reason",
     "apply": "--apply",
     "verbose": "--verbose",
+    "live": "--live",
+    "stop": "--stop",
 }
 # Options that take a value, to find where the subcommand word is.
 _VALUE_OPTIONS = (
@@ -118,6 +122,11 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress rehearse              enforce the group with packets on this machine (network
+                                        namespaces, nftables, a real dask scheduler) and set each
+                                        predicted verdict beside a measured one [--stop]
+  %coiled_ingress rehearse --live       connect from this notebook to the real scheduler and
+                                        dashboard, beside the predicted verdicts
   %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
                                         aws-cli [--to FILE]
   %coiled_ingress import FORMAT FILE    set the session's rules from such an export
@@ -172,12 +181,11 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress describe          the group's rules as the cloud reports them
   %coiled_ingress destroy           delete the cluster's security group
   %coiled_ingress save [--scope user|account]   keep this session's settings
-  %coiled_ingress history           the group's rules before each apply from this machine
-  %coiled_ingress undo [--apply]    plan (or apply) the way back to before the last apply
-  %coiled_ingress export FORMAT [--to FILE]   terraform, coiled, csv, markdown or aws-cli
-  %coiled_ingress import FORMAT FILE            set the session's rules from such an export
+  %coiled_ingress history | undo [--apply]   past applies; plan (or apply) the way back
+  %coiled_ingress export | import FORMAT ...  terraform, coiled, csv, markdown or aws-cli
   %coiled_ingress guard [NAME VALUE]  the team's guardrails (no-world, within, widest, max-rules)
   %coiled_ingress ports [--kind coiled|dask]   the ports of the cluster's kind, what admits them
+  %coiled_ingress rehearse [--live|--stop]   the rules enforced with packets on this machine
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
@@ -326,6 +334,15 @@ A plan that breaks one is refused unless it names it: --override-guardrail NAME 
   %coiled_ingress apply --override-guardrail no-world --reason "vendor debugging until 17:00"
 """
 
+_SUBCOMMAND_HELP["rehearse"] = f"""\
+%coiled_ingress rehearse [--live | --stop] [--cluster NAME]
+
+Enforce the cluster's group, as the sandbox holds it, with nftables in front of a real Dask
+scheduler in network namespaces of this machine (linked only to each other), and measure each
+verdict with a real connection: source, port, predicted, measured. --live instead connects from
+this notebook to the real scheduler's address; --stop tears the rehearsal down. {_CLUSTER_HELP}
+"""
+
 _CELL_HELP = """\
 %%coiled_ingress [--cluster NAME] [--apply] [--kind coiled|dask]
 RULES
@@ -359,9 +376,9 @@ itself; %coiled_ingress reset puts back the value that was there before.
 _FIREWALL_DESCRIPTION = """\
 Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
 Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
-Plan, Apply, Save to my config, Save as team default and Revert. Edits that are valid reach the
-session at once, so the next %coiled_ingress shows them; a change made by a magic shows in an
-open panel.
+Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. Edits that are valid
+reach the session at once, so the next %coiled_ingress shows them; a change made by a magic shows
+in an open panel.
 
   %coiled_firewall [--cluster NAME]
 """
@@ -635,6 +652,8 @@ class CoiledMagics(Magics, Configurable):
         metavar="coiled|dask",
         help="the kind of cluster (its ports), kept for this session",
     )
+    @argument("--live", action="store_true", help="rehearse: connect to the real cluster")
+    @argument("--stop", action="store_true", help="rehearse: tear the rehearsal down")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
@@ -725,6 +744,8 @@ class CoiledMagics(Magics, Configurable):
             return session.port_matrix(cluster)
         if command == "undo":
             return session.undo(cluster, apply=args.apply, progress=print)
+        if command == "rehearse":
+            return session.rehearse(cluster, live=args.live, stop=args.stop, progress=print)
         if command in ("plan", "apply"):
             return getattr(session, command)(
                 cluster, progress=print, override_guardrails=_overrides(args)
@@ -750,6 +771,13 @@ class CoiledMagics(Magics, Configurable):
                 raise UsageError(
                     f"the %%coiled_ingress cell takes only --cluster and --apply, not "
                     f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
+                )
+        for name in ("live", "stop"):
+            if getattr(args, name):
+                raise UsageError(
+                    f"the %%coiled_ingress cell takes only --cluster and --apply, not "
+                    f"{_OPTION_FLAGS[name]}; rehearse on a line: %coiled_ingress rehearse "
+                    f"{_OPTION_FLAGS[name]}."
                 )
         cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
@@ -1010,6 +1038,14 @@ _INGRESS_OPTIONS = {
     "export": ["--to", "--cluster", "--kind"],
     "plan": ["--override-guardrail", "--reason", "--cluster", "--kind"],
     "apply": ["--override-guardrail", "--reason", "--cluster", "--kind"],
+    None: ["--cluster", "--help"],
+    "add": ["--description", "--protocol", "--cluster"],
+    "remove": ["--protocol", "--cluster"],
+    "save": ["--scope", "--cluster"],
+    "export": ["--to", "--cluster"],
+    "rehearse": ["--live", "--stop", "--cluster"],
+    "plan": ["--override-guardrail", "--reason", "--cluster"],
+    "apply": ["--override-guardrail", "--reason", "--cluster"],
 }
 
 

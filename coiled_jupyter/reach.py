@@ -487,7 +487,7 @@ def _judge(
     if not candidates:
         return PortReach(name, port, UNKNOWN, unknown)
     for address in candidates:
-        rule = _admitting_rule(rules, port, address, public)
+        rule = admitting_rule(rules, port, address, public)
         if rule is not None:
             source = f"me ({public})" if rule.source == ME else rule.source
             return PortReach(
@@ -503,8 +503,10 @@ def _judge(
     )
 
 
-def _admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
-    """The first rule admitting ``address`` on ``port``; ``me`` stands for the public address."""
+def admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
+    """The first rule admitting ``address`` on ``port`` (TCP); ``me`` stands for the public address.
+
+    The one judgement every verdict uses, also the rehearsal's prediction for each source."""
     for rule in rules:
         if admits(resolve_me([rule], [public] if public else []), _PROTOCOL, port, address):
             return rule
@@ -562,7 +564,7 @@ def _not_admitted_warning(
             "client will time out connecting to the scheduler; admit it"
         )
         commands = [(f"%coiled_ingress add {port} me", f"admit this notebook ({address})")]
-        admitted_local = next((a for a in local if _admitting_rule(rules, port, a, public)), None)
+        admitted_local = next((a for a in local if admitting_rule(rules, port, a, public)), None)
         if admitted_local:
             text += (
                 f", or, if this notebook is in the cluster's network, connect on the private IP "

@@ -690,6 +690,117 @@ def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
 
 
 # --------------------------------------------------------------------------------------------------
+# Rehearsal: the group enforced with packets
+
+
+def _port(value, name: str) -> int:
+    if value is None:
+        from .settings import option
+
+        value = option(f"{name}-port")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise IngressError(
+            [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+        )
+    return value
+
+
+def rehearse(
+    cluster=None,
+    *,
+    live: bool = False,
+    stop: bool = False,
+    host: str | None = None,
+    scheduler_port: int | None = None,
+    dashboard_port: int | None = None,
+    progress: Progress = None,
+    **target_options,
+):
+    """Rehearse the cluster's group with packets, each predicted verdict beside a measured one.
+
+    By default the group as the sandbox (or the cloud) holds it is enforced by nftables in front of a
+    real ``distributed`` scheduler in network namespaces of this machine; where that cannot run, the
+    result is one sentence saying why. ``live=True`` instead connects from this notebook to the
+    cluster's real scheduler (``host``, default its address as ``use_scheduler_public_ip`` says);
+    ``stop=True`` tears the rehearsal down. The ports default to the options ``scheduler-port`` and
+    ``dashboard-port``.
+    """
+    from .rehearsal import rehearse as rehearsal
+    from .rehearsal.result import RehearsalResult
+
+    t = _target(cluster, **target_options)
+    ports = {
+        "scheduler_port": _port(scheduler_port, "scheduler"),
+        "dashboard_port": _port(dashboard_port, "dashboard"),
+    }
+    if host is not None:
+        host = _address(host, "host")
+    if stop:
+        stopped = rehearsal.stop()
+        return RehearsalResult(
+            t, "rehearsal stopped" if stopped else "no rehearsal was running in this process"
+        )
+    if not live:
+        from .rehearsal.namespaces import unavailable
+
+        reason = unavailable()
+        if reason:
+            return RehearsalResult(t, reason)
+    from .provision import reconcile
+    from .reach import local_addresses, public_address
+
+    settings = _read_settings(t)
+    table = reconcile.describe(t, settings, progress=progress)
+    if not table.exists:
+        raise CoiledJupyterError(
+            f"cluster {t.cluster!r} has no security group yet ({t.backend_label}), so there is "
+            "nothing to rehearse; apply first (%coiled_ingress apply)."
+        )
+    if live:
+        public_ip = settings.use_scheduler_public_ip.value
+        if host is None:
+            host = reconcile.scheduler_address(t, settings).ip
+        public = public_address() if public_ip else None
+        return rehearsal.live(
+            t,
+            table.rules,
+            host=host,
+            from_address=public if public_ip else _route_source(host),
+            public=public,
+            group_id=table.group_id,
+            account_id=table.account_id,
+            **ports,
+        )
+    return rehearsal.rehearse(
+        table, local=local_addresses(), public=public_address(), progress=progress, **ports
+    )
+
+
+def _address(value, name: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise IngressError(
+            [f"the {name} is an IP address, not {excerpt(value)}; e.g. 203.0.113.7."]
+        ) from None
+
+
+def _route_source(host: str) -> str | None:
+    """The address this machine sends from to reach ``host`` (a routing lookup; nothing is sent)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
 # Exports for IT, and imports back
 
 # An import is a rule list, not a data set: anything larger is refused before it is read whole.

@@ -17,9 +17,28 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from coiled_jupyter.rehearsal.namespaces import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 RAISES = "raises-exception"
+
+REHEARSAL_UNAVAILABLE = unavailable()
+# The two-CIDR example's rows: 8786 only from inside 10.1.0.0/16, 8787 only from inside 10.32.0.0/16.
+REHEARSED = [
+    "all as predicted",
+    *(
+        f"<td>{address}</td><td>{port}</td><td>{verdict}</td><td>{verdict}</td>"
+        for address, port, verdict in [
+            ("10.1.0.5", "8786 (scheduler)", "yes"),
+            ("10.1.0.5", "8787 (dashboard)", "no"),
+            ("10.32.0.5", "8786 (scheduler)", "no"),
+            ("10.32.0.5", "8787 (dashboard)", "yes"),
+            ("198.51.100.7", "8786 (scheduler)", "no"),
+            ("198.51.100.7", "8787 (dashboard)", "no"),
+        ]
+    ),
+]
 
 # Per notebook: its cluster, the sentence of its deliberate mistake, and what its cells must show.
 EXPECTED = {
@@ -96,6 +115,22 @@ EXPECTED = {
             "ports": ["client to scheduler (TLS) and the HTTPS dashboard"],
             "kwargs": ["'allow_ingress_from': 'me',", "'allow_ssh_from': '10.1.0.0/16',"],
             "verdict": ["can this notebook reach the scheduler (port 443)? yes"],
+        },
+    },
+    "rehearsal.ipynb": {
+        "cluster": "rehearsal",
+        "mistake": "UsageError: %coiled_ingress rehearse does not take --scope; it is for save.",
+        "apply": [
+            "<td>8786</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>8787</td>",
+            "<td>10.32.0.0/16</td>",
+        ],
+        "both": {
+            # Rehearsed with packets where this machine can (Linux, root, nft); elsewhere the one
+            # sentence saying why.
+            "rehearse": REHEARSED if REHEARSAL_UNAVAILABLE is None else [REHEARSAL_UNAVAILABLE],
+            "stop": ["rehearsal stopped"] if REHEARSAL_UNAVAILABLE is None else [],
         },
     },
     "parameterised.ipynb": {

@@ -260,6 +260,14 @@ class DescribeHandler(_Handler):
         await self.respond(lambda: partial(session.describe, self.cluster()))
 
 
+class RehearseHandler(_Handler):
+    """The cluster's group enforced with packets in this server's machine (the server's rehearsal)."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(lambda: partial(session.rehearse, self.cluster(self.body(()))))
+
+
 class SaveHandler(_Handler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -280,4 +288,5 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (url_path_join(api, "apply"), ApplyHandler),
         (url_path_join(api, "describe"), DescribeHandler),
         (url_path_join(api, "save"), SaveHandler),
+        (url_path_join(api, "rehearse"), RehearseHandler),
     ]

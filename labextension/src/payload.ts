@@ -124,6 +124,7 @@ export const TITLES: { [kind: string]: string } = {
   ports: 'Ports',
   history: 'Firewall history',
   export: 'Firewall export',
+  rehearsal: 'Firewall rehearsal',
   guardrails: 'Team guardrails'
 };
 
@@ -134,6 +135,17 @@ const RULE_COLUMNS: Column[] = [
   ['ports', 'Port'],
   ['source', 'Source'],
   ['description', 'Description']
+];
+
+/** A rehearsal's: per source and port, the verdict predicted beside the one measured. */
+const REHEARSAL_COLUMNS: Column[] = [
+  ['source', 'Source'],
+  ['address', 'Address'],
+  ['port', 'Port'],
+  ['predicted', 'Predicted'],
+  ['measured', 'Measured'],
+  ['time', 'Time'],
+  ['detail', 'What happened']
 ];
 
 /** A plan's columns shown only when some row has a value: an update's old description, and who
@@ -160,6 +172,9 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'rehearsal') {
+    return REHEARSAL_COLUMNS;
   }
   if (kind === 'guardrails') {
     return [

@@ -161,6 +161,10 @@ export function sortableTable(
       if (typeof row.action === 'string' && columns.some(([key]) => key === 'action')) {
         tr.classList.add(`cj-action-${row.action}`);
       }
+      if (row.agree === false) {
+        // A rehearsal row whose predicted and measured verdicts differ: one of them is wrong.
+        tr.classList.add('cj-disagree');
+      }
       for (const [key] of columns) {
         tr.appendChild(el('td', { text: cellText(row, key), attrs: { 'data-column': key } }));
       }
@@ -240,9 +244,10 @@ export function renderResult(data: IPayload, narrow = false): HTMLElement {
   }
   const rows = Array.isArray(data.rows) ? data.rows : [];
   if (rows.length) {
-    const [shown, columns] = narrow
-      ? compact(rows, columnsFor(data.kind, rows))
-      : [rows, columnsFor(data.kind, rows)];
+    const [shown, columns] =
+      narrow && data.kind !== 'rehearsal'
+        ? compact(rows, columnsFor(data.kind, rows))
+        : [rows, columnsFor(data.kind, rows)];
     root.appendChild(el('div', { className: 'cj-scroll' }, [sortableTable(shown, columns)]));
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
