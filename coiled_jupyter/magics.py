@@ -1038,14 +1038,7 @@ _INGRESS_OPTIONS = {
     "export": ["--to", "--cluster", "--kind"],
     "plan": ["--override-guardrail", "--reason", "--cluster", "--kind"],
     "apply": ["--override-guardrail", "--reason", "--cluster", "--kind"],
-    None: ["--cluster", "--help"],
-    "add": ["--description", "--protocol", "--cluster"],
-    "remove": ["--protocol", "--cluster"],
-    "save": ["--scope", "--cluster"],
-    "export": ["--to", "--cluster"],
-    "rehearse": ["--live", "--stop", "--cluster"],
-    "plan": ["--override-guardrail", "--reason", "--cluster"],
-    "apply": ["--override-guardrail", "--reason", "--cluster"],
+    "rehearse": ["--live", "--stop", "--cluster", "--kind"],
 }
 
 
