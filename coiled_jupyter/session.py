@@ -693,11 +693,9 @@ def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
 # Rehearsal: the group enforced with packets
 
 
-def _port(value, name: str) -> int:
+def _port(value, name: str, default: int) -> int:
     if value is None:
-        from .settings import option
-
-        value = option(f"{name}-port")
+        value = default
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise IngressError(
             [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
@@ -722,16 +720,17 @@ def rehearse(
     real ``distributed`` scheduler in network namespaces of this machine; where that cannot run, the
     result is one sentence saying why. ``live=True`` instead connects from this notebook to the
     cluster's real scheduler (``host``, default its address as ``use_scheduler_public_ip`` says);
-    ``stop=True`` tears the rehearsal down. The ports default to the options ``scheduler-port`` and
-    ``dashboard-port``.
+    ``stop=True`` tears the rehearsal down. The ports default to those of the cluster's kind
+    (:mod:`.ports`).
     """
     from .rehearsal import rehearse as rehearsal
     from .rehearsal.result import RehearsalResult
 
     t = _target(cluster, **target_options)
+    model = _model(t)
     ports = {
-        "scheduler_port": _port(scheduler_port, "scheduler"),
-        "dashboard_port": _port(dashboard_port, "dashboard"),
+        "scheduler_port": _port(scheduler_port, "scheduler", model.scheduler),
+        "dashboard_port": _port(dashboard_port, "dashboard", model.dashboard),
     }
     if host is not None:
         host = _address(host, "host")
