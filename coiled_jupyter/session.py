@@ -693,14 +693,29 @@ def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
 # Rehearsal: the group enforced with packets
 
 
-def _port(value, name: str, default: int) -> int:
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+def _rehearsal_ports(t, scheduler_port, dashboard_port) -> dict:
+    """The ports to rehearse: as given, else those of the cluster's kind (``ports.model``)."""
+    from . import ports
+
+    model = ports.model(t.cluster)
+    chosen = {
+        "scheduler": model.scheduler if scheduler_port is None else scheduler_port,
+        "dashboard": model.dashboard if dashboard_port is None else dashboard_port,
+    }
+    for name, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise IngressError(
+                [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+            )
+    if chosen["scheduler"] == chosen["dashboard"]:
         raise IngressError(
-            [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+            [
+                f"this {model.name} {model.listens}; a rehearsal runs distributed's own scheduler "
+                "and dashboard, which cannot share one port, so rehearse it as a Dask cluster "
+                "(--kind dask) or with the HTTPS dashboard off (coiled.use_dashboard_https: false)."
+            ]
         )
-    return value
+    return {"scheduler_port": chosen["scheduler"], "dashboard_port": chosen["dashboard"]}
 
 
 def rehearse(
@@ -720,25 +735,20 @@ def rehearse(
     real ``distributed`` scheduler in network namespaces of this machine; where that cannot run, the
     result is one sentence saying why. ``live=True`` instead connects from this notebook to the
     cluster's real scheduler (``host``, default its address as ``use_scheduler_public_ip`` says);
-    ``stop=True`` tears the rehearsal down. The ports default to those of the cluster's kind
-    (:mod:`.ports`).
+    ``stop=True`` tears the rehearsal down. The ports default to those of the cluster's kind.
     """
     from .rehearsal import rehearse as rehearsal
     from .rehearsal.result import RehearsalResult
 
     t = _target(cluster, **target_options)
-    model = _model(t)
-    ports = {
-        "scheduler_port": _port(scheduler_port, "scheduler", model.scheduler),
-        "dashboard_port": _port(dashboard_port, "dashboard", model.dashboard),
-    }
-    if host is not None:
-        host = _address(host, "host")
     if stop:
         stopped = rehearsal.stop()
         return RehearsalResult(
             t, "rehearsal stopped" if stopped else "no rehearsal was running in this process"
         )
+    ports = _rehearsal_ports(t, scheduler_port, dashboard_port)
+    if host is not None:
+        host = _address(host, "host")
     if not live:
         from .rehearsal.namespaces import unavailable
 

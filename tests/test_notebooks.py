@@ -90,6 +90,22 @@ EXPECTED = {
             "reset": ["rules from: account default"],
         },
     },
+    "rehearsal.ipynb": {
+        "cluster": "rehearsal",
+        "mistake": "UsageError: %coiled_ingress rehearse does not take --scope; it is for save.",
+        "apply": [
+            "<td>8786</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>8787</td>",
+            "<td>10.32.0.0/16</td>",
+        ],
+        "both": {
+            # Rehearsed with packets where this machine can (Linux, root, nft); elsewhere the one
+            # sentence saying why.
+            "rehearse": REHEARSED if REHEARSAL_UNAVAILABLE is None else [REHEARSAL_UNAVAILABLE],
+            "stop": ["rehearsal stopped"] if REHEARSAL_UNAVAILABLE is None else [],
+        },
+    },
     "coiled-keywords.ipynb": {
         "cluster": "coiled-keywords",
         "kind": "coiled",
@@ -115,22 +131,6 @@ EXPECTED = {
             "ports": ["client to scheduler (TLS) and the HTTPS dashboard"],
             "kwargs": ["'allow_ingress_from': 'me',", "'allow_ssh_from': '10.1.0.0/16',"],
             "verdict": ["can this notebook reach the scheduler (port 443)? yes"],
-        },
-    },
-    "rehearsal.ipynb": {
-        "cluster": "rehearsal",
-        "mistake": "UsageError: %coiled_ingress rehearse does not take --scope; it is for save.",
-        "apply": [
-            "<td>8786</td>",
-            "<td>10.1.0.0/16</td>",
-            "<td>8787</td>",
-            "<td>10.32.0.0/16</td>",
-        ],
-        "both": {
-            # Rehearsed with packets where this machine can (Linux, root, nft); elsewhere the one
-            # sentence saying why.
-            "rehearse": REHEARSED if REHEARSAL_UNAVAILABLE is None else [REHEARSAL_UNAVAILABLE],
-            "stop": ["rehearsal stopped"] if REHEARSAL_UNAVAILABLE is None else [],
         },
     },
     "parameterised.ipynb": {

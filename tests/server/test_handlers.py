@@ -356,6 +356,23 @@ def test_loading_the_extension_raises_no_auth_warning(jp_serverapp):
     assert not [w for w in caught if issubclass(w.category, JupyterServerAuthWarning)]
 
 
+async def test_rehearse_is_the_session_call(api):
+    """POST rehearse is session.rehearse: before an apply there is no group, a 400 with the sentence
+    (the rehearsal itself is tested with packets in tests/test_rehearsal.py); where this machine
+    cannot rehearse, the one sentence saying why, as a result."""
+    from coiled_jupyter.rehearsal.namespaces import unavailable
+
+    status, body = await api("POST", "rehearse", {"cluster": "not-applied-yet"})
+    reason = unavailable()
+    if reason is None:
+        assert status == 400, body
+        assert body["message"].startswith("cluster 'not-applied-yet' has no security group yet")
+    else:
+        assert status == 200 and body["summary"] == reason
+    status, body = await api("POST", "rehearse", {"cluster": "x", "live": True})
+    assert status == 400 and "unknown field(s) 'live'" in body["message"]
+
+
 async def test_patch_kind_says_which_ports_the_sidebar_checks(api, monkeypatch):
     """Issue 18: the sidebar's kind control, and the lockout sentence before Apply."""
     monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "dask")
@@ -391,23 +408,6 @@ async def test_the_newer_page_example_as_the_sidebar_sends_it(api, monkeypatch):
     assert ("443", "10.1.0.0/16") in sources(data)
 
 
-async def test_rehearse_is_the_session_call(api):
-    """POST rehearse is session.rehearse: before an apply there is no group, a 400 with the sentence
-    (the rehearsal itself is tested with packets in tests/test_rehearsal.py); where this machine
-    cannot rehearse, the one sentence saying why, as a result."""
-    from coiled_jupyter.rehearsal.namespaces import unavailable
-
-    status, body = await api("POST", "rehearse", {"cluster": "not-applied-yet"})
-    reason = unavailable()
-    if reason is None:
-        assert status == 400, body
-        assert body["message"].startswith("cluster 'not-applied-yet' has no security group yet")
-    else:
-        assert status == 200 and body["summary"] == reason
-    status, body = await api("POST", "rehearse", {"cluster": "x", "live": True})
-    assert status == 400 and "unknown field(s) 'live'" in body["message"]
-
-
 async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     prod = {"value": [{"ports": [9100], "cidr": "10.20.0.0/16"}], "cluster": "prod"}
     status, data = await api("PUT", "settings", prod)
@@ -425,3 +425,50 @@ async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     assert dev["session_clusters"] == ["prod"]
     _, plan = await api("POST", "plan", {"cluster": "prod"})
     assert [(r["action"], r["source"]) for r in plan["rows"]] == [("add", "10.20.0.0/16")]
+
+
+# Faults botocore raises rather than answers, injected at before-send on clients of the test's own
+# (fresh_faults): each is one sentence with its code over REST, never a 500 with a traceback.
+_PORTAL = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Accept<br></body></html>"
+)
+
+
+def _not_reached(request):
+    from botocore.exceptions import EndpointConnectionError
+
+    return EndpointConnectionError(endpoint_url=request.url)
+
+
+@pytest.mark.parametrize(
+    "inject, code, status",
+    [
+        (lambda f: f.answer("CreateSecurityGroup", _PORTAL), "ResponseParserError", 502),
+        (lambda f: f.answer("DescribeSecurityGroups", b""), "ResponseParserError", 502),
+        (
+            lambda f: f.throw("CreateSecurityGroup", _not_reached, times=None),
+            "EndpointConnectionError",
+            503,
+        ),
+        (lambda f: f.answer("GetParameter", b"{}"), "InvalidResponse", 502),
+    ],
+    ids=["html page", "empty body", "no connection", "ssm answer without parameter"],
+)
+async def test_a_failure_botocore_raises_is_a_5xx_sentence(api, fresh_faults, inject, code, status):
+    inject(fresh_faults)
+    got, data = await api("POST", "apply", {"cluster": CLUSTER}, timeout=90)
+    assert got == status, data
+    assert data["code"] == code
+    assert data["message"].startswith(f"{code}: ")
+    assert "Traceback" not in data["message"] and "<html" not in data["message"]
+
+
+async def test_a_mistyped_aws_profile_is_a_sentence_not_a_500(
+    api, aws_backend_on_sandbox, monkeypatch
+):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    for method, route in (("GET", "describe"), ("POST", "plan"), ("POST", "apply")):
+        got, data = await api(method, route, {} if method == "POST" else None)
+        assert got == 502, (route, data)
+        assert data["code"] == "ProfileNotFound"
+        assert "'no-such-profile'" in data["message"] and "AWS_PROFILE" in data["message"]
