@@ -179,6 +179,9 @@ def _hcl_value(value, where: str) -> str:
         if char == "\\" and index + 1 < len(body) and body[index + 1] in _HCL_ESCAPES:
             out.append(_HCL_ESCAPES[body[index + 1]])
             index += 2
+        elif char == "\\" and re.fullmatch(r"u[0-9a-fA-F]{4}", body[index + 1 : index + 6]):
+            out.append(chr(int(body[index + 2 : index + 6], 16)))
+            index += 6
         elif pair in ("$$", "%%") and body[index + 2 : index + 3] == "{":
             out.append(char)
             index += 2
@@ -199,7 +202,10 @@ def _read_terraform(text: str, where: str) -> list[dict]:
     from hcl2.utils import SerializationOptions
 
     try:
-        tree = hcl2.loads(text, serialization_options=SerializationOptions(with_comments=False))
+        # python-hcl2 cannot lex HCL's escape "$${" (a literal "${") unless a "}" follows; the
+        # same text as an escaped "$" reads identically and it lexes.
+        escaped = text.replace("$${", "\\u0024{")
+        tree = hcl2.loads(escaped, serialization_options=SerializationOptions(with_comments=False))
     except Exception as error:  # lark's many parse errors: one sentence, the position kept
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise IngressError([f"{where} is not valid HCL: {excerpt(first)}."]) from None

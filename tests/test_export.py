@@ -26,7 +26,7 @@ FORMATS_BACK = ("terraform", "csv", "markdown", "aws-cli")
 # Characters AWS accepts in descriptions, with the two that HCL reads as templates.
 DESCRIPTION_TEXT = st.text(alphabet="abcXYZ019 ._-:/()#,@[]+=&;{}!$*", max_size=40).map(
     str.strip
-) | st.sampled_from(["cost ${x}", "$${y}", "{}"])
+) | st.sampled_from(["cost ${x}", "$${y}", "{}", "${", "a ${ b", "$$"])
 
 
 @st.composite

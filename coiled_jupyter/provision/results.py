@@ -625,6 +625,66 @@ class SaveResult(_Displayed):
         )
 
 
+@dataclass(frozen=True, repr=False)
+class ExportResult(_Displayed):
+    """The effective rules in one of IT's formats (:mod:`coiled_jupyter.export`): ``text`` to copy,
+    where it was written (``path``, or None), and what the format could not carry."""
+
+    target: Target
+    format: str
+    text: str
+    rule_count: int
+    origin: str
+    path: str | None = None
+    lost: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_payload(self) -> dict:
+        written = f"; written to {self.path}" if self.path else ""
+        return self._payload(
+            "export",
+            format=self.format,
+            summary=f"{self.rule_count} rule{'' if self.rule_count == 1 else 's'} from "
+            f"{self.origin} as {self.format}{written}",
+            body=self.text,
+            path=self.path,
+            notes=list(self.notes),
+            warnings=list(self.lost),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class GuardrailsView(_Displayed):
+    """The team's guardrails: every plan and apply of everyone who reads the account store checks
+    them before any write."""
+
+    target: Target
+    rails: tuple = ()
+
+    def to_payload(self) -> dict:
+        return self._payload(
+            "guardrails",
+            summary=(
+                f"{len(self.rails)} team guardrail{'' if len(self.rails) == 1 else 's'}, checked "
+                "by every plan and apply before any write"
+                if self.rails
+                else "no team guardrails: set one with %coiled_ingress guard no-world 8786"
+            ),
+            rows=[
+                {
+                    "guardrail": rail.name,
+                    "rule": rail.describe(),
+                    "set_by": rail.set_by,
+                    "set_at": rail.set_at,
+                }
+                for rail in self.rails
+            ],
+        )
+
+
 class ClusterKwargs(dict):
     """Keyword arguments for ``coiled.Cluster(**kwargs)``: ``backend_options`` (its ``ingress`` in
     Coiled's exact schema) and ``use_scheduler_public_ip``.
