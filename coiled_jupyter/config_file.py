@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import ConfigFileError
 from .rules import Rule, to_coiled
 from .settings import config_path, option
-from .state import file_lock, lock_name
+from .state import file_lock, lock_name, process_alive
 from .strict_yaml import excerpt
 
 
@@ -102,18 +102,8 @@ def _remove_stale_temporaries(target: Path) -> None:
     stem = f".{target.name}{_TEMP_MARK}"
     for path in target.parent.glob(f"{glob.escape(stem)}*.tmp"):
         pid = path.name[len(stem) :].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             path.unlink(missing_ok=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read(target: Path) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import os
 import re
 import time
 from collections.abc import Callable
@@ -115,3 +116,15 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def process_alive(pid: int) -> bool:
+    """Is process ``pid`` still there (a zombie counts as there until reaped)? Whether it is ours
+    to signal does not matter: a process of another user is alive too."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,6 @@ command; the csv module for the matrix), so a format that only our own reader un
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shlex
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
+from rulekit import any_network
 
 from coiled_jupyter.errors import CoiledJupyterError
 from coiled_jupyter.export import export, import_rules
@@ -30,20 +30,10 @@ DESCRIPTION_TEXT = st.text(alphabet="abcXYZ019 ._-:/()#,@[]+=&;{}!$*", max_size=
 
 
 @st.composite
-def networks(draw) -> str:
-    version = draw(st.sampled_from([4, 6]))
-    bits = 32 if version == 4 else 128
-    prefix = draw(st.integers(0, bits))
-    address = draw(st.integers(0, 2**bits - 1))
-    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    return str(cls((address, prefix), strict=False))
-
-
-@st.composite
 def rule_items(draw) -> dict:
     low = draw(st.integers(1, 65535))
     high = draw(st.integers(low, min(65535, low + draw(st.sampled_from([0, 1, 100, 5000])))))
-    source = draw(networks() | st.sampled_from(["sg-0123456789abcdef0", "sg-12345678"]))
+    source = draw(any_network().map(str) | st.sampled_from(["sg-0123456789abcdef0", "sg-12345678"]))
     item = {
         "ports": [low if low == high else f"{low}-{high}"],
         "cidr": source,

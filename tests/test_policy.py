@@ -11,6 +11,7 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rulekit import any_network
 
 from coiled_jupyter.policy import Guardrails, parse_guardrail
 from coiled_jupyter.rules import IngressError, compact, parse_ingress
@@ -80,20 +81,10 @@ def test_max_rules_names_the_rules_past_the_limit():
     assert _broken(rail, rules) == ["tcp 8786 from 10.1.0.0/16"]
 
 
-@st.composite
-def networks(draw):
-    version = draw(st.sampled_from([4, 6]))
-    bits = 32 if version == 4 else 128
-    prefix = draw(st.integers(0, bits))
-    address = draw(st.integers(0, 2**bits - 1))
-    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    return cls((address, prefix), strict=False)
-
-
 @settings(max_examples=200, deadline=None)
 @given(
-    sources=st.lists(networks(), min_size=1, max_size=5),
-    limits=st.lists(networks(), min_size=1, max_size=3),
+    sources=st.lists(any_network(), min_size=1, max_size=5),
+    limits=st.lists(any_network(), min_size=1, max_size=3),
     forbidden=st.integers(1, 65535),
     port=st.integers(1, 65535),
 )

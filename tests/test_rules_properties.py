@@ -21,7 +21,7 @@ import re
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rulekit import expand
+from rulekit import any_network, expand
 
 from coiled_jupyter.rules import (
     ALLOWED_KEYS,
@@ -89,12 +89,7 @@ json_like = st.recursive(
 
 @st.composite
 def valid_network(draw):
-    version = draw(st.sampled_from([4, 6]))
-    bits = 32 if version == 4 else 128
-    prefix = draw(st.integers(0, bits))
-    address = draw(st.integers(0, 2**bits - 1))
-    kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    network = kind((address, prefix), strict=False)
+    network = draw(any_network())
     ip = network.network_address
     form = draw(st.sampled_from(["cidr", "cidr", "bare", "padded", "upper"]))
     if form == "bare":

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import CoiledJupyterError
+from ..state import process_alive
 from .nft import ruleset
 
 PREFIX = "cjr-"
@@ -129,6 +130,10 @@ def leftovers() -> list[str]:
     return sorted(n for n in listed() if not _alive(_owner(n)))
 
 
+def _alive(pid: int | None) -> bool:
+    return pid is not None and process_alive(pid)
+
+
 def listed() -> list[str]:
     """Every namespace of ours on this machine, whichever process made it."""
     names = [line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.strip()]
@@ -139,18 +144,6 @@ def _owner(name: str) -> int | None:
     """The process id in ``cjr-PID-...``, or None for a name of another shape."""
     word = name[len(PREFIX) :].split("-", 1)[0]
     return int(word) if word.isdigit() else None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove(names: Sequence[str]) -> None:
