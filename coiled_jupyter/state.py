@@ -93,3 +93,25 @@ def _acquire(handle, timeout: float | None, what: str, on_wait) -> None:
                 "is still holding it; run the command again when it has finished."
             )
         time.sleep(_POLL_SECONDS)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part:
+    a temporary file beside it, then a rename. A failure is one sentence and leaves no temporary."""
+    import os
+    import tempfile
+
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CoiledJupyterError(f"{path} cannot be written: {error.strerror or error}.") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise CoiledJupyterError(f"{path} cannot be written: {error.strerror or error}.") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

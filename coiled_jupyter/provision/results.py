@@ -8,10 +8,12 @@ MIME renderer reads it as ``application/vnd.coiled-jupyter.rules+json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field, replace
 
-from ..rules import ME, Rule
+from ..rules import ME, Rule, to_coiled
 from ..settings import (
+    Layer,
     Settings,
     account_drift_note,
     replaced_rules_note,
@@ -51,6 +53,28 @@ def rule_row(rule: Rule, **extra) -> dict:
         "description": rule.description,
         **extra,
     }
+
+
+def _rule_keys(rules) -> tuple:
+    """Rules as compared for "the same rules": descriptions count, order does not."""
+    return tuple(sorted((rule.key, rule.description) for rule in rules))
+
+
+def _layer_says(layer: dict) -> str:
+    """What one layer sets, and how it is known: "sets nothing (read at 03:41:07 UTC)", or only the
+    note for a layer that was not read (it may set values where it is kept)."""
+    sets = "; ".join(layer["sets"]) or ("sets nothing" if layer.get("read", True) else "")
+    note = layer.get("note")
+    if not note:
+        return sets
+    return f"{sets} ({note})" if sets else note
+
+
+def command_rows(commands, t: Target) -> list[dict]:
+    """Suggested magics as the payload carries them, each naming ``t``'s cluster, so that it works
+    when pasted whichever cluster the magics default to: ``{"command": ..., "does": ...}``."""
+    cluster = f" --cluster {shlex.quote(t.cluster)}"
+    return [{"command": command + cluster, "does": does} for command, does in commands]
 
 
 def _count(rules) -> str:
@@ -128,6 +152,9 @@ class Plan(_Displayed):
     add_later: tuple[Rule, ...] = ()
     remove_origins: tuple[str, ...] = ()
     me: tuple[str, ...] = ()
+    settings: Settings | None = field(default=None, compare=False)  # what was planned
+    # What to run next, as (command, what it does); each works when pasted (see command_rows).
+    commands: tuple[tuple[str, str], ...] = ()
 
     @property
     def create(self) -> bool:
@@ -183,6 +210,7 @@ class Plan(_Displayed):
             rows=rows,
             notes=list(self.notes),
             warnings=list(self.warnings),
+            commands=command_rows(self.commands, self.target),
         )
 
 
@@ -192,6 +220,7 @@ class ApplyResult(_Displayed):
 
     plan: Plan
     table: RuleTable
+    settings: Settings | None = field(default=None, compare=False)  # what was applied
 
     @property
     def changed(self) -> bool:
@@ -267,12 +296,41 @@ class SettingsView(_Displayed):
     ``coiled_toggle`` is the ``use_scheduler_public_ip`` that a ``coiled.Cluster()`` created now in
     this kernel reads from Dask's config by itself (None: not known); the note says what Coiled's
     client takes by itself and what it takes only through ``cluster_kwargs()``.
+
+    Session settings are per cluster: ``session_clusters`` names every cluster that has some (the
+    view says so, since only the target's are shown), ``default_cluster`` the cluster whose toggle
+    Dask's config mirrors, ``session_version`` the version of the target's session settings the view
+    shows (an edit made from it names it, see ``session.set_settings``).
     """
 
     target: Target
     settings: Settings
     reachability: object = None
     coiled_toggle: bool | None = None
+    session_clusters: tuple[str, ...] = ()
+    default_cluster: str | None = None
+    session_version: int = 0
+
+    @property
+    def unsaved(self) -> bool:
+        """Does the session set a value that neither the Dask config nor the account defaults hold?"""
+        mine = self.settings.layer(Layer.SESSION)
+        if mine is None:
+            return False
+        kept = [v for layer in (Layer.CONFIG, Layer.ACCOUNT) if (v := self.settings.layer(layer))]
+        if mine.ingress is not None and all(
+            k.ingress is None or _rule_keys(k.ingress) != _rule_keys(mine.ingress) for k in kept
+        ):
+            return True
+        return mine.use_scheduler_public_ip is not None and all(
+            k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
+        )
+
+    verbose: bool = False
+
+    def expanded(self) -> SettingsView:
+        """This view with its details shown (``%coiled_ingress -v``): every layer, note and reason."""
+        return replace(self, verbose=True)
 
     def to_payload(self) -> dict:
         settings = self.settings
@@ -284,7 +342,9 @@ class SettingsView(_Displayed):
                 sets.append(f"ingress ({_count(values.ingress)}{detail})")
             if values.use_scheduler_public_ip is not None:
                 detail = f" ({values.public_ip_detail})" if values.public_ip_detail else ""
-                sets.append(f"use_scheduler_public_ip={values.use_scheduler_public_ip}{detail}")
+                sets.append(
+                    f"use_scheduler_public_ip: {str(values.use_scheduler_public_ip).lower()}{detail}"
+                )
             layers.append(
                 {
                     "layer": values.layer.label,
@@ -295,18 +355,65 @@ class SettingsView(_Displayed):
             )
         reach = self.reachability
         public_ip = settings.use_scheduler_public_ip
+        notes, client_notes = self.notes, self._coiled_notes()
         return self._payload(
             "settings",
             ingress_origin=settings.ingress.origin,
             use_scheduler_public_ip=public_ip.value,
             use_scheduler_public_ip_origin=public_ip.origin,
             rows=[rule_row(r) for r in settings.rules],
+            # the rules in Coiled's format, as a panel edits them
+            ingress=to_coiled(settings.rules),
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=self.notes,
-            client_notes=self._coiled_notes(),
+            notes=notes,
+            client_notes=client_notes,
+            session_clusters=list(self.session_clusters),
+            session_version=self.session_version,
+            unsaved=self.unsaved,
             warnings=list(reach.warnings) if reach is not None else [],
+            verdict=self._verdict(),
+            commands=self._commands(),
+            details=[
+                *self._reasons(),
+                *(f"layer {layer['layer']}: {_layer_says(layer)}" for layer in layers),
+                *(f"note: {note}" for note in [*notes, *client_notes]),
+            ],
+            verbose=self.verbose,
         )
+
+    def _verdict(self) -> str:
+        """One line: can this notebook reach the scheduler and the dashboard (the reasons are among
+        the details)."""
+        if self.reachability is None:
+            return ""
+        scheduler, dashboard = self.reachability.ports
+        return (
+            f"can this notebook reach the scheduler (port {scheduler.port})? {scheduler.verdict}; "
+            f"the dashboard (port {dashboard.port})? {dashboard.verdict}"
+        )
+
+    def _reasons(self) -> list[str]:
+        public_ip = self.settings.use_scheduler_public_ip.value
+        where = "public" if public_ip else "private"
+        lines = [
+            f"use_scheduler_public_ip: {str(public_ip).lower()}: the client connects on the "
+            f"scheduler's {where} IP."
+        ]
+        if self.reachability is not None:
+            lines += [
+                f"{port.name} (port {port.port}): {port.verdict}: {port.reason}"
+                for port in self.reachability.ports
+            ]
+        return lines
+
+    def _commands(self) -> list[dict]:
+        """The fixes the warnings and notes speak of, each a line that works when pasted into a
+        cell, for this view's cluster whichever cluster the magics default to."""
+        found = list(getattr(self.reachability, "commands", ()))
+        if account_drift_note(self.settings):
+            found.append(("%coiled_ingress reset", "take the team's rules as they are now"))
+        return command_rows(found, self.target)
 
     @property
     def notes(self) -> list[str]:
@@ -337,16 +444,64 @@ class SettingsView(_Displayed):
             f"coiled.Cluster() created in this kernel reads use_scheduler_public_ip from Dask's "
             f"config by itself: {str(self.coiled_toggle).lower()}"
         )
+        cluster = self.target.cluster
+        kwargs = (
+            "cluster_kwargs()"
+            if cluster == self.default_cluster
+            else f"cluster_kwargs({cluster!r})"
+        )
         if self.coiled_toggle != public_ip.value:
+            mirrored = (
+                f" (it holds the default cluster {self.default_cluster!r}'s toggle only)"
+                if public_ip.layer == Layer.SESSION and cluster != self.default_cluster
+                else ""
+            )
             toggle += (
-                f", not the {str(public_ip.value).lower()} above (from {public_ip.origin}), "
-                "so pass it as coiled.Cluster(**coiled_jupyter.cluster_kwargs())"
+                f"{mirrored}, not the {str(public_ip.value).lower()} above (from "
+                f"{public_ip.origin}), so pass it as coiled.Cluster(**coiled_jupyter.{kwargs})"
             )
         return [
             toggle + ".",
-            "coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter."
-            "cluster_kwargs()); it never reads them from Dask's config.",
+            f"coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter.{kwargs}); "
+            "it never reads them from Dask's config.",
         ]
+
+
+@dataclass(frozen=True, repr=False)
+class HistoryView(_Displayed):
+    """The applies of one cluster made from this machine, newest first (``provision.history``)."""
+
+    target: Target
+    entries: tuple = ()
+
+    def to_payload(self) -> dict:
+        count = len(self.entries)
+        rows = [
+            {
+                "at": entry.when,
+                "changes": "; ".join(entry.changes) or "no change",
+                "before": "; ".join(str(r) for r in entry.before) or "no rules",
+            }
+            for entry in self.entries
+        ]
+        summary = (
+            f"{count} appl{'y' if count == 1 else 'ies'} recorded on this machine, newest first; "
+            "Before is what the group held before each"
+            if count
+            else "no apply of this cluster is recorded on this machine"
+        )
+        commands = (
+            [("%coiled_ingress undo", "plan the way back to before the newest apply")]
+            if count
+            else []
+        )
+        return self._payload(
+            "history",
+            group_id=self.entries[0].group_id if count else None,
+            summary=summary,
+            rows=rows,
+            commands=command_rows(commands, self.target),
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -394,6 +549,66 @@ class SaveResult(_Displayed):
             f"{'; '.join([readers, *coiled])}.",
             rows=[rule_row(r) for r in self.ingress or ()],
             notes=list(self.notes),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class ExportResult(_Displayed):
+    """The effective rules in one of IT's formats (:mod:`coiled_jupyter.export`): ``text`` to copy,
+    where it was written (``path``, or None), and what the format could not carry."""
+
+    target: Target
+    format: str
+    text: str
+    rule_count: int
+    origin: str
+    path: str | None = None
+    lost: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_payload(self) -> dict:
+        written = f"; written to {self.path}" if self.path else ""
+        return self._payload(
+            "export",
+            format=self.format,
+            summary=f"{self.rule_count} rule{'' if self.rule_count == 1 else 's'} from "
+            f"{self.origin} as {self.format}{written}",
+            body=self.text,
+            path=self.path,
+            notes=list(self.notes),
+            warnings=list(self.lost),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class GuardrailsView(_Displayed):
+    """The team's guardrails: every plan and apply of everyone who reads the account store checks
+    them before any write."""
+
+    target: Target
+    rails: tuple = ()
+
+    def to_payload(self) -> dict:
+        return self._payload(
+            "guardrails",
+            summary=(
+                f"{len(self.rails)} team guardrail{'' if len(self.rails) == 1 else 's'}, checked "
+                "by every plan and apply before any write"
+                if self.rails
+                else "no team guardrails: set one with %coiled_ingress guard no-world 8786"
+            ),
+            rows=[
+                {
+                    "guardrail": rail.name,
+                    "rule": rail.describe(),
+                    "set_by": rail.set_by,
+                    "set_at": rail.set_at,
+                }
+                for rail in self.rails
+            ],
         )
 
 

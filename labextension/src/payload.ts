@@ -66,6 +66,20 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
+  verdict?: string;
+  /** Magics that fix what the warnings and notes say, each working when pasted. */
+  commands?: ICommand[];
+  /** The settings view's layers, notes and reasons, shown collapsed unless `verbose`. */
+  details?: string[];
+  verbose?: boolean;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
+}
+
+export interface ICommand {
+  command: string;
+  does: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -95,7 +109,11 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  history: 'Firewall history',
+  export: 'Firewall export',
+  rehearsal: 'Firewall rehearsal',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -105,6 +123,17 @@ const RULE_COLUMNS: Column[] = [
   ['ports', 'Port'],
   ['source', 'Source'],
   ['description', 'Description']
+];
+
+/** A rehearsal's: per source and port, the verdict predicted beside the one measured. */
+const REHEARSAL_COLUMNS: Column[] = [
+  ['source', 'Source'],
+  ['address', 'Address'],
+  ['port', 'Port'],
+  ['predicted', 'Predicted'],
+  ['measured', 'Measured'],
+  ['time', 'Time'],
+  ['detail', 'What happened']
 ];
 
 /** A plan's columns shown only when some row has a value: an update's old description, and who
@@ -122,6 +151,24 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'rehearsal') {
+    return REHEARSAL_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
+  }
+  if (kind === 'history') {
+    return [
+      ['at', 'When'],
+      ['changes', 'Changed'],
+      ['before', 'Before']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }

@@ -163,6 +163,9 @@ export class FirewallSidebar extends Widget {
       button('Plan', 'Plan', () => void this.showAction(() => this.api.plan())),
       button('Apply', 'Apply', () => void this.applyNow(), 'cj-button cj-primary'),
       button('Refresh', 'Refresh', () => void this.refresh()),
+      button('Rehearse', 'Rehearse with packets', () =>
+        void this.showAction(() => this.api.rehearse())
+      ),
       button('Reset', 'Reset session edits', () =>
         void this.run(
           () => this.api.reset(),
