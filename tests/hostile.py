@@ -22,6 +22,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 from widening_oracle import Grant, excess, from_aws, grant
@@ -41,6 +42,16 @@ SECRETS = re.compile(
     r"(AKIA|ASIA)[0-9A-Z]{16}|Signature=|X-Amz-Security-Token|"
     + "|".join(re.escape(v) for k, v in FAKE_CREDENTIALS.items() if k != "AWS_ACCESS_KEY_ID")
 )
+
+CORPUS = yaml.safe_load(Path(__file__).with_name("hostile_corpus.yaml").read_text())
+
+
+def build(text) -> str | None:
+    """A corpus text as written, or built from ``{prefix, repeat, times, suffix}``."""
+    if text is None or isinstance(text, str):
+        return text
+    return text.get("prefix", "") + text["repeat"] * text["times"] + text.get("suffix", "")
+
 
 # Totals of this test run: TALLY[surface][counter].
 TALLY: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

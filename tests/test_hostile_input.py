@@ -17,14 +17,15 @@ import itertools
 import json
 import logging
 import traceback
-from pathlib import Path
 
 import pytest
 import yaml
 from hostile import (
     BUILT_IN_DEFAULT,
+    CORPUS,
     FAKE_CREDENTIALS,
     Outcome,
+    build,
     cloud_grants,
     dask_reads_an_ingress,
     hard_limit,
@@ -45,19 +46,12 @@ from coiled_jupyter import session
 from coiled_jupyter.errors import CoiledJupyterError
 from coiled_jupyter.settings import SESSION
 
-CORPUS = yaml.safe_load((Path(__file__).with_name("hostile_corpus.yaml")).read_text())
 CASES = CORPUS["cases"]
 CONFIG_TEXT = (
     "coiled:\n  backend-options:\n    ingress:\n      - ports: [8786]\n        cidr: 10.3.0.0/16\n"
 )
 START = [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}]
 CLUSTERS = (None, "other")
-
-
-def build(text) -> str:
-    if isinstance(text, str):
-        return text
-    return text.get("prefix", "") + text["repeat"] * text["times"] + text.get("suffix", "")
 
 
 def marks(case: dict) -> list:

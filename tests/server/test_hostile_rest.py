@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from pathlib import Path
 
 import pytest
-import yaml
 from hostile import (
+    CORPUS,
     FAKE_CREDENTIALS,
     Outcome,
+    build,
     cloud_grants,
     timed,
     traced,
@@ -32,15 +32,8 @@ from coiled_jupyter import session
 from coiled_jupyter.errors import CoiledJupyterError
 from coiled_jupyter.settings import SESSION
 
-CORPUS = yaml.safe_load((Path(__file__).parents[1] / "hostile_corpus.yaml").read_text())
 START = [{"ports": [8786, 8787], "cidr": "10.1.0.0/16"}]
 VALID = {"ports": "8786", "source": "10.9.0.0/16", "description": "hostile suite"}
-
-
-def build(text) -> str | None:
-    if text is None or isinstance(text, str):
-        return text
-    return text.get("prefix", "") + text["repeat"] * text["times"] + text.get("suffix", "")
 
 
 def _cases() -> list:
