@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import os
 import stat
 import warnings
@@ -39,6 +40,16 @@ BUILT_IN_DEFAULT = {
     "ingress": [{"ports": [8786, 8787], "cidr": "0.0.0.0/0"}],
     "use_scheduler_public_ip": True,
 }
+
+
+def built_in_default(model=None) -> dict:
+    """What the cluster does when nothing is set: its scheduler and dashboard ports open to
+    everyone, and clients on the public IP. The ports are those of ``model`` (a
+    :class:`coiled_jupyter.ports.PortModel`; a Coiled cluster listens on 443), or Dask's 8786/8787."""
+    if model is None:
+        return BUILT_IN_DEFAULT
+    ports = list(dict.fromkeys((model.scheduler, model.dashboard)))
+    return {**BUILT_IN_DEFAULT, "ingress": [{"ports": ports, "cidr": "0.0.0.0/0"}]}
 
 
 class Layer(enum.IntEnum):
@@ -436,8 +447,7 @@ def _config_sources() -> list[tuple[str, dict]]:
     sources = []
     for path in _config_files():
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read(FILE_LIMITS.bytes + 1)
+            text = _read_config_file(path, FILE_LIMITS.bytes + 1)
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigFileError(_unreadable(path, error)) from None
         try:
@@ -448,6 +458,21 @@ def _config_sources() -> list[tuple[str, dict]]:
             ) from None
         sources.append((path, data))
     return sources
+
+
+def _read_config_file(path: str, most: int) -> str:
+    """At most ``most`` bytes of a config file as text. Opened without blocking: a FIFO or a device
+    among the config files (which would block a plain read for ever) is refused as unreadable."""
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(0, "not a regular file")
+        return os.read(handle, most).decode("utf-8")
+    finally:
+        os.close(handle)
 
 
 def _unreadable(path: str, error: Exception) -> str:
@@ -813,6 +838,7 @@ def effective_settings(
     account: AccountLoader | None = None,
     session: SessionValues | None = None,
     cluster: str | None = None,
+    model=None,
 ) -> Settings:
     """Resolve every layer into the effective settings, each value with its origin.
 
@@ -822,6 +848,8 @@ def effective_settings(
     unreadable account store is an error only if it would decide a value. ``session`` resolves
     prospective session values instead of the current ones (checking an edit before it is made).
     ``cluster``: whose session layer is used (None: the default cluster, ``coiled-jupyter.cluster``).
+    ``model`` (the cluster's :class:`~coiled_jupyter.ports.PortModel`) gives the built-in default
+    its ports.
     """
     unreadable = None
     account_values = LayerValues(Layer.ACCOUNT)
@@ -832,7 +860,7 @@ def effective_settings(
             unreadable = error
     settings = resolve(
         [
-            layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
+            layer_from_options(Layer.DEFAULT, built_in_default(model)),
             account_values,
             config_layer(),
             SESSION.layer(cluster, session),

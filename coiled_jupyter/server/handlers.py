@@ -99,13 +99,7 @@ class _Handler(APIHandler):
 
     def body(self, allowed: tuple[str, ...]) -> dict:
         """The JSON object of the request, refusing fields this route does not take."""
-        try:
-            text = (self.request.body or b"{}").decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise BadRequest(
-                f"the request body is not UTF-8 (byte {error.start + 1}); send JSON text."
-            ) from None
-        data = load_json(text, "the request body")
+        data = load_json(self.request.body or b"{}", "the request body")
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         unknown = sorted(set(data) - set(allowed) - {"cluster"})
@@ -155,6 +149,7 @@ _PATCH_OPS = {
     "clear": (),
     "reset": (),
     "scheduler_ip": ("choice",),
+    "kind": ("kind",),
 }
 
 
@@ -170,8 +165,9 @@ class SettingsHandler(_Handler):
         await self.respond(self.parse_patch)
 
     def parse_patch(self):
-        """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip", ...}`` as one session call."""
-        data = self.body(("op", *_RULE_FIELDS, "choice"))
+        """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip"|"kind", ...}`` as one session
+        call."""
+        data = self.body(("op", *_RULE_FIELDS, "choice", "kind"))
         op = data.pop("op", None)
         if not isinstance(op, str) or op not in _PATCH_OPS:
             raise BadRequest(f"op {excerpt(op)} is not one of {', '.join(map(repr, _PATCH_OPS))}")
@@ -191,6 +187,10 @@ class SettingsHandler(_Handler):
             if "choice" not in data:
                 raise BadRequest("op 'scheduler_ip' needs 'choice': 'public' or 'private'")
             return partial(session.set_scheduler_ip, data["choice"], cluster=cluster)
+        if op == "kind":
+            if "kind" not in data:
+                raise BadRequest("op 'kind' needs 'kind': 'coiled' or 'dask'")
+            return partial(session.set_kind, data["kind"], cluster=cluster)
         return partial(session.clear if op == "clear" else session.reset, cluster)
 
     @tornado.web.authenticated
