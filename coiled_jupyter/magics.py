@@ -908,8 +908,10 @@ def strip_comment(line: str) -> str:
 
     A ``#`` starts a comment at the start of the line or after whitespace, outside quotes; inside
     quotes (``--description "office #1"``) or a word (``a#b``) it stays. Quotes are read as the
-    shell reads them, which is also how YAML reads the flow list of ``set``.
+    shell reads them, which is also how YAML reads the flow list of ``set``. The line's size is
+    checked first: scanning a 10 MB line took 11 s.
     """
+    session.check_size(line, "the magic's line")
     for index, state in _quote_states(line):
         if state == "" and line[index : index + 1] == "#" and line[index - 1 : index].strip() == "":
             return line[:index].rstrip()

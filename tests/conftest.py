@@ -424,3 +424,30 @@ def ip(shell):
     if "coiled_jupyter" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "coiled_jupyter")
     shell.config.pop("CoiledMagics", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The hostile-input suite's totals (tests/hostile.py), printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    from hostile import summary
+
+    lines = summary()
+    if lines:
+        terminalreporter.section("hostile inputs")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """botocore's standard retries (the same attempts, the same decisions) with a backoff of
+    milliseconds instead of seconds: a throttling test waits for its outcome, not for the clock."""
+    from botocore.retries import standard
+
+    monkeypatch.setattr(
+        standard.ExponentialBackoff,
+        "delay_amount",
+        lambda self, context: 0.001 * 2 ** (context.attempt_number - 1),
+    )

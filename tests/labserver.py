@@ -1,7 +1,7 @@
 """A JupyterLab server of the tests' own, and the browser that drives it, for browser tests.
 
 Bound to 127.0.0.1 on a free port, with no token (the browser is the test itself) and every Jupyter
-folder (config, data, runtime, workspaces, user settings) in a temporary folder, so that nothing of
+folder (config, data, runtime, workspaces, user settings, IPython's) in a temporary folder, so that nothing of
 the machine's own Jupyter setup is read or changed. The news and update notifications are switched
 off in those user settings, as they would otherwise cover part of the page in screenshots.
 """
@@ -52,6 +52,36 @@ def _user_settings(config_dir: Path) -> None:
         path.write_text(json.dumps(values))
 
 
+# Folders of the caller's environment that would add to, or stand in for, the server's own.
+CALLERS_SEARCH_PATHS = ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "JUPYTER_PREFER_ENV_PATH")
+
+
+def isolated_env(home: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with every folder Jupyter, IPython and Dask read or write moved under ``home``.
+
+    A person who uses JupyterLab on the same machine may have ``JUPYTERLAB_WORKSPACES_DIR`` or
+    ``JUPYTERLAB_SETTINGS_DIR`` set: inherited, a restored workspace asks for notebooks that are not
+    there. ``DASK_CONFIG`` must be the caller's choice of a folder of the test's own, never absent
+    (Dask would read ``~/.config/dask``).
+    """
+    if not env.get("DASK_CONFIG"):
+        raise ValueError("give the lab server a DASK_CONFIG folder of the test's own")
+    config_dir = home / "jupyter-config"
+    isolated = {k: v for k, v in env.items() if k not in CALLERS_SEARCH_PATHS}
+    isolated.update(
+        {
+            "JUPYTER_CONFIG_DIR": str(config_dir),
+            "JUPYTER_DATA_DIR": str(home / "jupyter-data"),
+            "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(home / "jupyterlab-workspaces"),
+            "JUPYTERLAB_SETTINGS_DIR": str(config_dir / "lab" / "user-settings"),
+            "IPYTHONDIR": str(home / "ipython"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+        }
+    )
+    return isolated
+
+
 @contextlib.contextmanager
 def running_lab(home: Path, env: dict[str, str], *, timeout: float = 90) -> Iterator[str]:
     """Start ``jupyter lab`` serving ``home / "notebooks"``; yield its base URL; stop it afterwards.
@@ -61,15 +91,8 @@ def running_lab(home: Path, env: dict[str, str], *, timeout: float = 90) -> Iter
     """
     root = home / "notebooks"
     root.mkdir(parents=True, exist_ok=True)
-    config_dir = home / "jupyter-config"
-    _user_settings(config_dir)
-    env = {
-        **env,
-        "JUPYTER_CONFIG_DIR": str(config_dir),
-        "JUPYTER_DATA_DIR": str(home / "jupyter-data"),
-        "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
+    env = isolated_env(home, env)
+    _user_settings(Path(env["JUPYTER_CONFIG_DIR"]))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [

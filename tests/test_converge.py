@@ -286,7 +286,6 @@ def test_an_apply_waiting_on_another_kernels_lock_says_so_and_gives_up(sandbox, 
             assert time.monotonic() < deadline, "the holder never took the lock"
             time.sleep(0.01)
         said: list[str] = []
-        start = time.monotonic()
         with dask.config.set({"coiled-jupyter.lock-timeout": 0.5}):
             with pytest.raises(LockTimeout) as info:
                 session.apply(
@@ -294,7 +293,6 @@ def test_an_apply_waiting_on_another_kernels_lock_says_so_and_gives_up(sandbox, 
                     backend_options={"ingress": [{"ports": [8786], "cidr": "10.1.0.0/16"}]},
                     progress=said.append,
                 )
-        waited = time.monotonic() - start
     finally:
         release.touch()
         holder.wait(timeout=30)
@@ -304,7 +302,6 @@ def test_an_apply_waiting_on_another_kernels_lock_says_so_and_gives_up(sandbox, 
     ]
     assert str(info.value).startswith("gave up waiting for another kernel's apply to cluster")
     assert "after 0.5 s" in str(info.value) and "\n" not in str(info.value)
-    assert 0.5 <= waited < 10
     # nothing was created while it waited; once released, the apply goes through
     assert not session.describe("locked").exists
     assert session.apply(

@@ -526,21 +526,19 @@ def test_cloud_failure_is_a_usage_error_and_the_cell_restores_the_session(prepar
     assert cloud_state() == before_cloud
 
 
-def test_botocore_failure_is_a_usage_error_with_its_code(ip, sandbox, monkeypatch, capsys):
-    from botocore.exceptions import ClientError
-
-    from coiled_jupyter.provision import aws
-
-    def throttled(self, cluster, vpc_id):
-        error = ClientError(
-            {"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}},
-            "DescribeSecurityGroups",
-        )
-        raise aws.cloud_error(error, "reading security groups")
-
-    monkeypatch.setattr(aws.SecurityGroups, "find", throttled)
+def test_botocore_failure_is_a_usage_error_with_its_code(ip, faults, fast_retries, capsys):
+    """Throttling at every send, injected at botocore's before-send: botocore's retries, then the
+    core's real error mapping, then the magic's one sentence."""
+    faults.fail(
+        "DescribeSecurityGroups",
+        "RequestLimitExceeded",
+        status=503,
+        times=None,
+        message="Request limit exceeded.",
+    )
     with pytest.raises(UsageError) as raised:
         line(ip, "plan --cluster throttled")
+    assert faults.sent["DescribeSecurityGroups"] >= 5  # botocore retried before giving up
     assert type(raised.value) is UsageError
     assert str(raised.value) == (
         "RequestLimitExceeded: reading security groups failed: Request "

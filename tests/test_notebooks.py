@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from labserver import CALLERS_SEARCH_PATHS, isolated_env
 from nbclient import NotebookClient
 
 from coiled_jupyter.rehearsal.namespaces import unavailable
@@ -152,8 +153,14 @@ SECRETS = re.compile(
 @pytest.fixture
 def kernel_env(sandbox, monkeypatch, tmp_path):
     """A clean sandbox and a Dask config folder of the test's own, inherited by the kernels (it
-    stands for the reader's own config), and a temporary directory of the test's own."""
-    monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "dask-config"))
+    stands for the reader's own config), every Jupyter and IPython folder and a temporary directory
+    of the test's own."""
+    for name, value in isolated_env(
+        tmp_path, {"DASK_CONFIG": str(tmp_path / "dask-config")}
+    ).items():
+        monkeypatch.setenv(name, value)
+    for name in CALLERS_SEARCH_PATHS:
+        monkeypatch.delenv(name, raising=False)
     # Each notebook states the kind of cluster it assumes; the tests' own pin is not inherited.
     monkeypatch.delenv("DASK_COILED_JUPYTER__CLUSTER_KIND")
     monkeypatch.setenv("TMPDIR", str(tmp_path))

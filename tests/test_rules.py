@@ -747,10 +747,10 @@ def test_pieces_that_merge_still_share_their_descriptions():
     assert found.covered == ()
 
 
-def test_compaction_of_thousands_of_rules_takes_well_under_a_second():
+def test_compaction_of_thousands_of_rules_keeps_scattered_ones_and_joins_adjacent_ones():
+    """Its time is measured by benchmarks/bench_compaction.py (the quadratic version took minutes)."""
     import ipaddress
     import random
-    import time
 
     rng = random.Random(3)
     scattered = [
@@ -759,11 +759,8 @@ def test_compaction_of_thousands_of_rules_takes_well_under_a_second():
         for port in (8786, 8787)
     ]
     adjacent = [Rule("tcp", 8786, 8787, f"10.0.{i // 256}.{i % 256}/32") for i in range(4096)]
-    start = time.process_time()
     assert len(compact(scattered)) == 5000
     assert [r.source for r in compact(adjacent)] == ["10.0.0.0/20"]
-    # CPU time, so that a busy machine does not fail it; the quadratic version took minutes.
-    assert time.process_time() - start < 2.0
 
 
 def test_compaction_refuses_unresolved_me():

@@ -8,6 +8,11 @@
 (e) Compaction never moves a description onto a rule that merely covers the described one: a rule
     sent as written keeps exactly its own description, every covered rule is named with a sent rule
     that covers it, and no description is lost without being named.
+(f) Widening: neighbouring networks of different sizes (IPv4 and IPv6, anywhere in the address
+    space), partial port overlaps and removals wider than what is held. Compaction admits exactly
+    what was declared and subtraction removes exactly what it says and never admits more, judged by
+    tests/widening_oracle.py (``ipaddress`` and port intervals only, none of rules.py) and by
+    enumerating every port.
 
 Generated ports stay in 1-40 and networks inside 10.0.0.0/24 and 2001:db8::/120, so that overlaps,
 nesting and adjacency actually happen.
@@ -19,9 +24,10 @@ import ipaddress
 import re
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rulekit import any_network, expand
+from widening_oracle import excess, same_admission
 
 from coiled_jupyter.rules import (
     ALLOWED_KEYS,
@@ -37,6 +43,7 @@ from coiled_jupyter.rules import (
     parse_description,
     parse_ingress,
     sort_key,
+    subtract,
     to_coiled,
 )
 
@@ -387,3 +394,155 @@ def test_no_description_is_lost_without_being_named(rules):
             return  # joined descriptions longer than AWS allows are cut; nothing to compare
         kept |= parts(rule.description)
     assert set().union(*(parts(r.description) for r in rules)) <= kept
+
+
+# --------------------------------------------------------------------------------------------------
+# (f) Widening: neighbours of different sizes, partial port overlaps, over-wide removals
+
+
+@st.composite
+def neighbours(draw):
+    """Two networks that touch (the first's last address + 1 is the second's first), of sizes that
+    differ as often as not, anywhere in the IPv4 or IPv6 space: the halves of a parent network,
+    each possibly narrowed to the sub-network at the edge where they meet."""
+    version = draw(st.sampled_from([4, 6]))
+    bits = 32 if version == 4 else 128
+    kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    parent = draw(st.integers(0, bits - 1))
+    start = draw(st.integers(0, 2**bits - 1)) >> (bits - parent) << (bits - parent)
+    half = 1 << (bits - parent - 1)
+    room = bits - parent - 1
+    left_extra, right_extra = (draw(st.integers(0, min(room, 3))) for _ in range(2))
+    left_prefix, right_prefix = parent + 1 + left_extra, parent + 1 + right_extra
+    left_size = 1 << (bits - left_prefix)
+    left = kind((start + half - left_size, left_prefix))
+    right = kind((start + half, right_prefix))
+    return [str(left), str(right)]
+
+
+@st.composite
+def neighbour_rules(draw):
+    """Rules over neighbouring networks on one port range (so compaction tries to join them), plus
+    rules whose port ranges overlap that range in part, over the same or other neighbours."""
+    low = draw(st.integers(1, 30))
+    high = low + draw(st.integers(0, 5))
+    protocol = draw(st.sampled_from(["tcp", "udp"]))
+    rules = [Rule(protocol, low, high, net) for net in draw(neighbours())]
+    for _ in range(draw(st.integers(0, 3))):
+        shift = draw(st.integers(-4, 4))
+        width = draw(st.integers(0, 6))
+        other_low = max(1, low + shift)
+        source = draw(st.sampled_from([r.source for r in rules]) | neighbours().map(lambda n: n[0]))
+        rules.append(Rule(protocol, other_low, min(40, other_low + width), source))
+    return rules
+
+
+def admitted_by_port(rules, protocol: str, port: int) -> dict[int, list]:
+    """The networks admitted on one port, per family, collapsed by ``ipaddress``."""
+    networks = [ipaddress.ip_network(r.source) for r in rules if r.network is not None]
+    here = [
+        net
+        for r, net in zip((r for r in rules if r.network is not None), networks)
+        if r.protocol == protocol and r.from_port <= port <= r.to_port
+    ]
+    return {
+        version: list(ipaddress.collapse_addresses(n for n in here if n.version == version))
+        for version in (4, 6)
+    }
+
+
+def assert_admits_exactly(declared, sent):
+    wider, narrower = same_admission(sent, declared)
+    assert not wider, f"{sent} admits {wider} that {declared} does not"
+    assert not narrower, f"{sent} loses {narrower} that {declared} admits"
+    for protocol in PROTOCOLS:
+        for port in range(0, 42):
+            assert admitted_by_port(sent, protocol, port) == admitted_by_port(
+                declared, protocol, port
+            ), (protocol, port)
+
+
+@FAST
+@example([Rule("tcp", 8786, 8786, "10.0.0.0/25"), Rule("tcp", 8786, 8786, "10.0.0.128/26")])
+@example([Rule("tcp", 1, 1, "2001:db8::/33"), Rule("tcp", 1, 1, "2001:db8:8000::/34")])
+@example([Rule("tcp", 5, 5, "10.0.0.0/25"), Rule("tcp", 5, 5, "10.0.0.128/25")])
+@given(neighbour_rules())
+def test_compacting_neighbours_of_different_sizes_admits_exactly_what_was_declared(rules):
+    assert_admits_exactly(rules, compact(rules))
+
+
+@FAST
+@given(neighbour_rules(), small_rules)
+def test_compaction_with_neighbours_among_other_rules_admits_exactly_the_input(rules, others):
+    assert_admits_exactly([*rules, *others], compact([*rules, *others]))
+
+
+def test_siblings_of_one_size_still_collapse_into_their_parent():
+    """The check above must not be met by never collapsing anything."""
+    rules = [Rule("tcp", 8786, 8786, "10.0.0.0/25"), Rule("tcp", 8786, 8786, "10.0.0.128/25")]
+    assert [r.source for r in compact(rules)] == ["10.0.0.0/24"]
+
+
+EVERYONE = ("0.0.0.0/0", "::/0")
+HELD_SOURCES = ["10.0.0.0/25", "10.0.0.128/26", "10.0.0.0/24", "2001:db8::/64", *EVERYONE]
+
+
+@st.composite
+def held_and_removed(draw):
+    """Rules held, and rules to remove: most cut from what is held, widened at either end past it,
+    or over a neighbouring source; ports in 1-40 so that every port can be enumerated."""
+    held = []
+    for _ in range(draw(st.integers(1, 5))):
+        low = draw(st.integers(1, 36))
+        held.append(
+            Rule(
+                draw(st.sampled_from(["tcp", "tcp", "udp"])),
+                low,
+                min(40, low + draw(st.integers(0, 4))),
+                draw(st.sampled_from(HELD_SOURCES)),
+            )
+        )
+    removing = []
+    for _ in range(draw(st.integers(1, 3))):
+        base = draw(st.sampled_from(held))
+        low = max(1, base.from_port + draw(st.integers(-2, 2)))
+        high = min(40, max(low, base.to_port + draw(st.integers(-2, 2))))
+        source = draw(st.sampled_from([base.source, base.source, *HELD_SOURCES]))
+        removing.append(Rule(base.protocol, low, high, source))
+    return canonical(held), canonical(removing)
+
+
+def port_set(rules) -> set[tuple[str, int, str]]:
+    """(protocol, port, source) for every port a rule names: subtraction works per exact source."""
+    return {(r.protocol, p, r.source) for r in rules for p in range(r.from_port, r.to_port + 1)}
+
+
+def _everyone_half(removed: tuple[str, int, str], held: set, removing: set) -> bool:
+    """Removing ``everyone`` (both families) where only one family is held, as in Coiled's default."""
+    protocol, port, source = removed
+    return source in EVERYONE and any(
+        (protocol, port, other) in held and (protocol, port, other) in removing
+        for other in EVERYONE
+    )
+
+
+@settings(FAST, max_examples=300)
+@example(([Rule("tcp", 8786, 8786, "10.1.0.0/16")], [Rule("tcp", 8786, 8787, "10.1.0.0/16")]))
+@example(([Rule("tcp", 8786, 8787, "10.1.0.0/16")], [Rule("tcp", 8786, 8786, "10.1.0.0/16")]))
+@given(held_and_removed())
+def test_subtract_removes_exactly_what_it_says_and_never_admits_more(case):
+    held, removing = case
+    held_ports, removing_ports = port_set(held), port_set(removing)
+    not_held = {
+        item
+        for item in removing_ports - held_ports
+        if not _everyone_half(item, held_ports, removing_ports)
+    }
+    try:
+        left = subtract(held, removing)
+    except IngressError as error:
+        assert not_held, f"refused although everything removed is held: {error}"
+        return
+    assert not not_held, f"said it removed {sorted(not_held)}, which were never held"
+    assert port_set(left) == held_ports - removing_ports
+    assert not excess(left, held), "the rules left admit more than the rules held"

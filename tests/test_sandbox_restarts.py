@@ -127,10 +127,9 @@ def test_a_kernel_killed_during_start_leaves_a_recorded_server(own_state_dir):
     state_file = own_state_dir / sandbox_module.STATE_FILE
     try:
         deadline = time.monotonic() + 60
-        while not state_file.exists():
+        while not _recorded_server_alive(state_file):  # the starter is now waiting for it
             assert starter.poll() is None and time.monotonic() < deadline, "no record was written"
             time.sleep(0.05)
-        time.sleep(0.5)
     finally:
         starter.kill()
         starter.wait()
@@ -142,6 +141,13 @@ def test_a_kernel_killed_during_start_leaves_a_recorded_server(own_state_dir):
     finally:
         for leftover in _moto_servers_of(own_state_dir):  # only if the test failed
             leftover.kill()
+
+
+def _recorded_server_alive(state_file: Path) -> bool:
+    try:
+        return alive(json.loads(state_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not written yet, or half written
 
 
 def _moto_servers_of(state_dir: Path) -> list[psutil.Process]:

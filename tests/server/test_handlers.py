@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import threading
 import warnings
 
 import dask.config
@@ -222,22 +222,43 @@ async def test_a_body_that_is_not_json_is_a_400(jp_fetch, sandbox, dask_config):
 @pytest.mark.parametrize(
     "code, status", [("UnauthorizedOperation", 502), ("RequestLimitExceeded", 503)]
 )
-async def test_a_cloud_fault_is_a_5xx_with_the_aws_code(api, jp_fetch, faults, code, status):
-    faults.fail("DescribeSecurityGroups", code, status=403 if status == 502 else 503, times=None)
-    # botocore retries throttling (with backoff, seconds) before the core gives up; meanwhile the
-    # server's event loop keeps answering, since the call runs in a worker thread.
+async def test_a_cloud_fault_is_a_5xx_with_the_aws_code(
+    api, jp_fetch, faults, fast_retries, code, status
+):
+    """The cloud call runs in a worker thread: while it is held at its first send, the server's event
+    loop still answers (a blocked loop would never answer the status page, and the test would end
+    in the status page's time-out)."""
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(_request):
+        reached.set()
+        release.wait(60)
+
+    answer = 403 if status == 502 else 503
+    faults.fail("DescribeSecurityGroups", code, status=answer, before=hold)  # the first send
+    faults.fail("DescribeSecurityGroups", code, status=answer, times=None)  # and every retry
     plan = asyncio.ensure_future(api("POST", "plan", {"cluster": CLUSTER}, timeout=90))
-    await asyncio.sleep(0.3)
-    started = time.monotonic()
-    status_page = await jp_fetch("api", "status")
-    assert status_page.code == 200
-    assert time.monotonic() - started < 1
-    assert status == 502 or not plan.done()
+    try:
+        await until(reached.is_set)
+        status_page = await jp_fetch("api", "status", request_timeout=30)
+        assert status_page.code == 200
+        assert not plan.done()
+    finally:
+        release.set()
     got, data = await plan
     assert got == status, data
     assert data["code"] == code
     assert code in data["message"]
     assert set(data) == {"message", "code"}
+
+
+async def until(condition, deadline: float = 60) -> None:
+    """Poll ``condition`` from the event loop until it holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        assert loop.time() < end, f"{condition} never held"
+        await asyncio.sleep(0.01)
 
 
 async def test_check_says_what_is_wrong_with_a_rule_as_typed_and_changes_nothing(api):
@@ -302,6 +323,31 @@ async def test_every_route_needs_jupyter_auth(jp_fetch, sandbox, dask_config, me
         raise_error=False,
     )
     assert response.code == 403
+
+
+@pytest.mark.parametrize("method, route", [r for r in ROUTES if r[0] != "GET"])
+async def test_a_write_that_passes_the_xsrf_check_without_credentials_is_refused(
+    http_server_client, jp_base_url, sandbox, dask_config, cloud, method, route
+):
+    """A matching XSRF cookie and header and no token, no login cookie: only ``@authenticated``
+    stands between this request and the cloud (the XSRF check alone would let it through)."""
+    token = "2|0123abcd|0123456789abcdef0123456789abcdef|1700000000"
+    body = {"cluster": CLUSTER, "op": "clear", "scope": "user", "value": []}
+    response = await http_server_client.fetch(
+        f"{jp_base_url}coiled-jupyter/api/{route}",
+        method=method,
+        body=json.dumps(body),
+        headers={"Cookie": f"_xsrf={token}", "X-XSRFToken": token},
+        raise_error=False,
+    )
+    assert response.code == 403, response.body
+    assert (
+        cloud.ec2.describe_security_groups(
+            Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": [CLUSTER]}]
+        )["SecurityGroups"]
+        == []
+    )
+    assert not (dask_config / "coiled.yaml").exists()
 
 
 async def test_a_cookie_session_write_needs_the_xsrf_token(
