@@ -64,10 +64,27 @@ _STYLE = """<style>
 # Text
 
 
-def _header(data: dict) -> str:
+# The sandbox marker's pill: the lab's renderer and sidebar draw it with the same --jp-* colours.
+_PILL = (
+    "background: var(--jp-warn-color3, #fff3e0); color: var(--jp-warn-color0, #e65100); "
+    "border: 1px solid var(--jp-warn-color1, #f57c00); border-radius: 2px; padding: 0 4px; "
+    "font-weight: 600"
+)
+
+
+def sandbox_pill(data: dict) -> str:
+    """The payload's sandbox marker as an HTML pill ('' for a real backend): tables and panel."""
+    marker = data.get("backend_marker")
+    if not marker:
+        return ""
+    return f'<span class="cj-sandbox-badge" style="{_PILL}">{escape(marker)}</span>'
+
+
+def _header_parts(data: dict) -> list[str]:
+    backend = "sandbox" if data.get("backend_marker") else data["backend_label"]
     parts = [
         f"cluster {data['cluster']!r}",
-        f"backend {data['backend_label']}",
+        f"backend {backend}",
         f"account {data.get('account_id') or 'unknown'}",
         f"region {data['region']}",
     ]
@@ -75,7 +92,12 @@ def _header(data: dict) -> str:
         parts.append(f"vpc {data['vpc_id']}")
     if data.get("group_id"):
         parts.append(f"group {data['group_id']}")
-    return " | ".join(parts)
+    return parts
+
+
+def _header(data: dict) -> str:
+    marker = f" [{data['backend_marker']}]" if data.get("backend_marker") else ""
+    return " | ".join(_header_parts(data)) + marker
 
 
 _TITLES = {
@@ -173,7 +195,9 @@ def html(data: dict) -> str:
     out = [_STYLE, '<div class="cj-result">']
     columns = _columns(data)
     title = f"<strong>{escape(_TITLES[data['kind']])}</strong>"
-    header = f'<p>{title}<br><span class="cj-meta">{escape(_header(data))}</span></p>'
+    meta = escape(" | ".join(_header_parts(data)))
+    pill = sandbox_pill(data)
+    header = f'<p>{title}<br><span class="cj-meta">{meta}</span>{" " + pill if pill else ""}</p>'
     out.append(header)
     before = _lines_before(data)
     if before:

@@ -22,8 +22,10 @@ a background thread by default, so the kernel stays free; the buttons are disabl
 says what is happening. A failure is shown as its one sentence in the panel, never only in a log.
 
 Saved notebooks: widget state is a snapshot, not a source of truth, so the panel offers the
-equivalent ``%%coiled_ingress`` cell, and each Apply also updates a plain output below the panel
-(a display id) with the applied table, which nbconvert and GitHub show without widget JavaScript.
+equivalent ``%%coiled_ingress`` cell (the settings payload's ``copy_as_cell``, the same text the
+sidebar and the lab's palette give; it sets the settings and does not apply), and each Apply also
+updates a plain output below the panel (a display id) with the applied table, which nbconvert and
+GitHub show without widget JavaScript.
 
 Colours come only from JupyterLab's ``--jp-*`` variables; all text from outside is escaped.
 """
@@ -39,6 +41,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from . import session
+from .display import sandbox_pill
 from .errors import CoiledJupyterError
 from .rules import PROTOCOLS, to_coiled
 from .settings import Layer
@@ -93,21 +96,6 @@ def _span(text: str, color: str | None = None) -> str:
 def _rule_snapshot(rules) -> tuple:
     """The rules as compared for the markers: descriptions count, order does not."""
     return tuple(sorted((rule.key, rule.description) for rule in rules))
-
-
-def cell_text(cluster: str, rules, use_scheduler_public_ip: bool) -> str:
-    """The ``%%coiled_ingress`` cell that sets and applies these settings, in Coiled's format."""
-    import yaml
-
-    body = {
-        "coiled": {
-            "backend-options": {"ingress": to_coiled(rules)},
-            "use_scheduler_public_ip": bool(use_scheduler_public_ip),
-        }
-    }
-    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=4096)
-    # The cell magic replaces ${name} by notebook variables: a literal '$' is written '$$'.
-    return f"%%coiled_ingress --cluster {cluster} --apply\n" + text.replace("$", "$$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,15 +397,12 @@ class FirewallPanel(widgets.VBox):
         self.meaning.value = _block(_span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED))
         self.reachability.value = _reachability_html(payload)
         self.notes.value = _notes_html(payload)
-        self.cell.value = cell_text(
-            view.target.cluster, view.settings.rules, payload["use_scheduler_public_ip"]
-        )
+        self.cell.value = payload["copy_as_cell"]
         self._update_controls()
 
     def _header_html(self, payload: dict) -> str:
-        backend = html.escape(payload["backend_label"])
-        if payload["backend"] == "sandbox":
-            backend = f'<strong style="color: {_WARN}">{backend}</strong>'
+        pill = sandbox_pill(payload)
+        backend = f"sandbox {pill}" if pill else html.escape(payload["backend_label"])
         account = self._account_id or "shown after Plan or Apply"
         parts = [
             f"cluster <code>{html.escape(payload['cluster'])}</code>",

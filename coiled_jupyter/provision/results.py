@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..cell import ingress_cell
 from ..rules import ME, Rule
 from ..settings import (
     Settings,
@@ -20,6 +21,8 @@ from ..settings import (
 from .target import Target
 
 SCHEMA_VERSION = 1
+# The one sandbox marker: the same words in every table, panel and sidebar (each draws it as a pill).
+SANDBOX_MARKER = "local sandbox: not AWS"
 
 
 class _Displayed:
@@ -63,6 +66,7 @@ def _header(t: Target, kind: str, account_id: str, **extra) -> dict:
         "kind": kind,
         "backend": t.backend,
         "backend_label": t.backend_label,
+        "backend_marker": SANDBOX_MARKER if t.backend == "sandbox" else "",
         "region": t.region,
         "cluster": t.cluster,
         "vpc_id": t.vpc_id,
@@ -284,7 +288,8 @@ class SettingsView(_Displayed):
                 sets.append(f"ingress ({_count(values.ingress)}{detail})")
             if values.use_scheduler_public_ip is not None:
                 detail = f" ({values.public_ip_detail})" if values.public_ip_detail else ""
-                sets.append(f"use_scheduler_public_ip={values.use_scheduler_public_ip}{detail}")
+                public_ip = str(values.use_scheduler_public_ip).lower()
+                sets.append(f"use_scheduler_public_ip: {public_ip}{detail}")
             layers.append(
                 {
                     "layer": values.layer.label,
@@ -306,6 +311,7 @@ class SettingsView(_Displayed):
             notes=self.notes,
             client_notes=self._coiled_notes(),
             warnings=list(reach.warnings) if reach is not None else [],
+            copy_as_cell=ingress_cell(self.target.cluster, settings.rules, public_ip.value),
         )
 
     @property

@@ -44,6 +44,8 @@ export interface IPayload {
   kind: string;
   backend?: string;
   backend_label?: string;
+  /** 'local sandbox: not AWS' for the sandbox, '' for AWS: shown as a pill in every view. */
+  backend_marker?: string;
   region?: string;
   cluster?: string;
   vpc_id?: string | null;
@@ -66,6 +68,9 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** The %%coiled_ingress cell that sets these settings (made by coiled_jupyter/cell.py). */
+  copy_as_cell?: string;
+  deleted?: boolean;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
