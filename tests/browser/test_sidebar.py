@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_every_operation_shows_progress_and_disabled_buttons_that_look_disabled(
 
     held = []
     page = lab_page.page
-    page.route("**/coiled-jupyter/api/apply*", held.append)
+    page.route("**/coiled-jupyter/api/apply*", lambda route: held.append(route))
     apply.click()
     progress = sidebar.get_by_label("Progress")
     expect(progress).to_be_visible()
@@ -114,7 +115,6 @@ def test_every_operation_shows_progress_and_disabled_buttons_that_look_disabled(
     lab_page.screenshot("sidebar-busy-dark")
     lab_page.theme("JupyterLab Light")
     assert len(held) == 1
-    page.unroute("**/coiled-jupyter/api/apply*")
     held[0].continue_()
 
     cloud_row = sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="10.30.0.0/16")
@@ -182,7 +182,11 @@ def test_the_sidebar_remembers_its_cluster_across_reloads(lab_page):
 
 @pytest.mark.parametrize(
     "ports, source, words",
-    [("8786", "", "empty cidr"), ("", "10.1.0.0/16", "not a port"), ("87x6", "10.1.0.0/16", "87x6")],
+    [
+        ("8786", "", "empty cidr"),
+        ("", "10.1.0.0/16", "not a port"),
+        ("87x6", "10.1.0.0/16", "87x6"),
+    ],
 )
 def test_a_refusal_is_the_core_sentence_never_the_api_wording(lab_page, ports, source, words):
     sidebar = open_sidebar(lab_page, "lab-refusal")
@@ -204,6 +208,7 @@ def test_destroy_shows_a_plan_and_deletes_only_when_confirmed(lab_page, cloud):
     sidebar.get_by_label("Destroy the cluster's group").click()
     plan = sidebar.get_by_label("Destroy plan")
     expect(plan).to_contain_text("Delete group sg-")
+    plan.scroll_into_view_if_needed()
     row = plan.locator("tr", has_text="10.50.0.0/16")
     expect(row).to_contain_text("remove")
     lab_page.screenshot("sidebar-destroy-light")
@@ -257,3 +262,93 @@ def test_a_lab_where_nobody_asks_starts_no_sandbox(unused_lab, open_page):
     assert set(asked) <= {"settings", "changes"}, asked
     assert not (state / "sandbox.json").exists()
     assert not (state / "sandbox.log").exists()
+
+
+REPORT = r"""
+import json
+from coiled_jupyter import FirewallPanel
+view = %coiled_ingress --cluster lab-same
+bundle = view._repr_mimebundle_()
+panel = FirewallPanel("lab-same")
+print(json.dumps({
+    "text": bundle["text/plain"],
+    "html": bundle["text/html"],
+    "cell": bundle["application/vnd.coiled-jupyter.rules+json"]["copy_as_cell"],
+    "panel_cell": panel.cell.value,
+    "panel_header": panel.header.value,
+}))
+"""
+
+
+def text_ports(text: str) -> list[str]:
+    """The Port column of a text/plain table."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Protocol", "Port"])
+    rows = []
+    for line in lines[head + 2 :]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) < 3 or cells[0] not in ("tcp", "udp"):
+            break
+        rows.append(cells[1])
+    return rows
+
+
+def test_magic_panel_and_sidebar_show_the_same_ports_marker_and_copy_as_cell(lab_page):
+    """The same settings (the sidebar's, carried into a kernel by the palette's cell) shown by the
+    magic (text/plain and HTML), the panel and the sidebar."""
+    sidebar = open_sidebar(lab_page, "lab-same")
+    add_rule(sidebar, "8786,8787", "10.60.0.0/16", "cost ${x} 1e5")
+    sidebar.locator('tr[data-rule="tcp 8787 from 10.60.0.0/16"]').wait_for()
+    sidebar.get_by_label("Public scheduler IP").uncheck()
+    expect(sidebar.locator(".cj-help", has_text="Now private")).to_be_visible()
+    new_notebook(lab_page)
+    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nx = 'a notebook variable'\nprint('ok')")
+    expect(loaded).to_contain_text("ok", timeout=60_000)
+    lab_page.command("coiled-jupyter:insert-ingress-cell")
+    page = lab_page.page
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+    expect(cells).to_have_count(3)
+    expect(cells.nth(2).locator(".cm-content")).to_contain_text("%%coiled_ingress")
+    sidebar_cell = cells.nth(2).locator(".cm-content").inner_text()
+    page.keyboard.press("Shift+Enter")
+    cells.nth(2).locator(".cj-rendered").wait_for(timeout=60_000)
+
+    output = run_cell(lab_page, REPORT.strip())
+    expect(output).to_contain_text('"panel_cell"', timeout=60_000)
+    seen = json.loads(output.inner_text())
+
+    # One copy-as-cell: the sidebar's (inserted by the palette), the magic's payload, the panel's.
+    assert seen["cell"] == seen["panel_cell"]
+    assert [line.rstrip() for line in sidebar_cell.splitlines()] == seen["cell"].splitlines()
+    assert "--apply" not in seen["cell"] and "$${x}" in seen["cell"]
+    assert "a notebook variable" not in seen["text"]
+    assert "cost ${x} 1e5" in seen["text"]
+
+    # One way to write ports: the magic's text and HTML tables and the sidebar's.
+    in_sidebar = sidebar.locator(".cj-rules td[data-column=ports]").all_inner_texts()
+    in_html = re.findall(r"<tr><td>tcp</td><td>([^<]*)</td>", seen["html"])
+    assert sorted(text_ports(seen["text"])) == sorted(in_html) == sorted(in_sidebar)
+
+    # One sandbox marker: the same words everywhere, the same pill in the HTML and the panel.
+    marker = "local sandbox: not AWS"
+    pill = re.search(r'<span class="cj-sandbox-badge" style="[^"]*">[^<]*</span>', seen["html"])
+    assert pill and marker in pill.group(0)
+    assert pill.group(0) in seen["panel_header"]
+    assert f"[{marker}]" in seen["text"]
+    badge = sidebar.locator(".cj-header .cj-sandbox-badge")
+    expect(badge).to_have_text(marker)
+    rendered = cells.nth(2).locator(".cj-rendered .cj-sandbox-badge")
+    expect(rendered).to_have_text(marker)
+    # The same look: the lab's pill (CSS) and the HTML twin's (inline style) compute alike.
+    twin = page.evaluate(
+        """html => { const box = document.createElement('div'); box.innerHTML = html;
+        document.body.appendChild(box); const s = getComputedStyle(box.firstChild);
+        const out = [s.backgroundColor, s.color, s.borderTopColor, s.fontWeight];
+        box.remove(); return out; }""",
+        pill.group(0),
+    )
+    own = badge.evaluate(
+        "n => { const s = getComputedStyle(n);"
+        " return [s.backgroundColor, s.color, s.borderTopColor, s.fontWeight]; }"
+    )
+    assert twin == own
