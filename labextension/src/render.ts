@@ -131,8 +131,7 @@ function compare(key: string, a: IRow, b: IRow): number {
 export function sortableTable(
   rows: IRow[],
   columns: Column[],
-  decorate?: (row: IRow, tr: HTMLTableRowElement) => HTMLTableRowElement | void,
-  extraHeaders: string[] = []
+  decorate?: (row: IRow, tr: HTMLTableRowElement) => HTMLTableRowElement | void
 ): HTMLTableElement {
   const table = el('table', { className: 'cj-table' });
   const head = el('tr');
@@ -181,9 +180,6 @@ export function sortableTable(
     const th = el('th', { attrs: { scope: 'col', 'data-column': key } }, [sorter]);
     headers.push(th);
     head.appendChild(th);
-  }
-  for (const title of extraHeaders) {
-    head.appendChild(el('th', { text: title, attrs: { scope: 'col' } }));
   }
   table.appendChild(el('thead', {}, [head]));
   table.appendChild(body);

@@ -207,12 +207,25 @@ export class FirewallSidebar extends Widget {
     }
   }
 
-  private describe(): Promise<boolean> {
-    return this.run(this.cloudWork('Reading the cloud'), () => this.api.describe(), data => {
-      this._described = true;
-      this.noteAccount(data);
-      this.showCloud(data);
-    });
+  private async describe(): Promise<void> {
+    const described = await this.run(
+      this.cloudWork('Reading the cloud'),
+      () => this.api.describe(),
+      data => {
+        this._described = true;
+        this.noteAccount(data);
+        this.showCloud(data);
+      }
+    );
+    // Describing read the account defaults again; the settings (no cloud call) show them as last
+    // read, so they are asked once more to show what the cloud holds now.
+    if (described) {
+      await this.run(
+        'Reading the settings',
+        () => this.api.settings(),
+        data => this.showSettings(data)
+      );
+    }
   }
 
   /** What a cloud operation is doing, and that the local sandbox may start first. */
@@ -594,13 +607,12 @@ export class FirewallSidebar extends Widget {
       this.rulesBox.replaceChildren(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
       return;
     }
-    this.rulesBox.replaceChildren(
-      el('div', { className: 'cj-scroll' }, [
-        sortableTable(rows, columnsFor('settings'), (row, tr) => this.decorate(rows, row, tr), [
-          ''
-        ])
-      ])
+    const table = sortableTable(rows, columnsFor('settings'), (row, tr) =>
+      this.decorate(rows, row, tr)
     );
+    // The row controls come first, so a long description that scrolls never hides them.
+    table.tHead?.rows[0]?.prepend(el('th', { attrs: { scope: 'col', 'aria-label': 'Edit' } }));
+    this.rulesBox.replaceChildren(el('div', { className: 'cj-scroll' }, [table]));
     this.updateControls();
   }
 
@@ -637,7 +649,7 @@ export class FirewallSidebar extends Widget {
       () => this.edit(rows, row, editor, error),
       'cj-button cj-icon-button'
     );
-    tr.appendChild(el('td', { className: 'cj-row-actions' }, [edit, remove]));
+    tr.prepend(el('td', { className: 'cj-row-actions' }, [edit, remove]));
     tr.dataset.rule = label;
     return detail;
   }
