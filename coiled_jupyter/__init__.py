@@ -25,6 +25,11 @@ _PUBLIC = {
     "destroy": "coiled_jupyter.session",
     "scheduler_address": "coiled_jupyter.session",
     "cluster_kwargs": "coiled_jupyter.session",
+    "export_rules": "coiled_jupyter.session",
+    "import_rules": "coiled_jupyter.session",
+    "guardrails": "coiled_jupyter.session",
+    "set_guardrails": "coiled_jupyter.session",
+    "clear_guardrail": "coiled_jupyter.session",
     "FirewallPanel": "coiled_jupyter.widgets",
 }
 

@@ -22,10 +22,9 @@ def demo(cluster: str = "demo") -> int:
     import dask.config
 
     from . import session
-    from .provision import sandbox
 
     with dask.config.set({"coiled-jupyter.backend": "sandbox"}):
-        was_running = sandbox.running() is not None
+        was_running = session.sandbox_running()
         try:
             first = session.apply(cluster, backend_options={"ingress": EXAMPLE})
             print(first)
@@ -34,7 +33,7 @@ def demo(cluster: str = "demo") -> int:
             print("second apply:", "no change" if not second.changed else "CHANGED (a bug)")
         finally:
             if not was_running:
-                sandbox.stop()
+                session.stop_sandbox()
     return 0 if not second.changed else 1
 
 

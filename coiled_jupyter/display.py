@@ -37,6 +37,12 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
+    "guardrails": [
+        ("guardrail", "Guardrail"),
+        ("rule", "Rule"),
+        ("set_by", "Set by"),
+        ("set_at", "Set at"),
+    ],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
@@ -108,6 +114,8 @@ _TITLES = {
     "destroy": "Firewall destroyed",
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
+    "export": "Firewall export",
+    "guardrails": "Team guardrails",
 }
 
 
@@ -137,6 +145,12 @@ def _lines_before(data: dict) -> list[str]:
             f"(client connects on the scheduler's {where} IP; from "
             f"{data['use_scheduler_public_ip_origin']})"
         )
+        others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
+        if others:
+            lines.append(
+                f"session settings (kept per cluster) also for: {', '.join(others)}; "
+                "none of them applies to this cluster"
+            )
     return lines
 
 
@@ -182,6 +196,8 @@ def text(data: dict) -> str:
                 lines.append("  ".join("-" * w for w in widths))
     elif data["kind"] in ("rules", "settings", "apply"):
         lines.append("(no inbound rules)")
+    if data.get("body"):
+        lines.append(data["body"].rstrip("\n"))
     lines.extend(_lines_after(data))
     return "\n".join(lines)
 
@@ -219,6 +235,8 @@ def html(data: dict) -> str:
         out.append("</tbody></table>")
     elif data["kind"] in ("rules", "settings", "apply"):
         out.append("<p><em>(no inbound rules)</em></p>")
+    if data.get("body"):
+        out.append(f'<pre class="cj-body">{escape(data["body"])}</pre>')
     after = _lines_after(data)
     if after:
         out.append(

@@ -44,3 +44,8 @@ class ForeignGroupError(CloudError):
 
 class LockTimeout(CoiledJupyterError, TimeoutError):
     """Another kernel held a lock longer than this one would wait; nothing was changed."""
+
+
+class StaleEdit(CoiledJupyterError):
+    """An edit made from a session state that has changed since; it was not made (it would have
+    undone the newer change)."""

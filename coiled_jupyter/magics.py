@@ -34,13 +34,12 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES
-from .strict_yaml import excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -53,18 +52,42 @@ SUBCOMMANDS = (
     "describe",
     "destroy",
     "save",
+    "export",
+    "import",
+    "guard",
 )
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
-_OPTIONS_OF = {"add": ("description", "protocol"), "remove": ("protocol",), "save": ("scope",)}
+_OPTIONS_OF = {
+    "add": ("description", "protocol"),
+    "remove": ("protocol",),
+    "save": ("scope",),
+    "export": ("to",),
+    "plan": ("override_guardrail", "reason"),
+    "apply": ("override_guardrail", "reason"),
+}
 _OPTION_FLAGS = {
     "description": "--description",
     "protocol": "--protocol",
     "scope": "--scope",
+    "to": "--to",
+    "override_guardrail": "--override-guardrail",
+    "reason": "--reason",
     "apply": "--apply",
 }
 # Options that take a value, to find where the subcommand word is.
-_VALUE_OPTIONS = ("-c", "--cluster", "-d", "--description", "-p", "--protocol", "--scope")
+_VALUE_OPTIONS = (
+    "-c",
+    "--cluster",
+    "-d",
+    "--description",
+    "-p",
+    "--protocol",
+    "--scope",
+    "--to",
+    "--override-guardrail",
+    "--reason",
+)
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
@@ -85,6 +108,13 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
+                                        aws-cli [--to FILE]
+  %coiled_ingress import FORMAT FILE    set the session's rules from such an export
+  %coiled_ingress guard [NAME VALUE]    the team's guardrails, or set one: no-world PORTS,
+                                        within NETWORKS, widest IPV4 [IPV6], max-rules K;
+                                        guard clear NAME removes one. A plan that breaks one
+                                        is refused unless --override-guardrail NAME --reason TEXT
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
@@ -311,14 +341,11 @@ def substitute_yaml(text: str, namespace: dict, where: str):
     """YAML text with ``${name}`` into Python values: the text is read first, and each variable's
     value then takes the place of its one scalar (a whole ``${rules}`` may be a list of rules), so
     no value can add keys, rules or lines."""
-    from .rules import load_text
-    from .strict_yaml import check_size
-
-    check_size(text, where)  # before any scan of it
+    session.check_size(text, where)  # before any scan of it
     if "$" not in text:
-        return load_text(text, where)
+        return session.load_text(text, where)
     placeholders = _Placeholders(text, namespace, where)
-    return placeholders.fill(load_text(placeholders.text, where))
+    return placeholders.fill(session.load_text(placeholders.text, where))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,8 +359,8 @@ class CoiledMagics(Magics, Configurable):
     cluster = Unicode(
         "",
         config=True,
-        help="Cluster the magics act on when --cluster is not given; empty means the Dask config "
-        "key coiled-jupyter.cluster.",
+        help="Cluster the magics (and the panel, and cluster_kwargs()) act on when no cluster is "
+        "named, in this kernel; empty means the Dask config key coiled-jupyter.cluster.",
     )
     show_reachability = Bool(
         True,
@@ -345,6 +372,13 @@ class CoiledMagics(Magics, Configurable):
         # Magics.__init__ adds this object to shell.configurables (for %config) and takes the
         # shell as traitlets parent (for ipython_config.py).
         super().__init__(shell=shell, **kwargs)
+        session.use_default_cluster(self.cluster or None)
+
+    @observe("cluster")
+    def _default_cluster_changed(self, change) -> None:
+        """One default cluster in the kernel: the panel, cluster_kwargs() and the toggle mirrored
+        into Dask's config follow %config CoiledMagics.cluster too."""
+        session.use_default_cluster(change["new"] or None)
 
     # ----------------------------------------------------------------------------------------------
     # %coiled_ingress and %%coiled_ingress
@@ -371,6 +405,14 @@ class CoiledMagics(Magics, Configurable):
         metavar="user|account",
         help="save: your Dask config file (user, default) or account-wide defaults",
     )
+    @argument("--to", metavar="FILE", help="export: write the export to FILE")
+    @argument(
+        "--override-guardrail",
+        action="append",
+        metavar="NAME",
+        help="plan, apply: break this team guardrail (with --reason)",
+    )
+    @argument("--reason", action="append", metavar="TEXT", help="why a guardrail is overridden")
     @argument("--apply", action="store_true", help="cell: apply after setting the rules")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
@@ -380,18 +422,14 @@ class CoiledMagics(Magics, Configurable):
             return self._ingress_line(line)
 
     def _substitute(self, line: str) -> str:
-        from .strict_yaml import check_size
-
         where = "the magic's line"
-        check_size(line, where)
+        session.check_size(line, where)
         line = substitute(line, self.shell.user_ns, where)
-        check_size(line, f"{where} with its variables inserted")
+        session.check_size(line, f"{where} with its variables inserted")
         return line
 
     def _ingress_line(self, line: str):
-        from .strict_yaml import check_size
-
-        check_size(line, "the magic's line")  # before any scanning of it
+        session.check_size(line, "the magic's line")  # before any scanning of it
         parser = self.coiled_ingress.parser
         word, start, end = _first_word(line)
         if word == "set":
@@ -440,6 +478,10 @@ class CoiledMagics(Magics, Configurable):
             where = "the rules of %coiled_ingress set"
             data = substitute_yaml(body, self.shell.user_ns, where)
             return session.set_settings(data, cluster=cluster, label=where)
+        if command in ("export", "import"):
+            return _export_or_import(command, positional, args, cluster)
+        if command == "guard":
+            return _guard(positional)
         if positional:
             raise UsageError(
                 f"%coiled_ingress {command} takes no arguments but got "
@@ -448,7 +490,11 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
-        if command in ("plan", "apply", "describe", "destroy"):
+        if command in ("plan", "apply"):
+            return getattr(session, command)(
+                cluster, progress=print, override_guardrails=_overrides(args)
+            )
+        if command in ("describe", "destroy"):
             return getattr(session, command)(cluster, progress=print)
         return getattr(session, command)(cluster)
 
@@ -545,6 +591,54 @@ class CoiledMagics(Magics, Configurable):
 
 # --------------------------------------------------------------------------------------------------
 # Parsing helpers
+
+
+def _guard(words: list[str]):
+    if not words:
+        return session.guardrails()
+    if words[0] == "clear":
+        if len(words) != 2:
+            raise UsageError("%coiled_ingress guard clear takes one guardrail name, or all.")
+        return session.clear_guardrail(words[1])
+    if len(words) < 2:
+        raise UsageError(
+            f"%coiled_ingress guard {excerpt(words[0])} needs a value, e.g. %coiled_ingress guard "
+            "no-world 8786,8787."
+        )
+    name = words[0].strip().lower()
+    if name not in session.GUARDRAIL_NAMES:
+        raise UsageError(
+            f"there is no guardrail {excerpt(words[0])}; the guardrails are "
+            f"{', '.join(session.GUARDRAIL_NAMES)} (or guard clear NAME)."
+        )
+    return session.set_guardrails(**{name.replace("-", "_"): words[1:]})
+
+
+def _overrides(args) -> dict[str, str] | None:
+    """--override-guardrail NAME --reason TEXT pairs, in the order given."""
+    names, reasons = args.override_guardrail or [], args.reason or []
+    if len(names) != len(reasons):
+        raise UsageError(
+            "give each --override-guardrail NAME its own --reason TEXT saying why, e.g. "
+            "--override-guardrail no-world --reason 'vendor debugging until 17:00'."
+        )
+    return dict(zip(names, reasons)) or None
+
+
+def _export_or_import(command: str, positional: list[str], args, cluster):
+    if command == "export":
+        if len(positional) != 1:
+            raise UsageError(
+                "%coiled_ingress export takes one format (terraform, coiled, csv, markdown or "
+                "aws-cli), e.g. %coiled_ingress export terraform --to firewall.tf."
+            )
+        return session.export_rules(positional[0], cluster=cluster, to=args.to)
+    if len(positional) != 2:
+        raise UsageError(
+            "%coiled_ingress import takes a format and a file, e.g. %coiled_ingress import "
+            "terraform firewall.tf."
+        )
+    return session.import_rules(positional[0], path=positional[1], cluster=cluster)
 
 
 def _split(text: str) -> list[str]:
@@ -656,6 +750,9 @@ _INGRESS_OPTIONS = {
     "add": ["--description", "--protocol", "--cluster"],
     "remove": ["--protocol", "--cluster"],
     "save": ["--scope", "--cluster"],
+    "export": ["--to", "--cluster"],
+    "plan": ["--override-guardrail", "--reason", "--cluster"],
+    "apply": ["--override-guardrail", "--reason", "--cluster"],
 }
 
 
@@ -684,6 +781,8 @@ def complete_ingress(shell, event) -> list[str]:
         return list(SUBCOMMANDS)
     if command in ("add", "remove") and len(words) == 2:
         return ["me", "everyone"]
+    if command in ("export", "import") and len(words) == 1:
+        return list(session.EXPORT_FORMATS)
     raise TryNext()
 
 
@@ -736,6 +835,7 @@ def unload_ipython_extension(ipython) -> None:
                 del table[name]
     if magics is not None:
         ipython.configurables[:] = [c for c in ipython.configurables if c is not magics]
+        session.use_default_cluster(None)
     dispatcher = ipython.strdispatchers.get("complete_command")
     if dispatcher is not None:
         for key, completer in _COMPLETERS:

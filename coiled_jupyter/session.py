@@ -22,22 +22,31 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
-from .rules import IngressError, Rule, canonical, parse_rule, subtract
+from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
+from .policy import NAMES as GUARDRAIL_NAMES
+from .rules import PROTOCOLS, IngressError, Rule, canonical, load_text, parse_rule, subtract
 from .settings import (
     SESSION,
     Layer,
     LayerValues,
     Resolved,
+    SessionChange,
     SessionValues,
     Settings,
     coiled_toggle,
+    default_cluster,
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
 from .state import change_count, note_change
-from .strict_yaml import excerpt
+from .strict_yaml import check_size, excerpt
+
+# For the front ends, which import only this module, display and errors (docs/architecture.md):
+# the protocols a rule may name, and the strict reader of what a person types.
+__all__ = ["PROTOCOLS", "check_size", "excerpt", "load_text"]
 
 SCOPES = ("user", "account")
+_SAVED_WHERE = {"user": "Dask config file's settings", "account": "account defaults"}
 SCHEDULER_IP_WORDS = ("public", "private")
 Progress = Callable[[str], None] | None
 _KEEP = object()
@@ -53,7 +62,9 @@ def _read_settings(t, backend_options=None) -> Settings:
     """For cloud work: every layer, the account store of ``t``'s backend read now."""
     from .provision.account import load_account_layer
 
-    return resolve_settings(backend_options, account=lambda: load_account_layer(t))
+    return resolve_settings(
+        backend_options, account=lambda: load_account_layer(t), cluster=t.cluster
+    )
 
 
 def _settings(t, backend_options=None, session: SessionValues | None = None) -> Settings:
@@ -62,7 +73,7 @@ def _settings(t, backend_options=None, session: SessionValues | None = None) -> 
     from .provision.account import known_account_layer
 
     return resolve_settings(
-        backend_options, account=lambda: known_account_layer(t), session=session
+        backend_options, account=lambda: known_account_layer(t), session=session, cluster=t.cluster
     )
 
 
@@ -94,28 +105,43 @@ def _view(t, settings: Settings, *, reach: bool = True):
         from .reach import check
 
         reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
-    return SettingsView(t, settings, reachability, coiled_toggle())
-
-
-def _edit(t, *, ingress=_KEEP, use_scheduler_public_ip=_KEEP, built_on=None):
-    """Replace what the session sets (``_KEEP`` keeps a value, ``None`` drops it), then show it.
-
-    ``built_on``: the account layer new rules were edited from (see :func:`_rules_to_edit`)."""
-    current = SESSION.values
-    values = SessionValues(
-        current.ingress
-        if ingress is _KEEP
-        else (None if ingress is None else tuple(canonical(ingress))),
-        current.use_scheduler_public_ip
-        if use_scheduler_public_ip is _KEEP
-        else use_scheduler_public_ip,
-        current.built_on if ingress is _KEEP else built_on,
+    return SettingsView(
+        t,
+        settings,
+        reachability,
+        coiled_toggle(),
+        session_clusters=SESSION.clusters(),
+        default_cluster=default_cluster(),
+        session_version=SESSION.version(t.cluster),
     )
-    # The new settings are resolved before the change: if a layer they need cannot be read (a
-    # config file, the account store), the session is left as it was. Once made, the change is
-    # what they describe, so they are shown as they are, not resolved a second time.
-    settings = _settings(t, session=values)
-    SESSION.replace(values)
+
+
+def _edit(t, change: Callable[[], dict], *, based_on: int | None = None):
+    """Change what the session sets for ``t``'s cluster, then show it.
+
+    ``change()`` is called under the session's lock, so it reads the session as the edit will
+    change it (edits are serialised), and returns the parts to replace: ``ingress``,
+    ``use_scheduler_public_ip`` (a missing key keeps the value, ``None`` drops it) and, with
+    ``ingress``, ``built_on`` (the account layer the rules were edited from, see
+    :func:`_rules_to_edit`). ``based_on``: the session version the edit was made from; if the
+    cluster's session changed since, the edit is refused (:class:`~.errors.StaleEdit`).
+    """
+    with SESSION.lock:
+        parts = change()
+        current = SESSION.of(t.cluster)
+        ingress = parts.get("ingress", _KEEP)
+        values = SessionValues(
+            current.ingress
+            if ingress is _KEEP
+            else (None if ingress is None else tuple(canonical(ingress))),
+            parts.get("use_scheduler_public_ip", current.use_scheduler_public_ip),
+            current.built_on if ingress is _KEEP else parts.get("built_on"),
+        )
+        # The new settings are resolved before the change: if a layer they need cannot be read (a
+        # config file, the account store), the session is left as it was. Once made, the change is
+        # what they describe, so they are shown as they are, not resolved a second time.
+        settings = _settings(t, session=values)
+        SESSION.replace(t.cluster, values, based_on=based_on)
     return _view(t, settings)
 
 
@@ -125,7 +151,8 @@ def _built_on(settings: Settings) -> LayerValues | None:
     if settings.ingress.layer == Layer.ACCOUNT:
         return settings.layer(Layer.ACCOUNT)
     if settings.ingress.layer == Layer.SESSION:
-        return SESSION.values.built_on
+        session = settings.layer(Layer.SESSION)
+        return session.built_on if session is not None else None
     return None
 
 
@@ -167,50 +194,61 @@ def add(ports, source, *, protocol=None, description=None, cluster=None):
     """Admit ``source`` on ``ports`` in this session (``ports``: ``8786``, ``"8786,8787"``, ...)."""
     rules = parse_rule(_rule_input(ports, source, protocol, description), where="rule")
     t = _target(cluster)
-    base, built_on = _rules_to_edit(t)
-    return _edit(t, ingress=[*base, *rules], built_on=built_on)
+
+    def change() -> dict:
+        base, built_on = _rules_to_edit(t)
+        return {"ingress": [*base, *rules], "built_on": built_on}
+
+    return _edit(t, change)
 
 
 def remove(ports, source, *, protocol=None, cluster=None):
     """Remove exactly these rules from the session (a port inside a range is cut out of it)."""
     rules = parse_rule(_rule_input(ports, source, protocol, None), where="rule")
     t = _target(cluster)
-    settings = _settings(t)
-    if settings.ingress.layer == Layer.DEFAULT and not settings.account_read:
-        # What is left of the world-open default could replace narrower team rules.
-        raise CoiledJupyterError(
-            "the rules to remove from are not known here: the account defaults were not read "
-            "(settings work makes no cloud call), and what is left of the built-in default would "
-            "replace them if your team set some. Run a plan (%coiled_ingress plan) to read them "
-            "and remove again, or declare the rules you want with %coiled_ingress set."
-        )
-    return _edit(
-        t,
-        ingress=subtract(settings.rules, rules, origin=settings.ingress.origin),
-        built_on=_built_on(settings),
-    )
+
+    def change() -> dict:
+        settings = _settings(t)
+        if settings.ingress.layer == Layer.DEFAULT and not settings.account_read:
+            # What is left of the world-open default could replace narrower team rules.
+            raise CoiledJupyterError(
+                "the rules to remove from are not known here: the account defaults were not read "
+                "(settings work makes no cloud call), and what is left of the built-in default "
+                "would replace them if your team set some. Run a plan (%coiled_ingress plan) to "
+                "read them and remove again, or declare the rules you want with "
+                "%coiled_ingress set."
+            )
+        return {
+            "ingress": subtract(settings.rules, rules, origin=settings.ingress.origin),
+            "built_on": _built_on(settings),
+        }
+
+    return _edit(t, change)
 
 
-def set_settings(value, *, cluster=None, label: str = "the settings"):
+def set_settings(value, *, cluster=None, label: str = "the settings", based_on: int | None = None):
     """Set the session from a rule list, ``{ingress, use_scheduler_public_ip}`` or a ``coiled:``
     snippet as in Coiled's documentation, given as YAML/JSON text or Python values. ``label`` names
-    the input in error sentences (``the cell``)."""
+    the input in error sentences (``the cell``). ``based_on``: the session version (a settings
+    view's ``session_version``) the value was written from; a newer session refuses it."""
     rules, public_ip = parse_coiled_options(value, where=label)
-    return _edit(
-        _target(cluster),
-        ingress=rules if rules is not None else _KEEP,
-        use_scheduler_public_ip=public_ip if public_ip is not None else _KEEP,
-    )
+    parts: dict = {}
+    if rules is not None:
+        parts["ingress"] = rules
+    if public_ip is not None:
+        parts["use_scheduler_public_ip"] = public_ip
+    return _edit(_target(cluster), lambda: parts, based_on=based_on)
 
 
 def clear(cluster=None):
     """No rules at all: only the cluster's own internal traffic."""
-    return _edit(_target(cluster), ingress=[])
+    return _edit(_target(cluster), lambda: {"ingress": []})
 
 
 def reset(cluster=None):
-    """Drop this session's settings: back to the Dask config, account and built-in defaults."""
-    return _edit(_target(cluster), ingress=None, use_scheduler_public_ip=None)
+    """Drop this session's settings for the cluster: back to the Dask config, account and built-in
+    defaults."""
+    return _edit(_target(cluster), lambda: {"ingress": None, "use_scheduler_public_ip": None})
 
 
 def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
@@ -237,15 +275,45 @@ def parse_scheduler_ip(choice) -> bool:
     return word == "public"
 
 
-def set_scheduler_ip(choice, *, cluster=None):
-    """Connect clients on the scheduler's public or private IP, for this session."""
+def set_scheduler_ip(choice, *, cluster=None, based_on: int | None = None):
+    """Connect clients on the scheduler's public or private IP, for this session (``based_on``:
+    as for :func:`set_settings`)."""
     public_ip = parse_scheduler_ip(choice)
-    return _edit(_target(cluster), use_scheduler_public_ip=public_ip)
+    return _edit(
+        _target(cluster), lambda: {"use_scheduler_public_ip": public_ip}, based_on=based_on
+    )
 
 
-def subscribe(callback: Callable[[SessionValues], None]) -> Callable[[], None]:
-    """Call ``callback(values)`` after every session change; returns the unsubscribe function."""
+def subscribe(callback: Callable[[SessionChange], None]) -> Callable[[], None]:
+    """Call ``callback(change)`` after every session change (``change.cluster``, ``.values``,
+    ``.version``); returns the unsubscribe function."""
     return SESSION.subscribe(callback)
+
+
+def use_default_cluster(cluster: str | None) -> None:
+    """Act on ``cluster`` when an operation names none (``%config CoiledMagics.cluster``); None
+    goes back to Dask's ``coiled-jupyter.cluster``. Its session toggle is the one mirrored into
+    Dask's ``coiled.use_scheduler_public_ip``."""
+    SESSION.use_default_cluster(cluster)
+
+
+def name_session(detail: str) -> None:
+    """Name whose session this is in every origin ("this Jupyter server" for the sidebar's)."""
+    SESSION.detail = detail
+
+
+def sandbox_running() -> bool:
+    """Is the sandbox's server running now (a cold start takes seconds)? Starts nothing."""
+    from .provision import sandbox
+
+    return sandbox.running() is not None
+
+
+def stop_sandbox() -> None:
+    """Stop the sandbox's server, if this machine runs one."""
+    from .provision import sandbox
+
+    sandbox.stop()
 
 
 def save(scope: str = "user", *, cluster=None, everything: bool = False):
@@ -267,6 +335,12 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
     )
     t = _target(cluster)
     notes: tuple[str, ...] = ()
+    if t.cluster != default_cluster():
+        notes = (
+            f"saved from the session of cluster {t.cluster!r}: the {_SAVED_WHERE[word]} are read "
+            "for every cluster, so they now apply to every cluster without session settings of "
+            "its own.",
+        )
     if everything:
         settings = _settings(t)
         if not settings.account_read and Layer.DEFAULT in (
@@ -289,12 +363,12 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
             if resolved.layer != Layer.SESSION
         ]
         if pinned:
-            notes = (
+            notes += (
                 f"pinned {' and '.join(pinned)} as they are now; later changes there no longer "
                 "reach this copy.",
             )
     else:
-        values = SESSION.values
+        values = SESSION.of(t.cluster)
     if values.ingress is None and values.use_scheduler_public_ip is None:
         raise CoiledJupyterError(
             "this session sets no rules and no scheduler IP, so there is nothing to save; change "
@@ -317,23 +391,45 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
 # Cloud work
 
 
-def plan(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """What :func:`apply` would change for this cluster (one read, no change)."""
+def plan(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """What :func:`apply` would change for this cluster (one read, no change).
+
+    ``override_guardrails``: team guardrails the rules may break, by name, each with the reason
+    (``{"no-world": "vendor debugging until 17:00"}``); the reason is tagged on those rules."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
-    return reconcile.plan(t, _read_settings(t, backend_options), progress=progress)
+    settings = _read_settings(t, backend_options)
+    planned = reconcile.plan(t, settings, progress=progress, overrides=override_guardrails)
+    return replace(planned, settings=settings)
 
 
-def apply(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
-    """Make the cluster's security group match the effective settings, as the cloud confirmed it."""
+def apply(
+    cluster=None,
+    *,
+    backend_options=None,
+    progress: Progress = None,
+    override_guardrails: dict[str, str] | None = None,
+    **target_options,
+):
+    """Make the cluster's security group match the effective settings, as the cloud confirmed it
+    (``override_guardrails`` as for :func:`plan`)."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
+    settings = _read_settings(t, backend_options)
     try:
-        return reconcile.apply(t, _read_settings(t, backend_options), on_wait=progress)
+        applied = reconcile.apply(t, settings, on_wait=progress, overrides=override_guardrails)
     finally:
         note_change()
+    return replace(applied, settings=settings)
 
 
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
@@ -343,25 +439,28 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
 
     rules, public_ip = parse_coiled_options(value, where=label)
     t = _target(cluster)
-    current = _settings(t)
-    if rules is not None:
-        prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, SESSION.detail))
-        reconcile.desired_rules(prospective)
-    before = SESSION.values
-    SESSION.replace(
-        SessionValues(
-            tuple(rules) if rules is not None else before.ingress,
-            public_ip if public_ip is not None else before.use_scheduler_public_ip,
-            None if rules is not None else before.built_on,
+    with SESSION.lock:  # no other edit between the change, the apply and a restore
+        current = _settings(t)
+        if rules is not None:
+            prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, SESSION.detail))
+            reconcile.desired_rules(prospective)
+        before = SESSION.of(t.cluster)
+        SESSION.replace(
+            t.cluster,
+            SessionValues(
+                tuple(rules) if rules is not None else before.ingress,
+                public_ip if public_ip is not None else before.use_scheduler_public_ip,
+                None if rules is not None else before.built_on,
+            ),
         )
-    )
-    try:
-        return reconcile.apply(t, _read_settings(t), on_wait=progress)
-    except BaseException:
-        SESSION.replace(before)
-        raise
-    finally:
-        note_change()
+        try:
+            settings = _read_settings(t)
+            return replace(reconcile.apply(t, settings, on_wait=progress), settings=settings)
+        except BaseException:
+            SESSION.replace(t.cluster, before)
+            raise
+        finally:
+            note_change()
 
 
 def describe(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
@@ -397,8 +496,187 @@ def scheduler_address(cluster=None, *, backend_options=None, **target_options):
 
 
 def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
-    """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers."""
+    """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers:
+    ``cluster``'s settings (its session settings, not another cluster's), the toggle included,
+    which Dask's ``coiled.use_scheduler_public_ip`` holds only for the default cluster."""
     from .provision import reconcile
 
     t = _target(cluster, **target_options)
     return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports for IT, and imports back
+
+# An import is a rule list, not a data set: anything larger is refused before it is read whole.
+IMPORT_MAX_BYTES = 1024 * 1024
+
+
+def export_rules(format, *, cluster=None, to=None, **target_options):
+    """The effective rules as they will be sent (``me`` resolved, compacted) in one of IT's formats:
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` or ``aws-cli``; written to the file ``to``
+    when given. Reads the account store (one SSM call), as a plan does, so the team's defaults are
+    what is exported when they decide the rules; nothing else is called."""
+    from . import export
+    from .provision.reconcile import declared
+    from .provision.results import ExportResult
+
+    format = export.check_format(format)
+    path = _export_path(to) if to is not None else None
+    t = _target(cluster, **target_options)
+    settings = _read_settings(t)
+    wanted = declared(settings)
+    exported = export.export(
+        wanted.rules,
+        format,
+        cluster=t.cluster,
+        region=t.region,
+        origin=settings.ingress.origin,
+        purpose=_purpose,
+    )
+    if path is not None:
+        from .state import write_atomically
+
+        write_atomically(path, exported.text)
+    return ExportResult(
+        t,
+        format,
+        exported.text,
+        len(wanted.rules),
+        settings.ingress.origin,
+        str(path) if path is not None else None,
+        exported.lost,
+        wanted.notes,
+    )
+
+
+_PURPOSES = {8786: "client to scheduler", 8787: "dashboard"}
+
+
+def _purpose(rule: Rule) -> str:
+    """What the ports of ``rule`` are for on a Dask cluster ('' for ports Dask does not use)."""
+    return ", ".join(
+        _PURPOSES[port] for port in sorted(_PURPOSES) if rule.from_port <= port <= rule.to_port
+    )
+
+
+def _export_path(to):
+    from pathlib import Path
+
+    if not isinstance(to, str) or not to.strip():
+        raise CoiledJupyterError(f"the export file {excerpt(to)} is not a file name; name one.")
+    path = Path(to).expanduser()
+    if path.is_dir():
+        raise CoiledJupyterError(f"{excerpt(to)} is a folder; name a file to export to.")
+    if not path.parent.is_dir():
+        raise CoiledJupyterError(
+            f"the folder of {excerpt(to)} does not exist; create it or name another file."
+        )
+    return path
+
+
+def import_rules(format, text=None, *, path=None, cluster=None):
+    """Set the session's rules from an export (``text``, or the file ``path``) in ``format``;
+    ``terraform``, ``coiled``, ``csv``, ``markdown`` and ``aws-cli`` read back what
+    :func:`export_rules` wrote. Like ``set``, nothing is applied until a plan and an apply."""
+    from . import export
+
+    format = export.check_format(format, importing=True)
+    if (text is None) == (path is None):
+        raise CoiledJupyterError("import takes the export's text or a file path, one of the two.")
+    where = "the import" if path is None else f"the file {excerpt(str(path))}"
+    if path is not None:
+        text = _read_import(path, where)
+    rules = export.import_rules(text, format, where=where)
+    return _edit(_target(cluster), lambda: {"ingress": rules})
+
+
+def _read_import(path, where: str) -> str:
+    """The file's text, read with a bound and only when it is a regular file (a FIFO or a device
+    would block or never end)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(os.path.expanduser(str(path)), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CoiledJupyterError(f"{where} cannot be read: {error.strerror}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CoiledJupyterError(f"{where} is not a regular file.")
+        data = os.read(fd, IMPORT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > IMPORT_MAX_BYTES:
+        raise CoiledJupyterError(
+            f"{where} is larger than {IMPORT_MAX_BYTES // 1024} KiB, more than any rule list."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CoiledJupyterError(f"{where} is not UTF-8 text.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Team guardrails (kept with the account defaults)
+
+
+def guardrails(**target_options):
+    """The team's guardrails as the account store holds them (one SSM read)."""
+    from .provision.account import guardrails as read
+    from .provision.results import GuardrailsView
+
+    t = _target(**target_options)
+    return GuardrailsView(t, read(t).rails)
+
+
+def set_guardrails(*, no_world=None, within=None, widest=None, max_rules=None, **target_options):
+    """Set team guardrails for everyone who reads the account store (``None`` leaves one as it
+    is): ``no_world="8786,8787"`` (never open to 0.0.0.0/0 or ::/0), ``within=["10.0.0.0/8"]``
+    (sources only inside these networks), ``widest=16`` or ``(16, 48)`` (no network wider than
+    /16, /48 for IPv6), ``max_rules=40``. Each new or changed one is signed with who set it
+    (the AWS identity of this kernel) and when. All are checked before anything is written."""
+    from .policy import parse_guardrail
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    given = {"no-world": no_world, "within": within, "widest": widest, "max-rules": max_rules}
+    rails, problems = [], []
+    for name, value in given.items():
+        if value is not None:
+            try:
+                rails.append(parse_guardrail(name, value))
+            except IngressError as error:
+                problems.extend(error.problems)
+    if problems:
+        raise IngressError(problems)
+    if not rails:
+        raise IngressError(
+            ["set_guardrails needs at least one of no_world, within, widest and max_rules."]
+        )
+
+    def change(current):
+        for rail in rails:
+            current = current.replaced(rail)
+        return current
+
+    t = _target(**target_options)
+    return GuardrailsView(t, store(t, change).rails)
+
+
+def clear_guardrail(name, **target_options):
+    """Remove one team guardrail (``all`` removes every one)."""
+    from .policy import Guardrails
+    from .provision.account import set_guardrails as store
+    from .provision.results import GuardrailsView
+
+    word = _one_of(
+        name,
+        (*GUARDRAIL_NAMES, "all"),
+        "there is no guardrail {value}; {hint}the guardrails are "
+        + ", ".join(GUARDRAIL_NAMES)
+        + ", or all.",
+    )
+    t = _target(**target_options)
+    stored = store(t, lambda rails: Guardrails() if word == "all" else rails.without(word))
+    return GuardrailsView(t, stored.rails)

@@ -6,10 +6,11 @@ files, then ``DASK_COILED__*`` environment variables), notebook session, one clu
 are replaced, not merged, as in Coiled); ``use_scheduler_public_ip`` wins on its own.
 
 The Dask config layer is read afresh from the files and the environment on every resolution, so a file
-saved a moment ago, or another kernel's change to it, shows at once. The session's toggle is also set in
-this kernel's Dask config (``coiled.use_scheduler_public_ip``), the one setting a ``coiled.Cluster()``
-created later in the same kernel reads from there; Coiled's client never applies ingress from Dask's
-config, so the rules reach it only as ``coiled.Cluster(**cluster_kwargs())``.
+saved a moment ago, or another kernel's change to it, shows at once. The session layer is kept per
+cluster. The default cluster's session toggle is also set in this kernel's Dask config
+(``coiled.use_scheduler_public_ip``), the one setting a ``coiled.Cluster()`` created later in the same
+kernel reads from there; Coiled's client never applies ingress from Dask's config, so the rules (and
+any other cluster's toggle) reach it only as ``coiled.Cluster(**cluster_kwargs(cluster))``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AccountStoreUnreadable, ConfigFileError
+from .errors import AccountStoreUnreadable, ConfigFileError, StaleEdit
+from .policy import Guardrails
 from .rules import ME, IngressError, Rule, canonical, compact, parse_ingress
 from .strict_yaml import excerpt
 
@@ -95,6 +97,8 @@ class LayerValues:
     read: bool = True
     note: str = ""
     built_on: LayerValues | None = None
+    # The team's guardrails (the account layer only; see coiled_jupyter.policy).
+    guardrails: Guardrails = field(default_factory=Guardrails)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class Settings:
     ingress: Resolved
     use_scheduler_public_ip: Resolved
     layers: tuple[LayerValues, ...] = field(default=())
+    # Why the account store could not be read, when the settings did not need it: its guardrails
+    # are then unknown, so nothing may be applied (see provision.reconcile).
+    account_unreadable: AccountStoreUnreadable | None = None
 
     @property
     def rules(self) -> list[Rule]:
@@ -112,6 +119,12 @@ class Settings:
     def layer(self, layer: Layer) -> LayerValues | None:
         """What ``layer`` set, as consulted for these settings (None if it was not consulted)."""
         return next((values for values in self.layers if values.layer == layer), None)
+
+    @property
+    def guardrails(self) -> Guardrails:
+        """The team's guardrails, as the account layer holds them."""
+        account = self.layer(Layer.ACCOUNT)
+        return account.guardrails if account is not None else Guardrails()
 
     @property
     def account_read(self) -> bool:
@@ -427,7 +440,8 @@ def _env_detail(suffix: str = "") -> str:
 
 @dataclass(frozen=True)
 class SessionValues:
-    """What this kernel's session sets: parsed rules and the toggle (``None``: does not set it).
+    """What this kernel's session sets for one cluster: parsed rules and the toggle (``None``: does
+    not set it).
 
     ``built_on``: the account layer that ``add`` or ``remove`` started the rules from, as it was
     known then (None when the rules were written whole, or built on another layer).
@@ -437,35 +451,86 @@ class SessionValues:
     use_scheduler_public_ip: bool | None = None
     built_on: LayerValues | None = None
 
+    @property
+    def empty(self) -> bool:
+        return self.ingress is None and self.use_scheduler_public_ip is None
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """One change of the session, as observers hear it: the cluster, its new values, and the
+    session's version of that cluster after the change (see :meth:`SessionLayer.replace`)."""
+
+    cluster: str
+    values: SessionValues
+    version: int
+
 
 _ABSENT = object()
 
 
 class SessionLayer:
-    """This kernel's session edits: one store that every front end reads and changes.
+    """This kernel's session edits, per cluster: one store that every front end reads and changes.
+
+    What is set for one cluster is never seen by another: every read and every change names its
+    cluster (the resolved name, so "no --cluster" is the default cluster's entry). Changes are
+    serialised (:attr:`lock`), and each cluster has a version that every change raises, so that an
+    edit made from an older state (a panel's edit waiting in its thread while a magic changed the
+    session) can be refused instead of undoing the newer change.
 
     :mod:`coiled_jupyter.session` validates and changes it; observers (an open panel) are told after
-    every change. The toggle is also set in this kernel's Dask config
-    (``coiled.use_scheduler_public_ip``), the one key Coiled's client reads from there, and the value
-    that was there before is put back when the session stops setting it.
+    every change. The toggle of the default cluster (:func:`default_cluster`) is also set in this
+    kernel's Dask config (``coiled.use_scheduler_public_ip``), the one key Coiled's client
+    reads from there: that key is kernel-wide, so it cannot hold every cluster's toggle; other
+    clusters' toggles reach Coiled through ``cluster_kwargs(cluster)``, and their settings view says
+    so when the key says otherwise. The value that was there before is put back when the default
+    cluster's session stops setting it.
 
     ``detail`` names whose session it is in every origin: "this kernel", or the Jupyter server's
     when the server extension holds it (the lab sidebar's session is the server's, not a kernel's).
     """
 
     def __init__(self, detail: str = "this kernel"):
+        import threading
+
         self.detail = detail
-        self._values = SessionValues()
-        self._observers: list[Callable[[SessionValues], None]] = []
+        self.lock = threading.RLock()
+        self._clusters: dict[str, SessionValues] = {}
+        self._versions: dict[str, int] = {}
+        self._observers: list[Callable[[SessionChange], None]] = []
         self._toggle_before: Any = _ABSENT
+        self.default_cluster: str | None = None  # see default_cluster()
+
+    def use_default_cluster(self, cluster: str | None) -> None:
+        """Act on ``cluster`` when an operation names none (None: Dask's coiled-jupyter.cluster),
+        and mirror its toggle from now on."""
+        with self.lock:
+            self.default_cluster = cluster or None
+            self._mirror_toggle(self.of().use_scheduler_public_ip)
 
     @property
-    def values(self) -> SessionValues:
-        return self._values
+    def values(self) -> dict[str, SessionValues]:
+        """Every cluster that has session settings, with them (a copy: changing it changes nothing)."""
+        return dict(self._clusters)
 
-    def layer(self, values: SessionValues | None = None) -> LayerValues:
-        """The session as a layer: the current values, or ``values`` if given."""
-        values = self._values if values is None else values
+    def of(self, cluster: str | None = None) -> SessionValues:
+        """What the session sets for ``cluster`` (None: the default cluster); empty values when it
+        sets nothing."""
+        return self._clusters.get(cluster or default_cluster(), SessionValues())
+
+    def version(self, cluster: str) -> int:
+        """How many changes ``cluster``'s session settings have had; an edit names the version it
+        was made from (see :meth:`replace`)."""
+        return self._versions.get(cluster, 0)
+
+    def clusters(self) -> tuple[str, ...]:
+        """The clusters that have session settings, by name."""
+        return tuple(sorted(self._clusters))
+
+    def layer(self, cluster: str | None = None, values: SessionValues | None = None) -> LayerValues:
+        """``cluster``'s session (None: the default cluster's) as a layer: its current values, or
+        ``values`` if given."""
+        values = self.of(cluster) if values is None else values
         return LayerValues(
             Layer.SESSION,
             list(values.ingress) if values.ingress is not None else None,
@@ -475,17 +540,43 @@ class SessionLayer:
             built_on=values.built_on,
         )
 
-    def replace(self, values: SessionValues) -> None:
-        """Make ``values`` the session (already validated), mirror the toggle, tell the observers."""
-        if values.ingress is not None:
-            values = dataclasses.replace(values, ingress=tuple(canonical(values.ingress)))
-        self._mirror_toggle(values.use_scheduler_public_ip)
-        self._values = values
-        for observer in list(self._observers):
-            observer(values)
+    def replace(
+        self, cluster: str, values: SessionValues, *, based_on: int | None = None
+    ) -> SessionChange:
+        """Make ``values`` (already validated) ``cluster``'s session, mirror the default cluster's
+        toggle, tell the observers.
 
-    def subscribe(self, observer: Callable[[SessionValues], None]) -> Callable[[], None]:
-        """Call ``observer(values)`` after every change; returns the function that unsubscribes."""
+        ``based_on``: the version the edit was made from; if the cluster changed since, the edit is
+        refused (:class:`~coiled_jupyter.errors.StaleEdit`) and nothing changes.
+        """
+        with self.lock:
+            if based_on is not None and based_on != self.version(cluster):
+                raise StaleEdit(
+                    f"the session settings of cluster {cluster!r} changed (a magic, the sidebar or "
+                    "another panel) after this edit was made, so it was not made: it would undo "
+                    "that change. The rows now show the session; make the edit again."
+                )
+            if values.ingress is not None:
+                values = dataclasses.replace(values, ingress=tuple(canonical(values.ingress)))
+            if values.empty:
+                self._clusters.pop(cluster, None)
+            else:
+                self._clusters[cluster] = values
+            self._versions[cluster] = self.version(cluster) + 1
+            self._mirror_toggle(self.of().use_scheduler_public_ip)
+            change = SessionChange(cluster, values, self.version(cluster))
+            for observer in list(self._observers):
+                observer(change)
+            return change
+
+    def clear(self) -> None:
+        """Drop every cluster's session settings (a new kernel's state), telling the observers."""
+        with self.lock:
+            for cluster in self.clusters():
+                self.replace(cluster, SessionValues())
+
+    def subscribe(self, observer: Callable[[SessionChange], None]) -> Callable[[], None]:
+        """Call ``observer(change)`` after every change; returns the function that unsubscribes."""
         self._observers.append(observer)
 
         def unsubscribe() -> None:
@@ -524,6 +615,13 @@ class SessionLayer:
 SESSION = SessionLayer()
 
 
+def default_cluster() -> str:
+    """The cluster an operation acts on when it names none: the magics' ``CoiledMagics.cluster``
+    when it is set in this kernel, else Dask's ``coiled-jupyter.cluster``; one default for the
+    magics, the panel and the mirrored toggle."""
+    return SESSION.default_cluster or option("cluster")
+
+
 def coiled_toggle() -> bool:
     """The ``use_scheduler_public_ip`` a ``coiled.Cluster()`` created now in this kernel would use
     when not given one: Coiled's client reads ``dask.config.get("coiled.use_scheduler_public_ip",
@@ -545,6 +643,7 @@ def effective_settings(
     *,
     account: AccountLoader | None = None,
     session: SessionValues | None = None,
+    cluster: str | None = None,
 ) -> Settings:
     """Resolve every layer into the effective settings, each value with its origin.
 
@@ -553,6 +652,7 @@ def effective_settings(
     this module never calls the provisioning core); without it the account layer is empty. An
     unreadable account store is an error only if it would decide a value. ``session`` resolves
     prospective session values instead of the current ones (checking an edit before it is made).
+    ``cluster``: whose session layer is used (None: the default cluster, ``coiled-jupyter.cluster``).
     """
     unreadable = None
     account_values = LayerValues(Layer.ACCOUNT)
@@ -566,14 +666,14 @@ def effective_settings(
             layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
             account_values,
             config_layer(),
-            SESSION.layer(session),
+            SESSION.layer(cluster, session),
             layer_from_options(Layer.CLUSTER, backend_options, "backend_options"),
         ]
     )
     weakest = min(settings.ingress.layer, settings.use_scheduler_public_ip.layer)
     if unreadable is not None and weakest < Layer.ACCOUNT:
         raise unreadable
-    return settings
+    return dataclasses.replace(settings, account_unreadable=unreadable)
 
 
 def resolve(layers: list[LayerValues]) -> Settings:

@@ -123,3 +123,25 @@ def change_count() -> int:
         return (_folder() / _CHANGES).stat().st_size
     except OSError:
         return 0
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never a part:
+    a temporary file beside it, then a rename. A failure is one sentence and leaves no temporary."""
+    import os
+    import tempfile
+
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CoiledJupyterError(f"{path} cannot be written: {error.strerror or error}.") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise CoiledJupyterError(f"{path} cannot be written: {error.strerror or error}.") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

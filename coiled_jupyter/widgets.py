@@ -5,17 +5,27 @@ A front end only, like the magics: every edit and every button is one call to :m
 checked with ``session.check_rule``, and the result area shows the core's own result object, so the
 panel shows the same tables (the same HTML and JSON mimetype) as the magics and holds no rule logic.
 
-When edits reach the session: at once. Every edit that leaves all rows valid is sent with
-``session.set_settings`` (the toggle with ``session.set_scheduler_ip``), so the next
-``%coiled_ingress`` shows exactly what the panel shows, and Plan, Apply and Save act on it. Edits are
-sent from a thread of the panel (each one re-judges reachability, which may wait on the public-address
-lookup), only the newest waiting one of each kind, and an operation waits for them before it starts.
-An edit that leaves a row invalid is not sent: the session keeps the last valid rules, Apply and Save are
-disabled and the sentence is shown beside the row. A row whose ports and source are both empty is a
-row still being filled in and is left out.
+Drafts, not keystrokes: the rows are a draft. A field reaches the session only when the person
+commits it: Enter or leaving the field (the text fields have ``continuous_update=False``, so the
+browser sends nothing while a person types), a choice in a dropdown, Add, Remove, or Plan/Apply
+(clicking them leaves the field first). Only then, and only if every row is valid, are the rows sent
+with ``session.set_settings`` (the toggle with ``session.set_scheduler_ip``), as written: no prefix of
+what is being typed ever becomes a rule. A committed row that is invalid is not sent: the session keeps
+the last valid rules, Apply and Save are disabled, Plan and Apply refuse with the row's sentence, and
+the sentence is shown beside the row. A row whose ports and source are both empty is a row still being
+filled in and is left out.
+
+Edits are sent from a thread of the panel (each one re-judges reachability, which may wait on the
+public-address lookup), only the newest waiting one of each kind, and an operation waits for them
+before it starts. Each edit names the session version the rows were made from: if the session changed
+meanwhile (a magic in the next cell while the edit waited in the thread), the session refuses it, and
+the panel reloads its rows from the session and says so, instead of undoing the newer change.
 
 One state with the magics: the panel subscribes to the session, so a change made by a magic (or by
-another panel) shows at once in an open panel; :meth:`FirewallPanel.close` unsubscribes.
+another panel) for its cluster shows at once in an open panel (rows still invalid stay, below, and
+are still not in the session); :meth:`FirewallPanel.close` unsubscribes. Session settings are per
+cluster: the panel edits only the cluster it was opened for, and its header names the other clusters
+that have session settings.
 
 Long operations (Plan, Apply, Save as team default, and the sandbox's cold start before them) run in
 a background thread by default, so the kernel stays free; the buttons are disabled and a status line
@@ -42,9 +52,7 @@ import ipywidgets as widgets
 
 from . import session
 from .display import sandbox_pill
-from .errors import CoiledJupyterError
-from .rules import PROTOCOLS, to_coiled
-from .settings import Layer
+from .errors import CoiledJupyterError, StaleEdit
 
 PORTS = "ports"
 SOURCE = "source (CIDR, address, me, everyone)"
@@ -108,26 +116,31 @@ class RuleRow:
     def __init__(self, item: dict | None, on_change: Callable[[], None], on_remove):
         item = item or {}
         ports = item.get("ports", [])
+        # continuous_update=False: the value reaches the kernel on Enter or on leaving the field,
+        # never key by key, so a prefix of what is being typed is never a rule.
         self.ports = widgets.Text(
             ",".join(str(p) for p in ports),
+            continuous_update=False,
             placeholder=PORTS,
             tooltip="ports: 8786, 8786,8787 or a range 8000-8100",
             layout=_column("ports"),
         )
         self.source = widgets.Text(
             str(item.get("cidr", "")),
+            continuous_update=False,
             placeholder=SOURCE,
             tooltip="source: a network 10.1.0.0/16, one address, me, everyone or sg-...",
             layout=_column("source"),
         )
         self.protocol = widgets.Dropdown(
-            options=list(PROTOCOLS),
+            options=list(session.PROTOCOLS),
             value=item.get("protocol", "tcp"),
             tooltip=PROTOCOL,
             layout=_column("protocol"),
         )
         self.description = widgets.Text(
             str(item.get("description", "")),
+            continuous_update=False,
             placeholder=DESCRIPTION,
             tooltip="description (optional, shown in the AWS console)",
             layout=_column("description"),
@@ -214,7 +227,8 @@ class FirewallPanel(widgets.VBox):
 
     def __init__(self, cluster: str | None = None, *, background: bool = True, **kwargs):
         view = session.show(cluster)  # a bad cluster name raises its one sentence here
-        self.cluster = cluster
+        # The cluster as resolved now: the panel keeps editing it if the default changes later.
+        self.cluster = view.target.cluster
         self.background = background
         self.rows: list[RuleRow] = []
         self._view = view
@@ -228,8 +242,15 @@ class FirewallPanel(widgets.VBox):
         self._account_id = ""
         self._sent: list[dict] | None = []
         self._lock = threading.Lock()
-        self._pending: dict[str, Callable[[], object]] = {}
+        self._pending: dict[str, tuple[int, Callable[[int], object]]] = {}
         self._sender: threading.Thread | None = None
+        # The session version the rows show, and how many times they were reloaded because the
+        # session changed under them: an edit made before a reload is not sent.
+        self._version = view.session_version
+        self._reloads = 0
+        self._unsent: str | None = (
+            None  # why the rows shown are not in the session, if they are not
+        )
 
         self.header = widgets.HTML()
         self.rows_box = widgets.VBox(layout=widgets.Layout(width="100%"))
@@ -374,20 +395,30 @@ class FirewallPanel(widgets.VBox):
     # ----------------------------------------------------------------------------------------------
     # From the session into the controls
 
-    def _load(self, view) -> None:
-        """Show ``view`` (a SettingsView): rows, toggle, header, verdict, cell text, markers."""
+    def _load(self, view, *, keep_invalid: bool = False) -> None:
+        """Show ``view`` (a SettingsView): rows, toggle, header, verdict, cell text, markers.
+
+        ``keep_invalid``: rows that are invalid stay, below the session's rules (a draft the person
+        is fixing; still not in the session)."""
+        payload = view.to_payload()
         self._loading = True
         try:
+            kept = [row for row in self.rows if keep_invalid and row.problems]
             for row in self.rows:
-                for control in row.controls():
-                    control.close()
+                if row not in kept:
+                    for control in row.controls():
+                        control.close()
             self.rows = []
-            for item in to_coiled(view.settings.rules):
+            for item in payload["ingress"]:
                 self.add_row(item)
-            self.scheduler_ip.value = view.settings.use_scheduler_public_ip.value
+            self.scheduler_ip.value = payload["use_scheduler_public_ip"]
         finally:
             self._loading = False
         self._sent = [row.item() for row in self.rows if not row.blank]
+        self.rows += kept
+        self.rows_box.children = [r.box for r in self.rows]
+        self._version = view.session_version
+        self._unsent = None
         self._show_view(view)
 
     def _show_view(self, view) -> None:
@@ -410,19 +441,35 @@ class FirewallPanel(widgets.VBox):
             f"region {html.escape(payload['region'])}",
             f"account {html.escape(account)}",
         ]
+        others = [name for name in payload["session_clusters"] if name != payload["cluster"]]
+        kept = (
+            f"<br>session settings are per cluster; also set for: {html.escape(', '.join(others))}"
+            " (not used here)"
+            if others
+            else ""
+        )
         return _block(
             "<strong>Firewall</strong> "
             f'<span style="color: {_MUTED}">rules from {html.escape(payload["ingress_origin"])}'
-            "</span><br>" + " &middot; ".join(parts)
+            "</span><br>" + " &middot; ".join(parts) + _span_html(kept, _MUTED)
         )
 
-    def _on_session(self, _values) -> None:
-        """A session change: from a magic or another panel (this panel's own edits are skipped)."""
+    def _on_session(self, change) -> None:
+        """A session change: from a magic or another panel (this panel's own edits are skipped).
+
+        Another cluster's change only updates the list of clusters with session settings."""
         if self._pushing == threading.get_ident():
-            return  # this panel's own edit, made in this thread
-        self._edited = True
+            self._version = change.version  # this panel's own edit, made in this thread
+            return
         try:
-            self._load(session.show(self.cluster))
+            if change.cluster != self.cluster:
+                self.header.value = self._header_html(
+                    session.show(self.cluster, reach=False).to_payload()
+                )
+                return
+            self._reloads += 1
+            self._edited = True
+            self._load(session.show(self.cluster), keep_invalid=True)
         except CoiledJupyterError as error:
             self._set_status(str(error), error=True)
 
@@ -430,6 +477,8 @@ class FirewallPanel(widgets.VBox):
     # From the controls into the session
 
     def _on_edit(self) -> None:
+        """A committed change of the rows (a field left or entered, a row added or removed): sent
+        when every row is valid and they differ from what was sent."""
         if self._loading:
             return
         valid = all([row.check() for row in self.rows])
@@ -438,7 +487,9 @@ class FirewallPanel(widgets.VBox):
             self._sent = items
             self._send_edit(
                 "rules",
-                lambda: session.set_settings(items, cluster=self.cluster, label="the panel"),
+                lambda version: session.set_settings(
+                    items, cluster=self.cluster, label="the panel", based_on=version
+                ),
             )
         else:
             self._update_controls()
@@ -447,21 +498,26 @@ class FirewallPanel(widgets.VBox):
         if self._loading:
             return
         self._send_edit(
-            "scheduler IP", lambda: session.set_scheduler_ip(change["new"], cluster=self.cluster)
+            "scheduler IP",
+            lambda version: session.set_scheduler_ip(
+                change["new"], cluster=self.cluster, based_on=version
+            ),
         )
 
-    def _send_edit(self, kind: str, edit: Callable[[], object]) -> None:
+    def _send_edit(self, kind: str, edit: Callable[[int], object]) -> None:
         """Make one edit in the session: at once, or (``background``) on the panel's edit thread.
 
         Each edit shows the new settings, and with them the reachability verdict, which may wait
         on the public-address lookup (seconds when offline): a thread keeps typing fluid. Only the
-        newest waiting edit of each kind is sent, so a burst of keystrokes makes one change.
+        newest waiting edit of each kind is sent. ``edit(version)`` makes the edit from the session
+        version the rows show; an edit made before the rows were reloaded is not sent at all.
         """
+        made_from = self._reloads
         if not self.background:
-            self._push(edit)
+            self._push(made_from, edit)
             return
         with self._lock:
-            self._pending[kind] = edit
+            self._pending[kind] = (made_from, edit)
             if self._sender is not None and self._sender.is_alive():
                 return
             context = contextvars.copy_context()
@@ -475,26 +531,42 @@ class FirewallPanel(widgets.VBox):
                     self._sender = None
                     return
                 kind = next(iter(self._pending))
-                edit = self._pending.pop(kind)
-            self._push(edit)
+                made_from, edit = self._pending.pop(kind)
+            self._push(made_from, edit)
 
-    def _push(self, edit: Callable[[], object]) -> None:
-        """Make one edit in the session; its sentence in the status line if the core refuses it."""
+    def _push(self, made_from: int, edit: Callable[[int], object]) -> None:
+        """Make one edit in the session; its sentence in the status line if the core refuses it.
+
+        A stale edit (made before the rows were reloaded, or refused by the session because it
+        changed meanwhile) is not made: the rows are reloaded from the session and the status line
+        says so."""
+        if made_from != self._reloads:
+            self._set_status(_STALE, error=True)
+            return
         self._pushing = threading.get_ident()
         try:
-            view = edit()
+            view = edit(self._version)
+        except StaleEdit as error:
+            self._pushing = None
+            self._reload_after(str(error))
+            return
         except CoiledJupyterError as error:
             self._sent = None  # not in the session: the next edit sends the rows again
+            self._unsent = str(error)
             self._set_status(str(error), error=True)
             self._update_controls()
             return
         except Exception as error:  # a bug: say so here, and keep the traceback below
             self._sent = None
+            self._unsent = f"unexpected {type(error).__name__}: {error}"
             self._unexpected(error)
             return
         finally:
             self._pushing = None
+        self._unsent = None
         self._edited = True
+        if made_from != self._reloads:
+            return  # the session changed while the view was made: the reload showed the newer one
         if not self._busy:  # an operation started meanwhile keeps its own status line
             self._set_status("ready")
         self._show_view(view)
@@ -502,12 +574,34 @@ class FirewallPanel(widgets.VBox):
     # ----------------------------------------------------------------------------------------------
     # Buttons
 
+    def _reload_after(self, sentence: str) -> None:
+        """Show the session as it is now (keeping invalid rows), with ``sentence`` in the status."""
+        self._reloads += 1
+        try:
+            self._load(session.show(self.cluster), keep_invalid=True)
+        except CoiledJupyterError as error:
+            sentence = str(error)
+        self._set_status(sentence, error=True)
+
     def plan(self) -> None:
-        """What Apply would change; the core's plan in the result area."""
+        """What Apply would change, for the rows as shown; the core's plan in the result area."""
+        if self._refuse_draft("planned"):
+            return
         self._run("planning", lambda progress: session.plan(self.cluster), self._planned)
+
+    def _refuse_draft(self, done: str) -> bool:
+        """Refuse (True) with the row's sentence when a row is invalid: Plan and Apply act on what
+        the person sees, and an invalid row is not in the session."""
+        problems = [p for row in self.rows for p in row.problems]
+        if not problems:
+            return False
+        self._set_status(f"not {done}: a row is not valid: {problems[0]}", error=True)
+        return True
 
     def apply(self) -> None:
         """Make the cluster's group match; the group's rules as read back in the result area."""
+        if self._refuse_draft("applied"):
+            return
         self._run(
             "applying",
             lambda progress: session.apply(self.cluster, progress=progress),
@@ -530,11 +624,12 @@ class FirewallPanel(widgets.VBox):
         return not any(t is not None and t.is_alive() for t in (self._sender, self._worker))
 
     def _planned(self, plan) -> None:
-        if not plan.changes:
-            self._applied = _rule_snapshot(self._view.settings.rules)
+        if not plan.changes:  # the rules the plan read are what the group holds
+            self._applied = _rule_snapshot(plan.settings.rules)
 
     def _applied_result(self, result) -> None:
-        self._applied = _rule_snapshot(self._view.settings.rules)
+        # The rules the apply read, not the rows now: an edit made while it ran is not applied.
+        self._applied = _rule_snapshot(result.settings.rules)
         if self._record is not None:
             self._record.update(result)
 
@@ -555,6 +650,10 @@ class FirewallPanel(widgets.VBox):
             if sender is not None:
                 sender.join()  # the operation acts on the newest edit
             try:
+                if self._unsent is not None and doing in ("planning", "applying", "saving"):
+                    raise CoiledJupyterError(
+                        f"not {doing}: the rows shown are not in the session ({self._unsent})"
+                    )
                 result = work(progress)
                 self._show_result(result)
                 if after is not None:
@@ -582,9 +681,7 @@ class FirewallPanel(widgets.VBox):
     def _starting(self, doing: str) -> str:
         """``doing``, or that the sandbox is starting first (its cold start takes seconds)."""
         if self._view.target.backend == "sandbox" and doing != "reverting":
-            from .provision.sandbox import running
-
-            if running() is None:
+            if not session.sandbox_running():
                 return "starting the sandbox (a local moto server, not AWS), then " + doing
         return doing
 
@@ -638,24 +735,20 @@ class FirewallPanel(widgets.VBox):
             self._applied is not None and rules != self._applied
         ):
             marks.append("unapplied changes")
-        if _unsaved(self._view.settings):
+        if self._view.unsaved:
             marks.append("unsaved changes")
         return _block(_span("● " + ", ".join(marks), _WARN)) if marks else ""
 
 
-def _unsaved(settings) -> bool:
-    """Does the session set a value that neither the Dask config nor the account defaults hold?"""
-    mine = settings.layer(Layer.SESSION)
-    if mine is None:
-        return False
-    kept = [values for layer in (Layer.CONFIG, Layer.ACCOUNT) if (values := settings.layer(layer))]
-    if mine.ingress is not None and all(
-        k.ingress is None or _rule_snapshot(k.ingress) != _rule_snapshot(mine.ingress) for k in kept
-    ):
-        return True
-    return mine.use_scheduler_public_ip is not None and all(
-        k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
-    )
+_STALE = (
+    "an edit was not made: the session changed (a magic, the sidebar or another panel) after it "
+    "was made, and it would undo that change. The rows show the session; make the edit again."
+)
+
+
+def _span_html(inner_html: str, color: str) -> str:
+    """``inner_html`` (already escaped) in ``color``."""
+    return f'<span style="color: {color}">{inner_html}</span>' if inner_html else ""
 
 
 def _notes_html(payload: dict) -> str:

@@ -64,7 +64,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     """A real, empty Dask config folder and no DASK_COILED__ variables; no session left afterwards."""
     import copy
 
-    from coiled_jupyter.settings import SESSION, SessionValues
+    from coiled_jupyter.settings import SESSION
 
     folder = tmp_path / "dask-config"
     folder.mkdir()
@@ -77,7 +77,7 @@ def dask_config(monkeypatch, tmp_path) -> Path:
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("DASK_CONFIG", str(empty))
     _without_coiled_variables(monkeypatch)
-    SESSION.replace(SessionValues())
+    SESSION.clear()
     dask.config.config.clear()
     dask.config.config.update(saved)
 
@@ -111,9 +111,9 @@ def _fresh_session(monkeypatch):
 
     monkeypatch.setattr(account, "_known", {})
     yield
-    from coiled_jupyter.settings import SESSION, SessionValues
+    from coiled_jupyter.settings import SESSION
 
-    SESSION.replace(SessionValues())
+    SESSION.clear()
 
 
 @pytest.fixture

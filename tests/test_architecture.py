@@ -116,6 +116,35 @@ def test_display_knows_no_result_type():
     assert not {m for m in graph()["coiled_jupyter.display"] if m.startswith("coiled_jupyter.")}
 
 
+# The front ends reach the package only through these (DESIGN.md "Shape of the code"); the magics
+# also open the panel (%coiled_firewall), and the server extension's entry point names its routes.
+FRONT_END_MODULES = {
+    "coiled_jupyter.magics": {"coiled_jupyter.widgets"},
+    "coiled_jupyter.widgets": set(),
+    "coiled_jupyter.server.handlers": set(),
+    "coiled_jupyter.server": {"coiled_jupyter.server.handlers"},
+    "coiled_jupyter.__main__": set(),
+}
+THROUGH = {"coiled_jupyter.session", "coiled_jupyter.display", "coiled_jupyter.errors"}
+
+
+@pytest.mark.parametrize("name", sorted(FRONT_END_MODULES))
+def test_front_ends_import_only_session_display_and_errors(name):
+    from_package = {m for m in graph()[name] if m.split(".")[0] == "coiled_jupyter"}
+    allowed = THROUGH | FRONT_END_MODULES[name]
+    assert from_package <= allowed, f"{name} imports {sorted(from_package - allowed)}"
+
+
+def test_the_front_end_rule_sees_a_lazy_import(tmp_path):
+    source = tmp_path / "widgets.py"
+    source.write_text(
+        "from . import session\ndef f():\n    from .provision.sandbox import running\n"
+    )
+    known = {"coiled_jupyter.session", "coiled_jupyter.provision.sandbox"}
+    found = imports_of("coiled_jupyter.widgets", source, known)
+    assert found - THROUGH == {"coiled_jupyter.provision.sandbox"}
+
+
 def test_only_the_aws_module_imports_boto():
     edges = graph()
     users = {

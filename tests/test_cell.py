@@ -46,28 +46,29 @@ def run_cell(ip, text: str):
 def test_the_cell_sets_the_same_description_and_takes_no_variable(ip, dask_config, description):
     ip.user_ns["x"] = "a notebook variable"
     view = session.add("8786,8787", "10.1.0.0/16", description=description, cluster="cell")
-    expected = SESSION.values
+    expected = SESSION.of("cell")
     text = view.to_payload()["copy_as_cell"]
-    session.reset()
+    session.reset("cell")
     result = run_cell(ip, text)
     assert result.to_payload()["kind"] == "settings"
-    assert SESSION.values.ingress == expected.ingress
-    assert {r.description for r in SESSION.values.ingress} == {description}
+    assert SESSION.of("cell").ingress == expected.ingress
+    assert {r.description for r in SESSION.of("cell").ingress} == {description}
 
 
 def test_the_cell_names_the_cluster_keeps_the_toggle_and_never_applies(ip, dask_config, api_calls):
     session.add("8000-8100", "10.2.0.0/16", protocol="udp", cluster="cell-two")
     session.add("22", "2001:db8::/32", cluster="cell-two")
     view = session.set_scheduler_ip("private", cluster="cell-two")
-    expected = SESSION.values
+    expected = SESSION.of("cell-two")
     text = view.to_payload()["copy_as_cell"]
     assert text.splitlines()[0] == "%%coiled_ingress --cluster cell-two"
     assert "--apply" not in text
     assert "use_scheduler_public_ip: false" in text
-    session.reset()
+    session.reset("cell-two")
     result = run_cell(ip, text)
     assert result.to_payload()["cluster"] == "cell-two"
-    assert SESSION.values == expected
+    assert SESSION.of("cell-two").ingress == expected.ingress
+    assert SESSION.of("cell-two").use_scheduler_public_ip is False
     assert sum(api_calls.values()) == 0
 
 
@@ -75,6 +76,6 @@ def test_no_rules_is_an_empty_list_not_the_default(ip, dask_config):
     view = session.clear(cluster="empty")
     text = view.to_payload()["copy_as_cell"]
     assert "ingress: []" in text
-    session.reset()
+    session.reset("empty")
     run_cell(ip, text)
-    assert SESSION.values.ingress == ()
+    assert SESSION.of("empty").ingress == ()

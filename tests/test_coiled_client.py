@@ -105,7 +105,8 @@ def test_cluster_kwargs_pass_coileds_types_and_validator(sandbox, dask_config, c
             {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"},
             {"ports": ["8000-8003"], "cidr": "10.32.0.0/16"},
             {"ports": [8786], "cidr": "2001:db8::/32"},
-        ]
+        ],
+        cluster="coiled-shape",
     )
     session.apply("coiled-shape")
     kwargs = session.cluster_kwargs("coiled-shape", backend_options={"region_name": "us-east-1"})
@@ -143,7 +144,8 @@ def test_what_coileds_ingress_cannot_carry_is_refused_in_one_error(sandbox, dask
             {"ports": [8786], "cidr": "sg-0123456789abcdef0"},
             {"ports": [f"1024-{1024 + MAX_LISTED_PORTS}"], "cidr": "10.2.0.0/16"},
             {"ports": [8786], "cidr": "10.3.0.0/16"},
-        ]
+        ],
+        cluster="refused",
     )
     with pytest.raises(IngressError) as info:
         session.cluster_kwargs("refused")
@@ -158,7 +160,9 @@ def test_what_coileds_ingress_cannot_carry_is_refused_in_one_error(sandbox, dask
     assert udp.startswith("udp 53 from 10.1.0.0/16") and "TCP ports only" in udp
     assert all("cluster_kwargs().security_group_id" in p for p in problems)
 
-    session.set_settings([{"ports": [f"1024-{1023 + MAX_LISTED_PORTS}"], "cidr": "10.2.0.0/16"}])
+    session.set_settings(
+        [{"ports": [f"1024-{1023 + MAX_LISTED_PORTS}"], "cidr": "10.2.0.0/16"}], cluster="refused"
+    )
     [rule] = session.cluster_kwargs("refused")["backend_options"]["ingress"]
     assert rule["ports"] == list(range(1024, 1024 + MAX_LISTED_PORTS))
 
@@ -393,8 +397,9 @@ def test_the_settings_table_says_what_coiled_cluster_reads_by_itself(cloud, dask
     assert view.coiled_toggle is seen_by_coiled() is True  # ...which Coiled's client never reads
     toggle_note, rules_note = view.to_payload()["client_notes"]
     assert "by itself: true, not the false above (from account default" in toggle_note
-    assert "coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in toggle_note
-    assert "takes the rules only as coiled.Cluster(**coiled_jupyter.cluster_kwargs())" in rules_note
+    # "told" is not the default cluster: the call to paste names it.
+    assert "coiled.Cluster(**coiled_jupyter.cluster_kwargs('told'))" in toggle_note
+    assert "only as coiled.Cluster(**coiled_jupyter.cluster_kwargs('told'))" in rules_note
 
     view = session.set_scheduler_ip("private")
     assert view.coiled_toggle is seen_by_coiled() is False

@@ -52,10 +52,11 @@ def line(ip, text):
     return ip.run_line_magic("coiled_ingress", text)
 
 
-def session():
+def session(cluster=None):
+    """The session layer of ``cluster`` (None: the default cluster)."""
     from coiled_jupyter.settings import SESSION
 
-    return SESSION.layer()
+    return SESSION.layer(cluster)
 
 
 def rules_of(result) -> list[tuple[str, str, str]]:
@@ -250,7 +251,7 @@ def test_clear_and_reset(ip, sandbox):
 def test_plan_apply_describe_destroy(ip, sandbox):
     from coiled_jupyter.provision.results import ApplyResult, DestroyResult, Plan, RuleTable
 
-    line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}]")
+    line(ip, "set [{ports: [8786, 8787], cidr: 10.1.0.0/16}] --cluster magic-test")
     plan = line(ip, "plan --cluster magic-test")
     assert isinstance(plan, Plan) and plan.create and plan.target.cluster == "magic-test"
     applied = line(ip, "apply --cluster magic-test")
@@ -331,8 +332,9 @@ def test_cell_with_coiled_snippet(ip, sandbox):
         ("tcp", "8787", "10.1.0.0/16"),
     ]
     assert view.settings.use_scheduler_public_ip.value is False
-    assert dask.config.get("coiled.use_scheduler_public_ip") is False
-    assert session().ingress is not None
+    # Dask's key holds the default cluster's toggle only; vpn's reaches Coiled as cluster_kwargs('vpn').
+    assert dask.config.get("coiled.use_scheduler_public_ip", None) is None
+    assert session("vpn").ingress is not None and session().ingress is None
 
 
 def test_cell_with_rule_list_and_apply(ip, sandbox):

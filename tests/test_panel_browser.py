@@ -1,7 +1,9 @@
 """The firewall panel in a real JupyterLab, driven by Debian's chromium through Python playwright.
 
 A person's path: open a notebook, run ``%coiled_firewall``, type a network with host bits, read the
-sentence, fix it, click Apply, see the applied row. Screenshots in the light and dark themes, at 800 px
+sentence, fix it, click Apply, see the applied row. And the draft: typed key by key, nothing reaches
+the kernel's session until the person commits the field (Enter or leaving it), and then only what was
+written, never a prefix. Screenshots in the light and dark themes, at 800 px
 wide, go to ``test-artifacts/`` (gitignored). Any JavaScript error in the console fails the test.
 Skipped when chromium or playwright is missing; never downloads a browser.
 """
@@ -20,6 +22,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CLUSTER = "lab-panel"
+DRAFT_CLUSTER = "lab-draft"
 SOURCE = "source (CIDR, address, me, everyone)"
 WIDTH = 800
 
@@ -48,6 +51,12 @@ def lab(tmp_path_factory, sandbox_server):
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     (home / "notebooks").mkdir()
     nbformat.write(notebook, home / "notebooks" / "panel.ipynb")
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            f"%load_ext coiled_jupyter\n%coiled_firewall --cluster {DRAFT_CLUSTER}"
+        )
+    ]
+    nbformat.write(notebook, home / "notebooks" / "draft.ipynb")
     with running_lab(home, env) as url:
         yield {"url": url, "root": home / "notebooks"}
 
@@ -106,10 +115,10 @@ def test_panel_in_jupyterlab(lab, page, sandbox, cloud):
     source.wait_for(timeout=60_000)
     apply = page.get_by_role("button", name="Apply", exact=True)
 
-    # A network with host bits: the sentence beside the row, Apply disabled.
+    # A network with host bits: the sentence beside the row once it is committed, Apply disabled.
     source.fill("")
     source.press_sequentially("10.1.0.2/16", delay=15)
-    # Typed key by key: wait for the sentence about the whole network, not one about "10.1.0.2/1".
+    source.press("Enter")
     sentence = page.get_by_text("did you mean '10.1.0.0/16'?")
     sentence.wait_for()
     assert "with host bits set" in sentence.inner_text()
@@ -118,6 +127,7 @@ def test_panel_in_jupyterlab(lab, page, sandbox, cloud):
 
     # Fixed: the sentence goes, Apply comes back; Apply shows the group's rules as read back.
     source.fill("10.1.0.0/16")
+    source.press("Tab")
     sentence.wait_for(state="detached")
     page.wait_for_function(
         "() => [...document.querySelectorAll('button.widget-button')]"
@@ -169,4 +179,83 @@ def test_panel_in_jupyterlab(lab, page, sandbox, cloud):
     ]
     assert kinds == ["apply"]
 
+    assert page.errors == []
+
+
+def _in_kernel(page, code: str) -> str:
+    """Run ``code`` in the notebook's kernel behind the page's back (no cell, no focus change) and
+    return what it printed. The kernel handles messages in order, so every widget change the
+    browser sent before is handled first."""
+    return page.evaluate(
+        """async code => {
+            const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+            const future = kernel.requestExecute({code, store_history: false});
+            let out = '';
+            future.onIOPub = msg => {
+                if (msg.header.msg_type === 'stream') { out += msg.content.text; }
+                if (msg.header.msg_type === 'error') { out += msg.content.evalue; }
+            };
+            await future.done;
+            return out;
+        }""",
+        code,
+    )
+
+
+# Every change the kernel's session hears, as text; and the panel, waited for (its edit thread).
+_LISTEN = """
+from coiled_jupyter import session as _s
+_heard = []
+_s.subscribe(lambda change: _heard.append(
+    (change.cluster, [str(r) for r in (change.values.ingress or ())])))
+"""
+_HEARD = """
+[_p.wait(30) for _p in Out.values() if type(_p).__name__ == "FirewallPanel"]
+print(repr(_heard))
+"""
+
+
+def test_panel_draft_typed_key_by_key(lab, page, sandbox):
+    page.goto(f"{lab['url']}/lab/tree/draft.ipynb")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    _wait_for_idle_kernel(page)
+    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    panel = page.locator(".cj-firewall-panel")
+    panel.get_by_placeholder(SOURCE).first.wait_for(timeout=60_000)
+    _wait_for_idle_kernel(page)
+    _in_kernel(page, _LISTEN)
+
+    panel.get_by_role("button", name="Add rule").click()
+    ports = panel.get_by_placeholder("ports").last
+    source = panel.get_by_placeholder(SOURCE).last
+    ports.click()
+    ports.press_sequentially("9100", delay=20)
+    source.click()  # leaving the ports field commits it: a row without a source is not a rule
+    source.press_sequentially("10.20.0.5/16", delay=20)
+    # Typed, not committed: the session heard nothing, though "10.20.0.5" was a valid prefix.
+    assert _in_kernel(page, _HEARD).strip() == "[]"
+
+    source.press("Enter")
+    sentence = panel.get_by_text("did you mean '10.20.0.0/16'?")
+    sentence.wait_for()
+    assert _in_kernel(page, _HEARD).strip() == "[]"  # committed but invalid: still nothing
+    _shoot(page, "panel-draft-invalid-light.png")
+    _theme(page, "JupyterLab Dark")
+    _shoot(page, "panel-draft-invalid-dark.png")
+    _theme(page, "JupyterLab Light")
+
+    source.press("ControlOrMeta+a")
+    source.press_sequentially("10.20.0.0/16", delay=20)
+    assert _in_kernel(page, _HEARD).strip() == "[]"
+    source.press("Tab")  # leaving the field commits the row as written
+    sentence.wait_for(state="detached")
+    heard = _in_kernel(page, _HEARD)
+    assert "tcp 9100 from 10.20.0.0/16" in heard, heard
+    assert "10.20.0.5" not in heard
+    assert heard.count(DRAFT_CLUSTER) == 1  # one change, for this cluster
+    _shoot(page, "panel-draft-committed-light.png")
+    _theme(page, "JupyterLab Dark")
+    _shoot(page, "panel-draft-committed-dark.png")
+    _theme(page, "JupyterLab Light")
     assert page.errors == []

@@ -13,7 +13,7 @@ from coiled_jupyter import session
 from coiled_jupyter.errors import CoiledJupyterError, ConfigFileError
 from coiled_jupyter.provision.results import ApplyResult, SaveResult, SettingsView
 from coiled_jupyter.rules import IngressError
-from coiled_jupyter.settings import SESSION, Layer, SessionValues
+from coiled_jupyter.settings import SESSION, Layer, SessionChange
 
 VPN = {"ports": [8786, 8787], "cidr": "10.1.0.0/16", "description": "VPN"}
 
@@ -34,7 +34,7 @@ def test_add_remove_clear_and_reset(dask_config):
     assert session.clear().settings.rules == []
     view = session.reset()
     assert view.settings.ingress.layer is Layer.DEFAULT
-    assert SESSION.values == SessionValues()
+    assert SESSION.values == {}
 
 
 def test_set_settings_takes_python_values_text_and_snippets(dask_config):
@@ -77,22 +77,23 @@ def test_check_rule_says_what_is_wrong_and_changes_nothing(dask_config):
     [sentence] = session.check_rule("8786", "10.1.0.2/16")
     assert "did you mean '10.1.0.0/16'" in sentence
     assert session.check_rule("8786", "10.1.0.0/16", description="<b>")[0].count("<") >= 1
-    assert SESSION.values == SessionValues()
+    assert SESSION.values == {}
 
 
 def test_observers_hear_every_change_until_they_unsubscribe(dask_config):
-    heard: list[SessionValues] = []
+    heard: list[SessionChange] = []
     unsubscribe = session.subscribe(heard.append)
     session.add(8786, "10.1.0.0/16")
     session.set_scheduler_ip("private")
     unsubscribe()
     session.reset()
     assert len(heard) == 2
-    assert heard[-1].use_scheduler_public_ip is False and len(heard[-1].ingress) == 1
+    assert heard[-1].cluster == "notebook" and heard[-1].version == heard[0].version + 1
+    assert heard[-1].values.use_scheduler_public_ip is False and len(heard[-1].values.ingress) == 1
 
 
 def test_a_failed_edit_tells_no_observer(dask_config):
-    heard: list[SessionValues] = []
+    heard: list[SessionChange] = []
     unsubscribe = session.subscribe(heard.append)
     with pytest.raises(IngressError):
         session.add(8786, "10.1.0.2/16")

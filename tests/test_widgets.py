@@ -120,8 +120,9 @@ def rows_as_text(panel) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def session_rules() -> list[tuple[str, str, str]] | None:
-    values = SESSION.values
+def session_rules(cluster: str | None = None) -> list[tuple[str, str, str]] | None:
+    """The session's rules for ``cluster`` (None: the default cluster), None when it sets none."""
+    values = SESSION.of(cluster)
     if values.ingress is None:
         return None
     return [(r.protocol, r.ports, r.source) for r in values.ingress]
@@ -155,7 +156,7 @@ def test_opens_on_the_effective_settings(open_panel):
     assert "public IP" in html.unescape(panel.meaning.value)
     assert "open to the whole internet" in html.unescape(panel.reachability.value)
     # Opening changes nothing.
-    assert SESSION.values.ingress is None and SESSION.values.use_scheduler_public_ip is None
+    assert SESSION.values == {}
     assert panel.marker.value == ""
 
 
@@ -270,7 +271,7 @@ def test_each_bad_field_keeps_its_own_sentence(open_panel):
 def test_the_toggle_sets_the_session_and_says_what_it_means(open_panel, ip):
     panel = open_panel()
     find(panel, "scheduler IP").value = False
-    assert SESSION.values.use_scheduler_public_ip is False
+    assert SESSION.of().use_scheduler_public_ip is False
     assert "private IP" in html.unescape(panel.meaning.value)
     view = ip.run_line_magic("coiled_scheduler_ip", "")
     assert view.settings.use_scheduler_public_ip.value is False
@@ -414,11 +415,11 @@ def test_revert_restores_the_saved_settings(dask_config, open_panel):
     find(panel, "Add rule").click()
     fill(last_row(panel), ports="22", source="me")
     find(panel, "scheduler IP").value = False
-    assert SESSION.values.ingress is not None
+    assert SESSION.of().ingress is not None
     find(panel, "Revert").click()
     assert rows_as_text(panel) == [("8786", "10.3.0.0/16", "tcp", "")]
     assert find(panel, "scheduler IP").value is True
-    assert SESSION.values.ingress is None and SESSION.values.use_scheduler_public_ip is None
+    assert SESSION.values == {}
     assert "unsaved" not in panel.marker.value
     assert shown(panel)["payload"]["kind"] == "settings"
 
@@ -499,7 +500,7 @@ def test_the_copied_cell_reproduces_the_settings_and_does_not_apply(
     result = ip.run_cell_magic("coiled_ingress", first.split(" ", 1)[1], body)
     assert result.to_payload()["kind"] == "settings"
     assert SESSION.values == expected
-    assert [r.description for r in SESSION.values.ingress] == [description, description]
+    assert [r.description for r in SESSION.of("panel-cell").ingress] == [description, description]
 
 
 def test_apply_updates_a_plain_output_for_saved_notebooks(open_panel, sandbox):
@@ -547,3 +548,139 @@ def test_the_panel_is_exported_lazily():
     import coiled_jupyter
 
     assert coiled_jupyter.FirewallPanel is panel_module.FirewallPanel
+
+
+# --------------------------------------------------------------------------------------------------
+# Drafts, not keystrokes; stale edits
+
+
+def test_text_fields_reach_the_kernel_only_when_committed(open_panel):
+    """continuous_update=False: the browser sends a field on Enter or when it is left, never key by
+    key (tests/test_panel_browser.py types one key at a time in a real browser)."""
+    panel = open_panel()
+    find(panel, "Add rule").click()
+    for row in row_boxes(panel):
+        for label in ("ports", SOURCE, "description"):
+            assert find(row, label).continuous_update is False, label
+
+
+@pytest.mark.parametrize("button", ["Plan", "Apply"])
+def test_plan_and_apply_refuse_an_invalid_row_with_its_sentence(open_panel, button, cloud):
+    panel = open_panel("panel-draft")
+    fill(last_row(panel), ports="9100", source="10.20.0.0/16")
+    before = session_rules("panel-draft")
+    fill(last_row(panel), source="10.20.0.5/16")
+    getattr(panel, button.lower())()  # as a click would, were the button not disabled
+    assert "a row is not valid" in status(panel) and "host bits set" in status(panel)
+    assert panel.output.outputs == ()
+    assert session_rules("panel-draft") == before
+    names = [g["GroupName"] for g in cloud.ec2.describe_security_groups()["SecurityGroups"]]
+    assert not any("panel-draft" in name for name in names)
+
+
+def test_an_invalid_row_stays_a_draft_when_the_session_changes(open_panel, ip):
+    panel = open_panel()
+    find(panel, "Add rule").click()
+    fill(last_row(panel), ports="9100", source="10.20.0.5/16")
+    ip.run_line_magic("coiled_ingress", "set [{ports: [8786], cidr: 10.8.0.0/16}]")
+    assert rows_as_text(panel) == [
+        ("8786", "10.8.0.0/16", "tcp", ""),
+        ("9100", "10.20.0.5/16", "tcp", ""),
+    ]
+    assert "host bits set" in html.unescape(last_row(panel).children[1].value)
+    assert session_rules() == [("tcp", "8786", "10.8.0.0/16")]  # never the /32 of a prefix
+    ip.run_line_magic("coiled_ingress", "add 22 10.9.0.0/16")
+    assert sorted(session_rules()) == [("tcp", "22", "10.9.0.0/16"), ("tcp", "8786", "10.8.0.0/16")]
+
+
+@pytest.fixture
+def held_lookup():
+    """A public-address service on loopback that, once ``armed`` is set, holds its next request until
+    ``release`` is set (``arrived`` says it came); every other request is answered at once with an
+    error."""
+    import http.server
+    import threading
+
+    armed, arrived, release = threading.Event(), threading.Event(), threading.Event()
+    first = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if armed.is_set() and first.acquire(blocking=False):
+                arrived.set()
+                release.wait(30)
+            self.send_error(503)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    lookup = {"coiled-jupyter.public-ip.services": [url], "coiled-jupyter.public-ip.timeout": 30}
+    import types
+
+    with dask.config.set(lookup):
+        yield types.SimpleNamespace(armed=armed, arrived=arrived, release=release)
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_panel_edit_waiting_in_its_thread_never_undoes_a_magic(dask_config, held_lookup, ip):
+    """Issue 16 item 3: the panel's edit A waits in its thread on the public-address lookup, edit B
+    (made from rows that still hold 0.0.0.0/0) waits behind it, and the next cell removes 8786 from
+    0.0.0.0/0. B must not put it back; the panel shows the session afterwards."""
+    panel = FirewallPanel()  # edits from its thread, as in a notebook
+    try:
+        find(panel, "Add rule").click()
+        held_lookup.armed.set()
+        fill(last_row(panel), ports="9000", source="10.9.0.0/16")  # edit A
+        assert held_lookup.arrived.wait(30)  # A is in the session; its view waits on the lookup
+        fill(row_boxes(panel)[0], description="world")  # edit B, queued behind A
+        ip.run_line_magic("coiled_ingress", "remove 8786 0.0.0.0/0")  # the next cell
+        held_lookup.release.set()
+        assert panel.wait(60)
+        assert session_rules() == [("tcp", "8787", "0.0.0.0/0"), ("tcp", "9000", "10.9.0.0/16")]
+        assert rows_as_text(panel) == [
+            ("8787", "0.0.0.0/0", "tcp", ""),
+            ("9000", "10.9.0.0/16", "tcp", ""),
+        ]
+        assert "the session changed" in status(panel)
+        assert "8786" not in panel.cell.value
+    finally:
+        held_lookup.release.set()
+        panel.wait(60)
+        panel.close()
+
+
+def test_the_unapplied_marker_compares_with_what_was_applied(dask_config, sandbox, ip):
+    import threading
+
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
+
+    arrived, released = threading.Event(), threading.Event()
+    ec2 = aws.client("ec2", target().connection())
+
+    def hold(**_) -> None:
+        arrived.set()
+        released.wait(30)
+
+    ec2.meta.events.register("before-send", hold)
+    panel = FirewallPanel("panel-marker")
+    try:
+        fill(last_row(panel), source="10.2.0.0/16")
+        assert panel.wait(30)
+        find(panel, "Apply").click()
+        assert arrived.wait(30)  # the apply has read the settings and waits on its first call
+        ip.run_line_magic("coiled_ingress", "add 22 10.9.0.0/16 --cluster panel-marker")
+        released.set()
+        assert panel.wait(60)
+        assert shown(panel)["payload"]["kind"] == "apply", status(panel)
+        assert "unapplied changes" in html.unescape(panel.marker.value)
+    finally:
+        released.set()
+        ec2.meta.events.unregister("before-send", hold)
+        panel.wait(60)
+        panel.close()

@@ -21,13 +21,17 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import AccountStoreUnreadable, CloudError
+from ..policy import Guardrails
 from ..rules import IngressError, mask_host_bits, to_coiled
 from ..settings import Layer, LayerValues, layer_from_options, option
 from .target import Target, target
 
+# The key of the team's guardrails beside Coiled's options in the account store's JSON.
+GUARDRAILS_KEY = "coiled-jupyter-guardrails"
 # What this tool keeps of a set_backend_options call; every other keyword is Coiled's own.
 FIREWALL_KEYWORDS = ("ingress", "firewall", "use_scheduler_public_ip")
 # Coiled's workspace slugs; also what an SSM parameter name may hold after the prefix.
@@ -192,7 +196,15 @@ def load_account_layer(t: Target) -> LayerValues:
             f"{said}; the account defaults are needed because no Dask config, session or cluster "
             "options set these values.",
         ) from None
-    return _remember(key, layer_from_options(Layer.ACCOUNT, options, f"SSM {name}"), "read")
+    return _remember(key, account_layer(options, f"SSM {name}"), "read")
+
+
+def account_layer(options: dict | None, detail: str) -> LayerValues:
+    """The account layer from what the store holds: Coiled's options and the team's guardrails,
+    each read strictly (a guardrail edited by hand into nonsense is refused, never dropped)."""
+    options = dict(options or {})
+    guardrails = Guardrails.from_stored(options.pop(GUARDRAILS_KEY, None), where=detail)
+    return replace(layer_from_options(Layer.ACCOUNT, options, detail), guardrails=guardrails)
 
 
 def save_account(t: Target, ingress, use_scheduler_public_ip: bool | None) -> str:
@@ -351,8 +363,37 @@ def set_backend_options(
     located = _located(t, name)
     if located is not None and (not keys.given or t.backend == "sandbox"):
         # (keys given for AWS may be another account's: its store is not this kernel's)
-        _remember(located[0], layer_from_options(Layer.ACCOUNT, stored, location), "written")
+        _remember(located[0], account_layer(stored, location), "written")
     return location
+
+
+def guardrails(t: Target) -> Guardrails:
+    """The team's guardrails, read from the account store now (one SSM call)."""
+    return load_account_layer(t).guardrails
+
+
+def set_guardrails(t: Target, change: Callable[[Guardrails], Guardrails]) -> Guardrails:
+    """Change the team's guardrails in the account store (``change`` maps the stored ones to the
+    new ones) and keep every other value there; returns what was stored. Each guardrail it adds
+    is signed with who set it (the AWS identity of this kernel's credentials) and when."""
+    from .aws import AccountStore, caller_arn
+
+    name = store_name()
+    located = _located(t, name)
+    t = located[1] if located is not None else t.connected()
+    store = AccountStore(t.connection(), name)
+    stored = store.load() or {}
+    before = account_layer(stored, f"SSM {name}").guardrails
+    signer = (caller_arn(t.connection()), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    after = change(before).signed(before, *signer)
+    stored = {**stored, GUARDRAILS_KEY: after.to_stored()}
+    if not after.rails:
+        stored.pop(GUARDRAILS_KEY)
+    store.store(stored)
+    located = _located(t, name)
+    if located is not None:
+        _remember(located[0], account_layer(stored, f"SSM {name}"), "written")
+    return after
 
 
 def _warn_ignored(

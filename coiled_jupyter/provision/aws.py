@@ -33,6 +33,8 @@ TAG_CLUSTER = "coiled-jupyter:cluster"
 # TAG_ME lists the networks 'me' stood for when the rules of that call were written (one
 # TagSpecifications covers every rule of a call, so the value names the 'me' rules among them).
 TAG_ME = "coiled-jupyter:me"
+# TAG_OVERRIDE says which team guardrail the rules of that call override, and why ("no-world: ...").
+TAG_OVERRIDE = "coiled-jupyter:override"
 SELF_DESCRIPTION = "cluster-internal traffic (this group)"
 _NOT_FOUND_RETRIES = (0.2, 0.4, 0.8, 1.6, 3.2)
 # Rounds of "the call conflicted with the group as read; read again and retry the rest".
@@ -326,13 +328,25 @@ def permissions_from_rules(
     return list(grouped.values())
 
 
-def _rule_tags(rules: list[Rule], me: Iterable[str]) -> dict:
-    """The TagSpecifications of an authorize: this tool's owner tag, and which rules are 'me'."""
+def _rule_tags(rules: list[Rule], me: Iterable[str], override: str) -> dict:
+    """The TagSpecifications of an authorize: this tool's owner tag, which rules are 'me', and the
+    guardrail override the rules need."""
     tags = [{"Key": TAG_OWNER, "Value": TOOL}]
     mine = sorted({r.source for r in rules} & set(me))
     if mine:
         tags.append({"Key": TAG_ME, "Value": " ".join(mine)})
+    if override:
+        tags.append({"Key": TAG_OVERRIDE, "Value": override[:256]})
     return {"ResourceType": "security-group-rule", "Tags": tags}
+
+
+def caller_arn(connection: Connection) -> str:
+    """Who this kernel's credentials are (STS ``GetCallerIdentity``; only the ARN is kept: the
+    response's user id can be an access key id)."""
+    try:
+        return client("sts", connection).get_caller_identity()["Arn"]
+    except (ClientError, BotoCoreError) as error:
+        raise cloud_error(error, "asking AWS who these credentials are") from None
 
 
 class SecurityGroups:
@@ -478,9 +492,12 @@ class SecurityGroups:
             )
         return existing.group_id
 
-    def authorize(self, group_id: str, rules: list[Rule], me: Iterable[str] = ()) -> None:
+    def authorize(
+        self, group_id: str, rules: list[Rule], me: Iterable[str] = (), override: str = ""
+    ) -> None:
         """Add rules in one call, tagged as this tool's; if some already exist (a concurrent apply),
-        add only the rest. ``me``: the networks 'me' stands for (tagged, see :data:`TAG_ME`)."""
+        add only the rest. ``me``: the networks 'me' stands for (tagged, see :data:`TAG_ME`);
+        ``override``: the guardrail these rules override, and why (see :data:`TAG_OVERRIDE`)."""
         for _ in range(_CONFLICT_ROUNDS):
             if not rules:
                 return
@@ -491,7 +508,7 @@ class SecurityGroups:
                         self.ec2.authorize_security_group_ingress,
                         GroupId=group_id,
                         IpPermissions=permissions_from_rules(rules),
-                        TagSpecifications=[_rule_tags(rules, me)],
+                        TagSpecifications=[_rule_tags(rules, me, override)],
                     ),
                     f"adding rules to {group_id}",
                 )

@@ -26,6 +26,7 @@ import collections
 import ipaddress
 from dataclasses import dataclass, replace
 
+from ..policy import Breach
 from ..rules import (
     ALL_PROTOCOLS,
     MAX_RULES,
@@ -53,6 +54,11 @@ class QuotaError(IngressError):
     """The declared rules would not fit the group's quota; refused before any call."""
 
 
+class GuardrailError(IngressError):
+    """The declared rules break a team guardrail and no override covers them; refused before any
+    write."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Desired rules
 
@@ -72,14 +78,33 @@ class Desired:
     notes: tuple[str, ...] = ()
     # The networks 'me' stands for among the rules, tagged as such so a new address replaces them.
     me: tuple[str, ...] = ()
+    # The team's guardrails these rules break: not overridden (refused unless the group's rules
+    # carry an earlier override), and overridden now, with the reason (tagged on those rules).
+    refused: tuple[Breach, ...] = ()
+    overridden: tuple[Breach, ...] = ()
+    # Rule key -> the override tag an earlier apply left on a rule that still needs it.
+    earlier: tuple[tuple[tuple, str], ...] = ()
+
+    def overrides(self) -> dict[tuple, str]:
+        """Rule key -> the override tag of the rules that need one now ("no-world: reason")."""
+        tags: dict[tuple, list[str]] = collections.defaultdict(list)
+        for breach in self.overridden:
+            for rule in breach.rules:
+                tags[rule.key].append(f"{breach.guardrail.name}: {breach.reason}")
+        return {key: "; ".join(texts) for key, texts in tags.items()}
+
+    def shown_overrides(self) -> dict[tuple, str]:
+        """Every override the rules carry after an apply: earlier ones and new ones."""
+        return {**dict(self.earlier), **self.overrides()}
 
 
 # A plan lists this many covered rules one by one, then counts the rest.
 _COVERED_SHOWN = 5
 
 
-def declared(settings: Settings) -> Desired:
-    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas.
+def declared(settings: Settings, overrides: dict[str, str] | None = None) -> Desired:
+    """The declared rules as they will be sent: ``me`` resolved, compacted, checked against quotas
+    and against the team's guardrails (``overrides``: guardrail name -> reason).
 
     The count is checked first, before ``me`` is looked up or anything is compacted: a person who
     pasted far too many rules hears so at once.
@@ -106,9 +131,57 @@ def declared(settings: Settings) -> Desired:
     found = compaction(rules)
     check_quota(found.rules)
     notes.extend(_covered_notes(found.covered))
+    refused, overridden = settings.guardrails.check(found.rules, overrides)
+    notes.extend(breach.sentence() for breach in overridden)
+    if settings.account_unreadable is not None:
+        notes.append(
+            f"the account store could not be read ({settings.account_unreadable.code}), so the "
+            "team's guardrails, if any, were not checked."
+        )
     return Desired(
-        found.rules, tuple(notes), tuple(m for m in me if any(r.source == m for r in found.rules))
+        found.rules,
+        tuple(notes),
+        tuple(m for m in me if any(r.source == m for r in found.rules)),
+        tuple(refused),
+        tuple(overridden),
     )
+
+
+def enforce(wanted: Desired, groups, group) -> Desired:
+    """Refuse, before any write, rules that break a team guardrail, unless the group already holds
+    them with an override of that guardrail (an earlier apply's, tagged on the rules; their tags
+    are read, one call, only when something breaks a guardrail)."""
+    if not wanted.refused:
+        return wanted
+    from .aws import TAG_OVERRIDE
+
+    tags = groups.rule_tags(group.group_id) if group is not None else {}
+
+    def overridden_earlier(rule: Rule, name: str) -> str | None:
+        for text in tags.get(rule.key, {}).get(TAG_OVERRIDE, "").split("; "):
+            if text.startswith(f"{name}: "):
+                return text.removeprefix(f"{name}: ")
+        return None
+
+    still = [
+        breach
+        for breach in wanted.refused
+        if any(overridden_earlier(rule, breach.guardrail.name) is None for rule in breach.rules)
+    ]
+    if still:
+        raise GuardrailError([breach.sentence() for breach in still])
+    kept = [
+        f"{rule} keeps its earlier override of guardrail {breach.guardrail.name}: "
+        f"{overridden_earlier(rule, breach.guardrail.name)}"
+        for breach in wanted.refused
+        for rule in breach.rules
+    ]
+    earlier = tuple(
+        (rule.key, tags[rule.key][TAG_OVERRIDE])
+        for breach in wanted.refused
+        for rule in breach.rules
+    )
+    return replace(wanted, notes=(*wanted.notes, *kept), refused=(), earlier=earlier)
 
 
 def desired_rules(settings: Settings) -> list[Rule]:
@@ -386,17 +459,19 @@ def _groups(t: Target):
     return SecurityGroups(t.connection())
 
 
-def plan(t: Target, settings: Settings, *, progress=None) -> Plan:
+def plan(t: Target, settings: Settings, *, progress=None, overrides=None) -> Plan:
     """What :func:`apply` would change for this cluster: one read, and a second (the rules' tags) when
     the group holds rules that are not declared, to say who wrote them. No change. ``progress`` hears
-    a sentence before a wait (the sandbox's first start)."""
-    wanted = declared(settings)
+    a sentence before a wait (the sandbox's first start); ``overrides``: team guardrails overridden
+    (name -> reason)."""
+    wanted = declared(settings, overrides)
     t = t.connected(progress=progress)
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     if group is None:
         # apply would be refused at CreateSecurityGroup; the plan must say so first.
         groups.refuse_foreign_name(t.cluster, t.vpc_id)
+    wanted = enforce(wanted, groups, group)
     owners = _owners_if_needed(groups, group, wanted.rules)
     plan = make_plan(t, group, wanted.rules, settings.ingress.origin, me=wanted.me, owners=owners)
     return _noted(plan, wanted)
@@ -407,7 +482,7 @@ def _noted(plan: Plan, wanted: Desired) -> Plan:
     return replace(plan, notes=(*wanted.notes, *plan.notes))
 
 
-def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
+def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> ApplyResult:
     """Create or reconcile the cluster's group to the effective settings.
 
     EC2 calls, whatever the number of rules: no change takes 1 (find); a fresh cluster 3 (find,
@@ -416,24 +491,29 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
     table is the group as the responses confirm it, not read again. ``on_wait`` is told, with a
     sentence, when another kernel's apply to this cluster makes it wait.
     """
-    wanted = declared(settings)
+    wanted = declared(settings, overrides)
     desired, me = wanted.rules, wanted.me
     t = t.connected(progress=on_wait)
     groups = _groups(t)
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
+        wanted = enforce(wanted, groups, group)
         carried = _noted(make_plan(t, group, desired, settings.ingress.origin, me=me), wanted)
         if not carried.changes:
-            return ApplyResult(carried, _table(t, group, settings, desired))
+            return ApplyResult(
+                carried,
+                _table(t, group, settings, desired, overrides=wanted.shown_overrides()),
+            )
+        tagged = wanted.overrides()
         if group is None:
             group_id = groups.create(t.cluster, t.vpc_id)
-            groups.authorize(group_id, [*desired, self_rule(group_id)], me)
+            _authorize(groups, group_id, [*desired, self_rule(group_id)], me, tagged)
         else:
             group_id = group.group_id
             later = set(carried.add_later)
-            groups.authorize(group_id, [r for r in carried.add if r not in later], me)
+            _authorize(groups, group_id, [r for r in carried.add if r not in later], me, tagged)
             groups.revoke(group_id, list(carried.remove))
-            groups.authorize(group_id, list(carried.add_later), me)
+            _authorize(groups, group_id, list(carried.add_later), me, tagged)
             if carried.update:
                 groups.update_descriptions(group_id, list(carried.update))
         final = groups.latest(group_id)
@@ -446,7 +526,20 @@ def apply(t: Target, settings: Settings, *, on_wait=None) -> ApplyResult:
         f"the cloud kept the old description of {r}; set it in the console, or run apply again."
         for r in kept_old
     )
-    return ApplyResult(carried, _table(t, final, settings, desired, warnings=warnings))
+    return ApplyResult(
+        carried,
+        _table(t, final, settings, desired, warnings=warnings, overrides=wanted.shown_overrides()),
+    )
+
+
+def _authorize(groups, group_id: str, rules: list[Rule], me, overrides: dict[tuple, str]) -> None:
+    """Authorize ``rules``: those that override a guardrail in a call of their own per override,
+    since a call's tags cover every rule of it (one call more only when an override is used)."""
+    by_override: dict[str, list[Rule]] = collections.defaultdict(list)
+    for rule in rules:
+        by_override[overrides.get(rule.key, "")].append(rule)
+    for override, batch in sorted(by_override.items()):
+        groups.authorize(group_id, batch, me, override)
 
 
 def describe(t: Target, settings: Settings, *, progress=None) -> RuleTable:
@@ -459,7 +552,15 @@ def describe(t: Target, settings: Settings, *, progress=None) -> RuleTable:
         desired = desired_rules(settings)
     except IngressError:
         desired = []
-    return _table(t, group, settings, desired, owners=_owners_if_needed(groups, group, desired))
+    owners = _owners_if_needed(groups, group, desired)
+    if owners is None and group is not None and settings.guardrails.rails:
+        owners = groups.rule_tags(group.group_id)  # to show the rules' guardrail overrides
+    from .aws import TAG_OVERRIDE
+
+    overrides = {
+        key: tags[TAG_OVERRIDE] for key, tags in (owners or {}).items() if TAG_OVERRIDE in tags
+    }
+    return _table(t, group, settings, desired, owners=owners, overrides=overrides)
 
 
 def destroy(t: Target, *, on_wait=None) -> DestroyResult:
@@ -481,9 +582,11 @@ def _table(
     *,
     owners: dict | None = None,
     warnings: tuple[str, ...] = (),
+    overrides: dict[tuple, str] | None = None,
 ) -> RuleTable:
     """The group, each rule with its origin (``owners``: the rules' tags, to say who wrote the
-    undeclared ones)."""
+    undeclared ones; ``overrides``: rule key -> the team guardrails it overrides, and why)."""
+    overrides = overrides or {}
     if group is None:
         return RuleTable(
             t,
@@ -509,6 +612,8 @@ def _table(
             origins.append(settings.ingress.origin)
         else:
             origins.append(found[rule.key])
+        if rule.key in overrides:
+            origins[-1] += f"; overrides guardrail {overrides[rule.key]}"
     return RuleTable(
         t,
         group.account_id,
@@ -594,7 +699,9 @@ def _pick_scheduler(instances: list[dict], cluster: str):
     return instances[0] if len(instances) == 1 else None
 
 
-def cluster_kwargs(t: Target, settings: Settings, backend_options=None) -> ClusterKwargs:
+def cluster_kwargs(
+    t: Target, settings: Settings, backend_options=None, overrides=None
+) -> ClusterKwargs:
     """What to hand to ``coiled.Cluster(**kwargs)``, and ``.security_group_id`` for other launchers.
 
     ``backend_options["ingress"]`` is exactly Coiled's ``FirewallOptions`` list (integer ports, a
@@ -605,10 +712,12 @@ def cluster_kwargs(t: Target, settings: Settings, backend_options=None) -> Clust
     """
     from ..rules import to_coiled
 
-    desired = desired_rules(settings)
-    ingress = to_coiled(desired, client=True)
+    wanted = declared(settings, overrides)
+    ingress = to_coiled(wanted.rules, client=True)
     t = t.connected()
-    group = _groups(t).find(t.cluster, t.vpc_id)
+    groups = _groups(t)
+    group = groups.find(t.cluster, t.vpc_id)
+    enforce(wanted, groups, group)
     options = dict(backend_options or {})
     options.pop("firewall", None)
     options["ingress"] = ingress

@@ -8,11 +8,12 @@ MIME renderer reads it as ``application/vnd.coiled-jupyter.rules+json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..cell import ingress_cell
-from ..rules import ME, Rule
+from ..rules import ME, Rule, to_coiled
 from ..settings import (
+    Layer,
     Settings,
     account_drift_note,
     replaced_rules_note,
@@ -54,6 +55,11 @@ def rule_row(rule: Rule, **extra) -> dict:
         "description": rule.description,
         **extra,
     }
+
+
+def _rule_keys(rules) -> tuple:
+    """Rules as compared for "the same rules": descriptions count, order does not."""
+    return tuple(sorted((rule.key, rule.description) for rule in rules))
 
 
 def _count(rules) -> str:
@@ -132,6 +138,7 @@ class Plan(_Displayed):
     add_later: tuple[Rule, ...] = ()
     remove_origins: tuple[str, ...] = ()
     me: tuple[str, ...] = ()
+    settings: Settings | None = field(default=None, compare=False)  # what was planned
 
     @property
     def create(self) -> bool:
@@ -196,6 +203,7 @@ class ApplyResult(_Displayed):
 
     plan: Plan
     table: RuleTable
+    settings: Settings | None = field(default=None, compare=False)  # what was applied
 
     @property
     def changed(self) -> bool:
@@ -271,12 +279,35 @@ class SettingsView(_Displayed):
     ``coiled_toggle`` is the ``use_scheduler_public_ip`` that a ``coiled.Cluster()`` created now in
     this kernel reads from Dask's config by itself (None: not known); the note says what Coiled's
     client takes by itself and what it takes only through ``cluster_kwargs()``.
+
+    Session settings are per cluster: ``session_clusters`` names every cluster that has some (the
+    view says so, since only the target's are shown), ``default_cluster`` the cluster whose toggle
+    Dask's config mirrors, ``session_version`` the version of the target's session settings the view
+    shows (an edit made from it names it, see ``session.set_settings``).
     """
 
     target: Target
     settings: Settings
     reachability: object = None
     coiled_toggle: bool | None = None
+    session_clusters: tuple[str, ...] = ()
+    default_cluster: str | None = None
+    session_version: int = 0
+
+    @property
+    def unsaved(self) -> bool:
+        """Does the session set a value that neither the Dask config nor the account defaults hold?"""
+        mine = self.settings.layer(Layer.SESSION)
+        if mine is None:
+            return False
+        kept = [v for layer in (Layer.CONFIG, Layer.ACCOUNT) if (v := self.settings.layer(layer))]
+        if mine.ingress is not None and all(
+            k.ingress is None or _rule_keys(k.ingress) != _rule_keys(mine.ingress) for k in kept
+        ):
+            return True
+        return mine.use_scheduler_public_ip is not None and all(
+            k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
+        )
 
     def to_payload(self) -> dict:
         settings = self.settings
@@ -306,10 +337,15 @@ class SettingsView(_Displayed):
             use_scheduler_public_ip=public_ip.value,
             use_scheduler_public_ip_origin=public_ip.origin,
             rows=[rule_row(r) for r in settings.rules],
+            # the rules in Coiled's format, as a panel edits them
+            ingress=to_coiled(settings.rules),
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
             notes=self.notes,
             client_notes=self._coiled_notes(),
+            session_clusters=list(self.session_clusters),
+            session_version=self.session_version,
+            unsaved=self.unsaved,
             warnings=list(reach.warnings) if reach is not None else [],
             copy_as_cell=ingress_cell(self.target.cluster, settings.rules, public_ip.value),
         )
@@ -343,15 +379,26 @@ class SettingsView(_Displayed):
             f"coiled.Cluster() created in this kernel reads use_scheduler_public_ip from Dask's "
             f"config by itself: {str(self.coiled_toggle).lower()}"
         )
+        cluster = self.target.cluster
+        kwargs = (
+            "cluster_kwargs()"
+            if cluster == self.default_cluster
+            else f"cluster_kwargs({cluster!r})"
+        )
         if self.coiled_toggle != public_ip.value:
+            mirrored = (
+                f" (it holds the default cluster {self.default_cluster!r}'s toggle only)"
+                if public_ip.layer == Layer.SESSION and cluster != self.default_cluster
+                else ""
+            )
             toggle += (
-                f", not the {str(public_ip.value).lower()} above (from {public_ip.origin}), "
-                "so pass it as coiled.Cluster(**coiled_jupyter.cluster_kwargs())"
+                f"{mirrored}, not the {str(public_ip.value).lower()} above (from "
+                f"{public_ip.origin}), so pass it as coiled.Cluster(**coiled_jupyter.{kwargs})"
             )
         return [
             toggle + ".",
-            "coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter."
-            "cluster_kwargs()); it never reads them from Dask's config.",
+            f"coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter.{kwargs}); "
+            "it never reads them from Dask's config.",
         ]
 
 
@@ -400,6 +447,66 @@ class SaveResult(_Displayed):
             f"{'; '.join([readers, *coiled])}.",
             rows=[rule_row(r) for r in self.ingress or ()],
             notes=list(self.notes),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class ExportResult(_Displayed):
+    """The effective rules in one of IT's formats (:mod:`coiled_jupyter.export`): ``text`` to copy,
+    where it was written (``path``, or None), and what the format could not carry."""
+
+    target: Target
+    format: str
+    text: str
+    rule_count: int
+    origin: str
+    path: str | None = None
+    lost: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_payload(self) -> dict:
+        written = f"; written to {self.path}" if self.path else ""
+        return self._payload(
+            "export",
+            format=self.format,
+            summary=f"{self.rule_count} rule{'' if self.rule_count == 1 else 's'} from "
+            f"{self.origin} as {self.format}{written}",
+            body=self.text,
+            path=self.path,
+            notes=list(self.notes),
+            warnings=list(self.lost),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class GuardrailsView(_Displayed):
+    """The team's guardrails: every plan and apply of everyone who reads the account store checks
+    them before any write."""
+
+    target: Target
+    rails: tuple = ()
+
+    def to_payload(self) -> dict:
+        return self._payload(
+            "guardrails",
+            summary=(
+                f"{len(self.rails)} team guardrail{'' if len(self.rails) == 1 else 's'}, checked "
+                "by every plan and apply before any write"
+                if self.rails
+                else "no team guardrails: set one with %coiled_ingress guard no-world 8786"
+            ),
+            rows=[
+                {
+                    "guardrail": rail.name,
+                    "rule": rail.describe(),
+                    "set_by": rail.set_by,
+                    "set_at": rail.set_at,
+                }
+                for rail in self.rails
+            ],
         )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import CoiledJupyterError
 from ..rules import IngressError
-from ..settings import option
+from ..settings import default_cluster, option
 from ..strict_yaml import excerpt
 
 BACKENDS = ("sandbox", "aws")
@@ -92,7 +92,7 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
         problems.append(
             f"backend {excerpt(backend)} is not known; use 'sandbox' (local, no account) or 'aws'."
         )
-    cluster = cluster if cluster is not None else option("cluster")
+    cluster = cluster if cluster is not None else default_cluster()
     if isinstance(cluster, str) and not cluster.strip():
         problems.append(
             "cluster name is empty; give the cluster's name (an empty name never means the "

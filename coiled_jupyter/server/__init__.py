@@ -14,9 +14,9 @@ SESSION_DETAIL = "this Jupyter server"
 
 def _load_jupyter_server_extension(server_app) -> None:
     """Register the handlers under the server's base URL; the session they edit is the server's."""
-    from ..settings import SESSION
+    from .. import session
 
-    SESSION.detail = SESSION_DETAIL
+    session.name_session(SESSION_DETAIL)
     web_app = server_app.web_app
     web_app.add_handlers(".*$", routes(web_app.settings["base_url"]))
     server_app.log.info("coiled_jupyter: REST routes under /coiled-jupyter/api/")

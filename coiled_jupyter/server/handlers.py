@@ -188,13 +188,27 @@ class CheckHandler(_Handler):
 class PlanHandler(_Handler):
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.respond(lambda: partial(session.plan, self.cluster(self.body(()))))
+        await self.respond(lambda: self.parse_cloud_change(session.plan))
+
+    def parse_cloud_change(self, function):
+        """A plan or an apply; ``override_guardrails`` is ``{"no-world": "why", ...}``."""
+        data = self.body(("override_guardrails",))
+        overrides = data.get("override_guardrails")
+        if overrides is not None and not (
+            isinstance(overrides, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in overrides.items())
+        ):
+            raise BadRequest(
+                "override_guardrails must be an object of guardrail names to reasons, e.g. "
+                '{"no-world": "vendor debugging until 17:00"}'
+            )
+        return partial(function, self.cluster(data), override_guardrails=overrides)
 
 
-class ApplyHandler(_Handler):
+class ApplyHandler(PlanHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.respond(lambda: partial(session.apply, self.cluster(self.body(()))))
+        await self.respond(lambda: self.parse_cloud_change(session.apply))
 
 
 class DescribeHandler(_Handler):

@@ -71,6 +71,8 @@ export interface IPayload {
   /** The %%coiled_ingress cell that sets these settings (made by coiled_jupyter/cell.py). */
   copy_as_cell?: string;
   deleted?: boolean;
+  /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
+  body?: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -100,7 +102,9 @@ export const TITLES: { [kind: string]: string } = {
   settings: 'Firewall settings',
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
-  save: 'Firewall settings saved'
+  save: 'Firewall settings saved',
+  export: 'Firewall export',
+  guardrails: 'Team guardrails'
 };
 
 export type Column = [key: string, title: string];
@@ -127,6 +131,14 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
+  }
+  if (kind === 'guardrails') {
+    return [
+      ['guardrail', 'Guardrail'],
+      ['rule', 'Rule'],
+      ['set_by', 'Set by'],
+      ['set_at', 'Set at']
+    ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];
 }

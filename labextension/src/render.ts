@@ -216,6 +216,9 @@ export function renderResult(data: IPayload, narrow = false): HTMLElement {
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
   }
+  if (data.body) {
+    root.appendChild(el('pre', { className: 'cj-body', text: data.body }));
+  }
   const after = linesAfter(data);
   const warnings = data.warnings ?? [];
   if (after.length || warnings.length) {

@@ -97,19 +97,23 @@ async def test_patch_edits_the_server_session_and_get_sees_the_edit(api):
     assert sources(again) == sources(data)
 
     status, data = await api(
-        "PATCH", "settings", {"op": "remove", "ports": "8787", "source": "10.1.0.0/16"}
+        "PATCH",
+        "settings",
+        {"op": "remove", "ports": "8787", "source": "10.1.0.0/16", "cluster": CLUSTER},
     )
     assert status == 200, data
     assert sources(data) == [("8786", "10.1.0.0/16")]
 
-    status, data = await api("PATCH", "settings", {"op": "scheduler_ip", "choice": "private"})
+    status, data = await api(
+        "PATCH", "settings", {"op": "scheduler_ip", "choice": "private", "cluster": CLUSTER}
+    )
     assert status == 200, data
     assert data["use_scheduler_public_ip"] is False
 
-    status, data = await api("PATCH", "settings", {"op": "clear"})
+    status, data = await api("PATCH", "settings", {"op": "clear", "cluster": CLUSTER})
     assert (status, data["rows"]) == (200, [])
 
-    status, data = await api("PATCH", "settings", {"op": "reset"})
+    status, data = await api("PATCH", "settings", {"op": "reset", "cluster": CLUSTER})
     assert status == 200
     assert sources(data) == DEFAULT
     assert data["use_scheduler_public_ip"] is True
@@ -132,7 +136,9 @@ async def test_put_sets_a_rule_list_or_a_coiled_snippet(api):
 
 
 async def test_plan_apply_describe_reach_the_cloud(api, cloud):
-    await api("PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.4.0.0/16"}]})
+    await api(
+        "PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.4.0.0/16"}], "cluster": CLUSTER}
+    )
     status, plan = await api("POST", "plan", {"cluster": CLUSTER})
     assert status == 200, plan
     assert plan["kind"] == "plan"
@@ -167,7 +173,7 @@ async def test_save_writes_the_user_file_or_the_account_store(api, cloud, dask_c
         {"ports": [8786], "cidr": "10.5.0.0/16"}
     ]
 
-    status, saved = await api("POST", "save", {"scope": "account", "cluster": CLUSTER})
+    status, saved = await api("POST", "save", {"scope": "account"})
     assert status == 200, saved
     names = [p["Name"] for p in cloud.ssm.describe_parameters()["Parameters"]]
     assert any(name.startswith("/coiled-jupyter/backend-options") for name in names)
@@ -393,3 +399,22 @@ def test_loading_the_extension_raises_no_auth_warning(jp_serverapp):
         warnings.simplefilter("always")
         _load_jupyter_server_extension(jp_serverapp)
     assert not [w for w in caught if issubclass(w.category, JupyterServerAuthWarning)]
+
+
+async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
+    prod = {"value": [{"ports": [9100], "cidr": "10.20.0.0/16"}], "cluster": "prod"}
+    status, data = await api("PUT", "settings", prod)
+    assert (status, data["cluster"]) == (200, "prod"), data
+    status, patched = await api(
+        "PATCH", "settings", {"op": "scheduler_ip", "choice": "private", "cluster": "prod"}
+    )
+    assert status == 200, patched
+    for other in ({"cluster": "dev"}, {}):  # another cluster, and the default one
+        status, plan = await api("POST", "plan", other)
+        assert status == 200, plan
+        assert "10.20.0.0/16" not in {row["source"] for row in plan["rows"]}
+    _, dev = await api("GET", "settings", cluster="dev")
+    assert sources(dev) == DEFAULT and dev["use_scheduler_public_ip"] is True
+    assert dev["session_clusters"] == ["prod"]
+    _, plan = await api("POST", "plan", {"cluster": "prod"})
+    assert [(r["action"], r["source"]) for r in plan["rows"]] == [("add", "10.20.0.0/16")]
