@@ -51,9 +51,17 @@ _COLUMNS = {
     ],
 }
 
+# The sandbox marker's pill: the lab's renderer and sidebar draw it with the same --jp-* colours.
+_PILL = (
+    "background: var(--jp-warn-color3, #fff3e0); color: var(--jp-warn-color0, #e65100); "
+    "border: 1px solid var(--jp-warn-color1, #f57c00); border-radius: 2px; padding: 0 4px; "
+    "font-weight: 600"
+)
+
 # The class is named twice in the cell rule to outrank JupyterLab's own output-table rule
 # (`:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`), which right-aligns cells and drops borders.
-_STYLE = """<style>
+_STYLE = (
+    """<style>
 .cj-result table { border-collapse: collapse; margin: 0.25em 0; }
 .cj-result.cj-result th, .cj-result.cj-result td { text-align: left; padding: 0.2em 0.8em;
   border-bottom: 1px solid var(--jp-border-color2, #e0e0e0); }
@@ -63,27 +71,23 @@ _STYLE = """<style>
 .cj-result tr.cj-add td:first-child { color: var(--jp-success-color0, #2e7d32); }
 .cj-result tr.cj-remove td:first-child { color: var(--jp-error-color0, #c62828); }
 .cj-result tr.cj-update td:first-child { color: var(--jp-warn-color0, #e65100); }
-</style>"""
+"""
+    + f".cj-result .cj-sandbox-badge {{ {_PILL}; }}\n</style>"
+)
 
 
 # --------------------------------------------------------------------------------------------------
 # Text
 
 
-# The sandbox marker's pill: the lab's renderer and sidebar draw it with the same --jp-* colours.
-_PILL = (
-    "background: var(--jp-warn-color3, #fff3e0); color: var(--jp-warn-color0, #e65100); "
-    "border: 1px solid var(--jp-warn-color1, #f57c00); border-radius: 2px; padding: 0 4px; "
-    "font-weight: 600"
-)
-
-
-def sandbox_pill(data: dict) -> str:
-    """The payload's sandbox marker as an HTML pill ('' for a real backend): tables and panel."""
+def sandbox_pill(data: dict, *, inline: bool = False) -> str:
+    """The payload's sandbox marker as an HTML pill ('' for a real backend). The tables style it from
+    their stylesheet; the panel, whose HTML widgets take no stylesheet, asks for ``inline``."""
     marker = data.get("backend_marker")
     if not marker:
         return ""
-    return f'<span class="cj-sandbox-badge" style="{_PILL}">{escape(marker)}</span>'
+    style = f' style="{_PILL}"' if inline else ""
+    return f'<span class="cj-sandbox-badge"{style}>{escape(marker)}</span>'
 
 
 def _header_parts(data: dict) -> list[str]:

@@ -432,7 +432,7 @@ class FirewallPanel(widgets.VBox):
         self._update_controls()
 
     def _header_html(self, payload: dict) -> str:
-        pill = sandbox_pill(payload)
+        pill = sandbox_pill(payload, inline=True)
         backend = f"sandbox {pill}" if pill else html.escape(payload["backend_label"])
         account = self._account_id or "shown after Plan or Apply"
         parts = [

@@ -70,6 +70,8 @@ export interface IPayload {
   plan?: IPayload;
   /** The %%coiled_ingress cell that sets these settings (made by coiled_jupyter/cell.py). */
   copy_as_cell?: string;
+  /** The clusters that have session settings in the process that made the payload. */
+  session_clusters?: string[];
   deleted?: boolean;
   /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
   body?: string;

@@ -301,6 +301,7 @@ export class FirewallSidebar extends Widget {
         el('span', { text: 'Cluster ' }),
         this.clusterInput
       ]),
+      this.clustersBox,
       this.headerBox,
       this.progress,
       this.status,
@@ -320,12 +321,7 @@ export class FirewallSidebar extends Widget {
       el('h3', { className: 'cj-subheading', text: 'In the cloud' }),
       this.cloudBox
     );
-    this.cloudBox.replaceChildren(
-      el('p', {
-        className: 'cj-empty',
-        text: "Not read yet: Refresh reads this cluster's group from the cloud."
-      })
-    );
+    this.cloudBox.replaceChildren(this.notRead());
   }
 
   private addForm(): HTMLElement {
@@ -390,7 +386,7 @@ export class FirewallSidebar extends Widget {
     for (const field of [ports, source, description]) {
       field.addEventListener('input', check);
       field.addEventListener('keydown', event => {
-        if (event.key === 'Enter' && !this._busy) {
+        if (event.key === 'Enter') {
           void add();
         }
       });
@@ -410,7 +406,8 @@ export class FirewallSidebar extends Widget {
   /**
    * One REST call: while it runs, every button is disabled and the progress line says `doing`; on
    * success `show` its payload; a refusal shows the server's sentence in `errorBox` (next to the row
-   * it is about) or in the status line. Returns whether it succeeded; refused while another runs.
+   * it is about) or in the status line. Returns whether it succeeded. Operations run one at a time,
+   * in the order they were asked for (Enter in a field is not stopped by disabled buttons).
    */
   private async run(
     doing: string,
@@ -418,9 +415,23 @@ export class FirewallSidebar extends Widget {
     show: (data: IPayload) => void,
     errorBox?: HTMLElement
   ): Promise<boolean> {
-    if (this._busy) {
-      return false;
+    const previous = this._running;
+    let finished = (): void => undefined;
+    this._running = new Promise<void>(resolve => (finished = resolve));
+    await previous;
+    try {
+      return await this.runNow(doing, call, show, errorBox);
+    } finally {
+      finished();
     }
+  }
+
+  private async runNow(
+    doing: string,
+    call: () => Promise<IPayload>,
+    show: (data: IPayload) => void,
+    errorBox?: HTMLElement
+  ): Promise<boolean> {
     const box = errorBox ?? this.status;
     const tell = (text: string): void => {
       box.textContent = text;
@@ -582,10 +593,47 @@ export class FirewallSidebar extends Widget {
     this.cloudBox.replaceChildren(renderResult(data, true));
   }
 
+  /** The clusters with session settings in this server, each a button that shows its settings. */
+  private showClusters(data: IPayload): void {
+    const names = data.session_clusters ?? [];
+    this.clustersBox.replaceChildren(
+      ...(names.length ? [el('span', { className: 'cj-help', text: 'Session settings for ' })] : []),
+      ...names.map(name => {
+        const show = (): void => void this.switchTo(name);
+        const chip = button(name, `Show cluster ${name}`, show, 'cj-button cj-chip');
+        chip.classList.toggle('cj-current', name === data.cluster);
+        return chip;
+      })
+    );
+    this.updateControls();
+  }
+
+  /** Show another cluster's settings (no cloud call; Refresh reads its group). */
+  private async switchTo(name: string): Promise<void> {
+    this.clusterInput.value = name;
+    rememberCluster(name);
+    this._described = false;
+    this.resultBox.replaceChildren();
+    this.cloudBox.replaceChildren(this.notRead());
+    await this.run(
+      'Reading the settings',
+      () => this.api.settings(),
+      data => this.showSettings(data)
+    );
+  }
+
+  private notRead(): HTMLElement {
+    return el('p', {
+      className: 'cj-empty',
+      text: "Not read yet: Refresh reads this cluster's group from the cloud."
+    });
+  }
+
   private showSettings(data: IPayload): void {
     if (this._settings?.cluster !== data.cluster) {
       this._account = '';
     }
+    this.showClusters(data);
     this._settings = data;
     if (!this.clusterInput.value && data.cluster) {
       this.clusterInput.value = data.cluster;
@@ -685,7 +733,7 @@ export class FirewallSidebar extends Widget {
     };
     for (const field of [ports, source, description]) {
       field.addEventListener('keydown', event => {
-        if (event.key === 'Enter' && !this._busy) {
+        if (event.key === 'Enter') {
           void save();
         }
       });
@@ -709,6 +757,10 @@ export class FirewallSidebar extends Widget {
   private toggle!: HTMLInputElement;
   private scope!: HTMLSelectElement;
   private readonly headerBox = el('div', { className: 'cj-header-box' });
+  private readonly clustersBox = el('div', {
+    className: 'cj-clusters',
+    attrs: { role: 'group', 'aria-label': 'Clusters with session settings' }
+  });
   private readonly progressText = el('span', { className: 'cj-progress-text' });
   private readonly progress = el(
     'div',
@@ -744,6 +796,8 @@ export class FirewallSidebar extends Widget {
   private _settings: IPayload | null = null;
   private _account = '';
   private _busy = false;
+  /** The operation running now (the next one waits for it). */
+  private _running: Promise<void> = Promise.resolve();
   /** Whether the cloud was read for this cluster (a change is then read from the cloud again). */
   private _described = false;
   private _asking = false;

@@ -329,26 +329,52 @@ def test_magic_panel_and_sidebar_show_the_same_ports_marker_and_copy_as_cell(lab
     in_html = re.findall(r"<tr><td>tcp</td><td>([^<]*)</td>", seen["html"])
     assert sorted(text_ports(seen["text"])) == sorted(in_html) == sorted(in_sidebar)
 
-    # One sandbox marker: the same words everywhere, the same pill in the HTML and the panel.
+    # One sandbox marker: the same words everywhere, the same pill in every view.
     marker = "local sandbox: not AWS"
-    pill = re.search(r'<span class="cj-sandbox-badge" style="[^"]*">[^<]*</span>', seen["html"])
-    assert pill and marker in pill.group(0)
-    assert pill.group(0) in seen["panel_header"]
+    assert f'<span class="cj-sandbox-badge">{marker}</span>' in seen["html"]
+    assert f">{marker}</span>" in seen["panel_header"]
     assert f"[{marker}]" in seen["text"]
     badge = sidebar.locator(".cj-header .cj-sandbox-badge")
     expect(badge).to_have_text(marker)
     rendered = cells.nth(2).locator(".cj-rendered .cj-sandbox-badge")
     expect(rendered).to_have_text(marker)
-    # The same look: the lab's pill (CSS) and the HTML twin's (inline style) compute alike.
-    twin = page.evaluate(
-        """html => { const box = document.createElement('div'); box.innerHTML = html;
-        document.body.appendChild(box); const s = getComputedStyle(box.firstChild);
-        const out = [s.backgroundColor, s.color, s.borderTopColor, s.fontWeight];
-        box.remove(); return out; }""",
-        pill.group(0),
+    # The same look: the lab's pill (CSS), the HTML twin's (its stylesheet) and the panel's (inline).
+    look = """n => { const s = getComputedStyle(n);
+        return [s.backgroundColor, s.color, s.borderTopColor, s.fontWeight]; }"""
+    drawn = page.evaluate(
+        """([pieces, look]) => pieces.map(html => {
+            const box = document.createElement('div'); box.innerHTML = html;
+            document.body.appendChild(box);
+            const out = eval(look)(box.querySelector('.cj-sandbox-badge'));
+            box.remove(); return out; })""",
+        [[seen["html"], seen["panel_header"]], look],
     )
-    own = badge.evaluate(
-        "n => { const s = getComputedStyle(n);"
-        " return [s.backgroundColor, s.color, s.borderTopColor, s.fontWeight]; }"
-    )
-    assert twin == own
+    assert drawn == [badge.evaluate(look)] * 2
+
+
+def test_the_sidebar_lists_the_clusters_with_session_settings_and_shows_each(lab, lab_page):
+    sidebar = open_sidebar(lab_page, "lab-list-a")
+    add_rule(sidebar, "8786", "10.70.0.0/16", "for a")
+    sidebar.locator('tr[data-rule="tcp 8786 from 10.70.0.0/16"]').wait_for()
+    # Another cluster (open_sidebar would reset the one shown first).
+    sidebar.get_by_label("Cluster name").fill("lab-list-b")
+    sidebar.get_by_label("Cluster name").press("Enter")
+    expect(sidebar.locator(".cj-header").first).to_contain_text("cluster lab-list-b")
+    add_rule(sidebar, "8786", "10.71.0.0/16", "for b")
+    sidebar.locator('tr[data-rule="tcp 8786 from 10.71.0.0/16"]').wait_for()
+    listed = sidebar.get_by_label("Clusters with session settings")
+    expect(listed.get_by_label("Show cluster lab-list-a")).to_be_visible()
+    expect(listed.get_by_label("Show cluster lab-list-b")).to_be_visible()
+
+    listed.get_by_label("Show cluster lab-list-a").click()
+    expect(sidebar.get_by_label("Cluster name")).to_have_value("lab-list-a")
+    expect(sidebar.locator(".cj-header").first).to_contain_text("cluster lab-list-a")
+    expect(sidebar.locator(".cj-rules")).to_contain_text("10.70.0.0/16")
+    expect(sidebar.locator(".cj-rules")).not_to_contain_text("10.71.0.0/16")
+    # Settings for one cluster never reach another's.
+    assert [r[1] for r in server_settings(lab, "lab-list-a")] == ["10.70.0.0/16"]
+    assert [r[1] for r in server_settings(lab, "lab-list-b")] == ["10.71.0.0/16"]
+    lab_page.screenshot("sidebar-clusters-light")
+    lab_page.theme("JupyterLab Dark")
+    lab_page.screenshot("sidebar-clusters-dark")
+    lab_page.theme("JupyterLab Light")
