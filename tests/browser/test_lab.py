@@ -187,19 +187,27 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     assert "from-kernel" in in_cloud.inner_text()
 
 
-def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
-    sidebar = open_sidebar(lab_page, "lab-cell")
-    add_rule(sidebar, "8786,8787", "10.7.0.0/16", "team VPN")
-    sidebar.locator('tr[data-rule="tcp 8787 from 10.7.0.0/16"]').wait_for()
+def sidebar_settings_into_a_cell(lab_page, cluster: str, network: str, description: str):
+    """The sidebar sets tcp 8786,8787 from ``network`` and the private toggle for ``cluster``; a new
+    notebook loads the extension (``x`` holds a notebook variable); the palette inserts the
+    sidebar's cell as the third cell. Returns the sidebar and the notebook's cells."""
+    sidebar = open_sidebar(lab_page, cluster)
+    add_rule(sidebar, "8786,8787", network, description)
+    sidebar.locator(f'tr[data-rule="tcp 8787 from {network}"]').wait_for()
     sidebar.get_by_label("Public scheduler IP").uncheck()
     expect(sidebar.locator(".cj-help", has_text="Now private")).to_be_visible()
     new_notebook(lab_page)
-    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nprint('loaded')")
-    expect(loaded).to_contain_text("loaded", timeout=60_000)
+    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nx = 'a notebook variable'\nprint('ok')")
+    expect(loaded).to_contain_text("ok", timeout=60_000)
     lab_page.command("coiled-jupyter:insert-ingress-cell")
-    page = lab_page.page
-    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+    cells = lab_page.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
     expect(cells).to_have_count(3)
+    return sidebar, cells
+
+
+def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
+    _, cells = sidebar_settings_into_a_cell(lab_page, "lab-cell", "10.7.0.0/16", "team VPN")
+    page = lab_page.page
     source = cells.nth(2).locator(".cm-content")
     expect(source).to_contain_text("%%coiled_ingress --cluster lab-cell")
     expect(source).to_contain_text("use_scheduler_public_ip: false")

@@ -23,6 +23,7 @@ from test_lab import (
     new_notebook,
     open_sidebar,
     run_cell,
+    sidebar_settings_into_a_cell,
 )
 
 
@@ -296,18 +297,10 @@ def text_ports(text: str) -> list[str]:
 def test_magic_panel_and_sidebar_show_the_same_ports_marker_and_copy_as_cell(lab_page):
     """The same settings (the sidebar's, carried into a kernel by the palette's cell) shown by the
     magic (text/plain and HTML), the panel and the sidebar."""
-    sidebar = open_sidebar(lab_page, "lab-same")
-    add_rule(sidebar, "8786,8787", "10.60.0.0/16", "cost ${x} 1e5")
-    sidebar.locator('tr[data-rule="tcp 8787 from 10.60.0.0/16"]').wait_for()
-    sidebar.get_by_label("Public scheduler IP").uncheck()
-    expect(sidebar.locator(".cj-help", has_text="Now private")).to_be_visible()
-    new_notebook(lab_page)
-    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nx = 'a notebook variable'\nprint('ok')")
-    expect(loaded).to_contain_text("ok", timeout=60_000)
-    lab_page.command("coiled-jupyter:insert-ingress-cell")
+    sidebar, cells = sidebar_settings_into_a_cell(
+        lab_page, "lab-same", "10.60.0.0/16", "cost ${x} 1e5"
+    )
     page = lab_page.page
-    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
-    expect(cells).to_have_count(3)
     expect(cells.nth(2).locator(".cm-content")).to_contain_text("%%coiled_ingress")
     sidebar_cell = cells.nth(2).locator(".cm-content").inner_text()
     page.keyboard.press("Shift+Enter")
