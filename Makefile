@@ -52,11 +52,12 @@ $(BENCH_VENV)/.installed: pyproject.toml benchmarks/constraints.txt
 	touch $@
 
 ## Benchmarks: apply latency and API calls beside dask-cloudprovider, cold first apply, cold start of
-## %load_ext, compaction; in their own virtualenv with the bench extra (about a minute to set up).
+## %load_ext, compaction, the rehearsal (root); in their own virtualenv with the bench extra (about a minute to set up).
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/bench_apply.py
 	$(BENCH_PY) benchmarks/bench_load_ext.py
 	$(BENCH_PY) benchmarks/bench_compaction.py
+	$(BENCH_PY) benchmarks/bench_rehearsal.py
 
 ## Stop the shared sandbox server, if one runs.
 sandbox-stop: $(VENV)/.installed

@@ -43,11 +43,21 @@ _COLUMNS = {
         ("set_by", "Set by"),
         ("set_at", "Set at"),
     ],
+    "history": [("at", "When"), ("changes", "Changed"), ("before", "Before")],
     "save": [
         ("protocol", "Protocol"),
         ("ports", "Port"),
         ("source", "Source"),
         ("description", "Description"),
+    ],
+    "rehearsal": [
+        ("source", "Source"),
+        ("address", "Address"),
+        ("port", "Port"),
+        ("predicted", "Predicted"),
+        ("measured", "Measured"),
+        ("time", "Time"),
+        ("detail", "What happened"),
     ],
 }
 
@@ -68,9 +78,12 @@ _STYLE = (
 .cj-result th { color: var(--jp-ui-font-color1, inherit); }
 .cj-result .cj-meta { color: var(--jp-ui-font-color2, #616161); }
 .cj-result .cj-warning { color: var(--jp-warn-color0, #e65100); }
+.cj-result code { background: var(--jp-layout-color2, #eeeeee); padding: 0 0.2em; }
+.cj-result summary { cursor: pointer; color: var(--jp-ui-font-color2, #616161); }
 .cj-result tr.cj-add td:first-child { color: var(--jp-success-color0, #2e7d32); }
 .cj-result tr.cj-remove td:first-child { color: var(--jp-error-color0, #c62828); }
 .cj-result tr.cj-update td:first-child { color: var(--jp-warn-color0, #e65100); }
+.cj-result tr.cj-disagree td { color: var(--jp-error-color0, #c62828); font-weight: bold; }
 """
     + f".cj-result .cj-sandbox-badge {{ {_PILL}; }}\n</style>"
 )
@@ -118,6 +131,8 @@ _TITLES = {
     "destroy": "Firewall destroyed",
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
+    "history": "Firewall history",
+    "rehearsal": "Firewall rehearsal",
     "export": "Firewall export",
     "guardrails": "Team guardrails",
 }
@@ -142,12 +157,10 @@ def _lines_before(data: dict) -> list[str]:
     if data["kind"] == "plan" and data.get("origin"):
         lines.append(f"rules from: {data['origin']}")
     if data["kind"] == "settings":
-        lines.append(f"rules from: {data['ingress_origin']}")
-        where = "public" if data["use_scheduler_public_ip"] else "private"
         lines.append(
-            f"use_scheduler_public_ip: {str(data['use_scheduler_public_ip']).lower()} "
-            f"(client connects on the scheduler's {where} IP; from "
-            f"{data['use_scheduler_public_ip_origin']})"
+            f"rules from: {data['ingress_origin']}; use_scheduler_public_ip: "
+            f"{str(data['use_scheduler_public_ip']).lower()} "
+            f"(from {data['use_scheduler_public_ip_origin']})"
         )
         others = [name for name in data.get("session_clusters", []) if name != data["cluster"]]
         if others:
@@ -158,35 +171,26 @@ def _lines_before(data: dict) -> list[str]:
     return lines
 
 
-def _layer_says(layer: dict) -> str:
-    """What one layer sets, and how it is known: "sets nothing (read at 03:41:07 UTC)", or only the
-    note for a layer that was not read (it may set values where it is kept)."""
-    sets = "; ".join(layer["sets"]) or ("sets nothing" if layer.get("read", True) else "")
-    note = layer.get("note")
-    if not note:
-        return sets
-    return f"{sets} ({note})" if sets else note
-
-
 def _lines_after(data: dict) -> list[str]:
-    lines = []
-    reach = data.get("reachability")
-    if reach:
-        for port in (reach["scheduler"], reach["dashboard"]):
-            lines.append(
-                f"can this notebook reach the {port['name']} (port {port['port']})? "
-                f"{port['verdict']}: {port['reason']}"
-            )
-    lines.extend(
-        f"layer {layer['layer']}: {_layer_says(layer)}" for layer in data.get("layers", [])
-    )
-    lines.extend(f"note: {n}" for n in [*data.get("notes", []), *data.get("client_notes", [])])
-    lines.extend(f"warning: {w}" for w in data.get("warnings", []))
-    return lines
+    """The lines under the table. A payload with ``details`` (the settings view) shows its verdict
+    line and warnings here, and the rest in its collapsed details."""
+    if "details" in data:
+        verdict = [data["verdict"]] if data.get("verdict") else []
+        return verdict + [f"warning: {w}" for w in data.get("warnings", [])]
+    return [
+        *(f"note: {n}" for n in data.get("notes", [])),
+        *(f"warning: {w}" for w in data.get("warnings", [])),
+    ]
+
+
+def _command_lines(data: dict) -> list[str]:
+    """Each suggested command on its own line, what it does as a comment: pasted whole, it runs."""
+    return [f"  {c['command']}  # {c['does']}" for c in data.get("commands", [])]
 
 
 def text(data: dict) -> str:
-    """The text/plain twin of a payload: the same header, rows and notes as the HTML."""
+    """The text/plain twin of a payload: the same header, rows and notes as the HTML; the settings
+    view's details only when it is verbose (else one line naming the command that shows them)."""
     lines = [f"{_TITLES[data['kind']]}: {_header(data)}", *_lines_before(data)]
     columns = _columns(data)
     if columns:
@@ -203,6 +207,12 @@ def text(data: dict) -> str:
     if data.get("body"):
         lines.append(data["body"].rstrip("\n"))
     lines.extend(_lines_after(data))
+    lines.extend(_command_lines(data))
+    if data.get("details"):
+        if data.get("verbose"):
+            lines.extend(["why:", *(f"  {line}" for line in data["details"])])
+        else:
+            lines.append(f"why, layers and notes: %coiled_ingress -v --cluster {data['cluster']}")
     return "\n".join(lines)
 
 
@@ -231,6 +241,8 @@ def html(data: dict) -> str:
         )
         for row in data["rows"]:
             css = f' class="cj-{escape(row["action"])}"' if "action" in row else ""
+            if row.get("agree") is False:
+                css = ' class="cj-disagree"'
             out.append(
                 f"<tr{css}>"
                 + "".join(f"<td>{escape(str(row.get(k, '')))}</td>" for k, _ in columns)
@@ -243,18 +255,38 @@ def html(data: dict) -> str:
         out.append(f'<pre class="cj-body">{escape(data["body"])}</pre>')
     after = _lines_after(data)
     if after:
+        out.append(_html_list(after))
+    if data.get("commands"):
         out.append(
-            "<ul>"
+            '<ul class="cj-commands">'
             + "".join(
-                f'<li class="cj-warning">{escape(line)}</li>'
-                if line.startswith("warning:")
-                else f"<li>{escape(line)}</li>"
-                for line in after
+                f"<li><code>{escape(c['command'])}</code> {escape(c['does'])}</li>"
+                for c in data["commands"]
             )
             + "</ul>"
         )
+    if data.get("details"):
+        opened = " open" if data.get("verbose") else ""
+        out.append(
+            f"<details{opened}><summary>Why, layers and notes</summary>"
+            + _html_list(data["details"])
+            + "</details>"
+        )
     out.append("</div>")
     return "\n".join(out)
+
+
+def _html_list(lines: list[str]) -> str:
+    return (
+        "<ul>"
+        + "".join(
+            f'<li class="cj-warning">{escape(line)}</li>'
+            if line.startswith("warning:")
+            else f"<li>{escape(line)}</li>"
+            for line in lines
+        )
+        + "</ul>"
+    )
 
 
 def mimebundle(data: dict) -> dict:

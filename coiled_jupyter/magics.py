@@ -39,7 +39,7 @@ from traitlets.config.configurable import Configurable
 
 from . import session
 from .errors import CoiledJupyterError
-from .session import SCHEDULER_IP_WORDS, SCOPES, excerpt
+from .session import SCHEDULER_IP_WORDS, SCOPES, check_value, excerpt
 
 SUBCOMMANDS = (
     "add",
@@ -52,16 +52,23 @@ SUBCOMMANDS = (
     "describe",
     "destroy",
     "save",
+    "history",
+    "undo",
+    "rehearse",
     "export",
     "import",
     "guard",
 )
+# The subcommands that show the settings view (as %coiled_ingress alone does), so -v applies.
+_SHOWING_SETTINGS = (None, "add", "remove", "set", "clear", "reset")
 
 # Options of %coiled_ingress that only some subcommands take (the rest take only --cluster).
 _OPTIONS_OF = {
     "add": ("description", "protocol"),
     "remove": ("protocol",),
     "save": ("scope",),
+    "undo": ("apply",),
+    "rehearse": ("live", "stop"),
     "export": ("to",),
     "plan": ("override_guardrail", "reason"),
     "apply": ("override_guardrail", "reason"),
@@ -74,6 +81,9 @@ _OPTION_FLAGS = {
     "override_guardrail": "--override-guardrail",
     "reason": "--reason",
     "apply": "--apply",
+    "verbose": "--verbose",
+    "live": "--live",
+    "stop": "--stop",
 }
 # Options that take a value, to find where the subcommand word is.
 _VALUE_OPTIONS = (
@@ -108,6 +118,11 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress destroy               delete the cluster's security group
   %coiled_ingress save [--scope user]   keep this session's settings in Dask's config file
   %coiled_ingress save --scope account  ... or as account-wide defaults for the whole team
+  %coiled_ingress rehearse              enforce the group with packets on this machine (network
+                                        namespaces, nftables, a real dask scheduler) and set each
+                                        predicted verdict beside a measured one [--stop]
+  %coiled_ingress rehearse --live       connect from this notebook to the real scheduler and
+                                        dashboard, beside the predicted verdicts
   %coiled_ingress export FORMAT         the rules for IT: terraform, coiled, csv, markdown or
                                         aws-cli [--to FILE]
   %coiled_ingress import FORMAT FILE    set the session's rules from such an export
@@ -138,6 +153,188 @@ key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the 
 variable name; write $$ for a literal $.
 """
 
+# What %coiled_ingress -h prints: one screen. The details of each subcommand are -h SUBCOMMAND.
+_INGRESS_SHORT_HELP = """\
+%coiled_ingress [SUBCOMMAND ...] [--cluster NAME]: the firewall of a Dask cluster's security group
+
+  %coiled_ingress                   the settings, where they came from, and a verdict line
+  %coiled_ingress -v                ... with every layer, note and reason
+  %coiled_ingress add PORTS SOURCE  admit SOURCE on PORTS [--description TEXT] [--protocol udp]
+  %coiled_ingress remove PORTS SOURCE   remove exactly those rules
+  %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
+  %coiled_ingress clear             no rules: only the cluster's own internal traffic
+  %coiled_ingress reset             drop this session's settings (back to config and defaults)
+  %coiled_ingress plan              what apply would change (one read, no change)
+  %coiled_ingress apply             make the cluster's security group match; show its rules
+  %coiled_ingress describe          the group's rules as the cloud reports them
+  %coiled_ingress destroy           delete the cluster's security group
+  %coiled_ingress save [--scope user|account]   keep this session's settings
+  %coiled_ingress history | undo [--apply]   past applies; plan (or apply) the way back
+  %coiled_ingress export | import FORMAT ...  terraform, coiled, csv, markdown or aws-cli
+  %coiled_ingress guard [NAME VALUE]  the team's guardrails (no-world, within, widest, max-rules)
+  %coiled_ingress rehearse [--live|--stop]   the rules enforced with packets on this machine
+  %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
+
+PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
+notebook's public address), everyone, or a security group id (sg-...). ${name} inserts the
+notebook variable name; a # after a space starts a comment.
+Details: %coiled_ingress -h SUBCOMMAND, e.g. %coiled_ingress -h add
+"""
+
+_CLUSTER_HELP = (
+    "\n--cluster NAME picks the cluster (default: %config CoiledMagics.cluster, else the Dask config "
+    "key coiled-jupyter.cluster)."
+)
+_SETTINGS_HELP = (
+    "It changes this notebook's session layer and shows the new settings (-v: every layer and "
+    "note). coiled.Cluster() does not read rules from the session or from Dask's config: hand them "
+    "over as coiled.Cluster(**coiled_jupyter.cluster_kwargs())."
+)
+
+# What %coiled_ingress -h SUBCOMMAND prints.
+_SUBCOMMAND_HELP = {
+    "add": f"""\
+%coiled_ingress add PORTS SOURCE [--description TEXT] [--protocol tcp|udp] [--cluster NAME]
+
+Admit SOURCE on PORTS. PORTS is 8786, 8786-8787 or 8786,8787. SOURCE is a network (10.1.0.0/16),
+one address (203.0.113.7), me (this notebook's public address, looked up again at apply),
+everyone (0.0.0.0/0 and ::/0), or a security group id (sg-...). add starts from the effective
+rules, except over the built-in default: declaring rules replaces the world-open default, so the
+first add leaves only the rule you wrote. {_SETTINGS_HELP}
+
+  %coiled_ingress add 8786-8787 10.1.0.0/16 --description "office VPN"
+""",
+    "remove": f"""\
+%coiled_ingress remove PORTS SOURCE [--protocol tcp|udp] [--cluster NAME]
+
+Remove exactly those rules from the effective rules (a port inside a range is cut out of it).
+{_SETTINGS_HELP}
+
+  %coiled_ingress remove 8787 10.1.0.0/16
+""",
+    "set": f"""\
+%coiled_ingress set RULES [--cluster NAME]
+
+Replace the rules by a YAML or JSON rule list in Coiled's format (ports, cidr, and our
+description and protocol). {_SETTINGS_HELP}
+
+  %coiled_ingress set [{{ports: [8786, 8787], cidr: 10.1.0.0/16, description: office VPN}}]
+""",
+    "clear": f"""\
+%coiled_ingress clear [--cluster NAME]
+
+No rules at all: only the cluster's own internal traffic. {_SETTINGS_HELP}
+""",
+    "reset": """\
+%coiled_ingress reset [--cluster NAME]
+
+Drop this session's settings: back to Dask's config file, the account defaults and the built-in
+default. The scheduler-IP toggle in the kernel's Dask config goes back to what it was.
+""",
+    "plan": f"""\
+%coiled_ingress plan [--override-guardrail NAME --reason TEXT] [--cluster NAME]
+
+What apply would change: create the group, add, remove, update or keep rules. One read, no change.
+It reads the account defaults and says which rules the effective rules replace. {_CLUSTER_HELP}
+""",
+    "apply": f"""\
+%coiled_ingress apply [--override-guardrail NAME --reason TEXT] [--cluster NAME]
+
+Make the cluster's security group match the effective settings and show its rules as the cloud
+confirmed them. The group's rules before the apply are kept on this machine: %coiled_ingress
+history lists them and %coiled_ingress undo goes back. {_CLUSTER_HELP}
+""",
+    "describe": f"""\
+%coiled_ingress describe [--cluster NAME]
+
+The group's rules as the cloud reports them (t = %coiled_ingress describe keeps the table).
+{_CLUSTER_HELP}
+""",
+    "destroy": f"""\
+%coiled_ingress destroy [--cluster NAME]
+
+Delete the cluster's security group, if it exists and was created by coiled_jupyter.
+{_CLUSTER_HELP}
+""",
+    "save": """\
+%coiled_ingress save [--scope user|account] [--cluster NAME]
+
+Keep what this session sets: --scope user (the default) in Dask's config file (coiled.yaml), which
+new kernels and coiled.Cluster() read the scheduler-IP toggle from; --scope account as the
+account-wide defaults of the whole team (an SSM parameter in the account).
+""",
+    "history": f"""\
+%coiled_ingress history [--cluster NAME]
+
+The group's rules before each apply made from this machine (kept in the state folder), newest
+first, with what the apply changed. {_CLUSTER_HELP}
+""",
+    "undo": f"""\
+%coiled_ingress undo [--apply] [--cluster NAME]
+
+Plan the way back to the group's rules before the last apply made from this machine: it shows the
+plan and changes nothing. With --apply it applies that plan (and a later undo goes back again).
+The rules are set in this session too, so the next apply keeps them. {_CLUSTER_HELP}
+""",
+}
+
+_SUBCOMMAND_HELP["export"] = f"""\
+%coiled_ingress export FORMAT [--to FILE] [--cluster NAME]
+
+The effective rules for IT, in their tools' formats: terraform, coiled (Coiled's ingress), csv,
+markdown (a port matrix) or aws-cli. --to FILE writes it to a file. What a format cannot carry is
+named under the export. {_CLUSTER_HELP}
+
+  %coiled_ingress export terraform --to firewall.tf
+"""
+_SUBCOMMAND_HELP["import"] = f"""\
+%coiled_ingress import FORMAT FILE [--cluster NAME]
+
+Set this session's rules from an export (any format export writes), as set would; nothing reaches
+the cloud until a plan and an apply. {_CLUSTER_HELP}
+
+  %coiled_ingress import terraform firewall.tf
+"""
+
+_SUBCOMMAND_HELP["guard"] = """\
+%coiled_ingress guard [NAME VALUE ... | clear NAME]
+
+The team's guardrails, kept with the account defaults and checked by every plan and apply of
+everyone who reads them, before any write: no-world PORTS (never open to 0.0.0.0/0 or ::/0),
+within NETWORKS (sources only inside them), widest IPV4 [IPV6] (no wider prefix), max-rules K.
+Without a value it lists them, who set each and when; clear NAME (or clear all) removes one.
+A plan that breaks one is refused unless it names it: --override-guardrail NAME --reason TEXT.
+
+  %coiled_ingress guard no-world 8786,8787
+  %coiled_ingress apply --override-guardrail no-world --reason "vendor debugging until 17:00"
+"""
+
+_SUBCOMMAND_HELP["rehearse"] = f"""\
+%coiled_ingress rehearse [--live | --stop] [--cluster NAME]
+
+Enforce the cluster's group, as the sandbox holds it, with nftables in front of a real Dask
+scheduler in network namespaces of this machine (linked only to each other), and measure each
+verdict with a real connection: source, port, predicted, measured. --live instead connects from
+this notebook to the real scheduler's address; --stop tears the rehearsal down. {_CLUSTER_HELP}
+"""
+
+_CELL_HELP = """\
+%%coiled_ingress [--cluster NAME] [--apply]
+RULES
+
+The cell takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's docs. Without
+--apply it sets the session and shows the settings; with --apply it also applies (all or nothing).
+${name} in the cell is replaced by the notebook variable name; write $$ for a literal $.
+
+  %%coiled_ingress
+  coiled:
+    backend-options:
+      ingress:
+        - ports: [8786, 8787]
+          cidr: 10.1.0.0/16
+    use_scheduler_public_ip: false
+"""
+
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
 private IP (Coiled's use_scheduler_public_ip). It is also set in the kernel's Dask config
@@ -152,9 +349,9 @@ itself; %coiled_ingress reset puts back the value that was there before.
 _FIREWALL_DESCRIPTION = """\
 Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
 Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
-Plan, Apply, Save to my config, Save as team default and Revert. Edits that are valid reach the
-session at once, so the next %coiled_ingress shows them; a change made by a magic shows in an
-open panel.
+Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. Edits that are valid
+reach the session at once, so the next %coiled_ingress shows them; a change made by a magic shows
+in an open panel.
 
   %coiled_firewall [--cluster NAME]
 """
@@ -212,6 +409,7 @@ def _as_text(name: str, value, where: str) -> str:
     if isinstance(value, str):
         text = value
     else:
+        check_value(value, f"variable {name!r} in {where}")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):
@@ -256,11 +454,13 @@ def substitute(text: str, namespace: dict, where: str) -> str:
     return "".join(out)
 
 
-def _shell_context(before: str) -> str:
-    """Whether the end of ``before`` is outside quotes (''), inside "..." or inside '...' (shlex)."""
+def _quote_states(text: str):
+    """Each position of ``text`` (and its end) with whether it stands outside quotes (''), inside
+    "..." or inside '...', as shlex reads them; a character escaped by a backslash is skipped."""
     state, index = "", 0
-    while index < len(before):
-        char = before[index]
+    while index < len(text):
+        yield index, state
+        char = text[index]
         if state == "" and char in "'\"":
             state = char
         elif state == char:
@@ -268,7 +468,12 @@ def _shell_context(before: str) -> str:
         elif char == "\\" and state != "'":
             index += 1
         index += 1
-    return state
+    yield len(text), state
+
+
+def _shell_context(before: str) -> str:
+    """Whether the end of ``before`` is outside quotes (''), inside "..." or inside '...' (shlex)."""
+    return list(_quote_states(before))[-1][1]
 
 
 def _quoted(value: str, context: str) -> str:
@@ -413,10 +618,14 @@ class CoiledMagics(Magics, Configurable):
         help="plan, apply: break this team guardrail (with --reason)",
     )
     @argument("--reason", action="append", metavar="TEXT", help="why a guardrail is overridden")
-    @argument("--apply", action="store_true", help="cell: apply after setting the rules")
+    @argument("--apply", action="store_true", help="cell, undo: apply (after setting the rules)")
+    @argument("-v", "--verbose", action="store_true", help="settings: every layer, note and reason")
+    @argument("--live", action="store_true", help="rehearse: connect to the real cluster")
+    @argument("--stop", action="store_true", help="rehearse: tear the rehearsal down")
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
+            line = strip_comment(line)
             if cell is not None:
                 return self._ingress_cell(self._substitute(line), cell)
             return self._ingress_line(line)
@@ -441,8 +650,6 @@ class CoiledMagics(Magics, Configurable):
         else:
             args = _parse(parser, _split(self._substitute(line)))
             body = None
-        if args.help:
-            return _print_help(parser)
         command = args.words[0] if args.words else None
         if command is not None and command not in SUBCOMMANDS:
             close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
@@ -451,7 +658,14 @@ class CoiledMagics(Magics, Configurable):
                 f"%coiled_ingress has no subcommand {excerpt(command)}; {hint}use one of "
                 f"{', '.join(SUBCOMMANDS)} (or %coiled_ingress -h)."
             )
+        if args.help:
+            print(_SUBCOMMAND_HELP[command] if command else _INGRESS_SHORT_HELP)
+            return None
         self._check_options(args, command)
+        result = self._ingress_command(command, args, body)
+        return result.expanded() if args.verbose else result
+
+    def _ingress_command(self, command, args, body):
         cluster = self._cluster(args)
         if command is None:
             return self._show(cluster)
@@ -490,6 +704,10 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
+        if command == "undo":
+            return session.undo(cluster, apply=args.apply, progress=print)
+        if command == "rehearse":
+            return session.rehearse(cluster, live=args.live, stop=args.stop, progress=print)
         if command in ("plan", "apply"):
             return getattr(session, command)(
                 cluster, progress=print, override_guardrails=_overrides(args)
@@ -502,18 +720,26 @@ class CoiledMagics(Magics, Configurable):
         parser = self.coiled_ingress.parser
         args = _parse(parser, _split(line))
         if args.help:
-            return _print_help(parser)
+            print(_CELL_HELP)
+            return None
         if args.words:
             raise UsageError(
                 f"the %%coiled_ingress cell takes only --cluster and --apply on its "
                 f"first line, not {excerpt(' '.join(args.words))}; put the rules in the cell "
                 "body."
             )
-        for name in ("description", "protocol", "scope"):
-            if getattr(args, name) is not None:
+        for name in ("description", "protocol", "scope", "verbose"):
+            if getattr(args, name) not in (None, False):
                 raise UsageError(
                     f"the %%coiled_ingress cell takes only --cluster and --apply, not "
                     f"{_OPTION_FLAGS[name]}; write it into the rules in the cell body."
+                )
+        for name in ("live", "stop"):
+            if getattr(args, name):
+                raise UsageError(
+                    f"the %%coiled_ingress cell takes only --cluster and --apply, not "
+                    f"{_OPTION_FLAGS[name]}; rehearse on a line: %coiled_ingress rehearse "
+                    f"{_OPTION_FLAGS[name]}."
                 )
         cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
@@ -522,17 +748,24 @@ class CoiledMagics(Magics, Configurable):
         return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
 
     def _check_options(self, args, command):
+        what = f"%coiled_ingress {command}" if command else "%coiled_ingress"
         for name, flag in _OPTION_FLAGS.items():
             value = getattr(args, name)
             if value in (None, False) or name in _OPTIONS_OF.get(command, ()):
                 continue
+            if name == "verbose":
+                if command in _SHOWING_SETTINGS:
+                    continue
+                raise UsageError(
+                    f"{what} does not take --verbose; it is for the settings view "
+                    "(%coiled_ingress -v), whose details it opens."
+                )
             if name == "apply":
                 raise UsageError(
-                    "--apply is for the %%coiled_ingress cell; on a line, run "
-                    "%coiled_ingress apply."
+                    f"{what} does not take --apply; it is for undo and the %%coiled_ingress "
+                    "cell; on a line, run %coiled_ingress apply."
                 )
             takers = [c for c, names in _OPTIONS_OF.items() if name in names]
-            what = f"%coiled_ingress {command}" if command else "%coiled_ingress"
             raise UsageError(f"{what} does not take {flag}; it is for {' and '.join(takers)}.")
 
     def _cluster(self, args) -> str | None:
@@ -557,7 +790,7 @@ class CoiledMagics(Magics, Configurable):
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_scheduler_ip(self, line=""):
         with _usage_errors():
-            line = self._substitute(line)
+            line = self._substitute(strip_comment(line))
             parser = self.coiled_scheduler_ip.parser
             args = _parse(parser, _split(line))
             if args.help:
@@ -578,7 +811,7 @@ class CoiledMagics(Magics, Configurable):
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_firewall(self, line=""):
         with _usage_errors():
-            line = substitute(line, self.shell.user_ns, "the magic's line")
+            line = substitute(strip_comment(line), self.shell.user_ns, "the magic's line")
             parser = self.coiled_firewall.parser
             args = _parse(parser, _split(line))
             if args.help:
@@ -623,6 +856,19 @@ def _overrides(args) -> dict[str, str] | None:
             "--override-guardrail no-world --reason 'vendor debugging until 17:00'."
         )
     return dict(zip(names, reasons)) or None
+
+
+def strip_comment(line: str) -> str:
+    """``line`` without a trailing ``# comment``, so that a cell of magics reads as Python does.
+
+    A ``#`` starts a comment at the start of the line or after whitespace, outside quotes; inside
+    quotes (``--description "office #1"``) or a word (``a#b``) it stays. Quotes are read as the
+    shell reads them, which is also how YAML reads the flow list of ``set``.
+    """
+    for index, state in _quote_states(line):
+        if state == "" and line[index : index + 1] == "#" and line[index - 1 : index].strip() == "":
+            return line[:index].rstrip()
+    return line
 
 
 def _export_or_import(command: str, positional: list[str], args, cluster):
@@ -751,6 +997,7 @@ _INGRESS_OPTIONS = {
     "remove": ["--protocol", "--cluster"],
     "save": ["--scope", "--cluster"],
     "export": ["--to", "--cluster"],
+    "rehearse": ["--live", "--stop", "--cluster"],
     "plan": ["--override-guardrail", "--reason", "--cluster"],
     "apply": ["--override-guardrail", "--reason", "--cluster"],
 }

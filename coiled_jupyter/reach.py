@@ -315,6 +315,9 @@ class Reachability:
     dashboard: PortReach
     warnings: tuple[str, ...] = ()
     lookup: PublicAddress | None = None  # how the public address was found, when it was
+    # The fixes the warnings speak of, as (command, what it does): each one a line that works when
+    # pasted into a cell for the cluster these rules are for (the view adds --cluster NAME).
+    commands: tuple[tuple[str, str], ...] = ()
 
     @property
     def ports(self) -> tuple[PortReach, PortReach]:
@@ -329,6 +332,7 @@ class Reachability:
             "scheduler": self.scheduler.to_dict(),
             "dashboard": self.dashboard.to_dict(),
             "warnings": list(self.warnings),
+            "commands": [{"command": c, "does": d} for c, d in self.commands],
             "public_lookup": self.lookup.to_dict() if self.lookup is not None else None,
         }
 
@@ -341,13 +345,15 @@ def check(
     public: str | None = None,
     scheduler_port: int | None = None,
     dashboard_port: int | None = None,
+    declared: bool = True,
 ) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
 
     ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_addresses`, which
     is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
     that judging private-IP settings never waits on the network. The ports default to the options
-    ``scheduler-port`` and ``dashboard-port``.
+    ``scheduler-port`` and ``dashboard-port``. ``declared`` is False for the built-in default, which
+    any declared rule replaces: its fix is to declare rules, not to remove the default's.
     """
     rules = list(rules)
     if scheduler_port is None:
@@ -373,26 +379,35 @@ def check(
         kind = "this notebook's private address"
         unknown = (
             "this notebook has no private address on its network interfaces (only loopback "
-            "or link-local); connect on the public IP with `%coiled_scheduler_ip public`."
+            "or link-local); connect on the public IP instead."
         )
     scheduler, dashboard = (
         _judge(name, port, rules, candidates, kind, unknown, public)
         for name, port in (("scheduler", scheduler_port), ("dashboard", dashboard_port))
     )
 
-    warnings: list[str] = []
+    advice: list[tuple[str, list[tuple[str, str]]]] = []
     public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
     if public_only:
-        warnings.append(_private_ip_warning(public_only, scheduler_port, local))
+        advice.append(_private_ip_warning(public_only, scheduler_port, local))
     elif scheduler.verdict == NO:
-        warnings.append(
+        advice.append(
             _not_admitted_warning(rules, scheduler, use_scheduler_public_ip, local, public)
         )
+    elif scheduler.verdict == UNKNOWN and not use_scheduler_public_ip and not local:
+        advice.append(("", [("%coiled_scheduler_ip public", "connect on the public IP instead")]))
     opened = open_to_everyone(rules)
     if opened:
-        warnings.append(_open_warning(opened, scheduler_port, public))
+        advice.append(_open_warning(opened, scheduler_port, public, declared))
     return Reachability(
-        use_scheduler_public_ip, local, public, scheduler, dashboard, tuple(warnings), lookup
+        use_scheduler_public_ip,
+        local,
+        public,
+        scheduler,
+        dashboard,
+        tuple(text for text, _ in advice if text),
+        lookup,
+        tuple(dict.fromkeys(command for _, commands in advice for command in commands)),
     )
 
 
@@ -408,7 +423,7 @@ def _judge(
     if not candidates:
         return PortReach(name, port, UNKNOWN, unknown)
     for address in candidates:
-        rule = _admitting_rule(rules, port, address, public)
+        rule = admitting_rule(rules, port, address, public)
         if rule is not None:
             source = f"me ({public})" if rule.source == ME else rule.source
             return PortReach(
@@ -424,8 +439,10 @@ def _judge(
     )
 
 
-def _admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
-    """The first rule admitting ``address`` on ``port``; ``me`` stands for the public address."""
+def admitting_rule(rules: list[Rule], port: int, address: str, public: str | None) -> Rule | None:
+    """The first rule admitting ``address`` on ``port`` (TCP); ``me`` stands for the public address.
+
+    The one judgement every verdict uses, also the rehearsal's prediction for each source."""
     for rule in rules:
         if admits(resolve_me([rule], [public] if public else []), _PROTOCOL, port, address):
             return rule
@@ -449,15 +466,23 @@ def _public_only(rules: list[Rule], port: int) -> list[str]:
     return list(dict.fromkeys(str(net) for net in networks))
 
 
-def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> str:
+Advice = tuple[str, list[tuple[str, str]]]  # a warning and the commands that fix it
+
+
+def _private_ip_warning(networks: list[str], port: int, local: Sequence[str]) -> Advice:
     own = next((a for a in local if _is_private(a) and ipaddress.ip_address(a).version == 4), None)
-    example = str(ipaddress.ip_network(f"{own}/16", strict=False)) if own else "10.0.0.0/16"
-    here = f" (this notebook is {own})" if own else ""
+    commands = []
+    if own:
+        network = str(ipaddress.ip_network(f"{own}/16", strict=False))
+        commands.append(
+            (f"%coiled_ingress add {port} {network}", f"admit this notebook's network ({own})")
+        )
+    commands.append(("%coiled_scheduler_ip public", "connect on the public IP instead"))
     return (
         f"the client will connect on the scheduler's private IP, but the rules only admit public "
-        f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, e.g. "
-        f"`%coiled_ingress add {port} {example}`{here}, or connect on the public IP with "
-        "`%coiled_scheduler_ip public`."
+        f"networks ({', '.join(networks)}) on port {port}; add your VPC or VPN range, or connect "
+        "on the public IP.",
+        commands,
     )
 
 
@@ -467,49 +492,68 @@ def _not_admitted_warning(
     use_public: bool,
     local: Sequence[str],
     public: str | None,
-) -> str:
+) -> Advice:
     port, address = scheduler.port, scheduler.address
     if use_public:
         text = (
             f"this notebook's public address {address} is not admitted on port {port}, so the "
-            f"client will time out connecting to the scheduler; add it with "
-            f"`%coiled_ingress add {port} {address}` or `%coiled_ingress add {port} me`"
+            "client will time out connecting to the scheduler; admit it"
         )
-        admitted_local = next((a for a in local if _admitting_rule(rules, port, a, public)), None)
+        commands = [(f"%coiled_ingress add {port} me", f"admit this notebook ({address})")]
+        admitted_local = next((a for a in local if admitting_rule(rules, port, a, public)), None)
         if admitted_local:
             text += (
                 f", or, if this notebook is in the cluster's network, connect on the private IP "
-                f"with `%coiled_scheduler_ip private` ({admitted_local} is admitted)"
+                f"({admitted_local} is admitted)"
             )
-        return text + "."
+            commands.append(("%coiled_scheduler_ip private", "connect on the private IP"))
+        return text + ".", commands
     addresses = "address" if len(local) == 1 else "addresses"
     verb = "is" if len(local) == 1 else "are"
     return (
         f"this notebook's private {addresses} {_words(local)} {verb} not admitted on port {port}, "
-        f"so the client will time out connecting to the scheduler; add your VPC range, or this "
-        f"notebook alone with `%coiled_ingress add {port} {address}`."
+        "so the client will time out connecting to the scheduler; add your VPC range, or this "
+        "notebook alone.",
+        [(f"%coiled_ingress add {port} {address}", f"admit this notebook alone ({address})")],
     )
 
 
-def _open_warning(opened: list[Rule], scheduler_port: int, public: str | None) -> str:
+def _open_warning(
+    opened: list[Rule], scheduler_port: int, public: str | None, declared: bool
+) -> Advice:
     ports = list(
         dict.fromkeys(
             r.ports + ("" if r.protocol == _PROTOCOL else f"/{r.protocol}") for r in opened
         )
     )
     networks = _words(list(dict.fromkeys(r.source for r in opened)))
-    example = (
-        scheduler_port
-        if any(r.from_port <= scheduler_port <= r.to_port for r in opened)
-        else opened[0].from_port
+    me = (
+        f"this notebook's public address ({public})" if public else "this notebook's public address"
     )
-    me = f"`me` ({public})" if public else "`me`"
-    return (
+    text = (
         f"{'port' if len(ports) == 1 else 'ports'} {_words(ports)} "
         f"{'is' if len(ports) == 1 else 'are'} open to the whole internet ({networks}); restrict "
-        f"them to a CIDR such as your office or VPC range, or to {me}, e.g. "
-        f"`%coiled_ingress add {example} me`, then remove {networks}."
+        f"them to a CIDR such as your office or VPC range, or to {me}."
     )
+    spans = ",".join(dict.fromkeys(r.ports for r in opened if r.protocol == _PROTOCOL))
+    spans = spans or str(scheduler_port)
+    commands = [(f"%coiled_ingress add {spans} me", f"admit {me} on {spans}")]
+    if not declared:
+        # Declaring a rule replaces the built-in default as a whole: nothing is left to remove.
+        return text, [(commands[0][0], commands[0][1] + " instead of everyone")]
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for rule in opened:
+        by_source.setdefault((rule.source, rule.protocol), []).append(rule.ports)
+    for (source, protocol), spans_of_source in by_source.items():
+        option = "" if protocol == _PROTOCOL else f" --protocol {protocol}"
+        listed = ",".join(dict.fromkeys(spans_of_source))
+        commands.append(
+            (
+                f"%coiled_ingress remove {listed} {source}{option}",
+                f"then stop admitting {source} on {listed}",
+            )
+        )
+    return text, commands
 
 
 def _is_private(address: str) -> bool:

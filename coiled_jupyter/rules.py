@@ -901,12 +901,14 @@ def _join_descriptions(rules: Iterable[Rule]) -> str:
 
 
 def admits(rules: Iterable[Rule], protocol: str, port: int, address: str) -> bool:
-    """Does any rule admit ``address`` on ``port``? (security group sources never match an address)"""
+    """Does any rule admit ``address`` on ``port``? (security group sources never match an address)
+
+    A rule for all protocols (AWS's ``-1``, read from the cloud) admits every protocol and port."""
     ip = ipaddress.ip_address(address)
     for rule in rules:
         net = rule.network
         if (
-            rule.protocol == protocol
+            rule.protocol in (protocol, ALL_PROTOCOLS)
             and rule.from_port <= port <= rule.to_port
             and net is not None
             and net.version == ip.version

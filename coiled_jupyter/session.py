@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .errors import CoiledJupyterError
-from .export import FORMATS as EXPORT_FORMATS  # noqa: F401 (for front ends)
+from .export import FORMATS as EXPORT_FORMATS
 from .policy import NAMES as GUARDRAIL_NAMES
 from .rules import PROTOCOLS, IngressError, Rule, canonical, load_text, parse_rule, subtract
 from .settings import (
@@ -39,11 +39,21 @@ from .settings import (
 )
 from .settings import effective_settings as resolve_settings
 from .state import change_count, note_change
-from .strict_yaml import check_size, excerpt
+from .strict_yaml import check_size, check_value, excerpt, load_json
 
 # For the front ends, which import only this module, display and errors (docs/architecture.md):
-# the protocols a rule may name, and the strict reader of what a person types.
-__all__ = ["PROTOCOLS", "check_size", "excerpt", "load_text"]
+# the protocols a rule may name, the export formats, the guardrails' names, and the strict reader of
+# what a person types.
+__all__ = [
+    "EXPORT_FORMATS",
+    "GUARDRAIL_NAMES",
+    "PROTOCOLS",
+    "check_size",
+    "check_value",
+    "excerpt",
+    "load_json",
+    "load_text",
+]
 
 SCOPES = ("user", "account")
 _SAVED_WHERE = {"user": "Dask config file's settings", "account": "account defaults"}
@@ -104,7 +114,11 @@ def _view(t, settings: Settings, *, reach: bool = True):
     if reach:
         from .reach import check
 
-        reachability = check(settings.rules, settings.use_scheduler_public_ip.value)
+        reachability = check(
+            settings.rules,
+            settings.use_scheduler_public_ip.value,
+            declared=settings.ingress.layer != Layer.DEFAULT,
+        )
     return SettingsView(
         t,
         settings,
@@ -257,7 +271,7 @@ def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
     word = value.strip().lower() if isinstance(value, str) else value
     if word in words:
         return word
-    close = difflib.get_close_matches(str(word), words, n=1)
+    close = difflib.get_close_matches(word, words, n=1) if isinstance(word, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise IngressError([sentence.format(value=excerpt(value), hint=hint)])
 
@@ -503,6 +517,168 @@ def cluster_kwargs(cluster=None, *, backend_options=None, **target_options):
 
     t = _target(cluster, **target_options)
     return reconcile.cluster_kwargs(t, _read_settings(t, backend_options), backend_options)
+
+
+def history(cluster=None, **target_options):
+    """The applies of this cluster made from this machine, newest first, each with the rules the
+    group held before it and what it changed (kept in the state folder; no cloud call)."""
+    from .provision import history as kept
+    from .provision.results import HistoryView
+
+    t = _target(cluster, **target_options)
+    return HistoryView(t, tuple(kept.entries(t)))
+
+
+def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
+    """The way back to the group's rules before the last apply made from this machine: the plan
+    (nothing changes), or with ``apply=True`` those rules set in this session and applied, all or
+    nothing (that apply is recorded too, so a second undo goes back again)."""
+    from .provision import history as kept
+    from .provision import reconcile
+    from .rules import to_coiled
+
+    t = _target(cluster)
+    entries = kept.entries(t)
+    if not entries:
+        raise CoiledJupyterError(
+            f"no apply of cluster {t.cluster!r} is recorded on this machine, so there is nothing "
+            "to undo; the history starts with the next apply."
+        )
+    last = entries[0]
+    label = f"undo of the apply at {last.when}"
+    if apply:
+        return set_and_apply(
+            to_coiled(last.before), cluster=cluster, progress=progress, label=label
+        )
+    settings = _read_settings(t)
+    back = replace(settings, ingress=Resolved(list(last.before), Layer.SESSION, label))
+    way_back = reconcile.plan(t, back, progress=progress)
+    created = (
+        " That apply created the group: undo leaves it without rules; destroy deletes it."
+        if last.created
+        else ""
+    )
+    note = (
+        f"undo: back to the {len(last.before)} rule{'' if len(last.before) == 1 else 's'} the "
+        f"group held before the apply at {last.when} ({'; '.join(last.changes)}); nothing "
+        f"changes until undo is applied, which also sets these rules in this session.{created}"
+    )
+    return replace(
+        way_back,
+        notes=(note, *way_back.notes),
+        commands=(("%coiled_ingress undo --apply", "apply this plan"),),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rehearsal: the group enforced with packets
+
+
+def _port(value, name: str) -> int:
+    if value is None:
+        from .settings import option
+
+        value = option(f"{name}-port")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise IngressError(
+            [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+        )
+    return value
+
+
+def rehearse(
+    cluster=None,
+    *,
+    live: bool = False,
+    stop: bool = False,
+    host: str | None = None,
+    scheduler_port: int | None = None,
+    dashboard_port: int | None = None,
+    progress: Progress = None,
+    **target_options,
+):
+    """Rehearse the cluster's group with packets, each predicted verdict beside a measured one.
+
+    By default the group as the sandbox (or the cloud) holds it is enforced by nftables in front of a
+    real ``distributed`` scheduler in network namespaces of this machine; where that cannot run, the
+    result is one sentence saying why. ``live=True`` instead connects from this notebook to the
+    cluster's real scheduler (``host``, default its address as ``use_scheduler_public_ip`` says);
+    ``stop=True`` tears the rehearsal down. The ports default to the options ``scheduler-port`` and
+    ``dashboard-port``.
+    """
+    from .rehearsal import rehearse as rehearsal
+    from .rehearsal.result import RehearsalResult
+
+    t = _target(cluster, **target_options)
+    ports = {
+        "scheduler_port": _port(scheduler_port, "scheduler"),
+        "dashboard_port": _port(dashboard_port, "dashboard"),
+    }
+    if host is not None:
+        host = _address(host, "host")
+    if stop:
+        stopped = rehearsal.stop()
+        return RehearsalResult(
+            t, "rehearsal stopped" if stopped else "no rehearsal was running in this process"
+        )
+    if not live:
+        from .rehearsal.namespaces import unavailable
+
+        reason = unavailable()
+        if reason:
+            return RehearsalResult(t, reason)
+    from .provision import reconcile
+    from .reach import local_addresses, public_address
+
+    settings = _read_settings(t)
+    table = reconcile.describe(t, settings, progress=progress)
+    if not table.exists:
+        raise CoiledJupyterError(
+            f"cluster {t.cluster!r} has no security group yet ({t.backend_label}), so there is "
+            "nothing to rehearse; apply first (%coiled_ingress apply)."
+        )
+    if live:
+        public_ip = settings.use_scheduler_public_ip.value
+        if host is None:
+            host = reconcile.scheduler_address(t, settings).ip
+        public = public_address() if public_ip else None
+        return rehearsal.live(
+            t,
+            table.rules,
+            host=host,
+            from_address=public if public_ip else _route_source(host),
+            public=public,
+            group_id=table.group_id,
+            account_id=table.account_id,
+            **ports,
+        )
+    return rehearsal.rehearse(
+        table, local=local_addresses(), public=public_address(), progress=progress, **ports
+    )
+
+
+def _address(value, name: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise IngressError(
+            [f"the {name} is an IP address, not {excerpt(value)}; e.g. 203.0.113.7."]
+        ) from None
+
+
+def _route_source(host: str) -> str | None:
+    """The address this machine sends from to reach ``host`` (a routing lookup; nothing is sent)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------

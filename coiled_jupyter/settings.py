@@ -174,8 +174,16 @@ def parse_coiled_options(
     Returns ``(rules or None, use_scheduler_public_ip or None)``.
     """
     from .rules import load_text
+    from .strict_yaml import StrictYAMLError, check_value
 
-    data = load_text(value, where) if isinstance(value, str) else value
+    if isinstance(value, str):
+        data = load_text(value, where)
+    else:
+        try:
+            check_value(value, where)
+        except StrictYAMLError as error:
+            raise IngressError(error.problems) from None
+        data = value
     if data is None:
         raise IngressError(
             [
@@ -193,19 +201,32 @@ def parse_coiled_options(
                     "use_scheduler_public_ip, as in Coiled's documentation."
                 ]
             )
+        problems += [
+            _not_used(key, f"beside 'coiled' in {where}", _BELONGS_UNDER_COILED)
+            for key in data
+            if key != key_spelling(data, "coiled")
+        ]
         problems += _unknown_keys(
             coiled,
             ("backend-options", "use_scheduler_public_ip"),
             f"'coiled' in {where}",
-            strict=False,
+            belongs=_BELONGS_IN_COILED,
         )
         backend = _get(coiled, "backend-options") or {}
         if not isinstance(backend, dict):
             problems.append(f"'coiled.backend-options' in {where} must be a mapping with ingress.")
             backend = {}
         problems += _unknown_keys(
-            backend, ("ingress", "firewall"), f"'coiled.backend-options' in {where}", strict=False
+            backend,
+            ("ingress", "firewall"),
+            f"'coiled.backend-options' in {where}",
+            belongs=_BELONGS_IN_BACKEND_OPTIONS,
         )
+        if _get(backend, "ingress") is not None and _get(backend, "firewall") is not None:
+            problems.append(
+                f"'coiled.backend-options' in {where} has both 'ingress' and the deprecated "
+                "'firewall', and only ingress is used; remove 'firewall'."
+            )
         options = {
             "ingress": _get(backend, "ingress"),
             "firewall": _get(backend, "firewall"),
@@ -245,12 +266,13 @@ def parse_coiled_options(
 
 
 def _unknown_keys(
-    mapping: dict, known: tuple[str, ...], where: str, *, strict: bool = True
+    mapping: dict, known: tuple[str, ...], where: str, *, belongs: dict | None = None
 ) -> list[str]:
     """Keys Coiled's format does not have, with a did-you-mean ('-' and '_' are alike, as in Dask).
 
-    Not ``strict``: only near-misses of ``known`` are reported, since a pasted ``coiled:`` snippet
-    may hold Coiled's other keys (token, workspace, region...) that are not ours to judge.
+    ``belongs`` (inside a pasted ``coiled:`` snippet): where keys that are not ours belong, by key
+    (``None``: any other key), for a sentence that names the key and that place: every key is
+    used or refused, none is accepted and dropped.
     """
     import difflib
 
@@ -261,11 +283,43 @@ def _unknown_keys(
         if name in spellings:
             continue
         close = difflib.get_close_matches(name, spellings, n=1, cutoff=0.7)
-        if not close and not strict:
-            continue
-        hint = f"did you mean {close[0]!r}?" if close else f"use only {', '.join(known)}."
-        problems.append(f"{where} has unknown key {excerpt(key)}; {hint}")
+        if close:
+            problems.append(f"{where} has unknown key {excerpt(key)}; did you mean {close[0]!r}?")
+        elif belongs is not None:
+            problems.append(_not_used(key, f"in {where}", belongs))
+        else:
+            problems.append(f"{where} has unknown key {excerpt(key)}; use only {', '.join(known)}.")
     return problems
+
+
+def _not_used(key, where: str, belongs: dict) -> str:
+    place = belongs.get(str(key).replace("_", "-"), belongs[None])
+    return f"{excerpt(key)} {where} is not used here: {place}"
+
+
+# Where a key that is not ours belongs, for the sentence refusing it in a pasted snippet.
+_BELONGS_UNDER_COILED = {
+    "ingress": "it belongs under coiled.backend-options (coiled: {backend-options: {ingress: "
+    "[...]}}), as in Coiled's documentation.",
+    "firewall": "it belongs under coiled.backend-options, as in Coiled's documentation.",
+    "backend-options": "it belongs under coiled (coiled: {backend-options: ...}), as in "
+    "Coiled's documentation.",
+    "use-scheduler-public-ip": "it belongs under coiled (coiled: {use_scheduler_public_ip: "
+    "false}), as in Coiled's documentation.",
+    None: "only coiled: is read from a snippet; other tools' settings belong in your Dask config "
+    "file, so remove it.",
+}
+_BELONGS_IN_COILED = {
+    "ingress": _BELONGS_UNDER_COILED["ingress"],
+    "firewall": _BELONGS_UNDER_COILED["firewall"],
+    None: "only backend-options.ingress and use_scheduler_public_ip are firewall settings; "
+    "Coiled's other settings belong in your Dask config file (coiled.yaml) or in "
+    "coiled.Cluster(...), so remove it.",
+}
+_BELONGS_IN_BACKEND_OPTIONS = {
+    None: "only ingress is a firewall setting; other backend options belong in "
+    "coiled.Cluster(backend_options=...), so remove it.",
+}
 
 
 def parse_public_ip(value, *, where: str = "use_scheduler_public_ip") -> bool:
@@ -307,13 +361,6 @@ def _get(mapping: dict, *path: str):
     return node
 
 
-def _coiled_options(config: dict) -> dict:
-    backend_options = _get(config, "coiled", "backend-options") or {}
-    options = {key: _get(backend_options, key) for key in ("ingress", "firewall")}
-    options["use_scheduler_public_ip"] = _get(config, "coiled", "use_scheduler_public_ip")
-    return options
-
-
 def config_dir() -> Path:
     """Dask's user config directory, honouring ``DASK_CONFIG`` as it is now (not at import)."""
     return Path(os.environ.get("DASK_CONFIG") or Path("~/.config/dask").expanduser())
@@ -337,6 +384,19 @@ _OUR_KEYS = (
     ("coiled", "use_scheduler_public_ip"),
 )
 _CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _tree(paths: tuple[tuple[str, ...], ...]) -> dict:
+    tree: dict = {}
+    for path in paths:
+        place = tree
+        for name in path:
+            place = place.setdefault(name, {})
+    return tree
+
+
+# The same keys as nested names, as :func:`.strict_yaml.load_keys` takes them.
+_OUR_TREE = _tree(_OUR_KEYS)
 
 
 def _config_files() -> list[str]:
@@ -368,8 +428,9 @@ def _config_files() -> list[str]:
 
 
 def _config_sources() -> list[tuple[str, dict]]:
-    """Our keys from each Dask config file, read strictly (see :mod:`.strict_yaml`); a file that
-    cannot be read or parsed is an error naming it, for every operation that uses the settings."""
+    """Our keys from each Dask config file, read strictly (see :mod:`.strict_yaml`), in Dask's order;
+    a file that cannot be read or parsed is an error naming it, for every operation that uses the
+    settings."""
     from .strict_yaml import FILE_LIMITS, StrictYAMLError, load_keys
 
     sources = []
@@ -380,7 +441,7 @@ def _config_sources() -> list[tuple[str, dict]]:
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigFileError(_unreadable(path, error)) from None
         try:
-            data = load_keys(text, f"the Dask config file {path}", _OUR_KEYS)
+            data = load_keys(text, f"the Dask config file {path}", _OUR_TREE)
         except StrictYAMLError as error:
             raise ConfigFileError(
                 [f"{error} Fix or move the file: the coiled settings are not used until then."]
@@ -397,25 +458,123 @@ def _unreadable(path: str, error: Exception) -> str:
     )
 
 
-def config_layer() -> LayerValues:
-    """The Dask config layer from the files and the environment as they are now, with origins."""
+def _our_values(data: dict, tree: dict) -> dict:
+    """Our keys from already-read config values (the environment's), shaped as
+    :func:`.strict_yaml.load_keys` shapes a file's."""
+    from .strict_yaml import NOT_A_MAPPING
+
+    found: dict = {}
+    for name, below in tree.items():
+        spelling = key_spelling(data, name)
+        if spelling not in data:
+            continue
+        value = data[spelling]
+        if not below or value is None:
+            found[spelling] = value
+        elif isinstance(value, dict):
+            found[spelling] = _our_values(value, below)
+        else:
+            found[spelling] = NOT_A_MAPPING
+    return found
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Marks, in a merge of the sources' places instead of their values, which source a value
+    came from (see :func:`_merged`)."""
+
+    source: int
+
+
+def _merged(patches: list[dict]) -> dict:
+    """The sources merged as ``dask.config.collect`` merges config files and the environment: from
+    the last to the first, each filling in only what the later ones left open (``priority="old"``),
+    with Dask's own ``update``. Lists and other values are replaced as a whole, mappings merged."""
     import dask.config
 
-    ingress, ingress_detail = None, ""
-    public_ip, public_ip_detail = None, ""
+    result: dict = {}
+    for patch in reversed(patches):
+        dask.config.update(result, patch, priority="old")
+    return result
+
+
+def _origins(patch, source: int):
+    """``patch`` with every value that is neither a mapping nor null replaced by its source, so that
+    merging these gives, in each place, the source whose value Dask keeps there."""
+    if isinstance(patch, dict):
+        return {key: _origins(value, source) for key, value in patch.items()}
+    return None if patch is None else _Origin(source)
+
+
+def _sources_in(value) -> list[int]:
+    if isinstance(value, _Origin):
+        return [value.source]
+    if isinstance(value, dict):
+        return sorted({s for child in value.values() for s in _sources_in(child)})
+    return []
+
+
+_OUR_PATHS = {path[-1]: path for path in _OUR_KEYS}
+
+
+def config_layer() -> LayerValues:
+    """The Dask config layer from the files and the environment as they are now, with origins.
+
+    What Dask's own resolution yields for our keys (several files, merge keys, ``DASK_COILED__*``
+    variables) is what is used; where that cannot be used safely (a null that unsets rules a weaker
+    file sets, a ``coiled`` or ``backend-options`` that is not a mapping) it is refused with a
+    sentence naming the file, never replaced by the built-in default.
+    """
+    import dask.config
+
+    from .strict_yaml import NOT_A_MAPPING
+
     sources = _config_sources()
-    env = dask.config.collect_env(os.environ)
-    sources.append((_env_detail(), env))
-    for detail, data in sources:
-        options = _coiled_options(data)
-        if options["ingress"] is not None or options["firewall"] is not None:
-            ingress_detail = _env_detail("BACKEND_OPTIONS") if data is env else detail
-            ingress = {key: options[key] for key in ("ingress", "firewall")}
-        if options["use_scheduler_public_ip"] is not None:
-            public_ip_detail = _env_detail("USE_SCHEDULER_PUBLIC_IP") if data is env else detail
-            public_ip = options["use_scheduler_public_ip"]
+    sources.append(("environment", _our_values(dask.config.collect_env(os.environ), _OUR_TREE)))
+    details = [detail for detail, _ in sources]
+    patches = [patch for _, patch in sources]
+    merged = _merged(patches)
+    origins = _merged([_origins(patch, index) for index, patch in enumerate(patches)])
+
+    def detail(sources_of: list[int], variable: str) -> str:
+        named = [
+            _env_detail(variable) if index == len(details) - 1 else details[index]
+            for index in sources_of
+        ]
+        return ", ".join(named)
+
+    for path, variable in ((("coiled",), ""), (("coiled", "backend-options"), "BACKEND_OPTIONS")):
+        if _get(merged, *path) is NOT_A_MAPPING:
+            raise ConfigFileError(
+                f"{'.'.join(path)} in {detail(_sources_in(_get(origins, *path)), variable)} is not "
+                "a mapping, so Dask reads no coiled settings from the Dask config; write it as "
+                "in Coiled's documentation (coiled: {backend-options: {ingress: [...]}})."
+            )
+    values = {}
+    for name, path in _OUR_PATHS.items():
+        variable = (
+            "USE_SCHEDULER_PUBLIC_IP" if name == "use_scheduler_public_ip" else "BACKEND_OPTIONS"
+        )
+        values[name] = (_get(merged, *path), detail(_sources_in(_get(origins, *path)), variable))
+        if values[name][0] is not None or (name == "firewall" and values["ingress"][0] is not None):
+            continue
+        setters = [i for i, patch in enumerate(patches) if _get(patch, *path) is not None]
+        if setters:
+            unsetting = max(i for i, patch in enumerate(patches) if _has_null(patch, path))
+            raise ConfigFileError(
+                f"{'.'.join(path)} is null in {detail([unsetting], variable)}, which Dask reads "
+                f"as unsetting the value from {detail(setters, variable)}; remove the null or "
+                "write the value you want there (an empty list [] means no rules)."
+            )
+    ingress, ingress_detail = values["ingress"]
+    firewall, firewall_detail = values["firewall"]
+    public_ip, public_ip_detail = values["use_scheduler_public_ip"]
+    # As everywhere: ingress wins over the deprecated firewall, wherever each was set.
+    if ingress is None and firewall is not None:
+        ingress_detail = firewall_detail
+    options = {"ingress": ingress, "firewall": firewall}
     # Parsed apart, so that a bad value is reported with the place it came from.
-    ingress_values = layer_from_options(Layer.CONFIG, ingress, detail=ingress_detail)
+    ingress_values = layer_from_options(Layer.CONFIG, options, detail=ingress_detail)
     public_ip_values = layer_from_options(
         Layer.CONFIG, {"use_scheduler_public_ip": public_ip}, detail=public_ip_detail
     )
@@ -423,8 +582,18 @@ def config_layer() -> LayerValues:
         Layer.CONFIG,
         ingress_values.ingress,
         public_ip_values.use_scheduler_public_ip,
-        ingress_detail,
-        public_ip_detail,
+        ingress_values.ingress_detail,
+        public_ip_values.public_ip_detail,
+    )
+
+
+def _has_null(patch: dict, path: tuple[str, ...]) -> bool:
+    """Whether ``patch`` holds a null at ``path`` (a null on the way does not unset, see
+    :func:`_merged`)."""
+    *way, last = path
+    place = _get(patch, *way) if way else patch
+    return (
+        isinstance(place, dict) and key_spelling(place, last) in place and _get(place, last) is None
     )
 
 
@@ -783,8 +952,8 @@ def account_drift_note(settings: Settings) -> str | None:
     since = f" ({basis.note})" if basis.note else ""
     return (
         f"the rules from {settings.ingress.origin} were built on the account defaults as known "
-        f"then{since}, and {', and '.join(changes)}: the session's rules are what apply. "
-        "%coiled_ingress reset takes the team's rules as they are now."
+        f"then{since}, and {', and '.join(changes)}: the session's rules are what apply, and a "
+        "reset takes the team's rules as they are now."
     )
 
 

@@ -92,11 +92,28 @@ def load(text: str, where: str, limits: Limits = TEXT_LIMITS):
     return None if node is None else loader.convert(node)
 
 
-def load_keys(text: str, where: str, paths: tuple[tuple[str, ...], ...], limits=FILE_LIMITS):
-    """From a config file, only the values at ``paths`` (e.g. ``("coiled", "backend-options",
-    "ingress")``), as nested dicts; those are held to the strict rules, the rest only to the limits.
-    Keys match with ``-`` and ``_`` alike, as in Dask; a key on one of these paths given twice is
-    refused, since which of the two Dask would use is not what the person can see."""
+class NotAMapping:
+    """Stands, in what :func:`load_keys` returns, for a value on the way to our keys that is neither
+    a mapping nor null (``coiled: 5``): Dask's merge treats it as a value, so its place matters,
+    its content does not."""
+
+    def __repr__(self) -> str:
+        return "NOT_A_MAPPING"
+
+
+NOT_A_MAPPING = NotAMapping()
+
+
+def load_keys(text: str, where: str, tree: dict, limits=FILE_LIMITS):
+    """From a config file, only the keys in ``tree`` (nested names, ``{}`` where a value is read:
+    ``{"coiled": {"backend-options": {"ingress": {}}}}``), as nested dicts with the file's own
+    spellings, as Dask's reader sees them: YAML merge keys (``<<: *defaults``) and aliases on the
+    way are followed as PyYAML does. The values at
+    the end of a path are held to the strict rules; the rest of the file only to the limits. On the
+    way, a null stays ``None`` and any other value that is not a mapping is :data:`NOT_A_MAPPING`.
+    Keys match with ``-`` and ``_`` alike, as in Dask; a key on one of these paths given twice (or
+    in both spellings) is refused, since which of the two Dask would use is not what the person can
+    see."""
     check_size(text, where, limits)
     check_depth(text, where, limits)
     loader = _Loader(text, where, limits, everywhere=False)
@@ -105,15 +122,88 @@ def load_keys(text: str, where: str, paths: tuple[tuple[str, ...], ...], limits=
         raise loader.refusal(
             "does not hold a mapping at the top, as Dask requires", node.start_mark
         )
-    found: dict = {}
-    for path in paths:
-        value = loader.lookup(node, path)
-        if value is not None:
-            place = found
-            for key in path[:-1]:
-                place = place.setdefault(key, {})
-            place[path[-1]] = loader.convert(value)
-    return found
+    if node is None:
+        return {}
+    try:
+        return loader.select(node, tree)
+    except _Refused as refused:
+        raise loader.refusal(refused.problem, refused.mark) from None
+
+
+def check_value(value, where: str, limits: Limits = TEXT_LIMITS) -> None:
+    """Refuse Python values (a notebook variable, an API argument) nested deeper or holding more
+    values than a text may, before anything walks them recursively: ``json.dumps``, ``repr`` and
+    ``copy`` end in ``RecursionError`` on a list nested a few thousand deep. Walked with a stack,
+    so a value that holds itself is refused on its depth too."""
+    stack = [(value, 1)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > limits.depth:
+            raise StrictYAMLError(
+                f"{where} nests deeper than {limits.depth} levels; a rule list needs 3."
+            )
+        if count > limits.nodes:
+            raise StrictYAMLError(
+                f"{where} holds more than {limits.nodes:,} values; split it or shorten it."
+            )
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def load_json(text: str, where: str, limits: Limits = TEXT_LIMITS):
+    """A JSON text (a REST body) into Python values, by this module's rules that apply to JSON: the
+    size and the nesting depth checked before it is parsed (Python's parser recurses), no key twice
+    in one object (``-`` and ``_`` alike, as in YAML here), at most ``limits.digits`` digits per
+    number, and no ``NaN`` or ``Infinity``. Python's ``json`` alone keeps the last of two keys, so
+    ``{"cidr": "10.1.0.0/16", "cidr": "0.0.0.0/0"}`` would admit the world."""
+    import json
+
+    check_size(text, where, limits)
+    check_depth(text, where, limits)
+
+    def mapping(pairs):
+        found: dict = {}
+        seen: set = set()
+        for key, value in pairs:
+            if key.replace("_", "-") in seen:
+                raise StrictYAMLError(
+                    f"{where} has the key {excerpt(key)} twice in one object; keep one."
+                )
+            seen.add(key.replace("_", "-"))
+            found[key] = value
+        return found
+
+    def number(kind):
+        def parse(text: str):
+            digits = sum(c.isdigit() for c in text)
+            if digits > limits.digits:
+                raise StrictYAMLError(
+                    f"{where} has a number of {digits:,} digits ({excerpt(text, 12)}); no value "
+                    f"here has more than {limits.digits}."
+                )
+            return kind(text)
+
+        return parse
+
+    def constant(name: str):
+        raise StrictYAMLError(f"{where} has {name}, which is not a number; write a plain number.")
+
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=mapping,
+            parse_int=number(int),
+            parse_float=number(float),
+            parse_constant=constant,
+        )
+    except json.JSONDecodeError as error:
+        raise StrictYAMLError(
+            f"{where} is not JSON ({error.msg} at line {error.lineno}, column {error.colno})."
+        ) from None
 
 
 _BRACKET = re.compile(r"[\[\]{}]")
@@ -332,6 +422,12 @@ class _Loader:
         mapping: dict = {}
         seen: dict = {}
         for key_node, value_node in node.value:
+            if (
+                isinstance(key_node, yaml.ScalarNode)
+                and key_node.value == "<<"
+                and not key_node.style
+            ):
+                raise _Refused(_MERGE_PROBLEM, key_node.start_mark)
             key = self._convert(key_node)
             if not isinstance(key, (str, int, float, bool, type(None))):
                 raise _Refused(
@@ -349,32 +445,81 @@ class _Loader:
             mapping[key] = self._convert(value_node)
         return mapping
 
-    def lookup(self, node, path: tuple[str, ...]):
-        """The node at ``path`` in nested mappings, or None; duplicate keys on the path are refused."""
+    def select(self, node, tree: dict) -> dict:
+        """The keys of ``tree`` (nested names; ``{}`` marks a value to read) found in the mapping
+        ``node``, each under the file's spelling."""
         yaml = self.yaml
-        try:
-            for name in path:
-                if not isinstance(node, yaml.MappingNode):
-                    return None
-                found = None
-                for key_node, value_node in node.value:
-                    if not isinstance(key_node, yaml.ScalarNode):
-                        continue
-                    if key_node.value.replace("_", "-") != name.replace("_", "-"):
-                        continue
-                    if found is not None:
-                        raise _Refused(
-                            f"has the key {excerpt(key_node.value)} twice (first at line "
-                            f"{found[0].start_mark.line + 1}); keep one",
-                            key_node.start_mark,
-                        )
-                    found = (key_node, value_node)
-                if found is None:
-                    return None
-                node = found[1]
-            return node
-        except _Refused as refused:
-            raise self.refusal(refused.problem, refused.mark) from None
+        found: dict = {}
+        for name, below in tree.items():
+            pair = self.find(node, name, frozenset())
+            if pair is None:
+                continue
+            key_node, value_node = pair
+            if not below:
+                found[key_node.value] = self._convert(value_node)
+            elif isinstance(value_node, yaml.MappingNode):
+                found[key_node.value] = self.select(value_node, below)
+            elif _is_null(value_node, yaml):
+                found[key_node.value] = None
+            else:
+                found[key_node.value] = NOT_A_MAPPING
+        return found
+
+    def find(self, node, name: str, seen: frozenset):
+        """The (key, value) nodes of ``name`` in the mapping ``node`` as PyYAML's reader resolves
+        it: a key written in the mapping wins over one merged into it (``<<``). A key merged from
+        two mappings is refused: PyYAML 6.0.4 takes the last one, the YAML merge spec and earlier
+        versions the first. None if absent."""
+        yaml = self.yaml
+        if id(node) in seen:
+            raise _Refused("has a merge key (<<) that includes its own mapping", node.start_mark)
+        seen = seen | {id(node)}
+        wanted = name.replace("_", "-")
+        written = []
+        merges = []
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.value == "<<" and not key_node.style:
+                merges.append(value_node)
+            elif key_node.value.replace("_", "-") == wanted:
+                if written:
+                    raise _Refused(
+                        f"has the key {excerpt(key_node.value)} twice (first at line "
+                        f"{written[0][0].start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+                written.append((key_node, value_node))
+        merged = []
+        for value_node in merges:
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise _Refused(
+                        "has a merge key (<<) whose value is not a mapping or a list of mappings",
+                        source.start_mark,
+                    )
+                pair = self.find(source, name, seen)
+                if pair is not None:
+                    merged.append(pair)
+        if len(merged) > 1:
+            # Which one wins differs between PyYAML versions (6.0.4 takes the last listed).
+            raise _Refused(
+                f"merges {excerpt(name)} from {len(merged)} mappings (<<), and PyYAML versions "
+                "disagree on which one Dask then uses; keep it in one",
+                merged[-1][0].start_mark,
+            )
+        spellings = {key.value for key, _ in written + merged}
+        if len(spellings) > 1:
+            first, second = sorted(spellings)
+            raise _Refused(
+                f"has both {excerpt(first)} and {excerpt(second)} (one through a merge key <<), "
+                "which Dask reads as one key; keep one spelling",
+                (written + merged)[0][0].start_mark,
+            )
+        return (written + merged)[0] if written + merged else None
 
     # ----------------------------------------------------------------------------------------------
 
@@ -410,11 +555,18 @@ class _Loader:
         return self.text[index:end].strip()
 
 
+def _is_null(node, yaml) -> bool:
+    return (
+        isinstance(node, yaml.ScalarNode) and not node.style and bool(_NULL.fullmatch(node.value))
+    )
+
+
 def _character(character) -> str:
     return repr(chr(character) if isinstance(character, int) else character)
 
 
 _ANCHOR_PROBLEM = "uses an anchor (&) or alias (*); write each value out instead"
+_MERGE_PROBLEM = "uses a merge key (<<) inside a value; write each value out instead"
 
 
 def _tag_problem(tag: str) -> str:

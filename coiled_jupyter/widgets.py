@@ -66,6 +66,7 @@ APPLY = "Apply"
 SAVE_USER = "Save to my config"
 SAVE_ACCOUNT = "Save as team default"
 REVERT = "Revert"
+REHEARSE = "Rehearse"
 CELL = "Copy as %%coiled_ingress cell"
 
 _MEANING = {
@@ -285,6 +286,11 @@ class FirewallPanel(widgets.VBox):
                 description=REVERT,
                 tooltip="Revert: drop this session's changes, back to your config and the defaults",
             ),
+            REHEARSE: widgets.Button(
+                description=REHEARSE,
+                tooltip="Rehearse: enforce the applied group with packets on this machine and "
+                "measure each predicted verdict",
+            ),
         }
         for button in self.buttons.values():
             button.layout.width = "auto"
@@ -293,6 +299,7 @@ class FirewallPanel(widgets.VBox):
         self.buttons[SAVE_USER].on_click(lambda _b: self.save("user"))
         self.buttons[SAVE_ACCOUNT].on_click(lambda _b: self.save("account"))
         self.buttons[REVERT].on_click(lambda _b: self.revert())
+        self.buttons[REHEARSE].on_click(lambda _b: self.rehearse())
         self.marker = widgets.HTML()
         self.status = widgets.HTML()
         self.reachability = widgets.HTML()
@@ -615,6 +622,14 @@ class FirewallPanel(widgets.VBox):
     def revert(self) -> None:
         """Drop this session's settings: back to the saved config and the defaults."""
         self._run("reverting", lambda progress: session.reset(self.cluster), None)
+
+    def rehearse(self) -> None:
+        """The applied group enforced with packets; predicted beside measured in the result area."""
+        self._run(
+            "rehearsing",
+            lambda progress: session.rehearse(self.cluster, progress=progress),
+            None,
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the running operation and the edits still being sent; True when all are done."""

@@ -434,7 +434,7 @@ MISTAKES = [
         "takes no arguments but got 'prod'; to name a cluster write --cluster prod",
     ),
     ("line", "plan --description x", "%coiled_ingress plan does not take --description"),
-    ("line", "apply --apply", "--apply is for the %%coiled_ingress cell"),
+    ("line", "apply --apply", "it is for undo and the %%coiled_ingress cell"),
     ("line", "save --scope team", "scope 'team' is not known"),
     ("line", "plan --cluster 'bad name!'", "cluster name 'bad name!' is not valid"),
     ("line", "describe --frobnicate", "unrecognized arguments: --frobnicate"),
@@ -555,8 +555,9 @@ def test_botocore_failure_is_a_usage_error_with_its_code(ip, sandbox, monkeypatc
 
 
 def test_config_file_refused_is_a_usage_error(ip, sandbox, config_file):
-    config_file.write_text("# hand-written\ncoiled: 5\n")
     line(ip, "set [{ports: [8786], cidr: 10.1.0.0/16}]")
+    # Written after the set: the settings refuse to resolve over it (config_layer).
+    config_file.write_text("# hand-written\ncoiled: 5\n")
     before = local_state(config_file)
     with pytest.raises(UsageError) as raised:
         line(ip, "save")
@@ -627,18 +628,44 @@ def test_help_is_printed(ip, capsys, how):
     out = capsys.readouterr().out
     if kind == "scheduler_ip":
         assert out.startswith("%coiled_scheduler_ip") and "public|private" in out
+    elif kind == "cell":
+        assert out.startswith("%%coiled_ingress [--cluster NAME] [--apply]")
+        assert "${name}" in out and "use_scheduler_public_ip: false" in out
+    elif text.split()[0] in ("set", "add"):
+        # The subcommand's own details.
+        assert out.startswith(f"%coiled_ingress {text.split()[0]} ")
+        assert "--cluster NAME" in out
     else:
         assert out.startswith("%coiled_ingress")
         for word in (
             "add PORTS SOURCE",
             "remove PORTS SOURCE",
             "set RULES",
-            "save --scope account",
+            "save [--scope user|account]",
+            "history",
+            "undo [--apply]",
             "%%coiled_ingress [--cluster NAME] [--apply]",
             "${name}",
-            "--description",
+            "%coiled_ingress -h SUBCOMMAND",
         ):
             assert word in out
+
+
+def test_help_fits_a_screen_and_details_come_per_subcommand(ip, capsys):
+    from coiled_jupyter.magics import SUBCOMMANDS
+
+    assert line(ip, "-h") is None
+    overview = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert len(overview) <= 25 and max(len(row) for row in overview) <= 100
+    for command in SUBCOMMANDS:
+        assert line(ip, f"-h {command}") is None
+        details = capsys.readouterr().out
+        assert details.startswith(f"%coiled_ingress {command}"), command
+        assert len(details.splitlines()) <= 25
+    assert line(ip, "add -h") is None
+    assert capsys.readouterr().out.startswith("%coiled_ingress add PORTS SOURCE")
+    with pytest.raises(UsageError, match="has no subcommand 'nope'"):
+        line(ip, "-h nope")
 
 
 def test_question_mark_shows_the_same_help(ip, capsys):

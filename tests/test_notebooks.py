@@ -17,9 +17,28 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from coiled_jupyter.rehearsal.namespaces import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 RAISES = "raises-exception"
+
+REHEARSAL_UNAVAILABLE = unavailable()
+# The two-CIDR example's rows: 8786 only from inside 10.1.0.0/16, 8787 only from inside 10.32.0.0/16.
+REHEARSED = [
+    "all as predicted",
+    *(
+        f"<td>{address}</td><td>{port}</td><td>{verdict}</td><td>{verdict}</td>"
+        for address, port, verdict in [
+            ("10.1.0.5", "8786 (scheduler)", "yes"),
+            ("10.1.0.5", "8787 (dashboard)", "no"),
+            ("10.32.0.5", "8786 (scheduler)", "no"),
+            ("10.32.0.5", "8787 (dashboard)", "yes"),
+            ("198.51.100.7", "8786 (scheduler)", "no"),
+            ("198.51.100.7", "8787 (dashboard)", "no"),
+        ]
+    ),
+]
 
 # Per notebook: its cluster, the sentence of its deliberate mistake, and what its cells must show.
 EXPECTED = {
@@ -69,6 +88,22 @@ EXPECTED = {
             ],
             "override": ["rules from: notebook session", "10.3.0.0/16"],
             "reset": ["rules from: account default"],
+        },
+    },
+    "rehearsal.ipynb": {
+        "cluster": "rehearsal",
+        "mistake": "UsageError: %coiled_ingress rehearse does not take --scope; it is for save.",
+        "apply": [
+            "<td>8786</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>8787</td>",
+            "<td>10.32.0.0/16</td>",
+        ],
+        "both": {
+            # Rehearsed with packets where this machine can (Linux, root, nft); elsewhere the one
+            # sentence saying why.
+            "rehearse": REHEARSED if REHEARSAL_UNAVAILABLE is None else [REHEARSAL_UNAVAILABLE],
+            "stop": ["rehearsal stopped"] if REHEARSAL_UNAVAILABLE is None else [],
         },
     },
     "parameterised.ipynb": {
@@ -264,3 +299,37 @@ def test_parameterised_notebook_with_papermill(kernel_env):
     mistake = shown(cell(notebook, "mistake"))
     assert mistake.startswith("UsageError: variable 'office_cidr'") and "Traceback" not in mistake
     assert not SECRETS.search(json.dumps([c.get("outputs", []) for c in notebook.cells]))
+
+
+# A reader's saved Dask config that would change every notebook if it were read: open rules of its
+# own, another backend, cluster, region, ports and account parameter.
+HOSTILE_CONFIG = """\
+coiled:
+  use_scheduler_public_ip: true
+  backend-options:
+    ingress:
+      - {ports: [22], cidr: 0.0.0.0/0, description: readers own}
+coiled-jupyter:
+  backend: aws
+  cluster: readers-prod
+  region: eu-west-3
+  scheduler-port: 9786
+  dashboard-port: 9787
+  account-parameter: /readers/own-parameter
+"""
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_is_independent_of_the_readers_saved_config(name, kernel, kernel_env):
+    """Each notebook shows the same as on a clean machine, with a hostile coiled.yaml in the
+    kernel's Dask config folder (standing for ~/.config/dask), which it never writes to."""
+    readers = kernel_env / "dask-config"
+    readers.mkdir()
+    (readers / "coiled.yaml").write_text(HOSTILE_CONFIG)
+    notebook = execute(NOTEBOOKS / name, kernel_env, KERNELS[kernel])
+    check_run(name, notebook, "first")
+    shown_everywhere = "\n".join(shown(c) for c in notebook.cells if c.cell_type == "code")
+    for leak in ("readers own", "readers-prod", "eu-west-3", "9786", "/readers/own-parameter"):
+        assert leak not in shown_everywhere, (name, leak)
+    assert (readers / "coiled.yaml").read_text() == HOSTILE_CONFIG

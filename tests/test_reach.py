@@ -220,9 +220,8 @@ def test_public_ip_with_public_address_not_admitted():
     assert "203.0.113.7" in result.scheduler.reason
     [warning] = result.warnings
     assert "203.0.113.7 is not admitted on port 8786" in warning
-    assert "`%coiled_ingress add 8786 203.0.113.7`" in warning
-    assert "`%coiled_ingress add 8786 me`" in warning
-    assert "%coiled_scheduler_ip private" not in warning
+    assert [c for c, _ in result.commands] == ["%coiled_ingress add 8786 me"]
+    assert "`" not in warning and "%coiled" not in warning
 
 
 def test_public_ip_not_admitted_but_private_is_suggests_private_ip():
@@ -234,7 +233,8 @@ def test_public_ip_not_admitted_but_private_is_suggests_private_ip():
     )
     assert result.scheduler.verdict == "no"
     [warning] = result.warnings
-    assert "`%coiled_scheduler_ip private` (10.1.2.3 is admitted)" in warning
+    assert "connect on the private IP (10.1.2.3 is admitted)" in warning
+    assert ("%coiled_scheduler_ip private", "connect on the private IP") in result.commands
 
 
 def test_public_ip_with_unknown_public_address(service):
@@ -294,8 +294,11 @@ def test_private_ip_with_only_public_ranges_warns():
         "the client will connect on the scheduler's private IP, but the rules "
         "only admit public networks (198.51.100.7/32, 203.0.113.0/24)"
     )
-    assert "add your VPC or VPN range, e.g. `%coiled_ingress add 8786 10.1.0.0/16`" in warning
-    assert "(this notebook is 10.1.2.3)" in warning
+    assert "add your VPC or VPN range, or connect on the public IP." in warning
+    assert result.commands == (
+        ("%coiled_ingress add 8786 10.1.0.0/16", "admit this notebook's network (10.1.2.3)"),
+        ("%coiled_scheduler_ip public", "connect on the public IP instead"),
+    )
 
 
 def test_private_ip_with_private_ranges_elsewhere_warns_only_about_this_notebook():
@@ -311,7 +314,9 @@ def test_private_ip_with_private_ranges_elsewhere_warns_only_about_this_notebook
     )
     [warning] = result.warnings
     assert "private addresses 10.1.2.3 and fd00::2 are not admitted on port 8786" in warning
-    assert "`%coiled_ingress add 8786 10.1.2.3`" in warning
+    assert result.commands == (
+        ("%coiled_ingress add 8786 10.1.2.3", "admit this notebook alone (10.1.2.3)"),
+    )
 
 
 def test_private_ip_without_private_address_is_unknown():
@@ -380,8 +385,21 @@ def test_open_to_the_world_warns_with_the_ports():
     assert warning.startswith(
         "ports 8786 and 8787 are open to the whole internet (0.0.0.0/0 and ::/0)"
     )
-    assert warning.endswith("e.g. `%coiled_ingress add 8786 me`, then remove 0.0.0.0/0 and ::/0.")
-    assert "`me` (203.0.113.7)" in warning
+    assert "this notebook's public address (203.0.113.7)" in warning
+    assert [c for c, _ in result.commands] == [
+        "%coiled_ingress add 8786,8787 me",
+        "%coiled_ingress remove 8786,8787 0.0.0.0/0",
+        "%coiled_ingress remove 8786,8787 ::/0",
+    ]
+    # Over the built-in default, declaring a rule replaces it: nothing is left to remove.
+    default = reach.check(
+        rules({"ports": [8786, 8787], "cidr": "everyone"}),
+        True,
+        local=[],
+        public="203.0.113.7",
+        declared=False,
+    )
+    assert [c for c, _ in default.commands] == ["%coiled_ingress add 8786,8787 me"]
 
 
 def test_open_to_the_world_names_ranges_and_protocols():
@@ -397,7 +415,12 @@ def test_open_to_the_world_names_ranges_and_protocols():
     assert warning.startswith(
         "ports 8000-8100 and 22/udp are open to the whole internet (0.0.0.0/0 and ::/0)"
     )
-    assert "`%coiled_ingress add 8000 me`" in warning
+    assert [c for c, _ in result.commands] == [
+        "%coiled_scheduler_ip public",  # no private address here: the verdict is unknown
+        "%coiled_ingress add 8000-8100 me",
+        "%coiled_ingress remove 8000-8100 0.0.0.0/0",
+        "%coiled_ingress remove 22 ::/0 --protocol udp",
+    ]
 
 
 def test_open_to_the_world_does_not_hide_private_mistakes():
@@ -523,7 +546,7 @@ def test_the_settings_and_the_plan_show_what_me_became_and_apply_follows_a_move(
             r"\); it is looked up again when the rules are sent\.",
             me_note,
         )
-        assert f"note: {me_note}" in repr(view)
+        assert f"note: {me_note}" in repr(view.expanded())  # among the details
         session.apply("moving")
         service.answers["/ip"] = (200, b"203.0.113.8")
         time.sleep(0.3)

@@ -616,6 +616,14 @@ def test_admits():
     assert not admits([], "tcp", 8786, "10.1.0.1")
 
 
+def test_a_rule_for_all_protocols_admits_every_protocol_and_port():
+    """AWS's ``-1`` (read from the cloud, e.g. 0.0.0.0/0 all traffic) admits TCP on any port."""
+    rules = [Rule("all", 0, 65535, "10.0.0.0/8")]
+    assert admits(rules, "tcp", 8786, "10.1.2.3")
+    assert admits(rules, "udp", 53, "10.1.2.3")
+    assert not admits(rules, "tcp", 8786, "192.0.2.1")
+
+
 def test_admits_everyone_covers_both_families():
     rules = parse_ingress(one(cidr="everyone"))
     assert admits(rules, "tcp", 8786, "198.51.100.1")

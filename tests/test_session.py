@@ -147,7 +147,9 @@ def test_the_settings_and_the_plan_say_the_rules_replace_the_built_in_default(cl
         "wins as a whole: none of the replaced rules is kept."
     )
     assert view.to_payload()["notes"][0] == replaced
-    assert f"note: {replaced}" in repr(view)
+    # In the settings view it is among the details; the plan, where it matters, says it first.
+    assert f"note: {replaced}" not in repr(view)
+    assert f"note: {replaced}" in repr(view.expanded())
     plan = session.plan("widen")
     assert plan.notes[0] == replaced
     assert [(r.ports, r.source, r.description) for r in plan.add] == [

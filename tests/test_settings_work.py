@@ -59,7 +59,8 @@ def aws_backend(aws_backend_on_sandbox, cloud, dask_config, monkeypatch):
 
 
 def account_line(view) -> str:
-    [line] = [line for line in repr(view).splitlines() if line.startswith("layer account default:")]
+    lines = repr(view.expanded()).splitlines()  # the layers are among the details
+    [line] = [line.strip() for line in lines if line.startswith("  layer account default:")]
     return line
 
 
@@ -231,7 +232,7 @@ def test_the_plan_says_what_the_team_changed_since_add_copied_their_rules(team_d
         r"known then \(read at \d\d:\d\d:\d\d UTC\), and they no longer have tcp 8787 from "
         r"10\.1\.0\.0/16, which this session still admits, and they now have tcp 8786 from "
         r"10\.5\.0\.0/16, which this session does not: the session's "
-        r"rules are what apply\. %coiled_ingress reset takes the team's rules as they are now\.",
+        r"rules are what apply, and a reset takes the team's rules as they are now\.",
         drift,
     )
     assert drift in session.show().to_payload()["notes"]  # the view knows the new read too

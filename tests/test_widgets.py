@@ -550,6 +550,21 @@ def test_the_panel_is_exported_lazily():
     assert coiled_jupyter.FirewallPanel is panel_module.FirewallPanel
 
 
+def test_rehearse_button_calls_the_session_and_says_its_sentence(dask_config, open_panel):
+    """The panel's Rehearse is session.rehearse: before an apply there is no group to rehearse, and
+    the panel says so in the session's sentence (the rehearsal itself is tested with packets in
+    tests/test_rehearsal.py)."""
+    from coiled_jupyter.rehearsal.namespaces import unavailable
+
+    panel = open_panel("not-applied-yet")
+    find(panel, "Rehearse").click()
+    reason = unavailable()
+    if reason is None:
+        assert status(panel).startswith("cluster 'not-applied-yet' has no security group yet")
+    else:  # where it cannot run, the result is the one sentence saying why
+        assert shown(panel)["payload"]["summary"] == reason
+
+
 # --------------------------------------------------------------------------------------------------
 # Drafts, not keystrokes; stale edits
 

@@ -39,6 +39,7 @@ from ..rules import (
 )
 from ..settings import Settings, account_drift_note, option, replaced_rules_note
 from ..state import file_lock, lock_name
+from . import history
 from .results import ApplyResult, ClusterKwargs, DestroyResult, Plan, RuleTable, SchedulerAddress
 from .target import Target
 
@@ -239,8 +240,8 @@ def _warnings(rules) -> tuple[str, ...]:
         dict.fromkeys(r.ports for r in sorted(wide, key=lambda r: (r.from_port, r.to_port)))
     )
     return (
-        f"port {ports} is open to the whole internet; restrict it to your network "
-        "(e.g. %coiled_ingress set with a CIDR, or 'me').",
+        f"port {ports} is open to the whole internet; restrict it to your network, or to this "
+        "notebook's public address ('me'), before you apply.",
     )
 
 
@@ -517,6 +518,7 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
             if carried.update:
                 groups.update_descriptions(group_id, list(carried.update))
         final = groups.latest(group_id)
+        not_kept = history.record(t, group, group_id, carried)
     kept_old = [
         r
         for r in carried.update
@@ -525,7 +527,7 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
     warnings = tuple(
         f"the cloud kept the old description of {r}; set it in the console, or run apply again."
         for r in kept_old
-    )
+    ) + ((not_kept,) if not_kept else ())
     return ApplyResult(
         carried,
         _table(t, final, settings, desired, warnings=warnings, overrides=wanted.shown_overrides()),

@@ -8,7 +8,8 @@ MIME renderer reads it as ``application/vnd.coiled-jupyter.rules+json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import dataclass, field, replace
 
 from ..cell import ingress_cell
 from ..rules import ME, Rule, to_coiled
@@ -60,6 +61,23 @@ def rule_row(rule: Rule, **extra) -> dict:
 def _rule_keys(rules) -> tuple:
     """Rules as compared for "the same rules": descriptions count, order does not."""
     return tuple(sorted((rule.key, rule.description) for rule in rules))
+
+
+def _layer_says(layer: dict) -> str:
+    """What one layer sets, and how it is known: "sets nothing (read at 03:41:07 UTC)", or only the
+    note for a layer that was not read (it may set values where it is kept)."""
+    sets = "; ".join(layer["sets"]) or ("sets nothing" if layer.get("read", True) else "")
+    note = layer.get("note")
+    if not note:
+        return sets
+    return f"{sets} ({note})" if sets else note
+
+
+def command_rows(commands, t: Target) -> list[dict]:
+    """Suggested magics as the payload carries them, each naming ``t``'s cluster, so that it works
+    when pasted whichever cluster the magics default to: ``{"command": ..., "does": ...}``."""
+    cluster = f" --cluster {shlex.quote(t.cluster)}"
+    return [{"command": command + cluster, "does": does} for command, does in commands]
 
 
 def _count(rules) -> str:
@@ -139,6 +157,8 @@ class Plan(_Displayed):
     remove_origins: tuple[str, ...] = ()
     me: tuple[str, ...] = ()
     settings: Settings | None = field(default=None, compare=False)  # what was planned
+    # What to run next, as (command, what it does); each works when pasted (see command_rows).
+    commands: tuple[tuple[str, str], ...] = ()
 
     @property
     def create(self) -> bool:
@@ -194,6 +214,7 @@ class Plan(_Displayed):
             rows=rows,
             notes=list(self.notes),
             warnings=list(self.warnings),
+            commands=command_rows(self.commands, self.target),
         )
 
 
@@ -309,6 +330,12 @@ class SettingsView(_Displayed):
             k.use_scheduler_public_ip != mine.use_scheduler_public_ip for k in kept
         )
 
+    verbose: bool = False
+
+    def expanded(self) -> SettingsView:
+        """This view with its details shown (``%coiled_ingress -v``): every layer, note and reason."""
+        return replace(self, verbose=True)
+
     def to_payload(self) -> dict:
         settings = self.settings
         layers = []
@@ -319,8 +346,9 @@ class SettingsView(_Displayed):
                 sets.append(f"ingress ({_count(values.ingress)}{detail})")
             if values.use_scheduler_public_ip is not None:
                 detail = f" ({values.public_ip_detail})" if values.public_ip_detail else ""
-                public_ip = str(values.use_scheduler_public_ip).lower()
-                sets.append(f"use_scheduler_public_ip: {public_ip}{detail}")
+                sets.append(
+                    f"use_scheduler_public_ip: {str(values.use_scheduler_public_ip).lower()}{detail}"
+                )
             layers.append(
                 {
                     "layer": values.layer.label,
@@ -331,6 +359,7 @@ class SettingsView(_Displayed):
             )
         reach = self.reachability
         public_ip = settings.use_scheduler_public_ip
+        notes, client_notes = self.notes, self._coiled_notes()
         return self._payload(
             "settings",
             ingress_origin=settings.ingress.origin,
@@ -341,14 +370,55 @@ class SettingsView(_Displayed):
             ingress=to_coiled(settings.rules),
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
-            notes=self.notes,
-            client_notes=self._coiled_notes(),
+            notes=notes,
+            client_notes=client_notes,
             session_clusters=list(self.session_clusters),
             session_version=self.session_version,
             unsaved=self.unsaved,
             warnings=list(reach.warnings) if reach is not None else [],
             copy_as_cell=ingress_cell(self.target.cluster, settings.rules, public_ip.value),
+            verdict=self._verdict(),
+            commands=self._commands(),
+            details=[
+                *self._reasons(),
+                *(f"layer {layer['layer']}: {_layer_says(layer)}" for layer in layers),
+                *(f"note: {note}" for note in [*notes, *client_notes]),
+            ],
+            verbose=self.verbose,
         )
+
+    def _verdict(self) -> str:
+        """One line: can this notebook reach the scheduler and the dashboard (the reasons are among
+        the details)."""
+        if self.reachability is None:
+            return ""
+        scheduler, dashboard = self.reachability.ports
+        return (
+            f"can this notebook reach the scheduler (port {scheduler.port})? {scheduler.verdict}; "
+            f"the dashboard (port {dashboard.port})? {dashboard.verdict}"
+        )
+
+    def _reasons(self) -> list[str]:
+        public_ip = self.settings.use_scheduler_public_ip.value
+        where = "public" if public_ip else "private"
+        lines = [
+            f"use_scheduler_public_ip: {str(public_ip).lower()}: the client connects on the "
+            f"scheduler's {where} IP."
+        ]
+        if self.reachability is not None:
+            lines += [
+                f"{port.name} (port {port.port}): {port.verdict}: {port.reason}"
+                for port in self.reachability.ports
+            ]
+        return lines
+
+    def _commands(self) -> list[dict]:
+        """The fixes the warnings and notes speak of, each a line that works when pasted into a
+        cell, for this view's cluster whichever cluster the magics default to."""
+        found = list(getattr(self.reachability, "commands", ()))
+        if account_drift_note(self.settings):
+            found.append(("%coiled_ingress reset", "take the team's rules as they are now"))
+        return command_rows(found, self.target)
 
     @property
     def notes(self) -> list[str]:
@@ -400,6 +470,43 @@ class SettingsView(_Displayed):
             f"coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter.{kwargs}); "
             "it never reads them from Dask's config.",
         ]
+
+
+@dataclass(frozen=True, repr=False)
+class HistoryView(_Displayed):
+    """The applies of one cluster made from this machine, newest first (``provision.history``)."""
+
+    target: Target
+    entries: tuple = ()
+
+    def to_payload(self) -> dict:
+        count = len(self.entries)
+        rows = [
+            {
+                "at": entry.when,
+                "changes": "; ".join(entry.changes) or "no change",
+                "before": "; ".join(str(r) for r in entry.before) or "no rules",
+            }
+            for entry in self.entries
+        ]
+        summary = (
+            f"{count} appl{'y' if count == 1 else 'ies'} recorded on this machine, newest first; "
+            "Before is what the group held before each"
+            if count
+            else "no apply of this cluster is recorded on this machine"
+        )
+        commands = (
+            [("%coiled_ingress undo", "plan the way back to before the newest apply")]
+            if count
+            else []
+        )
+        return self._payload(
+            "history",
+            group_id=self.entries[0].group_id if count else None,
+            summary=summary,
+            rows=rows,
+            commands=command_rows(commands, self.target),
+        )
 
 
 @dataclass(frozen=True, repr=False)

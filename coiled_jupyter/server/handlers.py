@@ -10,6 +10,11 @@ the lock past the wait, are 409 (the state of the thing conflicts; the sentence 
 Every method is ``@tornado.web.authenticated``; Jupyter Server's ``APIHandler`` checks XSRF on writes
 from a browser session. Core calls are synchronous (boto3), so they run in one worker thread, off the
 server's event loop; one thread also keeps this server's session edits in the order they arrived.
+Reading the settings makes no cloud call and changes nothing, so it runs on threads of its own and
+never waits behind an apply on a slow cloud.
+
+Bodies are read by the strict JSON reader (:func:`coiled_jupyter.strict_yaml.load_json`: bounded, no
+key twice), and a refusal quotes at most an excerpt of any value it names.
 
 This server process has a notebook session of its own (the sidebar's edits), apart from every kernel's.
 What they share is the cloud (the sandbox or AWS) and the Dask config file, which Save writes and every
@@ -29,6 +34,7 @@ from jupyter_server.utils import url_path_join
 
 from .. import session
 from ..errors import CloudError, CoiledJupyterError, ForeignGroupError, LockTimeout
+from ..session import excerpt, load_json
 
 # AWS codes that mean "try again later" rather than "the call was wrong".
 _UNAVAILABLE = frozenset(
@@ -49,6 +55,9 @@ _UNAVAILABLE = frozenset(
 )
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coiled-jupyter-rest")
+# Reads of the settings: the session is replaced as a whole by the worker, never changed in place, so
+# a read sees one state or the next.
+_READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coiled-jupyter-rest-read")
 
 
 def _cloud_status(error: CloudError) -> int:
@@ -66,37 +75,57 @@ class BadRequest(CoiledJupyterError):
 class _Handler(APIHandler):
     """Shared plumbing: the cluster argument, the JSON body, one session call, the error mapping."""
 
-    def cluster(self, body: dict | None = None) -> str | None:
-        """The cluster named by the query (``?cluster=``) or the body; None means the default."""
-        name = (body or {}).get("cluster") or self.get_query_argument("cluster", "")
-        return name or None
+    def cluster(self, body: dict | None = None):
+        """The cluster named by the query (``?cluster=``) or the body; None when neither names one
+        (the default cluster). A cluster given empty, false or as another type is passed on as it
+        is, so the core refuses it as the magics do: it never means the default."""
+        given = []
+        if body is not None and "cluster" in body:
+            given.append(body["cluster"])
+        query = self.get_query_argument("cluster", None)
+        if query is not None:
+            given.append(query)
+        if len(given) == 2 and given[0] != given[1]:
+            raise BadRequest(
+                f"the cluster is named twice, {excerpt(given[0])} in the body and "
+                f"{excerpt(given[1])} in the query; name it once."
+            )
+        if given and given[0] is None:
+            raise BadRequest(
+                "cluster is null; give the cluster's name, or leave 'cluster' out for the "
+                "default cluster."
+            )
+        return given[0] if given else None
 
     def body(self, allowed: tuple[str, ...]) -> dict:
         """The JSON object of the request, refusing fields this route does not take."""
         try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError as error:
-            raise BadRequest(f"the request body is not JSON ({error})") from None
+            text = (self.request.body or b"{}").decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadRequest(
+                f"the request body is not UTF-8 (byte {error.start + 1}); send JSON text."
+            ) from None
+        data = load_json(text, "the request body")
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         unknown = sorted(set(data) - set(allowed) - {"cluster"})
         if unknown:
             raise BadRequest(
-                f"unknown field(s) {', '.join(map(repr, unknown))}; this request takes "
+                f"unknown field(s) {_listed(unknown)}; this request takes "
                 f"{', '.join(map(repr, (*allowed, 'cluster')))}"
             )
         return data
 
-    async def respond(self, parse) -> None:
+    async def respond(self, parse, executor: ThreadPoolExecutor = _WORKER) -> None:
         """``parse()`` reads the request and returns the one session call to make (no arguments).
 
-        The call runs in the worker thread; its payload is the answer. A bad request or input is a
-        400 with the sentences, a cloud failure a 502/503 (409 for a group someone else owns) with
-        the AWS code, a lock held too long a 409; nothing else is caught.
+        The call runs in the worker thread (or ``executor``); its payload is the answer. A bad
+        request or input is a 400 with the sentences, a cloud failure a 502/503 (409 for a group
+        someone else owns) with the AWS code, a lock held too long a 409; nothing else is caught.
         """
         try:
             call = parse()
-            result = await asyncio.get_running_loop().run_in_executor(_WORKER, call)
+            result = await asyncio.get_running_loop().run_in_executor(executor, call)
         except CloudError as error:
             self.refuse(_cloud_status(error), {"message": str(error), "code": error.code})
             return
@@ -111,6 +140,12 @@ class _Handler(APIHandler):
     def refuse(self, status: int, body: dict) -> None:
         self.set_status(status)
         self.finish(json.dumps(body))
+
+
+def _listed(names: list, most: int = 5) -> str:
+    """Names from a request, each as an excerpt, at most ``most`` of them."""
+    shown = ", ".join(excerpt(name) for name in names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
 _RULE_FIELDS = ("ports", "source", "protocol", "description")
@@ -128,7 +163,7 @@ class SettingsHandler(_Handler):
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self.respond(lambda: partial(session.show, self.cluster()))
+        await self.respond(lambda: partial(session.show, self.cluster()), _READER)
 
     @tornado.web.authenticated
     async def patch(self) -> None:
@@ -138,13 +173,13 @@ class SettingsHandler(_Handler):
         """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip", ...}`` as one session call."""
         data = self.body(("op", *_RULE_FIELDS, "choice"))
         op = data.pop("op", None)
-        if op not in _PATCH_OPS:
-            raise BadRequest(f"op {op!r} is not one of {', '.join(map(repr, _PATCH_OPS))}")
+        if not isinstance(op, str) or op not in _PATCH_OPS:
+            raise BadRequest(f"op {excerpt(op)} is not one of {', '.join(map(repr, _PATCH_OPS))}")
         cluster = self.cluster(data)
         data.pop("cluster", None)
         extra = sorted(set(data) - set(_PATCH_OPS[op]))
         if extra:
-            raise BadRequest(f"op {op!r} takes no field(s) {', '.join(map(repr, extra))}")
+            raise BadRequest(f"op {op!r} takes no field(s) {_listed(extra)}")
         # Whatever is missing or wrong, the core says it in its own sentence (as a magic would).
         if op in ("add", "remove"):
             function = session.add if op == "add" else session.remove
@@ -233,6 +268,14 @@ class ChangesHandler(_Handler):
         self.finish(json.dumps({"changes": session.changes()}))
 
 
+class RehearseHandler(_Handler):
+    """The cluster's group enforced with packets in this server's machine (the server's rehearsal)."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.respond(lambda: partial(session.rehearse, self.cluster(self.body(()))))
+
+
 class SaveHandler(_Handler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -255,4 +298,5 @@ def routes(base_url: str) -> list[tuple[str, type]]:
         (url_path_join(api, "save"), SaveHandler),
         (url_path_join(api, "destroy"), DestroyHandler),
         (url_path_join(api, "changes"), ChangesHandler),
+        (url_path_join(api, "rehearse"), RehearseHandler),
     ]

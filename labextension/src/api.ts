@@ -134,6 +134,11 @@ export class FirewallApi {
     return request('describe', 'GET', this.where());
   }
 
+  /** The applied group enforced with packets (predicted beside measured per source and port). */
+  rehearse(): Promise<IPayload> {
+    return request('rehearse', 'POST', {}, this.where());
+  }
+
   save(scope: 'user' | 'account'): Promise<IPayload> {
     return request('save', 'POST', {}, { scope, ...this.where() });
   }

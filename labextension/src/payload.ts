@@ -73,8 +73,20 @@ export interface IPayload {
   /** The clusters that have session settings in the process that made the payload. */
   session_clusters?: string[];
   deleted?: boolean;
+  /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
+  verdict?: string;
+  /** Magics that fix what the warnings and notes say, each working when pasted. */
+  commands?: ICommand[];
+  /** The settings view's layers, notes and reasons, shown collapsed unless `verbose`. */
+  details?: string[];
+  verbose?: boolean;
   /** An export's text (Terraform, CSV, ...), shown as it is, to copy. */
   body?: string;
+}
+
+export interface ICommand {
+  command: string;
+  does: string;
 }
 
 /** The AWS account the result describes ('' when the call did not need to know it). */
@@ -105,7 +117,9 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
+  history: 'Firewall history',
   export: 'Firewall export',
+  rehearsal: 'Firewall rehearsal',
   guardrails: 'Team guardrails'
 };
 
@@ -116,6 +130,17 @@ const RULE_COLUMNS: Column[] = [
   ['ports', 'Port'],
   ['source', 'Source'],
   ['description', 'Description']
+];
+
+/** A rehearsal's: per source and port, the verdict predicted beside the one measured. */
+const REHEARSAL_COLUMNS: Column[] = [
+  ['source', 'Source'],
+  ['address', 'Address'],
+  ['port', 'Port'],
+  ['predicted', 'Predicted'],
+  ['measured', 'Measured'],
+  ['time', 'Time'],
+  ['detail', 'What happened']
 ];
 
 /** A plan's columns shown only when some row has a value: an update's old description, and who
@@ -134,12 +159,22 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;
   }
+  if (kind === 'rehearsal') {
+    return REHEARSAL_COLUMNS;
+  }
   if (kind === 'guardrails') {
     return [
       ['guardrail', 'Guardrail'],
       ['rule', 'Rule'],
       ['set_by', 'Set by'],
       ['set_at', 'Set at']
+    ];
+  }
+  if (kind === 'history') {
+    return [
+      ['at', 'When'],
+      ['changes', 'Changed'],
+      ['before', 'Before']
     ];
   }
   return [...RULE_COLUMNS, ['origin', 'Origin']];

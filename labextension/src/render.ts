@@ -64,17 +64,22 @@ function linesBefore(data: IPayload): string[] {
     lines.push(`declared in: ${planOrigin(data)}`);
   }
   if (data.kind === 'settings') {
-    lines.push(`ingress from: ${ingressOrigin(data)}`);
-    const where = data.use_scheduler_public_ip ? 'public' : 'private';
     lines.push(
-      `use_scheduler_public_ip: ${String(data.use_scheduler_public_ip)} (client connects on the ` +
-        `scheduler's ${where} IP; from ${toggleOrigin(data)})`
+      `rules from: ${ingressOrigin(data)}; use_scheduler_public_ip: ` +
+        `${String(data.use_scheduler_public_ip)} (from ${toggleOrigin(data)})`
     );
   }
   return lines;
 }
 
+/**
+ * The lines under the table. A payload with `details` (the settings view) shows only its verdict
+ * line here (warnings follow); the rest is in its collapsed details, as in display.py.
+ */
 function linesAfter(data: IPayload): string[] {
+  if (Array.isArray(data.details)) {
+    return data.verdict ? [data.verdict] : [];
+  }
   const lines: string[] = [];
   const reach = data.reachability;
   if (reach) {
@@ -150,6 +155,10 @@ export function sortableTable(
       const tr = el('tr');
       if (typeof row.action === 'string' && columns.some(([key]) => key === 'action')) {
         tr.classList.add(`cj-action-${row.action}`);
+      }
+      if (row.agree === false) {
+        // A rehearsal row whose predicted and measured verdicts differ: one of them is wrong.
+        tr.classList.add('cj-disagree');
       }
       for (const [key] of columns) {
         tr.appendChild(el('td', { text: cellText(row, key), attrs: { 'data-column': key } }));
@@ -230,6 +239,31 @@ export function renderResult(data: IPayload, narrow = false): HTMLElement {
       list.appendChild(el('li', { className: 'cj-warning', text: `warning: ${warning}` }));
     }
     root.appendChild(list);
+  }
+  const commands = data.commands ?? [];
+  if (commands.length) {
+    const list = el('ul', { className: 'cj-commands' });
+    for (const item of commands) {
+      list.appendChild(
+        el('li', {}, [
+          el('code', { text: item.command }),
+          el('span', { text: ` ${item.does}` })
+        ])
+      );
+    }
+    root.appendChild(list);
+  }
+  if (Array.isArray(data.details) && data.details.length) {
+    const details = el('details', { className: 'cj-details' }, [
+      el('summary', { text: 'Why, layers and notes' }),
+      el(
+        'ul',
+        { className: 'cj-notes' },
+        data.details.map(line => el('li', { text: line }))
+      )
+    ]);
+    details.open = Boolean(data.verbose);
+    root.appendChild(details);
   }
   return root;
 }

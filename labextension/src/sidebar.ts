@@ -269,6 +269,13 @@ export class FirewallSidebar extends Widget {
       button('Plan', 'Plan', () => void this.planNow()),
       button('Apply', 'Apply', () => void this.applyNow(), 'cj-button cj-primary'),
       button('Refresh', 'Refresh', () => void this.refresh()),
+      button('Rehearse', 'Rehearse with packets', () =>
+        void this.run(
+          this.cloudWork('Rehearsing with packets'),
+          () => this.api.rehearse(),
+          data => this.showResult(data)
+        )
+      ),
       button('Reset', 'Reset session edits', () =>
         void this.run(
           'Resetting the session',

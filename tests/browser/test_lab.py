@@ -8,6 +8,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from coiled_jupyter.rehearsal import namespaces
+
 SIDEBAR_TAB = 'li.lm-TabBar-tab[data-id="coiled-jupyter-firewall"]'
 SIDEBAR = "#coiled-jupyter-firewall"
 # Fits AWS's character set for descriptions (a-zA-Z0-9. _-:/()#,@[]+=&;{}!$*): markup once decoded.
@@ -155,7 +157,8 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     output = run_cell(
         lab_page,
         "%load_ext coiled_jupyter\n"
-        "%coiled_ingress set [{ports: [8786, 8787], cidr: 10.4.0.0/16, description: from-kernel}]\n"
+        "%coiled_ingress set [{ports: [8786, 8787], cidr: 10.4.0.0/16, description: from-kernel}]"
+        " --cluster lab-shared\n"
         "%coiled_ingress apply --cluster lab-shared",
     )
     rendered = output.locator(".cj-rendered")
@@ -292,3 +295,58 @@ def test_every_kind_renders_with_every_field_as_text(lab_page):
     plan.get_by_label("Sort by Port").click()
     assert plan.locator("td[data-column=ports]").all_inner_texts() == ["80", "8786"]
     lab_page.screenshot("every-kind-light")
+
+
+REHEARSAL = r"""
+from coiled_jupyter.provision.target import target
+from coiled_jupyter.rehearsal.result import RehearsalResult, Row
+agreed = Row("inside 10.1.0.0/16", "10.1.0.5", "scheduler", 8786, "yes", "r", "yes", 0.1,
+             "connected", "distributed.Client")
+wrong = Row({markup!r}, "198.51.100.7", "dashboard", 8787, "no", "r", "yes", 0.2,
+            "HTTP 200", "HTTP GET")
+RehearsalResult(target("rehearsed"), "rehearsed with packets", (agreed, wrong))
+"""
+
+
+def test_a_rehearsal_renders_natively_with_a_disagreement_marked(lab_page):
+    new_notebook(lab_page)
+    output = run_cell(lab_page, REHEARSAL.format(markup=MARKUP).strip())
+    rendered = output.locator('.cj-rendered[data-kind="rehearsal"]')
+    expect(rendered).to_have_count(1, timeout=60_000)
+    headers = rendered.locator("th").all_inner_texts()
+    assert headers == [
+        "Source",
+        "Address",
+        "Port",
+        "Predicted",
+        "Measured",
+        "Time",
+        "What happened",
+    ]
+    rows = rendered.locator("tbody tr")
+    assert rows.nth(0).get_attribute("class") in (None, "")
+    assert "cj-disagree" in rows.nth(1).get_attribute("class")
+    assert MARKUP in rows.nth(1).inner_text()  # shown as text, never as markup
+    assert output.locator("img, script").count() == 0
+
+
+@pytest.mark.skipif(namespaces.unavailable() is not None, reason=namespaces.unavailable() or "")
+def test_sidebar_rehearses_the_applied_group_with_packets(lab_page, cloud):
+    sidebar = open_sidebar(lab_page, "lab-rehearsal")
+    add_rule(sidebar, "8786", "10.1.0.0/16")
+    sidebar.locator('.cj-rules tr[data-rule="tcp 8786 from 10.1.0.0/16"]').wait_for()
+    sidebar.get_by_label("Apply", exact=True).click()
+    sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="10.1.0.0/16").wait_for()
+    try:
+        sidebar.get_by_label("Rehearse with packets").click()
+        result = sidebar.get_by_label("Result").locator('.cj-rendered[data-kind="rehearsal"]')
+        result.wait_for(timeout=90_000)
+        row = result.locator("tbody tr", has_text="10.1.0.5").filter(has_text="8786 (scheduler)")
+        cells = row.locator("td").all_inner_texts()
+        assert cells[3:5] == ["yes", "yes"], cells
+        assert "all as predicted" in result.inner_text()
+        assert result.locator("tr.cj-disagree").count() == 0
+    finally:
+        # The server's rehearsal would stay up until it is idle; the test leaves nothing behind.
+        namespaces.remove_all()
+    assert namespaces.ours() == []

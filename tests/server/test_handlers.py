@@ -401,6 +401,23 @@ def test_loading_the_extension_raises_no_auth_warning(jp_serverapp):
     assert not [w for w in caught if issubclass(w.category, JupyterServerAuthWarning)]
 
 
+async def test_rehearse_is_the_session_call(api):
+    """POST rehearse is session.rehearse: before an apply there is no group, a 400 with the sentence
+    (the rehearsal itself is tested with packets in tests/test_rehearsal.py); where this machine
+    cannot rehearse, the one sentence saying why, as a result."""
+    from coiled_jupyter.rehearsal.namespaces import unavailable
+
+    status, body = await api("POST", "rehearse", {"cluster": "not-applied-yet"})
+    reason = unavailable()
+    if reason is None:
+        assert status == 400, body
+        assert body["message"].startswith("cluster 'not-applied-yet' has no security group yet")
+    else:
+        assert status == 200 and body["summary"] == reason
+    status, body = await api("POST", "rehearse", {"cluster": "x", "live": True})
+    assert status == 400 and "unknown field(s) 'live'" in body["message"]
+
+
 async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     prod = {"value": [{"ports": [9100], "cidr": "10.20.0.0/16"}], "cluster": "prod"}
     status, data = await api("PUT", "settings", prod)
