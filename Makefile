@@ -57,6 +57,7 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/bench_apply.py
 	$(BENCH_PY) benchmarks/bench_load_ext.py
 	$(BENCH_PY) benchmarks/bench_compaction.py
+	$(BENCH_PY) benchmarks/bench_sandbox_stop.py
 	$(BENCH_PY) benchmarks/bench_rehearsal.py
 
 ## Stop the shared sandbox server, if one runs.

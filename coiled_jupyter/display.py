@@ -37,6 +37,13 @@ _COLUMNS = {
         ("source", "Source"),
         ("description", "Description"),
     ],
+    "ports": [
+        ("ports", "Port"),
+        ("use", "Used by"),
+        ("needed", "Needed"),
+        ("admitted", "Admitted"),
+        ("from", "From"),
+    ],
     "guardrails": [
         ("guardrail", "Guardrail"),
         ("rule", "Rule"),
@@ -131,6 +138,7 @@ _TITLES = {
     "destroy": "Firewall destroyed",
     "scheduler": "Scheduler address",
     "save": "Firewall settings saved",
+    "ports": "Ports",
     "history": "Firewall history",
     "rehearsal": "Firewall rehearsal",
     "export": "Firewall export",
@@ -154,6 +162,8 @@ def _lines_before(data: dict) -> list[str]:
     lines = []
     if data.get("summary"):
         lines.append(data["summary"])
+    if data.get("ports"):
+        lines.append(f"ports assumed: {data['ports']['summary']}")
     if data["kind"] == "plan" and data.get("origin"):
         lines.append(f"rules from: {data['origin']}")
     if data["kind"] == "settings":

@@ -55,6 +55,7 @@ SUBCOMMANDS = (
     "history",
     "undo",
     "rehearse",
+    "ports",
     "export",
     "import",
     "guard",
@@ -97,6 +98,7 @@ _VALUE_OPTIONS = (
     "--to",
     "--override-guardrail",
     "--reason",
+    "--kind",
 )
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
@@ -109,7 +111,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
   %coiled_ingress add PORTS SOURCE      admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules [--protocol udp]
   %coiled_ingress set RULES             replace the rules by a YAML or JSON rule list, e.g.
-                                        %coiled_ingress set [{ports: [8786], cidr: 10.1.0.0/16}]
+                                        %coiled_ingress set [{ports: [443], cidr: 10.1.0.0/16}]
+                                        or by Coiled's keywords, as coiled.Cluster takes them:
+                                        %coiled_ingress set allow_ingress_from=me allow_ssh=true
   %coiled_ingress clear                 no rules: only the cluster's own internal traffic
   %coiled_ingress reset                 drop this session's settings (back to config and defaults)
   %coiled_ingress plan                  what apply would change (one read, no change)
@@ -130,11 +134,20 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
                                         within NETWORKS, widest IPV4 [IPV6], max-rules K;
                                         guard clear NAME removes one. A plan that breaks one
                                         is refused unless --override-guardrail NAME --reason TEXT
+  %coiled_ingress ports                 each port the cluster listens on, what uses it, and
+                                        whether the rules admit it and from where
+
+--kind coiled|dask (with any subcommand) says which kind of cluster the rules are for, for this
+session: coiled (coiled.Cluster: scheduler and HTTPS dashboard on coiled.scheduler_port, 443 by
+default) or dask (a plain Dask cluster: 8786 and 8787). Default: the Dask config key
+coiled-jupyter.cluster-kind, else coiled. Every table says which kind and ports it assumed.
 
 PORTS is 8786, 8786,8787 or 8000-8100. SOURCE is a network (10.1.0.0/16), one address
 (203.0.113.7), me (this notebook's public address), everyone, or a security group id (sg-...).
 
-The cell magic takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's docs.
+The cell magic takes Coiled's format: a rule list, a coiled: snippet as in Coiled's docs, or
+Coiled's network keywords (allow_ingress_from: me, allow_ssh_from, allow_ssh, allow_spark,
+open_extra_ports, scheduler_port), which become the rules coiled.Cluster builds from them.
 Without --apply it sets the session and shows the settings; with --apply it also applies.
 
   %%coiled_ingress [--cluster NAME] [--apply]
@@ -164,16 +177,16 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
   %coiled_ingress clear             no rules: only the cluster's own internal traffic
   %coiled_ingress reset             drop this session's settings (back to config and defaults)
-  %coiled_ingress plan              what apply would change (one read, no change)
-  %coiled_ingress apply             make the cluster's security group match; show its rules
-  %coiled_ingress describe          the group's rules as the cloud reports them
-  %coiled_ingress destroy           delete the cluster's security group
+  %coiled_ingress plan | apply      what apply would change; make the group match, show it
+  %coiled_ingress describe | destroy   the group's rules as the cloud has them; delete the group
   %coiled_ingress save [--scope user|account]   keep this session's settings
   %coiled_ingress history | undo [--apply]   past applies; plan (or apply) the way back
   %coiled_ingress export | import FORMAT ...  terraform, coiled, csv, markdown or aws-cli
   %coiled_ingress guard [NAME VALUE]  the team's guardrails (no-world, within, widest, max-rules)
   %coiled_ingress rehearse [--live|--stop]   the rules enforced with packets on this machine
+  %coiled_ingress ports             each port of the cluster's kind, its use, what admits it
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
+  --kind coiled|dask (any command)  which kind of cluster, so which ports (default: coiled, 443)
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
 notebook's public address), everyone, or a security group id (sg-...). ${name} inserts the
@@ -216,9 +229,21 @@ Remove exactly those rules from the effective rules (a port inside a range is cu
 %coiled_ingress set RULES [--cluster NAME]
 
 Replace the rules by a YAML or JSON rule list in Coiled's format (ports, cidr, and our
-description and protocol). {_SETTINGS_HELP}
+description and protocol), or by Coiled's network keywords as coiled.Cluster takes them
+(allow_ingress_from, allow_ssh_from, allow_ssh, allow_spark, open_extra_ports, scheduler_port),
+which become exactly the rules Coiled builds from them. {_SETTINGS_HELP}
 
-  %coiled_ingress set [{{ports: [8786, 8787], cidr: 10.1.0.0/16, description: office VPN}}]
+  %coiled_ingress set [{{ports: [443], cidr: 10.1.0.0/16, description: office VPN}}]
+  %coiled_ingress set allow_ingress_from=me allow_ssh_from=10.1.0.0/16
+""",
+    "ports": f"""\
+%coiled_ingress ports [--kind coiled|dask] [--cluster NAME]
+
+For the cluster's kind, each port it listens on, what uses it (client to scheduler, dashboard,
+SSH, Spark, Jupyter, workers among themselves), and whether the effective rules admit it and from
+where. coiled: the scheduler and the HTTPS dashboard on coiled.scheduler_port (443 by default),
+SSH 22, Spark 15003, Jupyter 8888; dask: 8786 and 8787. --kind sets the kind for this session
+(default: coiled-jupyter.cluster-kind in Dask's config, else coiled). {_CLUSTER_HELP}
 """,
     "clear": f"""\
 %coiled_ingress clear [--cluster NAME]
@@ -319,11 +344,13 @@ this notebook to the real scheduler's address; --stop tears the rehearsal down. 
 """
 
 _CELL_HELP = """\
-%%coiled_ingress [--cluster NAME] [--apply]
+%%coiled_ingress [--cluster NAME] [--kind coiled|dask] [--apply]
 RULES
 
-The cell takes Coiled's format: a rule list, or a coiled: snippet as in Coiled's docs. Without
---apply it sets the session and shows the settings; with --apply it also applies (all or nothing).
+The cell takes Coiled's format: a rule list, a coiled: snippet as in Coiled's docs, or Coiled's
+network keywords (allow_ingress_from: me, allow_ssh: true, ...). --kind coiled|dask says which
+kind of cluster the rules are for. Without --apply it sets the session and shows the settings;
+with --apply it also applies (all or nothing).
 ${name} in the cell is replaced by the notebook variable name; write $$ for a literal $.
 
   %%coiled_ingress
@@ -622,6 +649,11 @@ class CoiledMagics(Magics, Configurable):
     @argument("-v", "--verbose", action="store_true", help="settings: every layer, note and reason")
     @argument("--live", action="store_true", help="rehearse: connect to the real cluster")
     @argument("--stop", action="store_true", help="rehearse: tear the rehearsal down")
+    @argument(
+        "--kind",
+        metavar="coiled|dask",
+        help="the kind of cluster (its ports), kept for this session",
+    )
     @argument("-h", "--help", action="store_true", help="print this help")
     def coiled_ingress(self, line="", cell=None):
         with _usage_errors():
@@ -667,6 +699,10 @@ class CoiledMagics(Magics, Configurable):
 
     def _ingress_command(self, command, args, body):
         cluster = self._cluster(args)
+        with session.kind_for(args.kind, cluster):
+            return self._run_command(args, command, body, cluster)
+
+    def _run_command(self, args, command, body, cluster):
         if command is None:
             return self._show(cluster)
         positional = args.words[1:]
@@ -704,6 +740,8 @@ class CoiledMagics(Magics, Configurable):
             )
         if command == "save":
             return session.save(args.scope or "user", cluster=cluster)
+        if command == "ports":
+            return session.port_matrix(cluster)
         if command == "undo":
             return session.undo(cluster, apply=args.apply, progress=print)
         if command == "rehearse":
@@ -724,7 +762,7 @@ class CoiledMagics(Magics, Configurable):
             return None
         if args.words:
             raise UsageError(
-                f"the %%coiled_ingress cell takes only --cluster and --apply on its "
+                f"the %%coiled_ingress cell takes only --cluster, --kind and --apply on its "
                 f"first line, not {excerpt(' '.join(args.words))}; put the rules in the cell "
                 "body."
             )
@@ -743,9 +781,10 @@ class CoiledMagics(Magics, Configurable):
                 )
         cell = substitute_yaml(cell, self.shell.user_ns, "the cell")
         cluster = self._cluster(args)
-        if not args.apply:
-            return session.set_settings(cell, cluster=cluster, label="the cell")
-        return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
+        with session.kind_for(args.kind, cluster):
+            if not args.apply:
+                return session.set_settings(cell, cluster=cluster, label="the cell")
+            return session.set_and_apply(cell, cluster=cluster, progress=print, label="the cell")
 
     def _check_options(self, args, command):
         what = f"%coiled_ingress {command}" if command else "%coiled_ingress"
@@ -992,14 +1031,14 @@ def _words_before(event) -> tuple[list[str], str]:
 
 
 _INGRESS_OPTIONS = {
-    None: ["--cluster", "--help"],
-    "add": ["--description", "--protocol", "--cluster"],
-    "remove": ["--protocol", "--cluster"],
-    "save": ["--scope", "--cluster"],
-    "export": ["--to", "--cluster"],
-    "rehearse": ["--live", "--stop", "--cluster"],
-    "plan": ["--override-guardrail", "--reason", "--cluster"],
-    "apply": ["--override-guardrail", "--reason", "--cluster"],
+    None: ["--cluster", "--kind", "--help"],
+    "add": ["--description", "--protocol", "--cluster", "--kind"],
+    "remove": ["--protocol", "--cluster", "--kind"],
+    "save": ["--scope", "--cluster", "--kind"],
+    "export": ["--to", "--cluster", "--kind"],
+    "rehearse": ["--live", "--stop", "--cluster", "--kind"],
+    "plan": ["--override-guardrail", "--reason", "--cluster", "--kind"],
+    "apply": ["--override-guardrail", "--reason", "--cluster", "--kind"],
 }
 
 
@@ -1011,6 +1050,8 @@ def complete_ingress(shell, event) -> list[str]:
         return list(SCOPES)
     if previous in ("-p", "--protocol"):
         return ["tcp", "udp"]
+    if previous == "--kind":
+        return list(session.KINDS)
     if previous in ("-c", "--cluster"):
         raise TryNext()
     words, skip = [], False
@@ -1023,7 +1064,7 @@ def complete_ingress(shell, event) -> list[str]:
             words.append(word)
     command = words[0] if words else None
     if current.startswith("-"):
-        return _INGRESS_OPTIONS.get(command, ["--cluster"])
+        return _INGRESS_OPTIONS.get(command, ["--cluster", "--kind"])
     if command is None:
         return list(SUBCOMMANDS)
     if command in ("add", "remove") and len(words) == 2:
@@ -1037,7 +1078,7 @@ def complete_ingress_cell(shell, event) -> list[str]:
     before, current = _words_before(event)
     if before and before[-1] in ("-c", "--cluster"):
         raise TryNext()
-    return ["--cluster", "--apply", "--help"]
+    return ["--cluster", "--kind", "--apply", "--help"]
 
 
 def complete_scheduler_ip(shell, event) -> list[str]:

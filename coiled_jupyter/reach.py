@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import settings
+from .ports import PortModel
 from .rules import ME, IngressError, Rule, admits, open_to_everyone, resolve_me
 
 YES, NO, UNKNOWN = "yes", "no", "unknown"
@@ -305,7 +306,9 @@ class Reachability:
     """What the rules mean for this notebook: a verdict per port, its addresses, and warnings.
 
     ``public`` is ``None`` when the public address is unknown or was not needed (the private IP is
-    used and no rule says ``me``), since it is only looked up when it matters.
+    used and no rule says ``me``), since it is only looked up when it matters. ``model`` is the
+    kind of cluster and the ports the verdicts assumed; ``connect_warnings`` are the warnings that
+    say a client will not connect (a plan repeats them before anything is applied).
     """
 
     use_scheduler_public_ip: bool
@@ -318,6 +321,8 @@ class Reachability:
     # The fixes the warnings speak of, as (command, what it does): each one a line that works when
     # pasted into a cell for the cluster these rules are for (the view adds --cluster NAME).
     commands: tuple[tuple[str, str], ...] = ()
+    model: PortModel | None = None
+    connect_warnings: tuple[str, ...] = ()
 
     @property
     def ports(self) -> tuple[PortReach, PortReach]:
@@ -334,6 +339,7 @@ class Reachability:
             "warnings": list(self.warnings),
             "commands": [{"command": c, "does": d} for c, d in self.commands],
             "public_lookup": self.lookup.to_dict() if self.lookup is not None else None,
+            "ports": self.model.to_dict() if self.model is not None else None,
         }
 
 
@@ -346,20 +352,26 @@ def check(
     scheduler_port: int | None = None,
     dashboard_port: int | None = None,
     declared: bool = True,
+    model: PortModel | None = None,
 ) -> Reachability:
     """Judge whether this notebook can reach the scheduler and dashboard ports through ``rules``.
 
     ``local`` defaults to :func:`local_addresses`. ``public`` defaults to :func:`public_addresses`, which
     is only called when the answer depends on it (the public IP is used, or a rule says ``me``), so
-    that judging private-IP settings never waits on the network. The ports default to the options
-    ``scheduler-port`` and ``dashboard-port``. ``declared`` is False for the built-in default, which
-    any declared rule replaces: its fix is to declare rules, not to remove the default's.
+    that judging private-IP settings never waits on the network. The ports are those of ``model``
+    (default: the default cluster's, :func:`coiled_jupyter.ports.model`); ``scheduler_port`` and
+    ``dashboard_port`` override them. ``declared`` is False for the built-in default, which any
+    declared rule replaces: its fix is to declare rules, not to remove the default's.
     """
+    from .ports import model as port_model
+
     rules = list(rules)
+    if model is None:
+        model = port_model()
     if scheduler_port is None:
-        scheduler_port = int(settings.option("scheduler-port"))
+        scheduler_port = model.scheduler
     if dashboard_port is None:
-        dashboard_port = int(settings.option("dashboard-port"))
+        dashboard_port = model.dashboard
     local = tuple(
         local_addresses() if local is None else (str(ipaddress.ip_address(a)) for a in local)
     )
@@ -387,8 +399,11 @@ def check(
     )
 
     advice: list[tuple[str, list[tuple[str, str]]]] = []
+    locked_out = _lockout_advice(rules, model, scheduler_port)
     public_only = None if use_scheduler_public_ip else _public_only(rules, scheduler_port)
-    if public_only:
+    if locked_out:
+        advice.append(locked_out)
+    elif public_only:
         advice.append(_private_ip_warning(public_only, scheduler_port, local))
     elif scheduler.verdict == NO:
         advice.append(
@@ -396,6 +411,7 @@ def check(
         )
     elif scheduler.verdict == UNKNOWN and not use_scheduler_public_ip and not local:
         advice.append(("", [("%coiled_scheduler_ip public", "connect on the public IP instead")]))
+    connect = [text for text, _ in advice if text]
     opened = open_to_everyone(rules)
     if opened:
         advice.append(_open_warning(opened, scheduler_port, public, declared))
@@ -408,7 +424,46 @@ def check(
         tuple(text for text, _ in advice if text),
         lookup,
         tuple(dict.fromkeys(command for _, commands in advice for command in commands)),
+        model,
+        tuple(connect),
     )
+
+
+def lockout(rules: Iterable[Rule], model: PortModel, port: int | None = None) -> str | None:
+    """One sentence when no rule admits any source at all on the scheduler's port, else None.
+
+    Declaring ingress replaces Coiled's default rules as a whole, and nothing adds the scheduler's
+    port back: the seeds' ``[{ports: [8786, 8787], cidr: ...}]`` on a Coiled cluster listening on
+    443 opens two ports nothing listens on, and every client times out.
+    """
+    found = _lockout_advice(list(rules), model, model.scheduler if port is None else port)
+    return found[0] if found else None
+
+
+def _lockout_advice(rules: list[Rule], model: PortModel, port: int) -> Advice | None:
+    tcp = [r for r in rules if r.protocol in (_PROTOCOL, "all")]
+    if any(r.from_port <= port <= r.to_port for r in tcp):
+        return None
+    opened = _merged_ports(tcp)
+    these = f"these rules open {_words(opened)} only" if opened else "these rules open no port"
+    where = "this Coiled cluster" if model.kind == "coiled" else "this Dask cluster"
+    listens = model.listens if port == model.scheduler else f"listens on {port} (scheduler)"
+    sources = list(dict.fromkeys(r.source for r in tcp if not r.source.startswith("sg-")))
+    source = sources[0] if len(sources) == 1 else "me"
+    fixes = [f"add {port}"]
+    commands = [(f"%coiled_ingress add {port} {source}", f"open {port} to {source}")]
+    if model.kind == "coiled" and any(r.from_port <= 8786 <= r.to_port for r in tcp):
+        fixes.append("or set scheduler_port: 8786")
+        commands.append(
+            (
+                f"%coiled_ingress set allow_ingress_from={source} scheduler_port=8786",
+                "or have the scheduler listen on 8786 (Coiled's keywords)",
+            )
+        )
+    if model.kind == "dask" and any(r.from_port <= 443 <= r.to_port for r in tcp):
+        fixes.append("or, if it is a Coiled cluster, say so")
+        commands.append(("%coiled_ingress --kind coiled", "or say it is a Coiled cluster"))
+    return f"{where} {listens}; {these}, so no client will connect: {', '.join(fixes)}.", commands
 
 
 def _judge(
@@ -554,6 +609,17 @@ def _open_warning(
             )
         )
     return text, commands
+
+
+def _merged_ports(rules: list[Rule]) -> list[str]:
+    """The ports the rules open, whatever the source, as AWS holds them: ``8786-8787``, ``22``."""
+    merged: list[list[int]] = []
+    for rule in sorted(rules, key=lambda r: (r.from_port, r.to_port)):
+        if merged and rule.from_port <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], rule.to_port)
+        else:
+            merged.append([rule.from_port, rule.to_port])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in merged]
 
 
 def _is_private(address: str) -> bool:

@@ -17,6 +17,7 @@ is refused with the way to read it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,6 +25,7 @@ from dataclasses import replace
 from .errors import CoiledJupyterError
 from .export import FORMATS as EXPORT_FORMATS
 from .policy import NAMES as GUARDRAIL_NAMES
+from .ports import KINDS  # noqa: F401 (for front ends)
 from .rules import PROTOCOLS, IngressError, Rule, canonical, load_text, parse_rule, subtract
 from .settings import (
     SESSION,
@@ -68,12 +70,22 @@ def _target(cluster=None, *, backend=None, region=None, vpc_id=None):
     return target(cluster, backend=backend, region=region, vpc_id=vpc_id)
 
 
+def _model(t):
+    """The kind of cluster ``t`` is and the ports it listens on (see :mod:`.ports`)."""
+    from .ports import model
+
+    return model(t.cluster)
+
+
 def _read_settings(t, backend_options=None) -> Settings:
     """For cloud work: every layer, the account store of ``t``'s backend read now."""
     from .provision.account import load_account_layer
 
     return resolve_settings(
-        backend_options, account=lambda: load_account_layer(t), cluster=t.cluster
+        backend_options,
+        account=lambda: load_account_layer(t),
+        cluster=t.cluster,
+        model=_model(t),
     )
 
 
@@ -83,7 +95,11 @@ def _settings(t, backend_options=None, session: SessionValues | None = None) -> 
     from .provision.account import known_account_layer
 
     return resolve_settings(
-        backend_options, account=lambda: known_account_layer(t), session=session, cluster=t.cluster
+        backend_options,
+        account=lambda: known_account_layer(t),
+        session=session,
+        cluster=t.cluster,
+        model=_model(t),
     )
 
 
@@ -110,6 +126,7 @@ def _view(t, settings: Settings, *, reach: bool = True):
     """``settings`` as the settings view, with the reachability verdict unless ``reach`` is False."""
     from .provision.results import SettingsView
 
+    model = _model(t)
     reachability = None
     if reach:
         from .reach import check
@@ -118,6 +135,7 @@ def _view(t, settings: Settings, *, reach: bool = True):
             settings.rules,
             settings.use_scheduler_public_ip.value,
             declared=settings.ingress.layer != Layer.DEFAULT,
+            model=model,
         )
     return SettingsView(
         t,
@@ -127,6 +145,7 @@ def _view(t, settings: Settings, *, reach: bool = True):
         session_clusters=SESSION.clusters(),
         default_cluster=default_cluster(),
         session_version=SESSION.version(t.cluster),
+        ports=model,
     )
 
 
@@ -240,18 +259,126 @@ def remove(ports, source, *, protocol=None, cluster=None):
     return _edit(t, change)
 
 
-def set_settings(value, *, cluster=None, label: str = "the settings", based_on: int | None = None):
+def _settings_input(t, value, label: str, keywords: dict):
+    """Rules, toggle and Coiled's ``scheduler_port`` (``_KEEP`` when not said) from what was typed:
+    Coiled's format (see :func:`set_settings`), or Coiled's network keywords (``keywords``, or a
+    mapping or ``key=value`` text naming them), which become the rules ``coiled.Cluster`` would
+    build from them."""
+    from . import network_args
+
+    if keywords:
+        if value is not None:
+            given = ", ".join(keywords)
+            raise IngressError(
+                [f"{label} is given both as rules and as keywords ({given}); give one."]
+            )
+        value = keywords
+    data = value
+    if isinstance(value, str) and not network_args.is_keyword_form(value):
+        data = load_text(value, label)
+    if not network_args.is_keyword_form(data):
+        rules, public_ip = parse_coiled_options(data, where=label)
+        return rules, public_ip, _KEEP
+    args, public_ip = network_args.parse(data, where=label)
+    https = _model(t).dashboard_https
+    return args.rules(use_dashboard_https=https), public_ip, args.scheduler_port
+
+
+def _set_scheduler_port(t, port) -> None:
+    """Keep (or drop, None) the scheduler port Coiled's keyword form said, for this cluster."""
+    from . import ports
+
+    if port is not _KEEP:
+        here = ports.session_ports(t.cluster)
+        ports.set_session(t.cluster, replace(here, scheduler_port=port))
+
+
+def set_settings(
+    value=None,
+    *,
+    cluster=None,
+    label: str = "the settings",
+    based_on: int | None = None,
+    **keywords,
+):
     """Set the session from a rule list, ``{ingress, use_scheduler_public_ip}`` or a ``coiled:``
-    snippet as in Coiled's documentation, given as YAML/JSON text or Python values. ``label`` names
-    the input in error sentences (``the cell``). ``based_on``: the session version (a settings
-    view's ``session_version``) the value was written from; a newer session refuses it."""
-    rules, public_ip = parse_coiled_options(value, where=label)
+    snippet as in Coiled's documentation, given as YAML/JSON text or Python values; or from Coiled's
+    network keywords (``set_settings(allow_ingress_from="me", allow_ssh=True)``, a mapping, or
+    ``allow_ingress_from=me allow_ssh=true`` text), which become exactly the rules
+    ``coiled.Cluster`` builds from them. ``label`` names the input in error sentences (``the
+    cell``). ``based_on``: the session version (a settings view's ``session_version``) the value
+    was written from; a newer session refuses it."""
+    t = _target(cluster)
+    rules, public_ip, scheduler_port = _settings_input(t, value, label, keywords)
     parts: dict = {}
     if rules is not None:
         parts["ingress"] = rules
     if public_ip is not None:
         parts["use_scheduler_public_ip"] = public_ip
-    return _edit(_target(cluster), lambda: parts, based_on=based_on)
+    before = _ports_session(t)
+    _set_scheduler_port(t, scheduler_port)
+    try:
+        return _edit(t, lambda: parts, based_on=based_on)
+    except BaseException:
+        _restore_ports_session(t, before)
+        raise
+
+
+def _ports_session(t):
+    from . import ports
+
+    return ports.session_ports(t.cluster)
+
+
+def _restore_ports_session(t, before) -> None:
+    from . import ports
+
+    ports.set_session(t.cluster, before)
+
+
+def set_kind(kind, *, cluster=None):
+    """Say which kind of cluster this is, for this session (``coiled`` or ``dask``; None forgets
+    it): it decides the ports every verdict, warning and plan checks."""
+    from . import ports
+
+    word = None if kind is None else ports.parse_kind(kind)
+    t = _target(cluster)
+    here = ports.session_ports(t.cluster)
+    ports.set_session(t.cluster, replace(here, kind=word))
+    try:
+        return _view(t, _settings(t))
+    except BaseException:
+        ports.set_session(t.cluster, here)
+        raise
+
+
+@contextlib.contextmanager
+def kind_for(kind, cluster=None):
+    """Set this session's kind of cluster (``--kind`` of a magic) for the command that follows;
+    if that command fails, the kind is put back, so a refused command changes nothing. None: no-op."""
+    from . import ports
+
+    if kind is None:
+        yield
+        return
+    word = ports.parse_kind(kind, where="--kind")
+    t = _target(cluster)
+    here = ports.session_ports(t.cluster)
+    ports.set_session(t.cluster, replace(here, kind=word))
+    try:
+        yield
+    except BaseException:
+        ports.set_session(t.cluster, here)
+        raise
+
+
+def port_matrix(cluster=None, *, backend_options=None, **target_options):
+    """For this cluster's kind: each port, what uses it, and whether the effective rules admit it
+    and from where (settings work: no cloud call)."""
+    from .provision.results import PortMatrix
+
+    t = _target(cluster, **target_options)
+    return PortMatrix(t, _settings(t, backend_options), _model(t))
 
 
 def clear(cluster=None):
@@ -260,9 +387,13 @@ def clear(cluster=None):
 
 
 def reset(cluster=None):
-    """Drop this session's settings for the cluster: back to the Dask config, account and built-in
-    defaults."""
-    return _edit(_target(cluster), lambda: {"ingress": None, "use_scheduler_public_ip": None})
+    """Drop this session's settings for the cluster (its kind too): back to the Dask config,
+    account and built-in defaults."""
+    from . import ports
+
+    t = _target(cluster)
+    ports.set_session(t.cluster, ports.SessionPorts())
+    return _edit(t, lambda: {"ingress": None, "use_scheduler_public_ip": None})
 
 
 def _one_of(value, words: tuple[str, ...], sentence: str) -> str:
@@ -449,16 +580,19 @@ def apply(
 def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str = "the settings"):
     """Set the session from ``value`` and apply, all or nothing: the rules are checked as they will
     be sent (``me`` resolved, quota) before the session changes, and a failed apply restores it."""
+    from . import ports
     from .provision import reconcile
 
-    rules, public_ip = parse_coiled_options(value, where=label)
     t = _target(cluster)
+    rules, public_ip, scheduler_port = _settings_input(t, value, label, {})
+    ports_before = ports.session_ports(t.cluster)
     with SESSION.lock:  # no other edit between the change, the apply and a restore
         current = _settings(t)
         if rules is not None:
             prospective = replace(current, ingress=Resolved(rules, Layer.SESSION, SESSION.detail))
             reconcile.desired_rules(prospective)
         before = SESSION.of(t.cluster)
+        _set_scheduler_port(t, scheduler_port)
         SESSION.replace(
             t.cluster,
             SessionValues(
@@ -472,6 +606,7 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
             return replace(reconcile.apply(t, settings, on_wait=progress), settings=settings)
         except BaseException:
             SESSION.replace(t.cluster, before)
+            ports.set_session(t.cluster, ports_before)
             raise
         finally:
             note_change()
@@ -574,16 +709,29 @@ def undo(cluster=None, *, apply: bool = False, progress: Progress = None):
 # Rehearsal: the group enforced with packets
 
 
-def _port(value, name: str) -> int:
-    if value is None:
-        from .settings import option
+def _rehearsal_ports(t, scheduler_port, dashboard_port) -> dict:
+    """The ports to rehearse: as given, else those of the cluster's kind (``ports.model``)."""
+    from . import ports
 
-        value = option(f"{name}-port")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    model = ports.model(t.cluster)
+    chosen = {
+        "scheduler": model.scheduler if scheduler_port is None else scheduler_port,
+        "dashboard": model.dashboard if dashboard_port is None else dashboard_port,
+    }
+    for name, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise IngressError(
+                [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+            )
+    if chosen["scheduler"] == chosen["dashboard"]:
         raise IngressError(
-            [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
+            [
+                f"this {model.name} {model.listens}; a rehearsal runs distributed's own scheduler "
+                "and dashboard, which cannot share one port, so rehearse it as a Dask cluster "
+                "(--kind dask) or with the HTTPS dashboard off (coiled.use_dashboard_https: false)."
+            ]
         )
-    return value
+    return {"scheduler_port": chosen["scheduler"], "dashboard_port": chosen["dashboard"]}
 
 
 def rehearse(
@@ -603,24 +751,20 @@ def rehearse(
     real ``distributed`` scheduler in network namespaces of this machine; where that cannot run, the
     result is one sentence saying why. ``live=True`` instead connects from this notebook to the
     cluster's real scheduler (``host``, default its address as ``use_scheduler_public_ip`` says);
-    ``stop=True`` tears the rehearsal down. The ports default to the options ``scheduler-port`` and
-    ``dashboard-port``.
+    ``stop=True`` tears the rehearsal down. The ports default to those of the cluster's kind.
     """
     from .rehearsal import rehearse as rehearsal
     from .rehearsal.result import RehearsalResult
 
     t = _target(cluster, **target_options)
-    ports = {
-        "scheduler_port": _port(scheduler_port, "scheduler"),
-        "dashboard_port": _port(dashboard_port, "dashboard"),
-    }
-    if host is not None:
-        host = _address(host, "host")
     if stop:
         stopped = rehearsal.stop()
         return RehearsalResult(
             t, "rehearsal stopped" if stopped else "no rehearsal was running in this process"
         )
+    ports = _rehearsal_ports(t, scheduler_port, dashboard_port)
+    if host is not None:
+        host = _address(host, "host")
     if not live:
         from .rehearsal.namespaces import unavailable
 
@@ -708,7 +852,7 @@ def export_rules(format, *, cluster=None, to=None, **target_options):
         cluster=t.cluster,
         region=t.region,
         origin=settings.ingress.origin,
-        purpose=_purpose,
+        purpose=_purpose_of(_model(t)),
     )
     if path is not None:
         from .state import write_atomically
@@ -726,14 +870,15 @@ def export_rules(format, *, cluster=None, to=None, **target_options):
     )
 
 
-_PURPOSES = {8786: "client to scheduler", 8787: "dashboard"}
+def _purpose_of(model) -> Callable[[Rule], str]:
+    """What the ports of a rule are for on a cluster of ``model``'s kind ('' for ports it does not
+    use), from the one table of ports (:mod:`.ports`)."""
+    uses = [use for use in model.uses() if use.port is not None]
 
+    def purpose(rule: Rule) -> str:
+        return ", ".join(u.use for u in uses if rule.from_port <= u.port <= rule.to_port)
 
-def _purpose(rule: Rule) -> str:
-    """What the ports of ``rule`` are for on a Dask cluster ('' for ports Dask does not use)."""
-    return ", ".join(
-        _PURPOSES[port] for port in sorted(_PURPOSES) if rule.from_port <= port <= rule.to_port
-    )
+    return purpose
 
 
 def _export_path(to):

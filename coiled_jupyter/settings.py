@@ -41,6 +41,16 @@ BUILT_IN_DEFAULT = {
 }
 
 
+def built_in_default(model=None) -> dict:
+    """What the cluster does when nothing is set: its scheduler and dashboard ports open to
+    everyone, and clients on the public IP. The ports are those of ``model`` (a
+    :class:`coiled_jupyter.ports.PortModel`; a Coiled cluster listens on 443), or Dask's 8786/8787."""
+    if model is None:
+        return BUILT_IN_DEFAULT
+    ports = list(dict.fromkeys((model.scheduler, model.dashboard)))
+    return {**BUILT_IN_DEFAULT, "ingress": [{"ports": ports, "cidr": "0.0.0.0/0"}]}
+
+
 class Layer(enum.IntEnum):
     """Where a value came from; a higher layer wins."""
 
@@ -813,6 +823,7 @@ def effective_settings(
     account: AccountLoader | None = None,
     session: SessionValues | None = None,
     cluster: str | None = None,
+    model=None,
 ) -> Settings:
     """Resolve every layer into the effective settings, each value with its origin.
 
@@ -822,6 +833,8 @@ def effective_settings(
     unreadable account store is an error only if it would decide a value. ``session`` resolves
     prospective session values instead of the current ones (checking an edit before it is made).
     ``cluster``: whose session layer is used (None: the default cluster, ``coiled-jupyter.cluster``).
+    ``model`` (the cluster's :class:`~coiled_jupyter.ports.PortModel`) gives the built-in default
+    its ports.
     """
     unreadable = None
     account_values = LayerValues(Layer.ACCOUNT)
@@ -832,7 +845,7 @@ def effective_settings(
             unreadable = error
     settings = resolve(
         [
-            layer_from_options(Layer.DEFAULT, BUILT_IN_DEFAULT),
+            layer_from_options(Layer.DEFAULT, built_in_default(model)),
             account_values,
             config_layer(),
             SESSION.layer(cluster, session),

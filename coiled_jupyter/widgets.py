@@ -61,6 +61,7 @@ DESCRIPTION = "description"
 REMOVE = "Remove"
 ADD = "Add rule"
 SCHEDULER_IP = "scheduler IP"
+KIND = "cluster kind"
 PLAN = "Plan"
 APPLY = "Apply"
 SAVE_USER = "Save to my config"
@@ -264,6 +265,14 @@ class FirewallPanel(widgets.VBox):
             style={"button_width": "80px", "description_width": "initial"},
         )
         self.scheduler_ip.observe(self._on_toggle, "value")
+        self.kind = widgets.Dropdown(
+            options=[("coiled (443)", "coiled"), ("dask (8786/8787)", "dask")],
+            description=KIND,
+            tooltip="The kind of cluster decides the ports the verdicts and the plan check",
+            style={"description_width": "initial"},
+            layout=widgets.Layout(width="auto"),
+        )
+        self.kind.observe(self._on_kind, "value")
         self.meaning = widgets.HTML()
         self.buttons = {
             PLAN: widgets.Button(
@@ -333,7 +342,7 @@ class FirewallPanel(widgets.VBox):
                 self.rows_box,
                 self.notes,
                 self.add_button,
-                self.scheduler_ip,
+                widgets.HBox([self.scheduler_ip, self.kind], layout=_wrap()),
                 self.meaning,
                 widgets.HBox(list(self.buttons.values()), layout=_wrap()),
                 widgets.HBox([self.status, self.marker], layout=_wrap()),
@@ -419,6 +428,8 @@ class FirewallPanel(widgets.VBox):
             for item in payload["ingress"]:
                 self.add_row(item)
             self.scheduler_ip.value = payload["use_scheduler_public_ip"]
+            if payload.get("ports"):
+                self.kind.value = payload["ports"]["kind"]
         finally:
             self._loading = False
         self._sent = [row.item() for row in self.rows if not row.blank]
@@ -455,10 +466,12 @@ class FirewallPanel(widgets.VBox):
             if others
             else ""
         )
+        ports = payload.get("ports")
+        assumed = f"<br>ports assumed: {html.escape(ports['summary'])}" if ports else ""
         return _block(
             "<strong>Firewall</strong> "
             f'<span style="color: {_MUTED}">rules from {html.escape(payload["ingress_origin"])}'
-            "</span><br>" + " &middot; ".join(parts) + _span_html(kept, _MUTED)
+            "</span><br>" + " &middot; ".join(parts) + assumed + _span_html(kept, _MUTED)
         )
 
     def _on_session(self, change) -> None:
@@ -500,6 +513,13 @@ class FirewallPanel(widgets.VBox):
             )
         else:
             self._update_controls()
+
+    def _on_kind(self, change) -> None:
+        if self._loading:
+            return
+        self._send_edit(
+            "kind", lambda _version: session.set_kind(change["new"], cluster=self.cluster)
+        )
 
     def _on_toggle(self, change) -> None:
         if self._loading:
@@ -736,6 +756,7 @@ class FirewallPanel(widgets.VBox):
             button.disabled = self._busy or (not valid and name in (APPLY, SAVE_USER, SAVE_ACCOUNT))
         self.add_button.disabled = self._busy
         self.scheduler_ip.disabled = self._busy
+        self.kind.disabled = self._busy
         for row in self.rows:
             for control in row.controls():
                 control.disabled = self._busy

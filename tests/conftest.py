@@ -24,11 +24,15 @@ TEST_CONFIG = {
     "coiled-jupyter.sandbox.state-dir": str(_STATE_DIR),
     "coiled-jupyter.public-ip.services": [],
     "coiled-jupyter.public-ip.services-ipv6": [],
+    # The tests written before issue 18 judge a plain Dask cluster's ports (8786/8787); tests of the
+    # kinds (tests/test_ports.py) set or drop the kind themselves.
+    "coiled-jupyter.cluster-kind": "dask",
 }
 dask.config.set(TEST_CONFIG)
 os.environ["DASK_COILED_JUPYTER__SANDBOX__STATE_DIR"] = str(_STATE_DIR)
 os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES"] = "[]"
 os.environ["DASK_COILED_JUPYTER__PUBLIC_IP__SERVICES_IPV6"] = "[]"
+os.environ["DASK_COILED_JUPYTER__CLUSTER_KIND"] = "dask"
 os.environ["DASK_CONFIG"] = str(_CONFIG_DIR)
 for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
     os.environ.pop(name, None)
@@ -111,7 +115,10 @@ def _fresh_session(monkeypatch):
 
     monkeypatch.setattr(account, "_known", {})
     yield
+    from coiled_jupyter import ports
     from coiled_jupyter.settings import SESSION
+
+    ports.forget()
 
     SESSION.clear()
 
@@ -200,12 +207,17 @@ class _Body:
 
 
 class Faults:
-    """Synthetic AWS error responses from a botocore ``before-send`` handler on real clients.
+    """Synthetic AWS answers from a botocore ``before-send`` handler on real clients.
 
-    ``fail(operation, code, status=..., times=1, skip=0, before=None)`` makes the next ``times`` sends
-    of ``operation`` (after letting ``skip`` through) answer with that AWS error code; ``times=None``
-    means every send. ``before(request)`` runs first, e.g. another writer changing the group.
-    ``sent[operation]`` counts HTTP sends (each retry is one), ``log`` lists them in order.
+    ``fail(operation, code, status=..., times=1, skip=0, message=None, before=None)`` makes the next
+    ``times`` sends of ``operation`` (after letting ``skip`` through) answer with that AWS error code
+    (and ``message``, or ``message(request)``); ``times=None`` means every send. ``before(request)``
+    runs first, e.g. another writer changing the group. ``answer(operation, body, ...)`` answers with
+    that body instead (a success AWS would send, or a proxy's HTML page); ``throw(operation, make)``
+    raises ``make(request)`` where the HTTP client would fail (botocore's connection errors and
+    time-outs, which it retries first); ``meanwhile(operation, before)`` only runs
+    ``before(request)`` and sends the request. ``sent[operation]`` counts HTTP sends (each retry is
+    one), ``log`` lists them in order.
     """
 
     def __init__(self):
@@ -227,19 +239,58 @@ class Faults:
         status: int = 400,
         times: int | None = 1,
         skip: int = 0,
-        message: str | None = None,
+        message=None,
         before=None,
     ) -> None:
-        self._rules.setdefault(operation, []).append(
-            {
-                "code": code,
-                "status": status,
-                "times": times,
-                "skip": skip,
-                "before": before,
-                "message": message or f"injected {code}",
-            }
+        def respond(request, service):
+            said = message(request) if callable(message) else message or f"injected {code}"
+            if service == "ec2":
+                from xml.sax.saxutils import escape
+
+                body = (
+                    f"<Response><Errors><Error><Code>{code}</Code><Message>{escape(said)}"
+                    "</Message></Error></Errors><RequestID>injected</RequestID></Response>"
+                )
+                return _response(request, status, "text/xml", body.encode())
+            import json
+
+            body = json.dumps({"__type": code, "message": said}).encode()
+            return _response(request, status, "application/x-amz-json-1.1", body)
+
+        self._add(operation, respond, times, skip, before)
+
+    def answer(
+        self,
+        operation: str,
+        body: bytes,
+        *,
+        status: int = 200,
+        content_type: str = "text/xml",
+        times: int | None = 1,
+        skip: int = 0,
+        before=None,
+    ) -> None:
+        self._add(
+            operation,
+            lambda request, _: _response(request, status, content_type, body),
+            times,
+            skip,
+            before,
         )
+
+    def throw(self, operation: str, make, *, times: int | None = 1, skip: int = 0) -> None:
+        def respond(request, _service):
+            raise make(request)
+
+        self._add(operation, respond, times, skip)
+
+    def meanwhile(self, operation: str, before, *, times: int | None = 1, skip: int = 0) -> None:
+        self._add(operation, lambda _request, _service: None, times, skip, before)
+
+    def _add(self, operation: str, respond, times, skip, before=None) -> None:
+        """``respond(request, service)`` answers the matching sends: a response, or None to send."""
+        rule = {"times": times, "skip": skip, "before": before, "respond": respond}
+        self._rules.setdefault(operation, []).append(rule)
 
     def clear(self) -> None:
         self._rules.clear()
@@ -250,8 +301,6 @@ class Faults:
         self._clients.clear()
 
     def _handler(self, request, event_name, **_):
-        from botocore.awsrequest import AWSResponse
-
         service, operation = event_name.split(".")[1:3]
         self.sent[operation] += 1
         self.log.append(operation)
@@ -265,20 +314,14 @@ class Faults:
                 rule["times"] -= 1
             if rule["before"] is not None:
                 rule["before"](request)
-            if service == "ec2":
-                body = (
-                    f"<Response><Errors><Error><Code>{rule['code']}</Code><Message>"
-                    f"{rule['message']}</Message></Error></Errors><RequestID>injected"
-                    "</RequestID></Response>"
-                ).encode()
-                headers = {"Content-Type": "text/xml"}
-            else:
-                import json
-
-                body = json.dumps({"__type": rule["code"], "message": rule["message"]}).encode()
-                headers = {"Content-Type": "application/x-amz-json-1.1"}
-            return AWSResponse(request.url, rule["status"], headers, _Body(body))
+            return rule["respond"](request, service)
         return None
+
+
+def _response(request, status: int, content_type: str, body: bytes):
+    from botocore.awsrequest import AWSResponse
+
+    return AWSResponse(request.url, status, {"Content-Type": content_type}, _Body(body))
 
 
 @pytest.fixture
@@ -308,6 +351,24 @@ def faults(sandbox, make_faults):
 
     connection = target().connection()
     return make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
+
+
+@pytest.fixture
+def fresh_faults(sandbox, dask_config, make_faults):
+    """A :class:`Faults` injector on EC2 and SSM clients made for this test alone, which the core
+    uses meanwhile: faults that botocore retries (connection errors, time-outs) then spend the
+    retry quota of these clients, not that of the session's shared ones."""
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
+
+    saved = dict(aws._clients)
+    aws._clients.clear()
+    try:
+        connection = target().connection()
+        yield make_faults(*(aws.client(service, connection) for service in ("ec2", "ssm")))
+    finally:
+        aws._clients.clear()
+        aws._clients.update(saved)
 
 
 @pytest.fixture(scope="session")

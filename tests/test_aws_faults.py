@@ -80,7 +80,7 @@ def test_throttling_once_is_retried_by_botocore(cloud, faults, api_calls):
 def test_throttling_with_http_400_is_retried_too(cloud, faults):
     faults.fail(DESCRIBE, "RequestLimitExceeded", status=400, times=1)
     reconcile.apply(target("throttled-400"), settings_for([VPN]))
-    assert faults.sent[DESCRIBE] == 2  # find (throttled, retried); nothing is read back
+    assert faults.sent[DESCRIBE] == 3  # find (throttled, retried), then the verifying read
     assert declared(cloud.ec2, "throttled-400") == {("tcp", 8786, 8787, "10.1.0.0/16")}
 
 
@@ -94,11 +94,11 @@ def test_not_found_right_after_create_is_retried(cloud, faults):
     assert declared(cloud.ec2, "eventual") == A
 
 
-def test_a_fresh_apply_reports_what_the_authorize_response_confirms(cloud, faults):
-    """No read-back: the table comes from the authorize response, and agrees with the server."""
+def test_a_fresh_apply_reports_what_the_verifying_read_finds(cloud, faults):
+    """The table comes from the read after the writes, and agrees with the server."""
     result = reconcile.apply(target("eventual-read"), settings_for([VPN, PEERED]))
 
-    assert faults.log == ["DescribeSecurityGroups", "CreateSecurityGroup", AUTHORIZE]
+    assert faults.log == [DESCRIBE, "CreateSecurityGroup", AUTHORIZE, DESCRIBE]
     assert {
         (r.protocol, r.from_port, r.to_port, r.source)
         for r in result.table.rules
@@ -241,6 +241,76 @@ def test_not_found_on_revoke_from_a_concurrent_writer_is_success(cloud, faults):
 
     assert faults.sent[REVOKE] == 1
     assert declared(cloud.ec2, "gone") == B
+
+
+def _unknown_permissions(entries: set[tuple]) -> bytes:
+    """AWS's answer to a revoke, in the default VPC, of rules it does not know: success, with them
+    listed as ``UnknownIpPermissions``."""
+    items = "".join(
+        f"<item><ipProtocol>{p}</ipProtocol><fromPort>{lo}</fromPort><toPort>{hi}</toPort>"
+        f"<ipRanges><item><cidrIp>{cidr}</cidrIp></item></ipRanges></item>"
+        for p, lo, hi, cidr in sorted(entries)
+    )
+    return (
+        '<RevokeSecurityGroupIngressResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>injected</requestId><return>true</return>"
+        f"<unknownIpPermissionSet>{items}</unknownIpPermissionSet>"
+        "</RevokeSecurityGroupIngressResponse>"
+    ).encode()
+
+
+def test_a_removal_answered_as_unknown_is_not_reported_as_made(cloud, faults):
+    """The revoke never reaches the group; AWS's answer says success with the rule unknown (as
+    the default VPC does for a rule spelled otherwise than it holds it)."""
+    reconcile.apply(target("unknown"), settings_for([VPN, PEERED]))
+    old = {("tcp", 8786, 8786, "10.2.0.0/16")}
+    faults.answer(REVOKE, _unknown_permissions(old), times=None)
+
+    with pytest.raises(CloudError) as info:
+        reconcile.apply(target("unknown"), settings_for([VPN, OFFICE]))
+
+    said = str(info.value)
+    assert info.value.code == "UnknownIpPermissions"
+    assert "10.2.0.0/16" in said and "not removed" in said
+    assert "wider than either" in said  # the new rule was added beside it
+    assert declared(cloud.ec2, "unknown") == A | B
+    faults.clear()
+    assert reconcile.apply(target("unknown"), settings_for([VPN, OFFICE])).changed
+    assert declared(cloud.ec2, "unknown") == B
+
+
+def test_a_removal_answered_as_unknown_because_another_writer_made_it_is_done(cloud, faults):
+    reconcile.apply(target("unknown-gone"), settings_for([VPN, PEERED]))
+    old = {("tcp", 8786, 8786, "10.2.0.0/16")}
+    faults.answer(
+        REVOKE,
+        _unknown_permissions(old),
+        before=_another_writer(cloud, "unknown-gone", "revoke_security_group_ingress", old),
+    )
+
+    result = reconcile.apply(target("unknown-gone"), settings_for([VPN, OFFICE]))
+
+    assert result.changed
+    assert faults.sent[REVOKE] == 1  # the read found it gone: nothing left to remove
+    assert declared(cloud.ec2, "unknown-gone") == B
+
+
+def test_a_rule_added_by_another_writer_during_the_apply_is_said_not_hidden(cloud, faults):
+    """The verifying read after the writes finds a rule this apply did not write."""
+    reconcile.apply(target("meanwhile"), settings_for([VPN, PEERED]))
+    other = {("tcp", 8786, 8786, "172.16.0.0/12")}
+    faults.meanwhile(
+        REVOKE, _another_writer(cloud, "meanwhile", "authorize_security_group_ingress", other)
+    )
+
+    with pytest.raises(CloudError) as info:
+        reconcile.apply(target("meanwhile"), settings_for([VPN, OFFICE]))
+
+    said = str(info.value)
+    assert info.value.code == "ConcurrentChange"
+    assert "another writer changed group" in said
+    assert "172.16.0.0/12" in said and "admits more" in said
+    assert declared(cloud.ec2, "meanwhile") == B | other  # said as it is, not changed further
 
 
 def test_a_duplicate_that_never_resolves_is_an_error_not_a_loop(cloud, faults):

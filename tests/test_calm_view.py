@@ -29,13 +29,15 @@ def bundle(view) -> dict:
 def test_the_view_leads_with_the_table_and_one_verdict_line(ip, sandbox, dask_config):
     view = line(ip, "add 8786,8787 10.1.0.0/16 --description VPN")
     text = bundle(view)["text/plain"].splitlines()
-    assert text[1] == (
+    # The header, the ports the verdicts judge (issue 18), the origins, then the table.
+    assert text[1].startswith("ports assumed: kind dask (")
+    assert text[2] == (
         "rules from: notebook session (this kernel); use_scheduler_public_ip: true "
         "(from built-in default)"
     )
     # The table: 8786 and 8787 from 10.1.0.0/16 (one row or two, as the ports are written).
     table_end = max(i for i, row in enumerate(text) if row.startswith("tcp "))
-    assert all("10.1.0.0/16" in row and row.endswith("VPN") for row in text[4 : table_end + 1])
+    assert all("10.1.0.0/16" in row and row.endswith("VPN") for row in text[5 : table_end + 1])
     assert text[table_end + 1].startswith("can this notebook reach the scheduler (port 8786)? ")
     assert "; the dashboard (port 8787)? " in text[table_end + 1]
     # Nothing else but the line naming the command that shows the rest.

@@ -100,7 +100,7 @@ def test_forty_rules_replaced_by_forty_others_converge_in_one_apply(cloud, api_c
     assert set(entries(cloud.ec2, "swap")) == expected(new)
     assert result.changed and "access narrows briefly" in " ".join(result.plan.notes)
     assert dict(api_calls) == {
-        "ec2:DescribeSecurityGroups": 1,
+        "ec2:DescribeSecurityGroups": 2,  # find, and the read that verifies the result
         "ec2:AuthorizeSecurityGroupIngress": 2,
         "ec2:RevokeSecurityGroupIngress": 1,
     }

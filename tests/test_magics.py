@@ -453,7 +453,7 @@ MISTAKES = [
         "use_scheduler_public_ip is 'maybe'; use true",
     ),
     ("cell", "# nothing yet\n", "the cell is empty"),
-    ("cell-line", "add", "takes only --cluster and --apply on its first line, not 'add'"),
+    ("cell-line", "add", "takes only --cluster, --kind and --apply on its first line, not 'add'"),
 ]
 
 
@@ -629,7 +629,7 @@ def test_help_is_printed(ip, capsys, how):
     if kind == "scheduler_ip":
         assert out.startswith("%coiled_scheduler_ip") and "public|private" in out
     elif kind == "cell":
-        assert out.startswith("%%coiled_ingress [--cluster NAME] [--apply]")
+        assert out.startswith("%%coiled_ingress [--cluster NAME] [--kind coiled|dask] [--apply]")
         assert "${name}" in out and "use_scheduler_public_ip: false" in out
     elif text.split()[0] in ("set", "add"):
         # The subcommand's own details.

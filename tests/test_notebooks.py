@@ -106,6 +106,33 @@ EXPECTED = {
             "stop": ["rehearsal stopped"] if REHEARSAL_UNAVAILABLE is None else [],
         },
     },
+    "coiled-keywords.ipynb": {
+        "cluster": "coiled-keywords",
+        "kind": "coiled",
+        "port": 443,
+        "mistake": "UsageError: the rules of %coiled_ingress set has unknown key 'allow_ingres_from'; "
+        "did you mean 'allow_ingress_from'?",
+        "apply": [
+            "<td>22</td>",
+            "<td>10.1.0.0/16</td>",
+            "<td>443</td>",
+            "<td>15003</td>",
+            "<td>203.0.113.7/32</td>",
+        ],
+        "both": {
+            "keywords": [
+                "ports assumed: kind coiled (dask config): scheduler 443 (TLS), dashboard 443 (HTTPS)",
+                "can this notebook reach the scheduler (port 443)? yes",
+            ],
+            "trap": [
+                "this Coiled cluster listens on 443 (scheduler and HTTPS dashboard); these rules "
+                "open 8786-8787 only, so no client will connect"
+            ],
+            "ports": ["client to scheduler (TLS) and the HTTPS dashboard"],
+            "kwargs": ["'allow_ingress_from': 'me',", "'allow_ssh_from': '10.1.0.0/16',"],
+            "verdict": ["can this notebook reach the scheduler (port 443)? yes"],
+        },
+    },
     "parameterised.ipynb": {
         "cluster": "papermill-demo",
         "mistake": "UsageError: variable 'office_cidr' in the magic's line is not defined in this "
@@ -127,6 +154,8 @@ def kernel_env(sandbox, monkeypatch, tmp_path):
     """A clean sandbox and a Dask config folder of the test's own, inherited by the kernels (it
     stands for the reader's own config), and a temporary directory of the test's own."""
     monkeypatch.setenv("DASK_CONFIG", str(tmp_path / "dask-config"))
+    # Each notebook states the kind of cluster it assumes; the tests' own pin is not inherited.
+    monkeypatch.delenv("DASK_COILED_JUPYTER__CLUSTER_KIND")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     path = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *([path] if path else [])]))
@@ -211,7 +240,9 @@ def check_run(name: str, notebook, run: str) -> None:
         for fragment in fragments:
             assert fragment in text, (name, run, cell_id, fragment, text)
     verdict = shown(cell(notebook, "verdict"))
-    assert "can this notebook reach the scheduler (port 8786)? " in verdict, (name, verdict)
+    port, kind = expected.get("port", 8786), expected.get("kind", "dask")
+    assert f"can this notebook reach the scheduler (port {port})? " in verdict, (name, verdict)
+    assert f"ports assumed: kind {kind} (dask config)" in verdict, (name, verdict)
     outputs = json.dumps([c.get("outputs", []) for c in notebook.cells])
     assert not SECRETS.search(outputs), SECRETS.search(outputs).group()
 
@@ -237,6 +268,10 @@ def test_notebook_is_saved_clean(name):
     )
     assert ids.index("setup") < first_magic
     assert '"coiled-jupyter.backend": "sandbox"' in cell(notebook, "setup").source
+    # It states the kind of cluster it assumes, in words and in its setup cell (issue 18).
+    kind = EXPECTED[name].get("kind", "dask")
+    assert f'"coiled-jupyter.cluster-kind": "{kind}"' in cell(notebook, "setup").source
+    assert f"**Kind of cluster: `{kind}`.**" in cell(notebook, "setup-md").source
     # It ends on the reachability verdict and a markdown cell saying why it is what it is.
     assert ids[-2:] == ["verdict", "verdict-md"]
     assert notebook.cells[-1].cell_type == "markdown"

@@ -411,7 +411,9 @@ def test_open_to_the_world_names_ranges_and_protocols():
         False,
         local=[],
     )
-    [warning] = result.warnings
+    # 8000-8100 misses the scheduler's 8786: that is said first (issue 18), then the open ports.
+    lockout, warning = result.warnings
+    assert lockout.endswith("these rules open 8000-8100 only, so no client will connect: add 8786.")
     assert warning.startswith(
         "ports 8000-8100 and 22/udp are open to the whole internet (0.0.0.0/0 and ::/0)"
     )

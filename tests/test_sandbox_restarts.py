@@ -69,17 +69,26 @@ def test_a_killed_server_is_replaced_and_the_restart_announced(own_state_dir):
     assert not any("restarted at" in w for w in session.describe("restarted").warnings)
 
 
-def test_a_hung_server_is_stopped_when_replaced_not_orphaned(own_state_dir):
+def test_a_paused_server_is_never_replaced(own_state_dir):
+    """A server that does not answer within the liveness wait may only be busy: replacing it would
+    lose its groups. ensure() refuses, in one sentence, and leaves it and its record alone."""
+    from coiled_jupyter.errors import CloudError
+
     first = sandbox_module.ensure()
+    session.apply("kept")
     os.killpg(first.pid, signal.SIGSTOP)
     try:
-        second = sandbox_module.ensure()
-        assert second.pid != first.pid
-        assert wait_gone(first.pid), "the hung server was left running"
-        assert sandbox_module.restart_warning()
+        with pytest.raises(CloudError) as raised:
+            sandbox_module.ensure()
+        assert raised.value.code == "SandboxNotAnswering"
+        assert f"pid {first.pid}" in str(raised.value) and "sandbox stop" in str(raised.value)
+        assert sandbox_module.recorded() == first
+        assert alive(first.pid)
     finally:
-        if alive(first.pid):
-            os.killpg(first.pid, signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGCONT)
+    assert sandbox_module.ensure() == first
+    assert sandbox_module.restart_warning() is None
+    assert session.describe("kept").exists  # its groups are still there
 
 
 def test_stop_stops_a_hung_server(own_state_dir):
@@ -147,3 +156,89 @@ def _moto_servers_of(state_dir: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+# --------------------------------------------------------------------------------------------------
+# A busy server is not a stopped one
+
+
+def test_a_paused_server_is_a_refusal_never_an_empty_account_store(own_state_dir):
+    """Team defaults in a sandbox whose server is paused (SIGSTOP) for longer than the liveness
+    wait: what needs them is refused, and settings work keeps them as last known; neither falls
+    back to the world-open built-in default."""
+    from coiled_jupyter import set_backend_options
+    from coiled_jupyter.errors import AccountStoreUnreadable
+    from coiled_jupyter.settings import Layer
+
+    server = sandbox_module.ensure()
+    set_backend_options(ingress=[{"ports": [8786], "cidr": "10.1.0.0/16"}])
+    os.killpg(server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(AccountStoreUnreadable) as raised:
+            session.plan("team")
+        assert raised.value.code == "SandboxNotAnswering"
+        assert "did not answer" in str(raised.value)
+        view = session.show("team", reach=False)
+        assert view.settings.ingress.layer == Layer.ACCOUNT
+        assert {r.source for r in view.settings.rules} == {"10.1.0.0/16"}
+        assert sandbox_module.recorded() == server
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+    assert sandbox_module.running() == server  # not replaced: its groups and defaults are kept
+    planned = session.plan("team")
+    assert {r.source for r in planned.add} >= {"10.1.0.0/16"}
+    assert "0.0.0.0/0" not in {r.source for r in planned.add}
+
+
+# --------------------------------------------------------------------------------------------------
+# Stop returns at once when the server is gone or a zombie
+
+# A kernel: starts the sandbox (its child) and lives on until its stdin closes.
+_KERNEL = textwrap.dedent("""\
+    import sys
+    from coiled_jupyter.provision import sandbox
+    print(sandbox.ensure().pid, flush=True)
+    sys.stdin.read()
+    """)
+# Seconds the stop command may take, its start-up included; before the fix it waited 15 s for a
+# server that had exited but that the kernel (its parent) had not reaped.
+STOP_TIMEOUT = 12
+
+
+@pytest.mark.parametrize(
+    "case", ["the kernel lives", "the server was killed (a zombie)", "the kernel was killed"]
+)
+def test_stop_returns_at_once_when_the_server_exits_into_a_zombie_or_is_gone(own_state_dir, case):
+    env = {
+        **os.environ,
+        "PYTHONPATH": PACKAGE_ROOT,
+        "DASK_COILED_JUPYTER__SANDBOX__STATE_DIR": str(own_state_dir),
+    }
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", _KERNEL], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    pid = None
+    try:
+        pid = int(kernel.stdout.readline())
+        if case == "the server was killed (a zombie)":
+            os.killpg(pid, signal.SIGKILL)
+            assert wait_gone(pid)  # a zombie: its parent, the kernel, does not reap it
+        elif case == "the kernel was killed":
+            kernel.kill()
+            kernel.wait()
+        stopped = subprocess.run(
+            [sys.executable, "-m", "coiled_jupyter.provision.sandbox", "stop"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STOP_TIMEOUT,
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (own_state_dir / sandbox_module.STATE_FILE).exists()
+        assert not alive(pid)
+        assert sandbox_module.recorded() is None
+    finally:
+        kernel.kill()
+        kernel.wait()
+        if pid is not None and alive(pid):
+            os.killpg(pid, signal.SIGKILL)

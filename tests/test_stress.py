@@ -195,6 +195,15 @@ def test_a_fault_during_a_replacement_across_the_quota_is_finished_by_the_next_r
     assert info.value.code == "UnauthorizedOperation"
     _gid, cut = held(cloud.ec2, "cut-swap")
     assert len(cut) + 1 <= 60  # never over the quota, whatever step failed
+    # The sentence says what the failure left: above all when that is wider than either setting.
+    left = {
+        "first authorize": "was left as it was",
+        "revoke": "wider than either",
+        "last authorize": f"holding {len(cut)} of the 40 declared rules",
+    }[failing]
+    assert left in str(info.value), str(info.value)
+    wider = not cut <= expected(old) and not cut <= expected(new)
+    assert wider == (failing == "revoke")
 
     finished = reconcile.apply(target("cut-swap"), settings_new)
     assert finished.changed
@@ -221,3 +230,84 @@ def test_throttling_during_a_replacement_across_the_quota_is_retried_within_the_
     assert faults.sent["RevokeSecurityGroupIngress"] == 2
     _gid, entries = held(cloud.ec2, "slow-swap")
     assert entries == expected(new)
+
+
+# Two writers with no lock in common: each process has a state folder of its own (a copy of the
+# session's sandbox record, so both reach the one server), as two machines would. Both have read
+# the group before either writes: a before-send hook holds each one's first authorize until the
+# other is there too.
+_UNLOCKED_WRITER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from coiled_jupyter import session
+    from coiled_jupyter.errors import CloudError
+    from coiled_jupyter.provision import aws
+    from coiled_jupyter.provision.target import target
+
+    name, other, cluster, rules, folder = sys.argv[1:6]
+    folder = Path(folder)
+
+    def together(**_):
+        (folder / f"writing-{name}").touch()
+        deadline = time.monotonic() + 120
+        while not (folder / f"writing-{other}").exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("the other writer never came")
+            time.sleep(0.002)
+
+    ec2 = aws.client("ec2", target().connection())
+    ec2.meta.events.register("before-send.ec2.AuthorizeSecurityGroupIngress", together)
+    try:
+        result = session.apply(cluster, backend_options={"ingress": json.loads(rules)})
+        said = {"ok": True, "table": sorted(r.source for r in result.table.rules)}
+    except CloudError as error:
+        said = {"ok": False, "code": error.code, "message": str(error)}
+    (folder / f"said-{name}.tmp").write_text(json.dumps(said))
+    (folder / f"said-{name}.tmp").rename(folder / f"said-{name}")
+""")
+
+
+def test_two_writers_without_a_shared_lock_never_both_report_success(cloud, tmp_path):
+    from coiled_jupyter.provision import sandbox
+
+    base = effective_settings({"ingress": networks(1)}, account=lambda: None)
+    group_id = reconcile.apply(target("unlocked"), base).table.group_id
+    sets = {"a": [{"ports": [8786], "cidr": "10.50.0.0/16"}], "b": networks(1, start=30)}
+    env = {**os.environ, "PYTHONPATH": str(Path(reconcile.__file__).parents[2])}
+    procs = {}
+    for name, rules in sets.items():
+        state = tmp_path / f"state-{name}"
+        state.mkdir()
+        (state / sandbox.STATE_FILE).write_text(sandbox._state_file().read_text())
+        other = "b" if name == "a" else "a"
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", _UNLOCKED_WRITER, name, other, "unlocked", json.dumps(rules)]
+            + [str(tmp_path)],
+            env={**env, "DASK_COILED_JUPYTER__SANDBOX__STATE_DIR": str(state)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        for name, proc in procs.items():
+            _out, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+            assert proc.returncode == 0, (name, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    said = {name: json.loads((tmp_path / f"said-{name}").read_text()) for name in sets}
+    _gid, entries = held(cloud.ec2, "unlocked")
+    print(f"\ntwo writers, no shared lock: {said}; the group holds {sorted(entries)}")
+
+    assert entries == expected(sets["a"]) | expected(sets["b"])  # the old rule went, both added
+    assert not all(s["ok"] for s in said.values())  # the group holds neither's settings
+    for name, s in said.items():
+        other = sets["b" if name == "a" else "a"][0]["cidr"]
+        if s["ok"]:  # finished before the other wrote: its read found its own settings
+            assert s["table"] == sorted([sets[name][0]["cidr"], group_id])
+        else:
+            assert s["code"] == "ConcurrentChange", s
+            assert "another writer changed group" in s["message"]
+            assert other in s["message"] and "admits more" in s["message"]

@@ -35,10 +35,11 @@ GUARDRAILS_KEY = "coiled-jupyter-guardrails"
 # What this tool keeps of a set_backend_options call; every other keyword is Coiled's own.
 FIREWALL_KEYWORDS = ("ingress", "firewall", "use_scheduler_public_ip")
 # Coiled's workspace slugs; also what an SSM parameter name may hold after the prefix.
-_WORKSPACE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_WORKSPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 # What real AWS keys look like; the documentation's placeholders ("<your-access-key-id-here>") do not.
-_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
-_SECRET = re.compile(r"^[A-Za-z0-9/+=]{16,128}$")
+# (Every pattern here is matched whole, with fullmatch: "$" would let a final newline through.)
+_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+_SECRET = re.compile(r"[A-Za-z0-9/+=]{16,128}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -74,13 +75,13 @@ class AwsKeys:
                 "or neither to use your usual AWS credentials (profile, environment or role)."
             ]
         problems = []
-        if not _KEY_ID.match(self.access_key_id.reveal()):
+        if not _KEY_ID.fullmatch(self.access_key_id.reveal()):
             problems.append(
                 "aws_access_key_id is not an AWS access key id (a placeholder from the "
                 "documentation?); put your key id, or leave both keys out to use your usual AWS "
                 "credentials."
             )
-        if not _SECRET.match(self.secret_access_key.reveal()):
+        if not _SECRET.fullmatch(self.secret_access_key.reveal()):
             problems.append(
                 "aws_secret_access_key is not an AWS secret key (a placeholder from the "
                 "documentation?); put your secret key, or leave both keys out to use your usual "
@@ -101,7 +102,7 @@ def workspace_name(workspace: str | None = None) -> str | None:
     )
     if name is None:
         return None
-    if not isinstance(name, str) or not _WORKSPACE.match(name.strip().lower()):
+    if not isinstance(name, str) or not _WORKSPACE.fullmatch(name.strip().lower()):
         raise IngressError(
             [
                 f"workspace {name!r} is not a Coiled workspace name; use its slug as in "
@@ -134,23 +135,24 @@ _SANDBOX_STOPPED = LayerValues(
 )
 
 
-def _located(t: Target, name: str) -> tuple[tuple, Target] | None:
-    """Where store ``name`` of ``t`` is, found without a cloud call: the key of its memory, and the
-    target to read it through (for the sandbox, its running server). None for a sandbox that is not
-    running: it holds no account defaults, and nothing starts it to ask."""
+def _located(t: Target, name: str) -> tuple[tuple, Target, object] | None:
+    """Where store ``name`` of ``t`` is, found without a cloud call: the key of its memory, the
+    target to read it through and, for the sandbox, its recorded server (answering or not: a busy
+    server is not a stopped one). None for a sandbox that is not running: it holds no account
+    defaults, and nothing starts it to ask."""
     if t.backend == "sandbox":
-        from .sandbox import resets_here, running
+        from .sandbox import recorded, resets_here
 
-        server = running()
+        server = recorded()
         if t.endpoint_url is not None and (server is None or t.endpoint_url != server.url):
-            return ("endpoint", t.endpoint_url, t.region, name), t
+            return ("endpoint", t.endpoint_url, t.region, name), t, None
         if server is None:
             return None
         key = ("sandbox", server.pid, server.url, resets_here(), t.region, name)
-        return key, replace(t, endpoint_url=server.url)
+        return key, replace(t, endpoint_url=server.url), server
     from .aws_environment import environment_digest
 
-    return ("aws", t.region, name, environment_digest()), t
+    return ("aws", t.region, name, environment_digest()), t, None
 
 
 def _remember(key: tuple, values: LayerValues, how: str) -> LayerValues:
@@ -181,22 +183,30 @@ def known_account_layer(t: Target) -> LayerValues:
 
 def load_account_layer(t: Target) -> LayerValues:
     """The account layer from the target backend's store (one SSM read), remembered with its time;
-    a sandbox that is not running holds none and is not started to ask."""
+    a sandbox that is not running holds none and is not started to ask. A store that cannot be read
+    in time (no answer from AWS, a sandbox server that is busy or paused) is
+    :class:`AccountStoreUnreadable`, which refuses whatever needs the layer."""
     name = store_name()
     located = _located(t, name)
     if located is None:
         return _SANDBOX_STOPPED
-    key, t = located
+    key, t, server = located
     try:
+        if server is not None:
+            from .sandbox import answering
+
+            answering()  # a busy or paused server is a refusal, never "no defaults"
         options = account_store(t).load()
     except CloudError as error:
         said = str(error).removeprefix(f"{error.code}: ").rstrip(".")
-        raise AccountStoreUnreadable(
+        unreadable = AccountStoreUnreadable(
             error.code,
             f"{said}; the account defaults are needed because no Dask config, session or cluster "
             "options set these values.",
-        ) from None
-    return _remember(key, account_layer(options, f"SSM {name}"), "read")
+        )
+    else:
+        return _remember(key, account_layer(options, f"SSM {name}"), "read")
+    raise unreadable
 
 
 def account_layer(options: dict | None, detail: str) -> LayerValues:

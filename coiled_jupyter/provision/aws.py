@@ -2,8 +2,10 @@
 
 Every call goes through one boto3 client per (region, endpoint, credentials), created once and reused
 (creating one costs ~0.2 s), with botocore's ``standard`` retry mode so that throttling
-(``RequestLimitExceeded``) is retried. Errors are matched on their codes, never on messages, and turned
-into :class:`CloudError`, which says what to do and never carries credentials.
+(``RequestLimitExceeded``) is retried. Errors are matched on their codes, never on messages. Every
+call (:func:`_call`) and every session or client made (:func:`_made`) turns whatever fails, AWS's
+answer, botocore's own errors or an answer that is not AWS's, into one :class:`CloudError`, which says
+what to do, is scrubbed of credentials and carries none of botocore's objects.
 """
 
 from __future__ import annotations
@@ -20,9 +22,24 @@ from dataclasses import dataclass, field, replace
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConfigNotFound,
+    ConfigParseError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from botocore.parsers import ResponseParserError
 
-from ..errors import CloudError, ForeignGroupError
+from ..errors import CloudError, ForeignGroupError, scrub
 from ..rules import ALL_PROTOCOLS, Rule, sort_key
 from .aws_environment import environment_digest
 
@@ -55,20 +72,89 @@ _ADVICE = {
 }
 
 
+# What a failed call can raise: an AWS error answer, botocore's own failures (no connection, a read
+# time-out, no credentials, an unknown profile, ...) and an answer that is not AWS's (an HTML page or
+# an empty body from a proxy), which botocore's parser raises as a plain Exception.
+FAILURES = (ClientError, BotoCoreError, ResponseParserError)
+# The most of another library's text a sentence quotes.
+_QUOTED = 300
+
+
 def cloud_error(error: Exception, doing: str) -> CloudError:
-    """A readable CloudError for a botocore failure, without the botocore traceback or secrets."""
+    """One readable CloudError for a failed call (see :data:`FAILURES`): the AWS code where there
+    is one, what to do, and none of botocore's traceback or the request's credentials."""
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "Unknown")
         message = error.response.get("Error", {}).get("Message", "")
         advice = _ADVICE.get(code, "")
-        return CloudError(code, f"{doing} failed: {message}" + (f"; {advice}" if advice else ""))
-    if isinstance(error, NoCredentialsError):
         return CloudError(
-            "NoCredentials",
-            f"{doing} failed: no AWS credentials were found; configure "
-            "a profile (aws configure) or use the sandbox backend.",
+            code, f"{doing} failed: {_quoted(message)}" + (f"; {advice}" if advice else "")
         )
-    return CloudError(type(error).__name__, f"{doing} failed: {error}")
+    code, reason = _reason(error)
+    return CloudError(code, f"{doing} failed: {reason}")
+
+
+# Failures that are not an AWS error answer, most specific first: (classes, code (None: the class's
+# name), the sentence, with {said} (botocore's text), {where} (the endpoint) and {profile}).
+_CHECK_NETWORK = "check the network (and HTTPS_PROXY), then run it again."
+_REASONS = (
+    (
+        NoCredentialsError,
+        "NoCredentials",
+        "no AWS credentials were found; configure a profile (aws configure) or use the sandbox "
+        "backend.",
+    ),
+    (
+        ProfileNotFound,
+        "ProfileNotFound",
+        "the AWS profile {profile!r} is not in your AWS config files; check AWS_PROFILE (aws "
+        "configure list-profiles lists the profiles).",
+    ),
+    (
+        (PartialCredentialsError, CredentialRetrievalError),
+        None,
+        "the AWS credentials could not be loaded ({said}); check your AWS profile or keys.",
+    ),
+    ((ConfigParseError, ConfigNotFound), None, "{said}; fix or move that AWS config file."),
+    (ReadTimeoutError, "ReadTimeoutError", "{where} did not answer in time; " + _CHECK_NETWORK),
+    (BotoConnectionError, None, "could not connect to {where}; " + _CHECK_NETWORK),
+    (
+        ResponseParserError,
+        "ResponseParserError",
+        "the answer was not an AWS response (an HTML page or an empty body, as a proxy or a "
+        "captive portal sends); " + _CHECK_NETWORK,
+    ),
+    (
+        HTTPClientError,
+        "HTTPClientError",
+        "the HTTP request did not complete ({said}); " + _CHECK_NETWORK,
+    ),
+)
+
+
+def _reason(error: Exception) -> tuple[str, str]:
+    """The code and the sentence for a failure that is not an AWS error answer."""
+    kwargs = getattr(error, "kwargs", {})
+    for classes, code, sentence in _REASONS:
+        if isinstance(error, classes):
+            return code or type(error).__name__, sentence.format(
+                said=_quoted(error),
+                where=_where(error),
+                profile=_quoted(kwargs.get("profile", "")),
+            )
+    return type(error).__name__, _quoted(error)
+
+
+def _where(error: Exception) -> str:
+    kwargs = getattr(error, "kwargs", {})
+    url = kwargs.get("endpoint_url") or kwargs.get("proxy_url")
+    return _quoted(url) if url else "the AWS endpoint"
+
+
+def _quoted(text) -> str:
+    """Another library's text as a sentence may quote it: scrubbed, on one line, bounded."""
+    said = " ".join(scrub(str(text)).split())
+    return said if len(said) <= _QUOTED else said[: _QUOTED - 3] + "..."
 
 
 def _code(error: ClientError) -> str:
@@ -135,8 +221,24 @@ class Connection:
 
 
 def default_region() -> str | None:
-    """The region of the boto3 session (AWS_DEFAULT_REGION, the profile's ~/.aws/config)."""
-    return boto3.session.Session().region_name
+    """The region of the boto3 session (AWS_DEFAULT_REGION, the profile's ~/.aws/config); a profile
+    or config file botocore cannot use is a :class:`CloudError`."""
+    return _made("reading the AWS region", lambda: boto3.session.Session().region_name)
+
+
+def _made(doing: str, make):
+    """``make()``, which builds a boto3 session or client: an unknown ``AWS_PROFILE``, a config
+    file that does not parse or an endpoint URL that is not one becomes a CloudError, raised
+    outside the handler so that it carries none of botocore's objects."""
+    try:
+        return make()
+    except FAILURES as error:
+        failure = cloud_error(error, doing)
+    except ValueError as error:  # botocore's "Invalid endpoint: ..." for a malformed URL
+        failure = CloudError(
+            "InvalidEndpoint", f"{doing} failed: {_quoted(error)}; check AWS_ENDPOINT_URL."
+        )
+    raise failure
 
 
 _clients: dict[tuple, object] = {}
@@ -162,24 +264,44 @@ def client(service: str, connection: Connection):
     with _clients_lock:
         cached = _clients.get(key)
         if cached is None:
-            session = boto3.session.Session(
-                profile_name=connection.profile,
-                aws_access_key_id=key_id and key_id.reveal(),
-                aws_secret_access_key=secret and secret.reveal(),
-                region_name=connection.region,
-            )
-            cached = session.client(
-                service,
-                endpoint_url=connection.endpoint_url,
-                config=Config(
-                    retries={"mode": "standard", "max_attempts": 5},
-                    connect_timeout=5,
-                    read_timeout=30,
-                    proxies={"http": None, "https": None} if connection.direct else None,
-                ),
-            )
+            cached = _made(f"connecting to AWS {service}", lambda: _new_client(service, connection))
             _clients[key] = cached
         return cached
+
+
+def _new_client(service: str, connection: Connection):
+    key_id, secret = connection.access_key_id, connection.secret_access_key
+    session = boto3.session.Session(
+        profile_name=connection.profile,
+        aws_access_key_id=key_id and key_id.reveal(),
+        aws_secret_access_key=secret and secret.reveal(),
+        region_name=connection.region,
+    )
+    return session.client(
+        service,
+        endpoint_url=connection.endpoint_url,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=5,
+            read_timeout=30,
+            proxies={"http": None, "https": None} if connection.direct else None,
+        ),
+    )
+
+
+def _call(doing: str, method, /, *, passing: tuple[str, ...] = (), **kwargs):
+    """One API call, ``method(**kwargs)``. A failure becomes a :class:`CloudError` saying what was
+    being done, raised outside the handler (no botocore exception, request or credential hangs on
+    it), except an AWS error whose code is in ``passing``, which the caller handles itself."""
+    try:
+        return method(**kwargs)
+    except ClientError as error:
+        if _code(error) in passing:
+            raise
+        failure = cloud_error(error, doing)
+    except FAILURES as error:
+        failure = cloud_error(error, doing)
+    raise failure
 
 
 @dataclass(frozen=True)
@@ -343,26 +465,29 @@ def _rule_tags(rules: list[Rule], me: Iterable[str], override: str) -> dict:
 def caller_arn(connection: Connection) -> str:
     """Who this kernel's credentials are (STS ``GetCallerIdentity``; only the ARN is kept: the
     response's user id can be an access key id)."""
-    try:
-        return client("sts", connection).get_caller_identity()["Arn"]
-    except (ClientError, BotoCoreError) as error:
-        raise cloud_error(error, "asking AWS who these credentials are") from None
+    doing = "asking AWS who these credentials are"
+    arn = _call(doing, client("sts", connection).get_caller_identity).get("Arn")
+    if not isinstance(arn, str):
+        raise _unexpected_answer(doing, "ARN")
+    return arn
 
 
 class SecurityGroups:
     """Find, create, change and delete the security groups of clusters in one region.
 
-    It keeps, per group, the group as last known: the latest read, with every write confirmed since
-    applied to it (:meth:`latest`), so that an apply reports the group it leaves without reading it
-    again. Writes are verified from the responses: an authorize lists the ``SecurityGroupRules`` it
-    stored, a revoke succeeds only for rules the group held (``InvalidPermission.NotFound`` else).
+    It keeps, per group, the group as last read, whose spelling of each source a revoke must use
+    (see :attr:`Group.stored_as`). Each write resolves its own conflicts with another writer (an
+    authorize answered ``InvalidPermission.Duplicate``, a revoke answered
+    ``InvalidPermission.NotFound`` or with ``UnknownIpPermissions``) by reading the group again;
+    what the group holds in the end is known only from a read (:meth:`get`), which an apply makes
+    after its writes.
     """
 
     def __init__(self, connection: Connection):
         self.connection = connection
         self.ec2 = client("ec2", connection)
-        # Group id -> the group as last known (read, then changed by our confirmed writes).
-        self._latest: dict[str, Group] = {}
+        # Group id -> the group as last read.
+        self._read: dict[str, Group] = {}
         # Groups this object created: only for them is InvalidGroup.NotFound a passing state.
         self._created: set[str] = set()
 
@@ -412,23 +537,23 @@ class SecurityGroups:
 
     def get(self, group_id: str) -> Group:
         """Read one group by id, retrying the NotFound that follows a fresh create."""
-        return self._retry_not_found(
-            group_id, lambda: self._describe(GroupIds=[group_id])[0], f"reading group {group_id}"
+        found = self._retry_not_found(
+            group_id,
+            lambda: self._describe(passing=("InvalidGroup.NotFound",), GroupIds=[group_id]),
+            f"reading group {group_id}",
         )
-
-    def latest(self, group_id: str) -> Group:
-        """The group as last read, with the writes confirmed since: no call."""
-        return self._latest[group_id]
+        if not found:
+            raise _unexpected_answer(f"reading group {group_id}", "security group")
+        return found[0]
 
     def rule_tags(self, group_id: str) -> dict[tuple, dict]:
         """Rule key -> the tags of that inbound rule (one ``DescribeSecurityGroupRules``): tells the
         rules this tool wrote (owner tag) from rules added by hand."""
-        try:
-            response = self.ec2.describe_security_group_rules(
-                Filters=[{"Name": "group-id", "Values": [group_id]}]
-            )
-        except (ClientError, BotoCoreError) as error:
-            raise cloud_error(error, f"reading the rules of {group_id}") from None
+        response = _call(
+            f"reading the rules of {group_id}",
+            self.ec2.describe_security_group_rules,
+            Filters=[{"Name": "group-id", "Values": [group_id]}],
+        )
         found: dict[tuple, dict] = {}
         for entry in response.get("SecurityGroupRules", []):
             rule = rule_from_entry(entry)
@@ -436,18 +561,16 @@ class SecurityGroups:
                 found[rule.key] = {t["Key"]: t["Value"] for t in entry.get("Tags", [])}
         return found
 
-    def _describe(self, **kwargs) -> list[Group]:
-        try:
-            response = self.ec2.describe_security_groups(**kwargs)
-        except ClientError as error:
-            if _code(error) == "InvalidGroup.NotFound" and "GroupIds" in kwargs:
-                raise
-            raise cloud_error(error, "reading security groups") from None
-        except BotoCoreError as error:
-            raise cloud_error(error, "reading security groups") from None
+    def _describe(self, *, passing: tuple[str, ...] = (), **kwargs) -> list[Group]:
+        response = _call(
+            "reading security groups",
+            self.ec2.describe_security_groups,
+            passing=passing,
+            **kwargs,
+        )
         groups = [_group(g) for g in response.get("SecurityGroups", [])]
         for group in groups:
-            self._latest[group.group_id] = group
+            self._read[group.group_id] = group
         return groups
 
     def create(self, cluster: str, vpc_id: str | None) -> str:
@@ -464,33 +587,30 @@ class SecurityGroups:
         }
         if vpc_id:
             kwargs["VpcId"] = vpc_id
+        response = None
         try:
-            response = self.ec2.create_security_group(**kwargs)
-        except ClientError as error:
-            if _code(error) != "InvalidGroup.Duplicate":
-                raise cloud_error(error, f"creating group {group_name(cluster)}") from None
-        else:
-            group_id = response["GroupId"]
-            self._created.add(group_id)
-            # The ARN (arn:aws:ec2:region:account:security-group/sg-...) names the account.
-            arn = response.get("SecurityGroupArn", "").split(":")
-            self._latest[group_id] = Group(
-                group_id=group_id,
-                name=group_name(cluster),
-                vpc_id=vpc_id or "",
-                account_id=arn[4] if len(arn) > 5 else "",
-                tags={t["Key"]: t["Value"] for t in tags},
-                rules=(),
+            response = _call(
+                f"creating group {group_name(cluster)}",
+                self.ec2.create_security_group,
+                passing=("InvalidGroup.Duplicate",),
+                **kwargs,
             )
-            return group_id
-        existing = self.refuse_foreign_name(cluster, vpc_id)
-        if existing is None:
-            raise CloudError(
-                "InvalidGroup.Duplicate",
-                f"the name {group_name(cluster)} is taken but no group of that name can be read; "
-                "run apply again.",
-            )
-        return existing.group_id
+        except ClientError:
+            pass  # the name is taken: by a concurrent creator, or by a group that is not ours
+        if response is None:
+            existing = self.refuse_foreign_name(cluster, vpc_id)
+            if existing is None:
+                raise CloudError(
+                    "InvalidGroup.Duplicate",
+                    f"the name {group_name(cluster)} is taken but no group of that name can be "
+                    "read; run apply again.",
+                )
+            return existing.group_id
+        group_id = response.get("GroupId")
+        if not isinstance(group_id, str):
+            raise _unexpected_answer(f"creating group {group_name(cluster)}", "group id")
+        self._created.add(group_id)
+        return group_id
 
     def authorize(
         self, group_id: str, rules: list[Rule], me: Iterable[str] = (), override: str = ""
@@ -502,21 +622,22 @@ class SecurityGroups:
             if not rules:
                 return
             try:
-                response = self._retry_not_found(
+                self._retry_not_found(
                     group_id,
                     functools.partial(
+                        _call,
+                        f"adding rules to {group_id}",
                         self.ec2.authorize_security_group_ingress,
+                        passing=("InvalidGroup.NotFound", "InvalidPermission.Duplicate"),
                         GroupId=group_id,
                         IpPermissions=permissions_from_rules(rules),
                         TagSpecifications=[_rule_tags(rules, me, override)],
                     ),
                     f"adding rules to {group_id}",
                 )
-            except ClientError as error:
-                if _code(error) != "InvalidPermission.Duplicate":
-                    raise cloud_error(error, f"adding rules to {group_id}") from None
+            except ClientError:
+                pass  # a duplicate: another writer added some of them meanwhile
             else:
-                self._stored(group_id, rules, response)
                 return
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key not in present]
@@ -527,61 +648,48 @@ class SecurityGroups:
                 "duplicates of rules it does not hold (another writer?); run it again.",
             )
 
-    def _stored(self, group_id: str, sent: list[Rule], response: dict) -> None:
-        """Take the rules an authorize stored into the group as last known, as the response lists
-        them (AWS lists every rule of the batch, which it applies all or nothing).
-
-        A listed rule that was not sent means the cloud stored something else than asked (e.g. a
-        network spelled another way): then the group is read back, since only a read can say what
-        it holds. moto 5.2.5 lists only the rules of the call's last ``IpPermissions`` entry (its
-        handler keeps one loop variable); a sent rule the response leaves out is taken as stored
-        on the strength of the call's success, which the server answers only once every entry
-        was stored.
-        """
-        listed = [rule_from_entry(e) for e in response.get("SecurityGroupRules", [])]
-        sent_keys = {r.key for r in sent}
-        if any(r is None or r.key not in sent_keys for r in listed):
-            self.get(group_id)
-            return
-        group = self._latest[group_id]
-        self._latest[group_id] = group.with_rules([*group.rules, *sent, *listed])
-
     def revoke(self, group_id: str, rules: list[Rule]) -> None:
         """Remove rules in one call; if some are already gone (a concurrent apply), remove the rest.
 
         Rules are named as the group's latest read spells them (see :attr:`Group.stored_as`). The
-        call fails with ``InvalidPermission.NotFound`` unless the group held every rule, so its
-        success confirms the removal."""
+        call fails with ``InvalidPermission.NotFound`` unless the group held every rule; in AWS's
+        default VPC it succeeds instead and lists what it did not remove as
+        ``UnknownIpPermissions``. Either way the group is read again: rules it no longer holds were
+        removed (by another writer, maybe), the rest are tried again. Rules still held after that
+        were not removed, and that is an error naming them, never a removal reported as made."""
+        unknown = False
         for _ in range(_CONFLICT_ROUNDS):
             if not rules:
                 return
-            stored_as = self._latest[group_id].stored_as if group_id in self._latest else None
+            stored_as = self._read[group_id].stored_as if group_id in self._read else None
             try:
                 response = self._retry_not_found(
                     group_id,
                     functools.partial(
+                        _call,
+                        f"removing rules from {group_id}",
                         self.ec2.revoke_security_group_ingress,
+                        passing=("InvalidGroup.NotFound", "InvalidPermission.NotFound"),
                         GroupId=group_id,
                         IpPermissions=permissions_from_rules(rules, stored_as),
                     ),
                     f"removing rules from {group_id}",
                 )
-            except ClientError as error:
-                if _code(error) != "InvalidPermission.NotFound":
-                    raise cloud_error(error, f"removing rules from {group_id}") from None
+            except ClientError:
+                unknown = False
             else:
-                if response.get("UnknownIpPermissions"):
-                    # AWS's default VPC answers success for rules it did not hold: read what is left.
-                    self.get(group_id)
+                unknown = bool(response.get("UnknownIpPermissions"))
+                if not unknown:
                     return
-                gone = {r.key for r in rules}
-                group = self._latest[group_id]
-                self._latest[group_id] = group.with_rules(
-                    r for r in group.rules if r.key not in gone
-                )
-                return
             present = {r.key for r in self.get(group_id).rules}
             rules = [r for r in rules if r.key in present]
+        if rules and unknown:
+            raise CloudError(
+                "UnknownIpPermissions",
+                f"AWS answered the removal of {_listing(rules)} from {group_id} as done but listed "
+                "them as unknown permissions, and the group still holds them: they were not "
+                "removed. Remove them in the EC2 console, then run apply again.",
+            )
         if rules:
             raise CloudError(
                 "ConcurrentChange",
@@ -589,49 +697,50 @@ class SecurityGroups:
                 "not found while the group still holds them; run it again.",
             )
 
-    def update_descriptions(self, group_id: str, rules: list[Rule]) -> Group:
-        """Give existing rules new descriptions in one call, then read the group back.
+    def update_descriptions(self, group_id: str, rules: list[Rule]) -> None:
+        """Give existing rules new descriptions in one call.
 
         ``UpdateSecurityGroupRuleDescriptionsIngress`` answers only "true" (moto: nothing at all, and
-        it silently skips rules from a security group), so its response cannot confirm what the
-        group now says: this is the one write that is read back."""
-        stored_as = self._latest[group_id].stored_as if group_id in self._latest else None
-        try:
-            self.ec2.update_security_group_rule_descriptions_ingress(
-                GroupId=group_id,
-                IpPermissions=permissions_from_rules(rules, stored_as, empty_descriptions=True),
-            )
-        except (ClientError, BotoCoreError) as error:
-            raise cloud_error(error, f"updating rule descriptions of {group_id}") from None
-        return self.get(group_id)
+        it silently skips rules from a security group), so only a read can say what the group now
+        says; an apply makes that read after its writes."""
+        stored_as = self._read[group_id].stored_as if group_id in self._read else None
+        _call(
+            f"updating rule descriptions of {group_id}",
+            self.ec2.update_security_group_rule_descriptions_ingress,
+            GroupId=group_id,
+            IpPermissions=permissions_from_rules(rules, stored_as, empty_descriptions=True),
+        )
 
     def delete(self, group_id: str) -> bool:
         """Delete a group; False when it was already gone."""
         try:
-            self.ec2.delete_security_group(GroupId=group_id)
-        except ClientError as error:
-            if _code(error) == "InvalidGroup.NotFound":
-                return False
-            raise cloud_error(error, f"deleting group {group_id}") from None
+            _call(
+                f"deleting group {group_id}",
+                self.ec2.delete_security_group,
+                passing=("InvalidGroup.NotFound",),
+                GroupId=group_id,
+            )
+        except ClientError:
+            return False
         return True
 
     def instances(self, group_id: str) -> list[dict]:
         """Running instances that use the group (for the scheduler's address)."""
-        try:
-            response = self.ec2.describe_instances(
-                Filters=[
-                    {"Name": "instance.group-id", "Values": [group_id]},
-                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
-                ]
-            )
-        except (ClientError, BotoCoreError) as error:
-            raise cloud_error(error, f"listing instances of {group_id}") from None
+        response = _call(
+            f"listing instances of {group_id}",
+            self.ec2.describe_instances,
+            Filters=[
+                {"Name": "instance.group-id", "Values": [group_id]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ],
+        )
         return [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
 
     def _retry_not_found(self, group_id: str, call, doing: str):
         """Retry ``InvalidGroup.NotFound`` for a group this object just created: AWS may not see it
         for a few seconds (eventual consistency), and botocore does not retry that code. For any other
-        group (or a rule naming a group id that does not exist) the error is reported at once."""
+        group (or a rule naming a group id that does not exist) the error is reported at once.
+        ``call`` lets that code (and any other it is told to let pass) through as a ClientError."""
         delays = _NOT_FOUND_RETRIES if group_id in self._created else ()
         for delay in (*delays, None):
             try:
@@ -640,10 +749,23 @@ class SecurityGroups:
                 if _code(error) != "InvalidGroup.NotFound":
                     raise
                 if delay is None:
-                    raise cloud_error(error, doing) from None
-                time.sleep(delay)
-            except BotoCoreError as error:
-                raise cloud_error(error, doing) from None
+                    failure = cloud_error(error, doing)
+                    break
+            time.sleep(delay)
+        raise failure
+
+
+def _listing(rules: list[Rule]) -> str:
+    shown = ", ".join(str(r) for r in rules[:5])
+    return shown + (f" and {len(rules) - 5} more" if len(rules) > 5 else "")
+
+
+def _unexpected_answer(doing: str, missing: str) -> CloudError:
+    return CloudError(
+        "InvalidResponse",
+        f"{doing} failed: the answer held no {missing} (not an AWS answer? a proxy in between?); "
+        "check the network and HTTPS_PROXY, then run it again.",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,15 +781,17 @@ class AccountStore:
         self.ssm = client("ssm", connection)
 
     def load(self) -> dict | None:
+        doing = f"reading account defaults {self.name}"
         try:
-            response = self.ssm.get_parameter(Name=self.name)
-        except ClientError as error:
-            if _code(error) == "ParameterNotFound":
-                return None
-            raise cloud_error(error, f"reading account defaults {self.name}") from None
-        except BotoCoreError as error:
-            raise cloud_error(error, f"reading account defaults {self.name}") from None
-        return self._parse(response["Parameter"]["Value"])
+            response = _call(
+                doing, self.ssm.get_parameter, passing=("ParameterNotFound",), Name=self.name
+            )
+        except ClientError:
+            return None
+        value = (response.get("Parameter") or {}).get("Value")
+        if not isinstance(value, str):
+            raise _unexpected_answer(doing, "parameter value")
+        return self._parse(value)
 
     def _parse(self, text: str) -> dict:
         """The parameter's JSON, strictly: bounded in size and depth, no key twice, an object. A
@@ -702,22 +826,24 @@ class AccountStore:
         return value
 
     def store(self, options: dict) -> None:
-        try:
-            self.ssm.put_parameter(
-                Name=self.name,
-                Value=json.dumps(options, sort_keys=True),
-                Type="String",
-                Overwrite=True,
-                Description=f"Account-wide Dask cluster firewall defaults ({TOOL})",
-            )
-        except (ClientError, BotoCoreError) as error:
-            raise cloud_error(error, f"writing account defaults {self.name}") from None
+        _call(
+            f"writing account defaults {self.name}",
+            self.ssm.put_parameter,
+            Name=self.name,
+            Value=json.dumps(options, sort_keys=True),
+            Type="String",
+            Overwrite=True,
+            Description=f"Account-wide Dask cluster firewall defaults ({TOOL})",
+        )
 
     def delete(self) -> bool:
         try:
-            self.ssm.delete_parameter(Name=self.name)
-        except ClientError as error:
-            if _code(error) == "ParameterNotFound":
-                return False
-            raise cloud_error(error, f"deleting account defaults {self.name}") from None
+            _call(
+                f"deleting account defaults {self.name}",
+                self.ssm.delete_parameter,
+                passing=("ParameterNotFound",),
+                Name=self.name,
+            )
+        except ClientError:
+            return False
         return True

@@ -9,12 +9,12 @@ An apply converges whatever the path, in as few calls as the cloud allows: it re
 then adds what is missing before removing what is not declared (so access never drops below the
 declared rules mid-way), and gives changed descriptions in place. When the group cannot hold the old
 and the new rules at once (the rules-per-group quota), it adds what fits, removes, then adds the rest,
-and the plan says beforehand that access narrows for that moment. Every write is verified from the
-cloud's response, which also gives the group it leaves, so nothing is read back except after a
-description update, whose response confirms nothing. A run cut off half-way is finished by the next
-run; two kernels on one machine are serialised by a file lock. A change by another machine during an
-apply shows as a conflict (a duplicate or missing rule), which is resolved by reading the group again;
-one that does not conflict is found and converged by the next apply.
+and the plan says beforehand that access narrows for that moment. After its writes it reads the
+group once: only a read knows what the group holds, since there is no lock across machines. A write
+that conflicts with another writer (a duplicate or missing rule) is resolved by reading the group
+again; a change that does not conflict shows in that last read and is said, with what differs,
+never reported as success. A run cut off half-way says what it left and is finished by the next run;
+two kernels on one machine are serialised by a file lock.
 
 Rules this tool writes carry its owner tag (and 'me' rules the networks 'me' stood for), so a plan
 tells rules added by hand from rules it wrote earlier that are no longer declared.
@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import time
 from dataclasses import dataclass, replace
 
+from ..errors import CloudError
 from ..policy import Breach
 from ..rules import (
     ALL_PROTOCOLS,
@@ -475,22 +477,43 @@ def plan(t: Target, settings: Settings, *, progress=None, overrides=None) -> Pla
     wanted = enforce(wanted, groups, group)
     owners = _owners_if_needed(groups, group, wanted.rules)
     plan = make_plan(t, group, wanted.rules, settings.ingress.origin, me=wanted.me, owners=owners)
-    return _noted(plan, wanted)
+    return _noted(plan, wanted, settings)
 
 
-def _noted(plan: Plan, wanted: Desired) -> Plan:
-    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered)."""
-    return replace(plan, notes=(*wanted.notes, *plan.notes))
+def _noted(plan: Plan, wanted: Desired, settings: Settings) -> Plan:
+    """The plan with the notes of the desired rules first (replaced layers, ``me``, covered), the
+    kind of cluster and ports it assumed, and, first of its warnings, the sentence saying when no
+    client (or not this notebook) will connect to the port the scheduler listens on."""
+    from ..reach import check
+
+    model = port_model(plan.target.cluster)
+    reach = check(settings.rules, settings.use_scheduler_public_ip.value, model=model)
+    return replace(
+        plan,
+        notes=(*wanted.notes, *plan.notes),
+        warnings=(*reach.connect_warnings, *plan.warnings),
+        ports=model,
+    )
+
+
+def port_model(cluster: str):
+    """The kind of cluster and its ports (see :mod:`coiled_jupyter.ports`)."""
+    from ..ports import model
+
+    return model(cluster)
 
 
 def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> ApplyResult:
-    """Create or reconcile the cluster's group to the effective settings.
+    """Create or reconcile the cluster's group to the effective settings, and read it back.
 
-    EC2 calls, whatever the number of rules: no change takes 1 (find); a fresh cluster 3 (find,
-    create, authorize); a change 3 (find, authorize, revoke); one more authorize when the quota
-    makes the change go in steps; a description change adds the update and a read-back. The result
-    table is the group as the responses confirm it, not read again. ``on_wait`` is told, with a
-    sentence, when another kernel's apply to this cluster makes it wait.
+    EC2 calls, whatever the number of rules: no change takes 1 (find); a fresh cluster 4 (find,
+    create, authorize, the verifying read); a change 4 (find, authorize, revoke, read); one more
+    authorize when the quota makes the change go in steps; a description change adds the update.
+    The result table is the group as that last read reports it; if it does not hold these settings
+    (another writer changed it meanwhile, which a kernel on another machine can), the apply says so
+    and what differs (:class:`CloudError` ``ConcurrentChange``), never success. A write that fails
+    says what it left the group holding. ``on_wait`` is told, with a sentence, when another
+    kernel's apply to this cluster makes it wait.
     """
     wanted = declared(settings, overrides)
     desired, me = wanted.rules, wanted.me
@@ -499,26 +522,32 @@ def apply(t: Target, settings: Settings, *, on_wait=None, overrides=None) -> App
     with _apply_lock(t, on_wait):
         group = groups.find(t.cluster, t.vpc_id)
         wanted = enforce(wanted, groups, group)
-        carried = _noted(make_plan(t, group, desired, settings.ingress.origin, me=me), wanted)
+        carried = _noted(
+            make_plan(t, group, desired, settings.ingress.origin, me=me), wanted, settings
+        )
         if not carried.changes:
             return ApplyResult(
                 carried,
                 _table(t, group, settings, desired, overrides=wanted.shown_overrides()),
             )
         tagged = wanted.overrides()
-        if group is None:
-            group_id = groups.create(t.cluster, t.vpc_id)
-            _authorize(groups, group_id, [*desired, self_rule(group_id)], me, tagged)
-        else:
-            group_id = group.group_id
-            later = set(carried.add_later)
-            _authorize(groups, group_id, [r for r in carried.add if r not in later], me, tagged)
-            groups.revoke(group_id, list(carried.remove))
-            _authorize(groups, group_id, list(carried.add_later), me, tagged)
-            if carried.update:
-                groups.update_descriptions(group_id, list(carried.update))
-        final = groups.latest(group_id)
-        not_kept = history.record(t, group, group_id, carried)
+        group_id = group.group_id if group is not None else None
+        try:
+            if group_id is None:
+                group_id = groups.create(t.cluster, t.vpc_id)
+                _authorize(groups, group_id, [*desired, self_rule(group_id)], me, tagged)
+            else:
+                later = set(carried.add_later)
+                _authorize(groups, group_id, [r for r in carried.add if r not in later], me, tagged)
+                groups.revoke(group_id, list(carried.remove))
+                _authorize(groups, group_id, list(carried.add_later), me, tagged)
+                if carried.update:
+                    groups.update_descriptions(group_id, list(carried.update))
+        except CloudError as error:
+            error.tell(_left_behind(groups, group_id, group, desired))
+            raise
+        not_kept = history.record(t, group, group_id, carried)  # also when another writer ...
+        final = _verified(t, groups, group_id, desired)  # ... changed the group meanwhile
     kept_old = [
         r
         for r in carried.update
@@ -542,6 +571,84 @@ def _authorize(groups, group_id: str, rules: list[Rule], me, overrides: dict[tup
         by_override[overrides.get(rule.key, "")].append(rule)
     for override, batch in sorted(by_override.items()):
         groups.authorize(group_id, batch, me, override)
+
+
+# Pauses before reading a group again when it does not hold what an apply wrote: AWS's reads are
+# eventually consistent, so a difference must last before it is taken for another writer's change.
+_SETTLE = (0.2, 0.4, 0.8)
+
+
+def _verified(t: Target, groups, group_id: str, desired: list[Rule]):
+    """The group as read after the writes, if it holds exactly the declared rules and its own;
+    else a ConcurrentChange that names what differs."""
+    wanted = {r.key: r for r in [*desired, self_rule(group_id)]}
+    for delay in (*_SETTLE, None):
+        final = groups.get(group_id)
+        held = {r.key: r for r in final.rules}
+        if held.keys() == wanted.keys() or delay is None:
+            break
+        time.sleep(delay)
+    if held.keys() == wanted.keys():
+        return final
+    extra = [r for k, r in held.items() if k not in wanted]
+    missing = [r for k, r in wanted.items() if k not in held]
+    said = []
+    if extra:
+        said.append(
+            f"holds {_listing(extra)}, which these settings do not declare (it admits more than "
+            "they say)"
+        )
+    if missing:
+        said.append(f"lacks {_listing(missing)}")
+    raise CloudError(
+        "ConcurrentChange",
+        f"another writer changed group {group_id} while this apply ran: it now "
+        f"{' and '.join(said)}. Run apply again to make it hold these settings (undoing the "
+        f"other change), or find who else applies to cluster {t.cluster!r}.",
+    )
+
+
+def _left_behind(groups, group_id: str | None, before, desired: list[Rule]) -> str:
+    """What a failed write left the group holding (one read), measured against the old rules
+    (``before``, None for a new group) and the declared ones: above all, whether it is now wider
+    than either."""
+    if group_id is None:
+        return "No group was created; nothing was changed."
+    try:
+        now = groups.get(group_id)
+    except CloudError:
+        return (
+            f"What group {group_id} holds now could not be read: it may hold the old rules and "
+            "part of the new ones, admitting more than either; run plan to see, then apply "
+            "again."
+        )
+    own = self_rule(group_id).key
+    held = {r.key: r for r in now.rules if r.key != own}
+    old = {r.key for r in (before.rules if before is not None else ()) if r.key != own}
+    new = {r.key for r in desired}
+    beyond_new = [r for k, r in held.items() if k not in new]
+    beyond_old = [r for k, r in held.items() if k not in old]
+    if held.keys() == old:
+        return f"Group {group_id} was left as it was."
+    if held.keys() == new:
+        return f"Group {group_id} holds the declared rules; run apply again to finish."
+    if beyond_new and beyond_old:
+        return (
+            f"Group {group_id} is left holding old rules and part of the new ones, wider than "
+            f"either: it admits {_listing(beyond_new)} beyond the new settings and "
+            f"{_listing(beyond_old)} beyond the old; run apply again to finish."
+        )
+    if beyond_new:
+        return (
+            f"Group {group_id} is left holding part of the old rules, among them "
+            f"{_listing(beyond_new)}, which the new settings do not declare; run apply again to "
+            "finish."
+        )
+    missing = [r for r in desired if r.key not in held]
+    return (
+        f"Group {group_id} is left holding {len(held)} of the {len(new)} declared rules "
+        f"(missing {_listing(missing)}); run apply again to finish."
+    )
 
 
 def describe(t: Target, settings: Settings, *, progress=None) -> RuleTable:
@@ -587,8 +694,13 @@ def _table(
     overrides: dict[tuple, str] | None = None,
 ) -> RuleTable:
     """The group, each rule with its origin (``owners``: the rules' tags, to say who wrote the
-    undeclared ones; ``overrides``: rule key -> the team guardrails it overrides, and why)."""
+    undeclared ones; ``overrides``: rule key -> the team guardrails it overrides, and why), and the
+    kind of cluster and ports it was read for: a group whose rules admit no one on the scheduler's
+    port says so."""
+    from ..reach import lockout
+
     overrides = overrides or {}
+    model = port_model(t.cluster)
     if group is None:
         return RuleTable(
             t,
@@ -602,6 +714,7 @@ def _table(
                 *_backend_warnings(t),
                 f"cluster {t.cluster!r} has no security group yet; run apply.",
             ),
+            ports=model,
         )
     declared = {r.key for r in desired}
     undeclared = [r for r in group.rules if r.key not in declared and r.source != group.group_id]
@@ -625,7 +738,13 @@ def _table(
         group.rules,
         tuple(origins),
         group.unmanageable,
-        (*_backend_warnings(t), *_warnings(group.rules), *warnings),
+        (
+            *_backend_warnings(t),
+            *filter(None, [lockout([r for r in group.rules if r.source != group.group_id], model)]),
+            *_warnings(group.rules),
+            *warnings,
+        ),
+        ports=model,
     )
 
 
@@ -680,7 +799,7 @@ def scheduler_address(t: Target, settings: Settings) -> SchedulerAddress:
             ]
         )
     return SchedulerAddress(
-        t, scheduler["InstanceId"], ip, public, int(option("scheduler-port")), group.account_id
+        t, scheduler["InstanceId"], ip, public, port_model(t.cluster).scheduler, group.account_id
     )
 
 
@@ -712,30 +831,74 @@ def cluster_kwargs(
     in the sandbox is a moto group that no real launcher can use, so it is kept apart, as
     ``.sandbox_group_id``, and ``.security_group_id`` stays None.
     """
-    from ..rules import to_coiled
-
     wanted = declared(settings, overrides)
-    ingress = to_coiled(wanted.rules, client=True)
     t = t.connected()
     groups = _groups(t)
     group = groups.find(t.cluster, t.vpc_id)
     enforce(wanted, groups, group)
-    options = dict(backend_options or {})
-    options.pop("firewall", None)
-    options["ingress"] = ingress
-    kwargs = {
-        "backend_options": options,
-        "use_scheduler_public_ip": settings.use_scheduler_public_ip.value,
-    }
+    kwargs, notes = _coiled_kwargs(t, settings, backend_options, wanted.rules)
     if group is None or t.backend != "sandbox":
-        return ClusterKwargs(kwargs, group.group_id if group else None)
+        return ClusterKwargs(kwargs, group.group_id if group else None, notes=notes)
     return ClusterKwargs(
         kwargs,
         None,
         sandbox_group_id=group.group_id,
         notes=(
+            *notes,
             f"the group {group.group_id} exists only in the sandbox (a local moto server), so no "
             "real launcher can use it and security_group_id is None; set coiled-jupyter.backend "
             "to aws and apply to get a real group.",
         ),
     )
+
+
+def _coiled_kwargs(
+    t: Target, settings: Settings, backend_options, desired: list[Rule]
+) -> tuple[dict, tuple[str, ...]]:
+    """``coiled.Cluster``'s keywords for the rules: Coiled's network keywords
+    (``allow_ingress_from=...``) when the rules of a Coiled cluster can be said that way, else
+    ``backend_options={"ingress": [...]}``; never both, which Coiled refuses
+    (``ArgumentCombinationError``). With explicit ingress, a ``coiled.scheduler_port`` in Dask's
+    config makes Coiled refuse too: a warning says so. ``desired``: the rules as they will be sent
+    (``me`` resolved), for the ingress."""
+    import warnings
+
+    import dask.config
+
+    from ..network_args import from_rules
+    from ..ports import COILED, COILED_SCHEDULER, SCHEDULER_PORT_KEY
+    from ..rules import to_coiled
+
+    model = port_model(t.cluster)
+    options = dict(backend_options or {})
+    options.pop("firewall", None)
+    options.pop("ingress", None)
+    public_ip = {"use_scheduler_public_ip": settings.use_scheduler_public_ip.value}
+    keywords = None
+    if model.kind == COILED:
+        keywords = from_rules(
+            list(settings.rules),
+            scheduler=model.scheduler,
+            use_dashboard_https=model.dashboard_https,
+        )
+    if keywords is not None:
+        return {
+            **keywords.kwargs(),
+            **({"backend_options": options} if options else {}),
+            **public_ip,
+        }, ()
+    options["ingress"] = to_coiled(desired, client=True)
+    kwargs = {"backend_options": options, **public_ip}
+    configured = dask.config.get(SCHEDULER_PORT_KEY, None)
+    if model.kind == COILED and configured is not None:
+        sentence = (
+            f"Dask's config holds {SCHEDULER_PORT_KEY} ({configured}), and coiled.Cluster() refuses "
+            "it beside explicit ingress (ArgumentCombinationError): remove it from the config and "
+            f"pass scheduler_options={{'port': {configured}}}, or say the rules with Coiled's "
+            "keywords (allow_ingress_from=...)."
+        )
+        warnings.warn(sentence, UserWarning, stacklevel=4)
+        return kwargs, (sentence,)
+    if model.kind == COILED and model.scheduler != COILED_SCHEDULER:
+        kwargs["scheduler_options"] = {"port": model.scheduler}
+    return kwargs, ()

@@ -34,8 +34,16 @@ class _Displayed:
         raise NotImplementedError
 
     def _payload(self, kind: str, **fields) -> dict:
-        """The payload's common header (what the table describes) with this result's ``fields``."""
-        return _header(self.target, kind, getattr(self, "account_id", ""), **fields)
+        """The payload's common header (what the table describes, and the kind of cluster and ports
+        it assumed) with this result's ``fields``."""
+        model = getattr(self, "ports", None)
+        return _header(
+            self.target,
+            kind,
+            getattr(self, "account_id", ""),
+            ports=model.to_dict() if model is not None else None,
+            **fields,
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         from ..display import mimebundle
@@ -115,6 +123,7 @@ class RuleTable(_Displayed):
     origins: tuple[str, ...]
     unmanageable: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    ports: object = None  # the PortModel the table assumed (coiled_jupyter.ports)
 
     @property
     def exists(self) -> bool:
@@ -157,6 +166,7 @@ class Plan(_Displayed):
     remove_origins: tuple[str, ...] = ()
     me: tuple[str, ...] = ()
     settings: Settings | None = field(default=None, compare=False)  # what was planned
+    ports: object = None  # the PortModel the plan assumed (coiled_jupyter.ports)
     # What to run next, as (command, what it does); each works when pasted (see command_rows).
     commands: tuple[tuple[str, str], ...] = ()
 
@@ -311,6 +321,7 @@ class SettingsView(_Displayed):
     settings: Settings
     reachability: object = None
     coiled_toggle: bool | None = None
+    ports: object = None  # the PortModel the verdicts assumed (coiled_jupyter.ports)
     session_clusters: tuple[str, ...] = ()
     default_cluster: str | None = None
     session_version: int = 0
@@ -439,7 +450,30 @@ class SettingsView(_Displayed):
             notes.append(
                 f"me is {lookup.describe()}; it is looked up again when the rules are sent."
             )
+        link = self._dashboard_link_note()
+        if link:
+            notes.append(link)
         return notes
+
+    def _dashboard_link_note(self) -> str | None:
+        """What Coiled's client does with the dashboard link when clients connect on the private IP
+        (coiled/v2/core.py: ``use_scheduler_public_ip`` false and no HTTPS dashboard set
+        ``use_dashboard_public_ip`` false)."""
+        model = self.ports
+        if model is None or model.kind != "coiled" or self.settings.use_scheduler_public_ip.value:
+            return None
+        if model.dashboard_https:
+            return (
+                "with use_scheduler_public_ip: false, Coiled's client still links the HTTPS "
+                f"dashboard (port {model.dashboard}) on the scheduler's public address, since "
+                "coiled.use_dashboard_https is true; only the client's connection uses the private IP."
+            )
+        return (
+            "with use_scheduler_public_ip: false and coiled.use_dashboard_https: false, Coiled's "
+            "client also sets use_dashboard_public_ip: false, so the dashboard link is the "
+            f"scheduler's private address (http, port {model.dashboard}), which opens only inside "
+            "the VPC or over a VPN."
+        )
 
     def _coiled_notes(self) -> list[str]:
         if self.coiled_toggle is None:
@@ -470,6 +504,45 @@ class SettingsView(_Displayed):
             f"coiled.Cluster() takes the rules only as coiled.Cluster(**coiled_jupyter.{kwargs}); "
             "it never reads them from Dask's config.",
         ]
+
+
+@dataclass(frozen=True, repr=False)
+class PortMatrix(_Displayed):
+    """For IT: each port the cluster's kind listens on, what uses it, and whether the effective rules
+    admit it and from where (``%coiled_ingress ports``)."""
+
+    target: Target
+    settings: Settings
+    ports: object  # the PortModel (coiled_jupyter.ports)
+
+    def to_payload(self) -> dict:
+        rows = []
+        for use in self.ports.uses():
+            if use.port is None:
+                admitted, sources = "yes", "the cluster's own group (added by apply)"
+            else:
+                found = [
+                    r.source
+                    for r in self.settings.rules
+                    if r.protocol in ("tcp", "all") and r.from_port <= use.port <= r.to_port
+                ]
+                admitted = "yes" if found else "no"
+                sources = ", ".join(dict.fromkeys(found))
+            rows.append(
+                {
+                    "ports": use.ports,
+                    "use": use.use,
+                    "needed": "yes" if use.needed else "",
+                    "admitted": admitted,
+                    "from": sources,
+                }
+            )
+        return self._payload(
+            "ports",
+            summary=f"the ports of a {self.ports.name}, and what the rules from "
+            f"{self.settings.ingress.origin} admit",
+            rows=rows,
+        )
 
 
 @dataclass(frozen=True, repr=False)

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CoiledJupyterError
+from ..errors import CloudError, CoiledJupyterError
 from ..state import file_lock, state_dir
 
 HOST = "127.0.0.1"
@@ -32,6 +32,8 @@ REGION = "us-east-1"
 DUMMY_KEY = "sandbox"
 STATE_FILE = "sandbox.json"
 _START_TIMEOUT = 30.0
+# How long a recorded server has to answer before it counts as busy or paused (never as stopped).
+_LIVENESS_WAIT = 2.0
 # The server is on loopback: requests to it never go through an HTTP(S)_PROXY of the environment.
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -92,23 +94,50 @@ def _environment(doing: str, path: Path):
         ) from None
 
 
-def running() -> Server | None:
-    """The shared server if the state file's process is still that server and it answers, else None.
-
-    Checking the process, not only the port, matters: a recycled pid must never be signalled by
-    :func:`stop`, and another program's moto on that port is not ours to share.
-    """
+def recorded() -> Server | None:
+    """The recorded server if the state file's process is still that server, answering or not; no
+    request is sent. None when nothing is recorded, or its process is gone, a zombie or another
+    program (a recycled pid must never be signalled by :func:`stop`, and another program's moto on
+    that port is not ours to share)."""
     server = _server_of(_record())
-    if server is None:
-        return None
-    return server if _is_our_process(server) and _answers(server) else None
+    return server if server is not None and _is_our_process(server) else None
+
+
+def running() -> Server | None:
+    """The shared server if it is recorded and answers within the liveness wait, else None."""
+    server = recorded()
+    return server if server is not None and _answers(server) else None
+
+
+def answering() -> Server | None:
+    """The recorded server, or None when there is none; a recorded server that does not answer
+    within the liveness wait is a :class:`CloudError` (``SandboxNotAnswering``), never taken for a
+    stopped one: it may be busy or paused, and it still holds its groups and account defaults."""
+    server = recorded()
+    if server is not None and not _answers(server):
+        raise _not_answering(server)
+    return server
+
+
+def _not_answering(server: Server) -> CloudError:
+    started = _record().get("started", "an unknown time")
+    return CloudError(
+        "SandboxNotAnswering",
+        f"the sandbox server (pid {server.pid}, started at {started}) is running but did not "
+        f"answer within {_LIVENESS_WAIT:g} s (busy or paused); nothing was read or changed. Run "
+        "it again in a moment; if it never answers, stop it with python -m "
+        "coiled_jupyter.provision.sandbox stop (its groups and account defaults are then lost).",
+    )
 
 
 def _is_our_process(server: Server) -> bool:
     import psutil
 
     try:
-        command = psutil.Process(server.pid).cmdline()
+        process = psutil.Process(server.pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        command = process.cmdline()
     except (psutil.Error, OSError):
         return False
     return "moto.server" in command and str(server.port) in command
@@ -116,7 +145,7 @@ def _is_our_process(server: Server) -> bool:
 
 def _answers(server: Server) -> bool:
     try:
-        with _direct.open(f"{server.url}/moto-api/", timeout=2) as response:
+        with _direct.open(f"{server.url}/moto-api/", timeout=_LIVENESS_WAIT) as response:
             return response.status == 200
     except (OSError, urllib.error.URLError):
         return False
@@ -125,27 +154,27 @@ def _answers(server: Server) -> bool:
 def ensure() -> Server:
     """The shared server, started on first use.
 
-    A recorded server that died or hangs is replaced, and never silently: the hung one is stopped
-    (it would otherwise be orphaned), and the new record says when and why, so that every table can
-    say the earlier groups are gone (:func:`restart_warning`) until someone acknowledges it.
+    A recorded server that is gone is replaced, and never silently: the new record says when and
+    why, so that every table can say the earlier groups are gone (:func:`restart_warning`) until
+    someone acknowledges it. A recorded server that is alive but does not answer is never replaced
+    (it would take its groups with it): that is a :class:`CloudError` saying so (see
+    :func:`answering`). Under the lock, so that a server another process is starting is waited for.
     """
     server = running()
     if server is not None:
         return server
     with _locked():
-        server = running()
+        server = answering()
         if server is None:
-            server = _start(_replace(_record()))
+            server = _start(_replaced(_record()))
     return server
 
 
-def _replace(previous: dict) -> dict | None:
-    """Stop the recorded server if it is still ours (hung); what a restart must announce, if any."""
+def _replaced(previous: dict) -> dict | None:
+    """What starting over after the recorded server (gone) must announce, if anything."""
     old = _server_of(previous)
     if old is None:
         return None
-    if _is_our_process(old):
-        _terminate(old.pid)
     # A record without "ready" was written by an earlier version, once its server answered.
     if not previous.get("ready", True):
         return previous.get("restarted")  # it never served: nothing more was lost
@@ -213,7 +242,7 @@ def restart_warning() -> str | None:
         return None
     return (
         f"the sandbox server was restarted at {restarted.get('at')} (the one started at "
-        f"{restarted.get('previous_started')} had stopped or hung); the security groups and "
+        f"{restarted.get('previous_started')} had stopped); the security groups and "
         "account defaults it held are gone. Run apply again, then acknowledge with: python -m "
         "coiled_jupyter.provision.sandbox ack"
     )
@@ -278,17 +307,17 @@ def _terminate(pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Is ``pid`` still running? A zombie is not: it has exited, and only its parent (the kernel
+    that started it, if that still lives) can reap it, so waiting for it would wait for nothing."""
+    import psutil
+
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return False  # our own child, reaped now
     try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,11 @@ from ..settings import default_cluster, option
 from ..strict_yaml import excerpt
 
 BACKENDS = ("sandbox", "aws")
-_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Matched whole (fullmatch): with match(), "$" lets a final newline through ("us-east-1\n" read from
+# a file), which then breaks the signed request in the HTTP client.
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_VPC_ID = re.compile(r"vpc-[0-9a-f]{8}([0-9a-f]{9})?")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class Target:
 
         server = sandbox.running()
         if server is None:
-            require_moto()
-            if progress is not None:
-                progress("starting the local sandbox (moto) ...")
+            if sandbox.recorded() is None:  # else it is busy: ensure() says so, starts nothing
+                require_moto()
+                if progress is not None:
+                    progress("starting the local sandbox (moto) ...")
             server = sandbox.ensure()
         return replace(self, endpoint_url=server.url)
 
@@ -104,16 +107,22 @@ def validate_target(cluster=None, *, backend=None, region=None, vpc_id=None) -> 
             "'_' or '-', starting with a letter or digit."
         )
     vpc_id = vpc_id if vpc_id is not None else option("vpc-id")
-    if vpc_id is not None and (not isinstance(vpc_id, str) or not _VPC_ID.match(vpc_id)):
+    if vpc_id is not None and (not isinstance(vpc_id, str) or not _VPC_ID.fullmatch(vpc_id)):
         problems.append(
             f"VPC id {excerpt(vpc_id)} is not valid; it looks like 'vpc-0123456789abcdef0'."
         )
     region = region if region is not None else option("region")
-    if region is not None and (not isinstance(region, str) or not _REGION.match(region)):
-        problems.append(f"region {excerpt(region)} is not valid; it looks like 'us-east-1'.")
+    problems += region_problems(region)
     if problems:
         raise IngressError(problems)
     return backend, cluster, vpc_id, region
+
+
+def region_problems(region, where: str = "region") -> list[str]:
+    """The sentence for a region that is not one (``None``: not set, no problem)."""
+    if region is None or (isinstance(region, str) and _REGION.fullmatch(region)):
+        return []
+    return [f"{where} {excerpt(region)} is not valid; it looks like 'us-east-1'."]
 
 
 def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
@@ -136,4 +145,7 @@ def target(cluster=None, *, backend=None, region=None, vpc_id=None) -> Target:
                     "or AWS_DEFAULT_REGION."
                 ]
             )
+        problems = region_problems(region, "the AWS region (AWS_DEFAULT_REGION or your profile)")
+        if problems:
+            raise IngressError(problems)
     return Target("aws", region, cluster, vpc_id)

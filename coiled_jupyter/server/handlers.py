@@ -155,6 +155,7 @@ _PATCH_OPS = {
     "clear": (),
     "reset": (),
     "scheduler_ip": ("choice",),
+    "kind": ("kind",),
 }
 
 
@@ -170,8 +171,9 @@ class SettingsHandler(_Handler):
         await self.respond(self.parse_patch)
 
     def parse_patch(self):
-        """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip", ...}`` as one session call."""
-        data = self.body(("op", *_RULE_FIELDS, "choice"))
+        """``{"op": "add"|"remove"|"clear"|"reset"|"scheduler_ip"|"kind", ...}`` as one session
+        call."""
+        data = self.body(("op", *_RULE_FIELDS, "choice", "kind"))
         op = data.pop("op", None)
         if not isinstance(op, str) or op not in _PATCH_OPS:
             raise BadRequest(f"op {excerpt(op)} is not one of {', '.join(map(repr, _PATCH_OPS))}")
@@ -189,6 +191,8 @@ class SettingsHandler(_Handler):
             )
         if op == "scheduler_ip":
             return partial(session.set_scheduler_ip, data.get("choice", ""), cluster=cluster)
+        if op == "kind":
+            return partial(session.set_kind, data.get("kind", ""), cluster=cluster)
         return partial(session.clear if op == "clear" else session.reset, cluster)
 
     @tornado.web.authenticated

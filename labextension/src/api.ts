@@ -113,6 +113,11 @@ export class FirewallApi {
     return request('settings', 'PATCH', {}, { op: 'scheduler_ip', choice, ...this.where() });
   }
 
+  /** Say which kind of cluster this is ('coiled' or 'dask'), for the server's session. */
+  kind(kind: string): Promise<IPayload> {
+    return request('settings', 'PATCH', {}, { op: 'kind', kind, ...this.where() });
+  }
+
   reset(): Promise<IPayload> {
     return request('settings', 'PATCH', {}, { op: 'reset', ...this.where() });
   }

@@ -39,6 +39,16 @@ export interface ILayer {
   note?: string;
 }
 
+/** The kind of cluster and the ports a result assumed (coiled_jupyter/ports.py). */
+export interface IPorts {
+  kind: string;
+  kind_origin?: string;
+  scheduler_port?: number;
+  dashboard_port?: number;
+  dashboard_https?: boolean;
+  summary: string;
+}
+
 export interface IPayload {
   version?: number;
   kind: string;
@@ -73,6 +83,7 @@ export interface IPayload {
   /** The clusters that have session settings in the process that made the payload. */
   session_clusters?: string[];
   deleted?: boolean;
+  ports?: IPorts | null;
   /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
   verdict?: string;
   /** Magics that fix what the warnings and notes say, each working when pasted. */
@@ -117,6 +128,7 @@ export const TITLES: { [kind: string]: string } = {
   destroy: 'Firewall destroyed',
   scheduler: 'Scheduler address',
   save: 'Firewall settings saved',
+  ports: 'Ports',
   history: 'Firewall history',
   export: 'Firewall export',
   rehearsal: 'Firewall rehearsal',
@@ -155,6 +167,15 @@ export function columnsFor(kind: string, rows: IRow[] = []): Column[] {
   if (kind === 'plan') {
     const optional = OPTIONAL_PLAN_COLUMNS.filter(([key]) => rows.some(row => row[key]));
     return [['action', 'Action'], ...RULE_COLUMNS, ...optional];
+  }
+  if (kind === 'ports') {
+    return [
+      ['ports', 'Port'],
+      ['use', 'Used by'],
+      ['needed', 'Needed'],
+      ['admitted', 'Admitted'],
+      ['from', 'From']
+    ];
   }
   if (kind === 'settings' || kind === 'save') {
     return RULE_COLUMNS;

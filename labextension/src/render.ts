@@ -60,6 +60,9 @@ function linesBefore(data: IPayload): string[] {
   if (data.summary) {
     lines.push(data.summary);
   }
+  if (data.ports?.summary) {
+    lines.push(`ports assumed: ${data.ports.summary}`);
+  }
   if (data.kind === 'plan' && planOrigin(data)) {
     lines.push(`declared in: ${planOrigin(data)}`);
   }

@@ -254,6 +254,23 @@ export class FirewallSidebar extends Widget {
         data => this.showSettings(data)
       );
     });
+    this.kindSelect = el('select', {
+      className: 'cj-select',
+      attrs: { 'aria-label': 'Cluster kind', title: 'Cluster kind: decides the ports checked' }
+    });
+    for (const [kind, text] of [
+      ['coiled', 'coiled (scheduler 443)'],
+      ['dask', 'dask (8786/8787)']
+    ]) {
+      this.kindSelect.appendChild(el('option', { text, attrs: { value: kind } }));
+    }
+    this.kindSelect.addEventListener('change', () => {
+      const kind = this.kindSelect.value;
+      void this.run(
+        () => this.api.kind(kind),
+        data => this.showSettings(data)
+      );
+    });
     this.scope = el('select', {
       className: 'cj-select',
       attrs: { 'aria-label': 'Save scope', title: 'Save scope' }
@@ -321,6 +338,10 @@ export class FirewallSidebar extends Widget {
         el('label', {}, [this.toggle, el('span', { text: ' Public scheduler IP' })]),
         el('p', { className: 'cj-help', text: TOGGLE_HELP }),
         this.toggleOrigin
+      ]),
+      el('div', { className: 'cj-kind' }, [
+        el('label', {}, [el('span', { text: 'Cluster kind ' }), this.kindSelect]),
+        this.portsLine
       ]),
       actions,
       saveRow,
@@ -651,10 +672,18 @@ export class FirewallSidebar extends Widget {
     this.toggleOrigin.textContent = `Now ${
       data.use_scheduler_public_ip ? 'public' : 'private'
     }, from ${toggleOrigin(data)}.`;
-    // What the rules replace, what was not read, what changed since: said before anything is
-    // applied. Notes about a kernel's coiled.Cluster() (client_notes) do not concern the server.
+    if (data.ports) {
+      this.kindSelect.value = data.ports.kind;
+      this.portsLine.textContent = `Ports assumed: ${data.ports.summary}`;
+    }
+    // What the rules replace, what was not read, what changed since, and whether a client will
+    // connect at all: said before anything is applied. Notes about a kernel's coiled.Cluster()
+    // (client_notes) do not concern the server.
     this.settingsNotes.replaceChildren(
-      ...(data.notes ?? []).map(note => el('li', { text: `note: ${note}` }))
+      ...(data.notes ?? []).map(note => el('li', { text: `note: ${note}` })),
+      ...(data.warnings ?? []).map(warning =>
+        el('li', { className: 'cj-warning', text: `warning: ${warning}` })
+      )
     );
     this._editors.clear();
     const rows = data.rows ?? [];
@@ -763,6 +792,8 @@ export class FirewallSidebar extends Widget {
   private clusterInput!: HTMLInputElement;
   private toggle!: HTMLInputElement;
   private scope!: HTMLSelectElement;
+  private kindSelect!: HTMLSelectElement;
+  private readonly portsLine = el('p', { className: 'cj-help', attrs: { 'aria-label': 'Ports assumed' } });
   private readonly headerBox = el('div', { className: 'cj-header-box' });
   private readonly clustersBox = el('div', {
     className: 'cj-clusters',

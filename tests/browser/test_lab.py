@@ -350,3 +350,23 @@ def test_sidebar_rehearses_the_applied_group_with_packets(lab_page, cloud):
         # The server's rehearsal would stay up until it is idle; the test leaves nothing behind.
         namespaces.remove_all()
     assert namespaces.ours() == []
+
+
+def test_sidebar_kind_control_and_coileds_current_page_example(lab_page, cloud):
+    """Issue 18: the sidebar's kind control; 22 and 443 from 10.1.0.0/16 (Coiled's current page)
+    warned about on a Dask cluster before Apply, fine on a Coiled cluster, and applied as written."""
+    sidebar = open_sidebar(lab_page, "lab-kind")
+    kind = sidebar.get_by_label("Cluster kind")
+    ports = sidebar.get_by_label("Ports assumed")
+    kind.select_option("dask")
+    expect(ports).to_contain_text("kind dask (notebook session (this Jupyter server))")
+    add_rule(sidebar, "22,443", "10.1.0.0/16")
+    sidebar.locator('tr[data-rule="tcp 443 from 10.1.0.0/16"]').wait_for()
+    notes = sidebar.get_by_label("Settings notes")
+    expect(notes).to_contain_text("these rules open 22 and 443 only, so no client will connect")
+    kind.select_option("coiled")
+    expect(ports).to_contain_text("scheduler 443 (TLS), dashboard 443 (HTTPS)")
+    expect(notes).not_to_contain_text("no client will connect")
+    sidebar.get_by_label("Apply", exact=True).click()
+    sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="443").first.wait_for()
+    assert group_rules(cloud, "lab-kind") == [(22, "10.1.0.0/16"), (443, "10.1.0.0/16")]

@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 
+import dask.config
 import pytest
 import yaml
 
@@ -418,6 +419,41 @@ async def test_rehearse_is_the_session_call(api):
     assert status == 400 and "unknown field(s) 'live'" in body["message"]
 
 
+async def test_patch_kind_says_which_ports_the_sidebar_checks(api, monkeypatch):
+    """Issue 18: the sidebar's kind control, and the lockout sentence before Apply."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "dask")
+    status, data = await api(
+        "PUT", "settings", {"value": [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]}
+    )
+    assert status == 200, data
+    assert any("no client will connect: add 8786" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "coiled"})
+    assert status == 200, data
+    assert data["ports"]["summary"] == (
+        "kind coiled (notebook session (this Jupyter server)): scheduler 443 (TLS), "
+        "dashboard 443 (HTTPS)"
+    )
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("PATCH", "settings", {"op": "kind", "kind": "spark"})
+    assert status == 400 and "use 'coiled'" in data["message"]
+    _, data = await api("GET", "settings")
+    assert data["ports"]["kind"] == "coiled"
+
+
+async def test_the_newer_page_example_as_the_sidebar_sends_it(api, monkeypatch):
+    """Coiled's current page, [{ports: [22, 443], cidr: 10.1.0.0/16}], as the sidebar's PUT."""
+    monkeypatch.setitem(dask.config.config["coiled-jupyter"], "cluster-kind", "coiled")
+    page = [{"ports": [22, 443], "cidr": "10.1.0.0/16"}]
+    status, data = await api("PUT", "settings", {"value": page})
+    assert status == 200, data
+    assert sources(data) == [("22", "10.1.0.0/16"), ("443", "10.1.0.0/16")]
+    assert data["reachability"]["scheduler"]["port"] == 443
+    assert not any("no client will connect" in w for w in data["warnings"])
+    status, data = await api("POST", "apply", {})
+    assert status == 200, data
+    assert ("443", "10.1.0.0/16") in sources(data)
+
+
 async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     prod = {"value": [{"ports": [9100], "cidr": "10.20.0.0/16"}], "cluster": "prod"}
     status, data = await api("PUT", "settings", prod)
@@ -435,3 +471,50 @@ async def test_settings_put_for_one_cluster_never_reach_another_plan(api):
     assert dev["session_clusters"] == ["prod"]
     _, plan = await api("POST", "plan", {"cluster": "prod"})
     assert [(r["action"], r["source"]) for r in plan["rows"]] == [("add", "10.20.0.0/16")]
+
+
+# Faults botocore raises rather than answers, injected at before-send on clients of the test's own
+# (fresh_faults): each is one sentence with its code over REST, never a 500 with a traceback.
+_PORTAL = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><p>Accept<br></body></html>"
+)
+
+
+def _not_reached(request):
+    from botocore.exceptions import EndpointConnectionError
+
+    return EndpointConnectionError(endpoint_url=request.url)
+
+
+@pytest.mark.parametrize(
+    "inject, code, status",
+    [
+        (lambda f: f.answer("CreateSecurityGroup", _PORTAL), "ResponseParserError", 502),
+        (lambda f: f.answer("DescribeSecurityGroups", b""), "ResponseParserError", 502),
+        (
+            lambda f: f.throw("CreateSecurityGroup", _not_reached, times=None),
+            "EndpointConnectionError",
+            503,
+        ),
+        (lambda f: f.answer("GetParameter", b"{}"), "InvalidResponse", 502),
+    ],
+    ids=["html page", "empty body", "no connection", "ssm answer without parameter"],
+)
+async def test_a_failure_botocore_raises_is_a_5xx_sentence(api, fresh_faults, inject, code, status):
+    inject(fresh_faults)
+    got, data = await api("POST", "apply", {"cluster": CLUSTER}, timeout=90)
+    assert got == status, data
+    assert data["code"] == code
+    assert data["message"].startswith(f"{code}: ")
+    assert "Traceback" not in data["message"] and "<html" not in data["message"]
+
+
+async def test_a_mistyped_aws_profile_is_a_sentence_not_a_500(
+    api, aws_backend_on_sandbox, monkeypatch
+):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    for method, route in (("GET", "describe"), ("POST", "plan"), ("POST", "apply")):
+        got, data = await api(method, route, {} if method == "POST" else None)
+        assert got == 502, (route, data)
+        assert data["code"] == "ProfileNotFound"
+        assert "'no-such-profile'" in data["message"] and "AWS_PROFILE" in data["message"]
