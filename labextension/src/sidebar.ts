@@ -267,6 +267,7 @@ export class FirewallSidebar extends Widget {
     this.kindSelect.addEventListener('change', () => {
       const kind = this.kindSelect.value;
       void this.run(
+        'Setting the kind of cluster',
         () => this.api.kind(kind),
         data => this.showSettings(data)
       );
@@ -500,7 +501,7 @@ export class FirewallSidebar extends Widget {
     for (const node of Array.from(buttons)) {
       node.disabled = this._busy || node.dataset.blocked === 'true';
     }
-    this.toggle.disabled = this.scope.disabled = this._busy;
+    this.toggle.disabled = this.scope.disabled = this.kindSelect.disabled = this._busy;
   }
 
   /** Commit every draft (the new rule, open editors) before Plan or Apply; false if one is refused. */
