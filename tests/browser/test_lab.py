@@ -370,3 +370,22 @@ def test_sidebar_kind_control_and_coileds_current_page_example(lab_page, cloud):
     sidebar.get_by_label("Apply", exact=True).click()
     sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="443").first.wait_for()
     assert group_rules(cloud, "lab-kind") == [(22, "10.1.0.0/16"), (443, "10.1.0.0/16")]
+
+
+def test_the_lab_renderer_has_the_columns_and_titles_of_the_python_tables(lab_page):
+    """TypeScript and Python each name the tables' columns and titles: the same payloads give the
+    same ones (issue 17 item 8)."""
+    from coiled_jupyter import display
+
+    new_notebook(lab_page)
+    output = run_cell(lab_page, EVERY_KIND.format(markup="x").strip())
+    rendered = output.locator(".cj-rendered")
+    expect(rendered).to_have_count(7, timeout=60_000)
+    row = {"protocol": "tcp", "ports": "8786", "source": "10.1.0.0/16", "description": "x"}
+    row.update(origin="x", action="add")
+    for one in rendered.all():
+        kind = one.get_attribute("data-kind")
+        data = {"kind": kind, "rows": [row, dict(row, ports="80", action="keep")]}
+        columns = [title for _, title in display._columns(data)]
+        assert one.locator("th").all_inner_texts() == columns, kind
+        assert one.locator(".cj-title").inner_text() == display._TITLES[kind]
