@@ -103,7 +103,18 @@ _VALUE_OPTIONS = (
 _CLUSTER_OPTION = re.compile(r"(?:-c|--cluster)(?:=|\s+)(\S+)")
 _HELP_OPTION = re.compile(r"(?:-h|--help)(?=\s|$)")
 
-_INGRESS_DESCRIPTION = """\
+# The cell magic's example, in Coiled's documented format.
+_CELL_EXAMPLE = """\
+  coiled:
+    backend-options:
+      ingress:
+        - ports: [8786, 8787]
+          cidr: 10.1.0.0/16
+    use_scheduler_public_ip: false
+"""
+
+_INGRESS_DESCRIPTION = (
+    """\
 Show or change the firewall ingress rules of Dask clusters (an EC2 security group per cluster).
 
   %coiled_ingress                       the effective settings, where each came from, and whether
@@ -136,6 +147,9 @@ Show or change the firewall ingress rules of Dask clusters (an EC2 security grou
                                         is refused unless --override-guardrail NAME --reason TEXT
   %coiled_ingress ports                 each port the cluster listens on, what uses it, and
                                         whether the rules admit it and from where
+  %coiled_ingress history               the group's rules before each apply from this machine
+  %coiled_ingress undo [--apply]        plan (or apply) the way back to before the last apply
+  -v, --verbose                         the settings with every layer, note and reason
 
 --kind coiled|dask (with any subcommand) says which kind of cluster the rules are for, for this
 session: coiled (coiled.Cluster: scheduler and HTTPS dashboard on coiled.scheduler_port, 443 by
@@ -151,13 +165,9 @@ open_extra_ports, scheduler_port), which become the rules coiled.Cluster builds 
 Without --apply it sets the session and shows the settings; with --apply it also applies.
 
   %%coiled_ingress [--cluster NAME] [--apply]
-  coiled:
-    backend-options:
-      ingress:
-        - ports: [8786, 8787]
-          cidr: 10.1.0.0/16
-    use_scheduler_public_ip: false
-
+"""
+    + _CELL_EXAMPLE
+    + """
 add, remove, set, clear, reset and the cell change this notebook's session layer and return the
 new settings. coiled.Cluster() does not read rules from the session or from Dask's config (saved
 ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs()).
@@ -165,6 +175,7 @@ ones included): hand them over as coiled.Cluster(**coiled_jupyter.cluster_kwargs
 key coiled-jupyter.cluster). ${name} in the line or the cell is replaced by the notebook
 variable name; write $$ for a literal $.
 """
+)
 
 # What %coiled_ingress -h prints: one screen. The details of each subcommand are -h SUBCOMMAND.
 _INGRESS_SHORT_HELP = """\
@@ -175,8 +186,7 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress add PORTS SOURCE  admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules
   %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
-  %coiled_ingress clear             no rules: only the cluster's own internal traffic
-  %coiled_ingress reset             drop this session's settings (back to config and defaults)
+  %coiled_ingress clear | reset     no rules | drop this session's settings (back to defaults)
   %coiled_ingress plan | apply      what apply would change; make the group match, show it
   %coiled_ingress describe | destroy   the group's rules as the cloud has them; delete the group
   %coiled_ingress save [--scope user|account]   keep this session's settings
@@ -343,7 +353,8 @@ verdict with a real connection: source, port, predicted, measured. --live instea
 this notebook to the real scheduler's address; --stop tears the rehearsal down. {_CLUSTER_HELP}
 """
 
-_CELL_HELP = """\
+_CELL_HELP = (
+    """\
 %%coiled_ingress [--cluster NAME] [--kind coiled|dask] [--apply]
 RULES
 
@@ -354,13 +365,9 @@ with --apply it also applies (all or nothing).
 ${name} in the cell is replaced by the notebook variable name; write $$ for a literal $.
 
   %%coiled_ingress
-  coiled:
-    backend-options:
-      ingress:
-        - ports: [8786, 8787]
-          cidr: 10.1.0.0/16
-    use_scheduler_public_ip: false
 """
+    + _CELL_EXAMPLE
+)
 
 _SCHEDULER_IP_DESCRIPTION = """\
 Show, or set for this notebook session, whether clients connect to the scheduler's public or
@@ -1031,9 +1038,10 @@ def _words_before(event) -> tuple[list[str], str]:
 
 
 _INGRESS_OPTIONS = {
-    None: ["--cluster", "--kind", "--help"],
-    "add": ["--description", "--protocol", "--cluster", "--kind"],
-    "remove": ["--protocol", "--cluster", "--kind"],
+    None: ["--cluster", "--kind", "--verbose", "--help"],
+    "add": ["--description", "--protocol", "--cluster", "--kind", "--verbose"],
+    "remove": ["--protocol", "--cluster", "--kind", "--verbose"],
+    "undo": ["--apply", "--cluster", "--kind"],
     "save": ["--scope", "--cluster", "--kind"],
     "export": ["--to", "--cluster", "--kind"],
     "rehearse": ["--live", "--stop", "--cluster", "--kind"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import os
 import stat
 import warnings
@@ -446,8 +447,7 @@ def _config_sources() -> list[tuple[str, dict]]:
     sources = []
     for path in _config_files():
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read(FILE_LIMITS.bytes + 1)
+            text = _read_config_file(path, FILE_LIMITS.bytes + 1)
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigFileError(_unreadable(path, error)) from None
         try:
@@ -458,6 +458,21 @@ def _config_sources() -> list[tuple[str, dict]]:
             ) from None
         sources.append((path, data))
     return sources
+
+
+def _read_config_file(path: str, most: int) -> str:
+    """At most ``most`` bytes of a config file as text. Opened without blocking: a FIFO or a device
+    among the config files (which would block a plain read for ever) is refused as unreadable."""
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(0, "not a regular file")
+        return os.read(handle, most).decode("utf-8")
+    finally:
+        os.close(handle)
 
 
 def _unreadable(path: str, error: Exception) -> str:

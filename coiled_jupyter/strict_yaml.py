@@ -154,14 +154,27 @@ def check_value(value, where: str, limits: Limits = TEXT_LIMITS) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
-def load_json(text: str, where: str, limits: Limits = TEXT_LIMITS):
-    """A JSON text (a REST body) into Python values, by this module's rules that apply to JSON: the
-    size and the nesting depth checked before it is parsed (Python's parser recurses), no key twice
-    in one object (``-`` and ``_`` alike, as in YAML here), at most ``limits.digits`` digits per
-    number, and no ``NaN`` or ``Infinity``. Python's ``json`` alone keeps the last of two keys, so
+def load_json(text: str | bytes, where: str, limits: Limits = TEXT_LIMITS):
+    """A JSON text (a REST body, as text or UTF-8 bytes) into Python values, by this module's rules
+    that apply to JSON: the size (of the bytes, before decoding) and the nesting depth checked
+    before it is parsed (Python's parser recurses), no key twice in one object (``-`` and ``_``
+    alike, as in YAML here), at most ``limits.digits`` digits per number, and no ``NaN`` or
+    ``Infinity``. Python's ``json`` alone keeps the last of two keys, so
     ``{"cidr": "10.1.0.0/16", "cidr": "0.0.0.0/0"}`` would admit the world."""
     import json
 
+    if isinstance(text, bytes):
+        if len(text) > limits.bytes:
+            raise StrictYAMLError(
+                f"{where} is {len(text):,} bytes, more than the {limits.bytes // 1024} KiB this "
+                "tool reads; shorten it."
+            )
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise StrictYAMLError(
+                f"{where} is not UTF-8 (byte {error.start + 1}); send JSON text."
+            ) from None
     check_size(text, where, limits)
     check_depth(text, where, limits)
 

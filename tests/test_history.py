@@ -153,3 +153,11 @@ def test_a_damaged_history_is_one_sentence_and_never_rules(ip, cluster, cloud):
     with pytest.raises(UsageError, match="host bits set"):
         line(ip, "history")
     assert group_rules(cloud, cluster) == [(8786, 8787, "10.2.0.0/16")]
+
+
+def test_undo_completes_its_option(ip):
+    from IPython.core.completer import provisionalcompleter
+
+    text = "%coiled_ingress undo --a"
+    with provisionalcompleter():
+        assert "--apply" in [c.text for c in ip.Completer.completions(text, len(text))]

@@ -587,7 +587,7 @@ def test_scheduler_address_public_and_private(cloud, launch):
     assert str(public) == f"tls://{scheduler['PublicIpAddress']}:8786"
     assert public.account_id == the_group(cloud.ec2, "phi")["OwnerId"]
 
-    session.set_scheduler_ip(False)
+    session.set_scheduler_ip(False, cluster="phi")
     private = session.scheduler_address("phi")
     assert private.ip == scheduler["PrivateIpAddress"] and not private.public
     assert private.address == f"tls://{scheduler['PrivateIpAddress']}:8786"
@@ -611,7 +611,7 @@ def test_scheduler_without_public_ip_gives_a_clear_sentence(cloud, launch):
     assert scheduler["InstanceId"] in message and "no public IP" in message
     assert "%coiled_scheduler_ip private" in message
 
-    session.set_scheduler_ip("private")
+    session.set_scheduler_ip("private", cluster="chi")
     assert session.scheduler_address("chi", vpc_id=vpc).ip == scheduler["PrivateIpAddress"]
 
 

@@ -8,7 +8,10 @@ connection goes between those namespaces only. At the end nothing of ours is lef
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import ipaddress
+import re
 import subprocess
 
 import pytest
@@ -16,13 +19,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coiled_jupyter import session
+from coiled_jupyter.provision.target import target
 from coiled_jupyter.rehearsal import namespaces
-from coiled_jupyter.rehearsal.namespaces import PREFIX, Rehearsal, unavailable
-from coiled_jupyter.rehearsal.rehearse import Source, measure, predict, sources
+from coiled_jupyter.rehearsal.namespaces import BRIDGE, PREFIX, Rehearsal, unavailable
+from coiled_jupyter.rehearsal.nft import ruleset
+from coiled_jupyter.rehearsal.rehearse import Source, measure, permissions, predict, sources
 from coiled_jupyter.rehearsal.result import RehearsalResult
 from coiled_jupyter.rules import Rule
 
 REASON = unavailable()
+# A link the rehearsal makes (the bridge, a veth end, a namespace's name) seen from the host.
+OUR_LINK = re.compile(rf": ({BRIDGE}|{PREFIX}\S*|p-(sched|c\d+))[@:]")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
@@ -31,9 +38,9 @@ TWO_CIDRS = [Rule("tcp", 8786, 8786, "10.1.0.0/16"), Rule("tcp", 8787, 8787, "10
 
 
 def leftovers() -> tuple[list[str], list[str]]:
-    """Our namespaces, and links of ours in the host's namespace (there must never be any)."""
+    """This process's namespaces, and links of ours in the host's namespace (never any)."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
-    ours = [line for line in links.stdout.splitlines() if f" {PREFIX}" in line or "p-cjr" in line]
+    ours = [line for line in links.stdout.splitlines() if OUR_LINK.search(line)]
     return namespaces.ours(), ours
 
 
@@ -91,9 +98,7 @@ def test_a_disagreement_would_show(rehearsal):
     rows = measure(rehearsal, TWO_CIDRS, chosen)
     wrong = predict([], 8786, "10.1.0.5")[0]
     assert wrong == "no" and rows[0].measured == "yes", rows[0]
-    result = RehearsalResult(
-        session._target("x"), "s", (rows[0].__class__(**{**rows[0].__dict__, "predicted": wrong}),)
-    )
+    result = RehearsalResult(target("x"), "s", (dataclasses.replace(rows[0], predicted=wrong),))
     html = result._repr_mimebundle_()["text/html"]
     assert '<tr class="cj-disagree">' in html
     assert "one of them is wrong" in result._repr_mimebundle_()["text/plain"]
@@ -160,27 +165,22 @@ def rules_and_clients(draw):
 
 def tcp_rows(rehearsal, rules, chosen, timeout: float = 0.5):
     """Like :func:`measure`, with plain TCP connects to both ports (quicker than a Client)."""
-    from coiled_jupyter.rehearsal.nft import ruleset
-    from coiled_jupyter.rehearsal.rehearse import permissions
-
     rehearsal.load(ruleset(permissions(rules)).text)
     placed = rehearsal.place([s.address for s in chosen])
-    import concurrent.futures
-
     jobs = [
         (source, namespace, kind, port)
         for source, namespace in zip(chosen, placed)
         for kind, port in (("tcp", SCHEDULER_PORT), ("tcp-dashboard", DASHBOARD_PORT))
     ]
-    with concurrent.futures.ThreadPoolExecutor(len(jobs) or 1) as pool:
-        found = list(
-            pool.map(
-                lambda job: rehearsal.probe(
-                    job[1], job[2], ipaddress.ip_address(job[0].address).version, timeout
-                ),
-                jobs,
-            )
+
+    def probe(job):
+        source, namespace, kind, _ = job
+        return rehearsal.probe(
+            namespace, kind, ipaddress.ip_address(source.address).version, timeout
         )
+
+    with concurrent.futures.ThreadPoolExecutor(len(jobs) or 1) as pool:
+        found = list(pool.map(probe, jobs))
     return [
         (source.address, port, predict(rules, port, source.address)[0], measured.verdict)
         for (source, _, _, port), measured in zip(jobs, found)
@@ -189,7 +189,8 @@ def tcp_rows(rehearsal, rules, chosen, timeout: float = 0.5):
 
 @settings(
     max_examples=200,
-    deadline=15_000,  # a bound on each case (its probes give up after 0.5 s), not a speed target
+    # Each case is bounded by its probes, which give up after 0.5 s; no wall-clock deadline on top.
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
@@ -203,7 +204,7 @@ def test_random_rules_predicted_equals_measured(rehearsal, case):
 
 @settings(
     max_examples=8,
-    deadline=30_000,
+    deadline=None,  # bounded by the probes: 2 s for a Client, 1 s for the GET
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
@@ -218,11 +219,20 @@ def test_random_rules_with_a_real_client_and_dashboard(rehearsal, case):
 # Through the session: the sandbox's group, rehearsed
 
 
-def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehearsal):
-    # The module's rehearsal holds the lock; the session's own rehearsal reuses nothing of it, so
-    # this test borrows it as the process's current one.
+@pytest.fixture
+def borrowed(rehearsal):
+    """The module's rehearsal as the process's current one: it holds the lock, so the session's
+    rehearse would not start its own; the idle clock is stopped after, not the rehearsal."""
     from coiled_jupyter.rehearsal import rehearse as module
 
+    module._current = rehearsal
+    yield module
+    module._current = None
+    if module._idle is not None:
+        module._idle.cancel()
+
+
+def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, borrowed):
     session.set_settings(
         [
             {"ports": [8786], "cidr": "10.1.0.0/16"},
@@ -231,13 +241,7 @@ def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehears
         cluster="rehearsed",
     )
     session.apply("rehearsed")
-    module._current = rehearsal
-    try:
-        result = session.rehearse("rehearsed")
-    finally:
-        module._current = None
-        if module._idle is not None:
-            module._idle.cancel()
+    result = session.rehearse("rehearsed")
     assert isinstance(result, RehearsalResult)
     payload = result.to_payload()
     assert payload["kind"] == "rehearsal" and payload["warnings"] == []
@@ -249,3 +253,16 @@ def test_rehearse_reads_the_group_from_the_sandbox(sandbox, dask_config, rehears
     assert found["172.31.0.11", "8786 (scheduler)"] == ("yes", "yes")
     text = result._repr_mimebundle_()["text/plain"]
     assert text.startswith("Firewall rehearsal: cluster 'rehearsed'")
+
+
+def test_a_prefix_list_admits_nothing_and_is_named(borrowed):
+    from coiled_jupyter.provision.results import RuleTable
+    from coiled_jupyter.provision.target import target
+
+    entry = "tcp 8786-8786 from prefix list pl-12345678"
+    table = RuleTable(
+        target("x"), "", "sg-0123456789abcdef0", "g", None, tuple(TWO_CIDRS), ("", ""), (entry,)
+    )
+    result = borrowed.rehearse(table, scheduler_port=SCHEDULER_PORT, dashboard_port=DASHBOARD_PORT)
+    assert f"{entry}: admits nothing here." in result.to_payload()["notes"]
+    assert result.disagreements == []

@@ -1,8 +1,8 @@
 """Nothing of a rehearsal is left behind, also when the process that made it is killed.
 
 A rehearsal started in a child process is killed with SIGKILL (no exit handler runs): its scheduler
-ends by itself, and the next start removes the namespaces it left, so that after closing, ``ip netns
-list`` and ``ip link`` hold nothing of ours.
+ends by itself, and the next start (of any process) removes the namespaces it left, so that after
+closing, ``ip netns list`` and ``ip link`` hold nothing of ours.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from coiled_jupyter.rehearsal import namespaces
-from coiled_jupyter.rehearsal.namespaces import SCHEDULER, Rehearsal, unavailable
+from coiled_jupyter.rehearsal.namespaces import Rehearsal, unavailable
 
 REASON = unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -31,7 +31,7 @@ sys.stdin.read()  # held open by the test until it kills this process
 
 def host_links_of_ours() -> list[str]:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
-    return [line for line in links.stdout.splitlines() if "cjr" in line]
+    return [line for line in links.stdout.splitlines() if "cjr" in line or "p-sched" in line]
 
 
 def test_a_killed_rehearsal_leaves_nothing_after_the_next_start():
@@ -43,7 +43,10 @@ def test_a_killed_rehearsal_leaves_nothing_after_the_next_start():
         (serve,) = [
             int(p)
             for p in subprocess.run(
-                ["ip", "netns", "pids", SCHEDULER], capture_output=True, text=True, check=True
+                ["ip", "netns", "pids", f"cjr-{child.pid}-sched"],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.split()
         ]
         watched = os.pidfd_open(serve)
@@ -53,7 +56,9 @@ def test_a_killed_rehearsal_leaves_nothing_after_the_next_start():
         ended, _, _ = select.select([watched], [], [], 60)
         os.close(watched)
         assert ended, "the rehearsal's scheduler outlived the process that started it"
-        assert namespaces.ours(), "the killed rehearsal left no namespace: nothing to clean here"
+        left = namespaces.ours(child.pid)
+        assert left, "the killed rehearsal left no namespace: nothing to clean here"
+        assert set(left) <= set(namespaces.leftovers())
     finally:
         if child.poll() is None:
             child.kill()
@@ -62,6 +67,7 @@ def test_a_killed_rehearsal_leaves_nothing_after_the_next_start():
         child.stdout.close()
     with Rehearsal(8786, 8787) as again:
         assert again.alive
+        assert namespaces.ours(child.pid) == []  # removed by the next start
     assert namespaces.ours() == []
     assert host_links_of_ours() == []
 

@@ -7,6 +7,7 @@ and deleted after, so nft itself accepts what the text-level tests read.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -175,7 +176,7 @@ def test_a_description_never_reaches_the_ruleset():
 
 def nft_check(text: str) -> subprocess.CompletedProcess:
     """``nft -c -f -`` in a namespace of its own, deleted afterwards."""
-    name = f"cjr-t-{uuid.uuid4().hex[:8]}"
+    name = f"cjr-{os.getpid()}-t{uuid.uuid4().hex[:8]}"  # owned by this process, as the rehearsal's
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         return subprocess.run(
@@ -189,7 +190,7 @@ def nft_check(text: str) -> subprocess.CompletedProcess:
 
 
 needs_nft = pytest.mark.skipif(
-    shutil.which("nft") is None or shutil.which("ip") is None or __import__("os").geteuid() != 0,
+    shutil.which("nft") is None or shutil.which("ip") is None or os.geteuid() != 0,
     reason="loading an nft ruleset needs root and the nftables and iproute2 packages.",
 )
 

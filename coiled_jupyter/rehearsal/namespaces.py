@@ -1,11 +1,12 @@
 """Network namespaces for a rehearsal: a switch, a scheduler behind nftables, and clients.
 
-Layout (every name starts with ``cjr-``, so what is ours is recognisable and removable)::
+Layout (every name starts with ``cjr-`` and the id of the process that made it, so what is ours is
+recognisable, and several processes of one machine can rehearse at once)::
 
-    cjr-sw      a "switch": the bridge cjr-br, and one veth end per namespace below
-    cjr-sched   the scheduler's machine: 172.31.0.10 and fd63:6a72::10, the nft table, and the
-                serve process (a real ``distributed`` scheduler and one worker)
-    cjr-c0 ...  one client namespace per source, its address swapped as sources change
+    cjr-PID-sw      a "switch": the bridge cjr-br, and one veth end per namespace below
+    cjr-PID-sched   the scheduler's machine: 172.31.0.10 and fd63:6a72::10, the nft table, and the
+                    serve process (a real ``distributed`` scheduler and one worker)
+    cjr-PID-c0 ...  one client namespace per source, its address swapped as sources change
 
 Every veth is created inside ``cjr-sw`` with its other end moved straight into its namespace, so
 nothing is ever attached to the host's own network namespace and no packet can leave: the addresses
@@ -13,9 +14,9 @@ nothing is ever attached to the host's own network namespace and no packet can l
 "everything on the link", so any source address can talk to the scheduler across the bridge.
 
 Probes run in this process: a thread enters a client namespace (``setns``) and opens its socket there,
-which is far quicker than starting a process per probe. The rehearsal holds a lock for its lifetime;
-the next start removes whatever a killed one left (namespaces, and the processes inside them), and the
-serve process ends by itself when the process that started it is gone.
+which is far quicker than starting a process per probe. Every start removes what rehearsals of
+processes that are gone left (namespaces, and the processes inside them), and the serve process ends
+by itself when the process that started it is gone.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ from ..errors import CoiledJupyterError
 from .nft import ruleset
 
 PREFIX = "cjr-"
-SWITCH = "cjr-sw"
 BRIDGE = "cjr-br"
-SCHEDULER = "cjr-sched"
 SCHEDULER_ADDRESSES = ("172.31.0.10", "fd63:6a72::10")
 _LINK = "eth0"
 _NETNS_DIR = "/run/netns"
@@ -120,24 +119,55 @@ def _batch(namespace: str | None, commands: Sequence[str]) -> None:
 # What is ours, and removing it
 
 
-def ours() -> list[str]:
-    """The namespaces of ours that exist now (``ip netns list``)."""
+def ours(pid: int | None = None) -> list[str]:
+    """The namespaces of the rehearsal of process ``pid`` (default: this one) that exist now."""
+    return sorted(n for n in listed() if _owner(n) == (os.getpid() if pid is None else pid))
+
+
+def leftovers() -> list[str]:
+    """Namespaces of ours whose process is gone (killed before it could clean up)."""
+    return sorted(n for n in listed() if not _alive(_owner(n)))
+
+
+def listed() -> list[str]:
+    """Every namespace of ours on this machine, whichever process made it."""
     names = [line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.strip()]
-    return sorted(n for n in names if n.startswith(PREFIX))
+    return [n for n in names if n.startswith(PREFIX)]
 
 
-def remove_all() -> None:
-    """Remove every namespace of ours, ending the processes inside them first.
+def _owner(name: str) -> int | None:
+    """The process id in ``cjr-PID-...``, or None for a name of another shape."""
+    word = name[len(PREFIX) :].split("-", 1)[0]
+    return int(word) if word.isdigit() else None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove(names: Sequence[str]) -> None:
+    """Remove these namespaces of ours, ending the processes inside them first.
 
     Deleting a namespace takes its links with it (a veth pair goes when either end goes), and the
     nft table in it; a process inside would keep the namespace alive unnamed, so it is ended.
     """
-    names = ours()
     for name in names:
         for pid in _run("ip", "netns", "pids", name).split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
     _batch(None, [f"netns delete {name}" for name in names])
+
+
+def _name(role: str) -> str:
+    return f"{PREFIX}{os.getpid()}-{role}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,10 +297,11 @@ class Rehearsal:
     def __init__(self, scheduler_port: int, dashboard_port: int):
         self.scheduler_port = scheduler_port
         self.dashboard_port = dashboard_port
+        self.switch = _name("sw")
+        self.scheduler = _name("sched")
         self.clients: list[str] = []
         self._serve: subprocess.Popen | None = None
         self._log = None
-        self._lock = contextlib.ExitStack()
 
     # ---- life
 
@@ -279,17 +310,15 @@ class Rehearsal:
         reason = unavailable()
         if reason:
             raise RehearsalUnavailable(reason)
-        from ..state import file_lock
-
-        self._lock.enter_context(file_lock("rehearsal.lock", timeout=0, what="the rehearsal"))
         try:
-            remove_all()
-            _batch(None, [f"netns add {SWITCH}", f"netns add {SCHEDULER}"])
+            # What a killed rehearsal left, and what an earlier one of this process did not remove.
+            remove([*leftovers(), *ours()])
+            _batch(None, [f"netns add {self.switch}", f"netns add {self.scheduler}"])
             _batch(
-                SWITCH,
+                self.switch,
                 ["link set lo up", f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up"],
             )
-            self._wire(SCHEDULER, SCHEDULER_ADDRESSES)
+            self._wire(self.scheduler, SCHEDULER_ADDRESSES)
             # Nothing from outside is admitted until the group's rules are loaded.
             self.load(ruleset([]).text)
             self._start_serve(timeout)
@@ -300,9 +329,9 @@ class Rehearsal:
 
     def _wire(self, namespace: str, addresses: Sequence[str]) -> None:
         """Link ``namespace`` to the bridge and give it ``addresses``, all on-link."""
-        port = f"p-{namespace}"[:15]
+        port = "p-" + namespace.rsplit("-", 1)[1]
         _batch(
-            SWITCH,
+            self.switch,
             [
                 f"link add {port} type veth peer name {_LINK} netns {namespace}",
                 f"link set {port} master {BRIDGE} up",
@@ -324,7 +353,7 @@ class Rehearsal:
             _which("ip") or "ip",
             "netns",
             "exec",
-            SCHEDULER,
+            self.scheduler,
             sys.executable,
             "-m",
             "coiled_jupyter.rehearsal.serve",
@@ -357,7 +386,7 @@ class Rehearsal:
         return self._serve is not None and self._serve.poll() is None
 
     def close(self) -> None:
-        """End the scheduler and remove every namespace of ours; the lock goes last."""
+        """End the scheduler and remove this process's namespaces."""
         if self._serve is not None:
             if self._serve.poll() is None:
                 self._serve.terminate()
@@ -369,12 +398,9 @@ class Rehearsal:
             self._serve.stdout.close()
             self._log.close()
             self._serve = None
-        try:
-            if unavailable() is None:
-                remove_all()
-        finally:
-            self.clients = []
-            self._lock.close()
+        if unavailable() is None:
+            remove(ours())
+        self.clients = []
 
     def __enter__(self) -> Rehearsal:
         return self.start()
@@ -386,7 +412,7 @@ class Rehearsal:
 
     def load(self, text: str) -> None:
         """Replace the scheduler's nft table by ``text`` (atomically: nft loads a file as one)."""
-        _run("ip", "netns", "exec", SCHEDULER, _which("nft") or "nft", "-f", "-", stdin=text)
+        _run("ip", "netns", "exec", self.scheduler, _which("nft") or "nft", "-f", "-", stdin=text)
 
     def place(self, addresses: Sequence[str]) -> list[str]:
         """Client namespaces holding ``addresses``, one each, in order (more are made as needed).
@@ -394,7 +420,7 @@ class Rehearsal:
         The scheduler forgets its neighbours, since an address may now sit in another namespace.
         """
         for index in range(len(self.clients), len(addresses)):
-            name = f"{PREFIX}c{index}"
+            name = _name(f"c{index}")
             _batch(None, [f"netns add {name}"])
             self._wire(name, ())
             self.clients.append(name)
@@ -403,7 +429,7 @@ class Rehearsal:
             # kernel drops a family's routes with its last address, so they are put back.
             given = _address_commands(addresses[index : index + 1])
             _batch(name, [f"addr flush dev {_LINK} scope global", *given, *_ROUTES])
-        _batch(SCHEDULER, ["neigh flush all"])
+        _batch(self.scheduler, ["neigh flush all"])
         return self.clients[: len(addresses)]
 
     # ---- probes
@@ -425,7 +451,9 @@ class Rehearsal:
 
     def counters(self) -> str:
         """The loaded ruleset as nft lists it (for a failing test's message)."""
-        return _run("ip", "netns", "exec", SCHEDULER, _which("nft") or "nft", "list", "ruleset")
+        return _run(
+            "ip", "netns", "exec", self.scheduler, _which("nft") or "nft", "list", "ruleset"
+        )
 
 
 def _address_commands(addresses: Sequence[str]) -> list[str]:

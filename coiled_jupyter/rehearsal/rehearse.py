@@ -300,7 +300,12 @@ def rehearse(
         summary,
         tuple(rows),
         table.group_id,
-        notes=(*notes, *translated.notes),
+        notes=(
+            *notes,
+            *translated.notes,
+            # Prefix lists are not rules of ours: enforced here, they admit nothing (fail closed).
+            *(f"{entry}: admits nothing here." for entry in table.unmanageable),
+        ),
         account_id=table.account_id,
     )
 

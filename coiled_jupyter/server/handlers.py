@@ -99,13 +99,7 @@ class _Handler(APIHandler):
 
     def body(self, allowed: tuple[str, ...]) -> dict:
         """The JSON object of the request, refusing fields this route does not take."""
-        try:
-            text = (self.request.body or b"{}").decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise BadRequest(
-                f"the request body is not UTF-8 (byte {error.start + 1}); send JSON text."
-            ) from None
-        data = load_json(text, "the request body")
+        data = load_json(self.request.body or b"{}", "the request body")
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         unknown = sorted(set(data) - set(allowed) - {"cluster"})

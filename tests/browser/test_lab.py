@@ -190,6 +190,37 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     assert "from-kernel" in in_cloud.inner_text()
 
 
+def test_the_settings_view_leads_with_the_table_and_folds_the_rest(lab_page):
+    """A magic's settings view in Lab: the table, one verdict line, the warning and its command as
+    code (no backticks); layers, notes and reasons folded until asked for, or opened by -v."""
+    new_notebook(lab_page)
+    output = run_cell(
+        lab_page, "%load_ext coiled_jupyter\n%coiled_ingress --cluster lab-calm  # the default"
+    )
+    rendered = output.locator(".cj-rendered")
+    rendered.wait_for(timeout=60_000)
+    assert rendered.get_attribute("data-kind") == "settings"
+    details = rendered.locator("details.cj-details")
+    assert details.get_attribute("open") is None
+    layers = details.locator("li", has_text="layer built-in default")
+    expect(layers).not_to_be_visible()
+    shown = rendered.inner_text()
+    assert "can this notebook reach the scheduler (port 8786)? " in shown
+    assert "`" not in shown and "layer " not in shown
+    assert rendered.locator(".cj-commands code").all_inner_texts() == [
+        "%coiled_ingress add 8786,8787 me --cluster lab-calm"
+    ]
+    lab_page.screenshot("settings-calm-light")
+    details.locator("summary").click()
+    expect(layers).to_be_visible()
+    lab_page.theme("JupyterLab Dark")
+    lab_page.screenshot("settings-calm-opened-dark")
+    lab_page.theme("JupyterLab Light")
+    verbose = run_cell(lab_page, "%coiled_ingress -v --cluster lab-calm").locator(".cj-rendered")
+    verbose.wait_for(timeout=60_000)
+    expect(verbose.locator("li", has_text="layer built-in default")).to_be_visible()
+
+
 def sidebar_settings_into_a_cell(lab_page, cluster: str, network: str, description: str):
     """The sidebar sets tcp 8786,8787 from ``network`` and the private toggle for ``cluster``; a new
     notebook loads the extension (``x`` holds a notebook variable); the palette inserts the
@@ -332,6 +363,7 @@ def test_a_rehearsal_renders_natively_with_a_disagreement_marked(lab_page):
 
 @pytest.mark.skipif(namespaces.unavailable() is not None, reason=namespaces.unavailable() or "")
 def test_sidebar_rehearses_the_applied_group_with_packets(lab_page, cloud):
+    before = set(namespaces.listed())
     sidebar = open_sidebar(lab_page, "lab-rehearsal")
     add_rule(sidebar, "8786", "10.1.0.0/16")
     sidebar.locator('.cj-rules tr[data-rule="tcp 8786 from 10.1.0.0/16"]').wait_for()
@@ -348,8 +380,8 @@ def test_sidebar_rehearses_the_applied_group_with_packets(lab_page, cloud):
         assert result.locator("tr.cj-disagree").count() == 0
     finally:
         # The server's rehearsal would stay up until it is idle; the test leaves nothing behind.
-        namespaces.remove_all()
-    assert namespaces.ours() == []
+        namespaces.remove(sorted(set(namespaces.listed()) - before))
+    assert set(namespaces.listed()) <= before
 
 
 def test_sidebar_kind_control_and_coileds_current_page_example(lab_page, cloud):
