@@ -181,8 +181,7 @@ variable name; write $$ for a literal $.
 _INGRESS_SHORT_HELP = """\
 %coiled_ingress [SUBCOMMAND ...] [--cluster NAME]: the firewall of a Dask cluster's security group
 
-  %coiled_ingress                   the settings, where they came from, and a verdict line
-  %coiled_ingress -v                ... with every layer, note and reason
+  %coiled_ingress [-v]              the settings, their origin, a verdict line (-v: every reason)
   %coiled_ingress add PORTS SOURCE  admit SOURCE on PORTS [--description TEXT] [--protocol udp]
   %coiled_ingress remove PORTS SOURCE   remove exactly those rules
   %coiled_ingress set RULES         replace the rules by a YAML or JSON rule list
@@ -196,7 +195,6 @@ _INGRESS_SHORT_HELP = """\
   %coiled_ingress rehearse [--live|--stop]   the rules enforced with packets on this machine
   %coiled_ingress ports             each port of the cluster's kind, its use, what admits it
   %%coiled_ingress [--cluster NAME] [--apply]   a cell: a rule list or a coiled: snippet
-  --kind coiled|dask (any command)  which kind of cluster, so which ports (default: coiled, 443)
 
 PORTS: 8786, 8786-8787 or 8786,8787. SOURCE: a network (10.1.0.0/16), an address, me (this
 notebook's public address), everyone, or a security group id (sg-...). ${name} inserts the
@@ -383,9 +381,10 @@ itself; %coiled_ingress reset puts back the value that was there before.
 _FIREWALL_DESCRIPTION = """\
 Open the firewall panel: the same session settings as %coiled_ingress, edited by clicking.
 Rows of rules (ports, source, protocol, description), the public/private scheduler IP, and
-Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. Edits that are valid
-reach the session at once, so the next %coiled_ingress shows them; a change made by a magic shows
-in an open panel.
+Plan, Apply, Save to my config, Save as team default, Revert and Rehearse. A row reaches the
+session when you commit it (Enter or leaving the field) and it is valid, so the next
+%coiled_ingress shows it; a change made by a magic shows in an open panel. Settings are per
+cluster: the panel edits the cluster's own.
 
   %coiled_firewall [--cluster NAME]
 """

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 from . import settings
 from .ports import PortModel
-from .rules import ME, IngressError, Rule, admits, open_to_everyone, resolve_me
+from .rules import (
+    EVERYONE_NETWORKS,
+    ME,
+    IngressError,
+    Rule,
+    admits,
+    open_to_everyone,
+    resolve_me,
+)
 
 YES, NO, UNKNOWN = "yes", "no", "unknown"
 PUBLIC_IP_CONFIG_KEY = "coiled.client_public_ip"
@@ -448,8 +456,9 @@ def _lockout_advice(rules: list[Rule], model: PortModel, port: int) -> Advice | 
     these = f"these rules open {_words(opened)} only" if opened else "these rules open no port"
     where = "this Coiled cluster" if model.kind == "coiled" else "this Dask cluster"
     listens = model.listens if port == model.scheduler else f"listens on {port} (scheduler)"
-    sources = list(dict.fromkeys(r.source for r in tcp if not r.source.startswith("sg-")))
-    source = sources[0] if len(sources) == 1 else "me"
+    # The fix admits the rules' own one network, never the whole internet (then this notebook).
+    sources = list(dict.fromkeys(r.source for r in tcp if r.network is not None))
+    source = sources[0] if len(sources) == 1 and sources[0] not in EVERYONE_NETWORKS else ME
     fixes = [f"add {port}"]
     commands = [(f"%coiled_ingress add {port} {source}", f"open {port} to {source}")]
     if model.kind == "coiled" and any(r.from_port <= 8786 <= r.to_port for r in tcp):

@@ -723,14 +723,6 @@ def _rehearsal_ports(t, scheduler_port, dashboard_port) -> dict:
             raise IngressError(
                 [f"the {name} port is a number from 1 to 65535, not {excerpt(value)}; e.g. 8786."]
             )
-    if chosen["scheduler"] == chosen["dashboard"]:
-        raise IngressError(
-            [
-                f"this {model.name} {model.listens}; a rehearsal runs distributed's own scheduler "
-                "and dashboard, which cannot share one port, so rehearse it as a Dask cluster "
-                "(--kind dask) or with the HTTPS dashboard off (coiled.use_dashboard_https: false)."
-            ]
-        )
     return {"scheduler_port": chosen["scheduler"], "dashboard_port": chosen["dashboard"]}
 
 

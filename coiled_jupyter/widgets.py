@@ -250,9 +250,7 @@ class FirewallPanel(widgets.VBox):
         # session changed under them: an edit made before a reload is not sent.
         self._version = view.session_version
         self._reloads = 0
-        self._unsent: str | None = (
-            None  # why the rows shown are not in the session, if they are not
-        )
+        self._unsent: str | None = None  # why the rows shown are not in the session, if so
 
         self.header = widgets.HTML()
         self.rows_box = widgets.VBox(layout=widgets.Layout(width="100%"))

@@ -404,7 +404,7 @@ def test_the_settings_table_says_what_coiled_cluster_reads_by_itself(cloud, dask
     view = session.set_scheduler_ip("private")
     assert view.coiled_toggle is seen_by_coiled() is False
     assert view.to_payload()["client_notes"][0].endswith("by itself: false.")
-    assert "note: coiled.Cluster() created in this kernel" in repr(view)
+    assert "note: coiled.Cluster() created in this kernel" in repr(view.expanded())
 
 
 def test_the_save_table_says_what_coiled_cluster_reads_from_the_file(sandbox, dask_config):

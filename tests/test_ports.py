@@ -437,3 +437,10 @@ def test_both_kinds_take_both_pages_examples_as_written(ip, kind):
     view = session.set_settings(SEEDS)
     assert {r.ports for r in view.settings.rules} == {"8786", "8787"}
     assert view.reachability.connect_warnings[0] == SEEDS_LOCKOUT
+
+
+def test_the_lockout_fix_never_opens_the_scheduler_to_the_internet(kind):
+    kind("coiled")
+    judged = check(parse_ingress([{"ports": [8786], "cidr": "everyone"}]), True, local=[])
+    assert judged.connect_warnings[0].startswith("this Coiled cluster listens on 443")
+    assert judged.commands[0] == ("%coiled_ingress add 443 me", "open 443 to me")

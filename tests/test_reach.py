@@ -418,7 +418,7 @@ def test_open_to_the_world_names_ranges_and_protocols():
         "ports 8000-8100 and 22/udp are open to the whole internet (0.0.0.0/0 and ::/0)"
     )
     assert [c for c, _ in result.commands] == [
-        "%coiled_scheduler_ip public",  # no private address here: the verdict is unknown
+        "%coiled_ingress add 8786 me",  # the scheduler's port, to this notebook, not the internet
         "%coiled_ingress add 8000-8100 me",
         "%coiled_ingress remove 8000-8100 0.0.0.0/0",
         "%coiled_ingress remove 22 ::/0 --protocol udp",

@@ -377,7 +377,7 @@ class SettingsView(_Displayed):
             use_scheduler_public_ip=public_ip.value,
             use_scheduler_public_ip_origin=public_ip.origin,
             rows=[rule_row(r) for r in settings.rules],
-            # the rules in Coiled's format, as a panel edits them
+            # The rules in Coiled's format, as a panel edits them.
             ingress=to_coiled(settings.rules),
             layers=layers,
             reachability=reach.to_dict() if reach is not None else None,
@@ -627,66 +627,6 @@ class SaveResult(_Displayed):
             f"{'; '.join([readers, *coiled])}.",
             rows=[rule_row(r) for r in self.ingress or ()],
             notes=list(self.notes),
-        )
-
-
-@dataclass(frozen=True, repr=False)
-class ExportResult(_Displayed):
-    """The effective rules in one of IT's formats (:mod:`coiled_jupyter.export`): ``text`` to copy,
-    where it was written (``path``, or None), and what the format could not carry."""
-
-    target: Target
-    format: str
-    text: str
-    rule_count: int
-    origin: str
-    path: str | None = None
-    lost: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.text
-
-    def to_payload(self) -> dict:
-        written = f"; written to {self.path}" if self.path else ""
-        return self._payload(
-            "export",
-            format=self.format,
-            summary=f"{self.rule_count} rule{'' if self.rule_count == 1 else 's'} from "
-            f"{self.origin} as {self.format}{written}",
-            body=self.text,
-            path=self.path,
-            notes=list(self.notes),
-            warnings=list(self.lost),
-        )
-
-
-@dataclass(frozen=True, repr=False)
-class GuardrailsView(_Displayed):
-    """The team's guardrails: every plan and apply of everyone who reads the account store checks
-    them before any write."""
-
-    target: Target
-    rails: tuple = ()
-
-    def to_payload(self) -> dict:
-        return self._payload(
-            "guardrails",
-            summary=(
-                f"{len(self.rails)} team guardrail{'' if len(self.rails) == 1 else 's'}, checked "
-                "by every plan and apply before any write"
-                if self.rails
-                else "no team guardrails: set one with %coiled_ingress guard no-world 8786"
-            ),
-            rows=[
-                {
-                    "guardrail": rail.name,
-                    "rule": rail.describe(),
-                    "set_by": rail.set_by,
-                    "set_at": rail.set_at,
-                }
-                for rail in self.rails
-            ],
         )
 
 

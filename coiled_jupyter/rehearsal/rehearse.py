@@ -232,17 +232,18 @@ def measure(
                 client_timeout,
             )
         )
-        jobs.append(
-            (
-                source,
-                "dashboard",
-                rehearsal.dashboard_port,
-                namespace,
-                "http",
-                version,
-                http_timeout,
+        if rehearsal.dashboard_port != rehearsal.scheduler_port:  # else it is the scheduler's
+            jobs.append(
+                (
+                    source,
+                    "dashboard",
+                    rehearsal.dashboard_port,
+                    namespace,
+                    "http",
+                    version,
+                    http_timeout,
+                )
             )
-        )
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         measured = list(pool.map(lambda job: rehearsal.probe(job[3], job[4], job[5], job[6]), jobs))
     rows = []
@@ -295,12 +296,21 @@ def rehearse(
         f"rehearsed group {table.group_id} with packets: {len(rows)} probes from {len(chosen)} "
         f"sources, {'all as predicted' if not wrong else f'{wrong} not as predicted'}"
     )
+    shared = (
+        (
+            f"the dashboard shares port {scheduler_port} with the scheduler (Coiled's HTTPS "
+            "dashboard), so its verdict is the scheduler's.",
+        )
+        if dashboard_port == scheduler_port
+        else ()
+    )
     return RehearsalResult(
         table.target,
         summary,
         tuple(rows),
         table.group_id,
         notes=(
+            *shared,
             *notes,
             *translated.notes,
             # Prefix lists are not rules of ours: enforced here, they admit nothing (fail closed).

@@ -31,11 +31,19 @@ async def serve(parent: int, scheduler_port: int, dashboard_port: int) -> None:
         tempfile.TemporaryDirectory(prefix="cjr-rehearsal-") as scratch,
         dask.config.set({"temporary-directory": scratch}),
     ):
+        # A dashboard on the scheduler's own port (Coiled's HTTPS dashboard on 443) is not served
+        # there: distributed cannot share a port (its web server goes to a free one, never probed),
+        # and the dashboard's verdict is the scheduler's.
+        shared = dashboard_port == scheduler_port
         async with Scheduler(
-            host="", port=scheduler_port, dashboard_address=f":{dashboard_port}"
+            host="",
+            port=scheduler_port,
+            dashboard=not shared,
+            dashboard_address=":0" if shared else f":{dashboard_port}",
         ) as scheduler:
-            # distributed serves the dashboard on IPv4 only; a second listener adds IPv6.
-            scheduler.http_server.listen(dashboard_port, address="::")
+            if not shared:
+                # distributed serves the dashboard on IPv4 only; a second listener adds IPv6.
+                scheduler.http_server.listen(dashboard_port, address="::")
             async with Worker(
                 f"tcp://127.0.0.1:{scheduler.port}", nthreads=1, local_directory=scratch
             ):
