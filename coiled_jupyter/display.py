@@ -68,9 +68,17 @@ _COLUMNS = {
     ],
 }
 
+# The sandbox marker's pill: the lab's renderer and sidebar draw it with the same --jp-* colours.
+_PILL = (
+    "background: var(--jp-warn-color3, #fff3e0); color: var(--jp-warn-color0, #e65100); "
+    "border: 1px solid var(--jp-warn-color1, #f57c00); border-radius: 2px; padding: 0 4px; "
+    "font-weight: 600"
+)
+
 # The class is named twice in the cell rule to outrank JupyterLab's own output-table rule
 # (`:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`), which right-aligns cells and drops borders.
-_STYLE = """<style>
+_STYLE = (
+    """<style>
 .cj-result table { border-collapse: collapse; margin: 0.25em 0; }
 .cj-result.cj-result th, .cj-result.cj-result td { text-align: left; padding: 0.2em 0.8em;
   border-bottom: 1px solid var(--jp-border-color2, #e0e0e0); }
@@ -83,17 +91,30 @@ _STYLE = """<style>
 .cj-result tr.cj-remove td:first-child { color: var(--jp-error-color0, #c62828); }
 .cj-result tr.cj-update td:first-child { color: var(--jp-warn-color0, #e65100); }
 .cj-result tr.cj-disagree td { color: var(--jp-error-color0, #c62828); font-weight: bold; }
-</style>"""
+"""
+    + f".cj-result .cj-sandbox-badge {{ {_PILL}; }}\n</style>"
+)
 
 
 # --------------------------------------------------------------------------------------------------
 # Text
 
 
-def _header(data: dict) -> str:
+def sandbox_pill(data: dict, *, inline: bool = False) -> str:
+    """The payload's sandbox marker as an HTML pill ('' for a real backend). The tables style it from
+    their stylesheet; the panel, whose HTML widgets take no stylesheet, asks for ``inline``."""
+    marker = data.get("backend_marker")
+    if not marker:
+        return ""
+    style = f' style="{_PILL}"' if inline else ""
+    return f'<span class="cj-sandbox-badge"{style}>{escape(marker)}</span>'
+
+
+def _header_parts(data: dict) -> list[str]:
+    backend = "sandbox" if data.get("backend_marker") else data["backend_label"]
     parts = [
         f"cluster {data['cluster']!r}",
-        f"backend {data['backend_label']}",
+        f"backend {backend}",
         f"account {data.get('account_id') or 'unknown'}",
         f"region {data['region']}",
     ]
@@ -101,7 +122,12 @@ def _header(data: dict) -> str:
         parts.append(f"vpc {data['vpc_id']}")
     if data.get("group_id"):
         parts.append(f"group {data['group_id']}")
-    return " | ".join(parts)
+    return parts
+
+
+def _header(data: dict) -> str:
+    marker = f" [{data['backend_marker']}]" if data.get("backend_marker") else ""
+    return " | ".join(_header_parts(data)) + marker
 
 
 _TITLES = {
@@ -209,7 +235,9 @@ def html(data: dict) -> str:
     out = [_STYLE, '<div class="cj-result">']
     columns = _columns(data)
     title = f"<strong>{escape(_TITLES[data['kind']])}</strong>"
-    header = f'<p>{title}<br><span class="cj-meta">{escape(_header(data))}</span></p>'
+    meta = escape(" | ".join(_header_parts(data)))
+    pill = sandbox_pill(data)
+    header = f'<p>{title}<br><span class="cj-meta">{meta}</span>{" " + pill if pill else ""}</p>'
     out.append(header)
     before = _lines_before(data)
     if before:

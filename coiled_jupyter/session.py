@@ -40,6 +40,7 @@ from .settings import (
     parse_coiled_options,
 )
 from .settings import effective_settings as resolve_settings
+from .state import change_count, note_change
 from .strict_yaml import check_size, check_value, excerpt, load_json
 
 # For the front ends, which import only this module, display and errors (docs/architecture.md):
@@ -527,6 +528,7 @@ def save(scope: str = "user", *, cluster=None, everything: bool = False):
         from .provision.account import save_account
 
         location = save_account(t.connected(), values.ingress, values.use_scheduler_public_ip)
+    note_change()
     return SaveResult(t, word, location, values.ingress, values.use_scheduler_public_ip, notes)
 
 
@@ -568,7 +570,10 @@ def apply(
 
     t = _target(cluster, **target_options)
     settings = _read_settings(t, backend_options)
-    applied = reconcile.apply(t, settings, on_wait=progress, overrides=override_guardrails)
+    try:
+        applied = reconcile.apply(t, settings, on_wait=progress, overrides=override_guardrails)
+    finally:
+        note_change()
     return replace(applied, settings=settings)
 
 
@@ -603,6 +608,8 @@ def set_and_apply(value, *, cluster=None, progress: Progress = None, label: str 
             SESSION.replace(t.cluster, before)
             ports.set_session(t.cluster, ports_before)
             raise
+        finally:
+            note_change()
 
 
 def describe(cluster=None, *, backend_options=None, progress: Progress = None, **target_options):
@@ -617,7 +624,16 @@ def destroy(cluster=None, *, progress: Progress = None, **target_options):
     """Delete the cluster's security group, if it exists and is owned by coiled_jupyter."""
     from .provision import reconcile
 
-    return reconcile.destroy(_target(cluster, **target_options), on_wait=progress)
+    try:
+        return reconcile.destroy(_target(cluster, **target_options), on_wait=progress)
+    finally:
+        note_change()
+
+
+def changes() -> int:
+    """How many applies, destroys and saves this machine has seen (any kernel, any server): a view
+    that shows settings or a group reads again when it grows. Reads one file's size, nothing else."""
+    return change_count()
 
 
 def scheduler_address(cluster=None, *, backend_options=None, **target_options):

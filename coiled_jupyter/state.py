@@ -1,8 +1,9 @@
 """This machine's shared state directory and the file locks every kernel on it honours.
 
-The sandbox's state file and the apply locks of every backend live here, so that all kernels and the
-Jupyter server of one machine agree on them. The directory is ``coiled-jupyter.sandbox.state-dir`` in
-Dask's config (default ``~/.local/share/coiled-jupyter``); it holds no secrets.
+The sandbox's state file, the apply locks of every backend and the change counter live here, so that
+all kernels and the Jupyter server of one machine agree on them. The directory is
+``coiled-jupyter.sandbox.state-dir`` in Dask's config (default ``~/.local/share/coiled-jupyter``);
+it holds no secrets.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from .settings import option
 _POLL_SECONDS = 0.05
 
 
-def state_dir() -> Path:
-    """The shared state directory, created on first use."""
+_CHANGES = "changes"
+
+
+def _folder() -> Path:
     configured = option("sandbox.state-dir")
-    folder = (
+    return (
         Path(configured).expanduser()
         if configured
         else Path("~/.local/share/coiled-jupyter").expanduser()
     )
+
+
+def state_dir() -> Path:
+    """The shared state directory, created on first use."""
+    folder = _folder()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -94,6 +102,28 @@ def _acquire(handle, timeout: float | None, what: str, on_wait) -> None:
                 "is still holding it; run the command again when it has finished."
             )
         time.sleep(_POLL_SECONDS)
+
+
+def note_change() -> None:
+    """Count one change of what a cloud group or a saved settings file holds (an apply, a destroy,
+    a save), by any kernel or server of this machine, so that a view can see it has to read again.
+
+    One byte appended per change: appends need no lock, and the count is the file's size. It never
+    raises (it runs after the change, also after a failed one): a view that misses a change only
+    shows it when asked to read again."""
+    try:
+        with open(_folder() / _CHANGES, "ab") as changes:
+            changes.write(b".")
+    except OSError:
+        pass
+
+
+def change_count() -> int:
+    """How many changes were noted; one ``stat``, which creates nothing and starts nothing."""
+    try:
+        return (_folder() / _CHANGES).stat().st_size
+    except OSError:
+        return 0
 
 
 def write_atomically(path: Path, text: str) -> None:

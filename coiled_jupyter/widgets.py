@@ -32,8 +32,10 @@ a background thread by default, so the kernel stays free; the buttons are disabl
 says what is happening. A failure is shown as its one sentence in the panel, never only in a log.
 
 Saved notebooks: widget state is a snapshot, not a source of truth, so the panel offers the
-equivalent ``%%coiled_ingress`` cell, and each Apply also updates a plain output below the panel
-(a display id) with the applied table, which nbconvert and GitHub show without widget JavaScript.
+equivalent ``%%coiled_ingress`` cell (the settings payload's ``copy_as_cell``, the same text the
+sidebar and the lab's palette give; it sets the settings and does not apply), and each Apply also
+updates a plain output below the panel (a display id) with the applied table, which nbconvert and
+GitHub show without widget JavaScript.
 
 Colours come only from JupyterLab's ``--jp-*`` variables; all text from outside is escaped.
 """
@@ -49,6 +51,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from . import session
+from .display import sandbox_pill
 from .errors import CoiledJupyterError, StaleEdit
 
 PORTS = "ports"
@@ -103,22 +106,6 @@ def _span(text: str, color: str | None = None) -> str:
 def _rule_snapshot(rules) -> tuple:
     """The rules as compared for the markers: descriptions count, order does not."""
     return tuple(sorted((rule.key, rule.description) for rule in rules))
-
-
-def cell_text(cluster: str, ingress: list[dict], use_scheduler_public_ip: bool) -> str:
-    """The ``%%coiled_ingress`` cell that sets and applies these settings (``ingress`` in Coiled's
-    format, as a settings payload carries it)."""
-    import yaml
-
-    body = {
-        "coiled": {
-            "backend-options": {"ingress": ingress},
-            "use_scheduler_public_ip": bool(use_scheduler_public_ip),
-        }
-    }
-    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=4096)
-    # The cell magic replaces ${name} by notebook variables: a literal '$' is written '$$'.
-    return f"%%coiled_ingress --cluster {cluster} --apply\n" + text.replace("$", "$$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,15 +444,12 @@ class FirewallPanel(widgets.VBox):
         self.meaning.value = _block(_span(_MEANING[payload["use_scheduler_public_ip"]], _MUTED))
         self.reachability.value = _reachability_html(payload)
         self.notes.value = _notes_html(payload)
-        self.cell.value = cell_text(
-            view.target.cluster, payload["ingress"], payload["use_scheduler_public_ip"]
-        )
+        self.cell.value = payload["copy_as_cell"]
         self._update_controls()
 
     def _header_html(self, payload: dict) -> str:
-        backend = html.escape(payload["backend_label"])
-        if payload["backend"] == "sandbox":
-            backend = f'<strong style="color: {_WARN}">{backend}</strong>'
+        pill = sandbox_pill(payload, inline=True)
+        backend = f"sandbox {pill}" if pill else html.escape(payload["backend_label"])
         account = self._account_id or "shown after Plan or Apply"
         parts = [
             f"cluster <code>{html.escape(payload['cluster'])}</code>",

@@ -483,20 +483,25 @@ def test_a_closed_panel_stops_following(open_panel, ip):
     assert panel.rows[0].source.value == "0.0.0.0/0"
 
 
-def test_the_copied_cell_reproduces_the_settings(open_panel, ip, sandbox):
+@pytest.mark.parametrize("description", ["cost $5", "1e5", "true", "0x10"])
+def test_the_copied_cell_reproduces_the_settings_and_does_not_apply(
+    open_panel, ip, sandbox, description
+):
+    """The copied cell sets what the panel shows, and nothing else: a description the YAML reader
+    would take for a number, a boolean or a refused hex number comes back as the same text."""
     panel = open_panel("panel-cell")
-    fill(last_row(panel), ports="8786,8000-8100", source="10.1.0.0/16", description="cost $5")
+    fill(last_row(panel), ports="8786,8000-8100", source="10.1.0.0/16", description=description)
     find(panel, "scheduler IP").value = False
     text = panel.cell.value
-    assert text.startswith("%%coiled_ingress --cluster panel-cell --apply\n")
-    assert "cost $$5" in text
+    assert text.startswith("%%coiled_ingress --cluster panel-cell\n")
+    assert text.count("$") == 2 * description.count("$")
     expected = SESSION.values
     ip.run_line_magic("coiled_ingress", "reset")
     first, body = text.split("\n", 1)
     result = ip.run_cell_magic("coiled_ingress", first.split(" ", 1)[1], body)
-    assert result.to_payload()["kind"] == "apply"
+    assert result.to_payload()["kind"] == "settings"
     assert SESSION.values == expected
-    assert [r.description for r in SESSION.of("panel-cell").ingress] == ["cost $5", "cost $5"]
+    assert [r.description for r in SESSION.of("panel-cell").ingress] == [description, description]
 
 
 def test_apply_updates_a_plain_output_for_saved_notebooks(open_panel, sandbox):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field, replace
 
+from ..cell import ingress_cell
 from ..rules import ME, Rule, to_coiled
 from ..settings import (
     Layer,
@@ -22,6 +23,8 @@ from ..settings import (
 from .target import Target
 
 SCHEMA_VERSION = 1
+# The one sandbox marker: the same words in every table, panel and sidebar (each draws it as a pill).
+SANDBOX_MARKER = "local sandbox: not AWS"
 
 
 class _Displayed:
@@ -95,6 +98,7 @@ def _header(t: Target, kind: str, account_id: str, **extra) -> dict:
         "kind": kind,
         "backend": t.backend,
         "backend_label": t.backend_label,
+        "backend_marker": SANDBOX_MARKER if t.backend == "sandbox" else "",
         "region": t.region,
         "cluster": t.cluster,
         "vpc_id": t.vpc_id,
@@ -383,6 +387,7 @@ class SettingsView(_Displayed):
             session_version=self.session_version,
             unsaved=self.unsaved,
             warnings=list(reach.warnings) if reach is not None else [],
+            copy_as_cell=ingress_cell(self.target.cluster, settings.rules, public_ip.value),
             verdict=self._verdict(),
             commands=self._commands(),
             details=[

@@ -147,6 +147,19 @@ export class FirewallApi {
   save(scope: 'user' | 'account'): Promise<IPayload> {
     return request('save', 'POST', {}, { scope, ...this.where() });
   }
+
+  destroy(): Promise<IPayload> {
+    return request('destroy', 'POST', {}, this.where());
+  }
+
+  /**
+   * How many applies, destroys and saves this machine has seen (any kernel, any server): read often
+   * while the sidebar is visible, it costs one file's size on the server, no cloud call.
+   */
+  async changes(): Promise<number> {
+    const answer = await request<{ changes?: unknown }>('changes', 'GET');
+    return typeof answer.changes === 'number' ? answer.changes : 0;
+  }
 }
 
 /** A rule in Coiled's format ({ports, cidr, protocol?, description?}), as the core parses it. */

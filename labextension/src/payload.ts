@@ -54,6 +54,8 @@ export interface IPayload {
   kind: string;
   backend?: string;
   backend_label?: string;
+  /** 'local sandbox: not AWS' for the sandbox, '' for AWS: shown as a pill in every view. */
+  backend_marker?: string;
   region?: string;
   cluster?: string;
   vpc_id?: string | null;
@@ -76,6 +78,11 @@ export interface IPayload {
   origin?: string;
   declared_in?: string;
   plan?: IPayload;
+  /** The %%coiled_ingress cell that sets these settings (made by coiled_jupyter/cell.py). */
+  copy_as_cell?: string;
+  /** The clusters that have session settings in the process that made the payload. */
+  session_clusters?: string[];
+  deleted?: boolean;
   ports?: IPorts | null;
   /** The settings view's one line: can this notebook reach the scheduler and the dashboard. */
   verdict?: string;

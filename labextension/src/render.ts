@@ -18,8 +18,6 @@ import {
   toggleOrigin
 } from './payload';
 
-const SANDBOX_MARK = 'local sandbox: not AWS';
-
 /** The header line: cluster, backend (the sandbox marked as not AWS), region, account, VPC, group. */
 export function renderHeader(data: IPayload, account?: string): HTMLElement {
   const header = el('div', { className: 'cj-header' });
@@ -32,14 +30,15 @@ export function renderHeader(data: IPayload, account?: string): HTMLElement {
     );
   };
   item('cluster', data.cluster ?? '');
-  if (data.backend === 'sandbox') {
-    // The label names the local server; the badge says plainly that nothing here is AWS.
+  if (data.backend_marker) {
+    // The payload's one sandbox marker (the same words in every view), drawn as a pill; the label
+    // naming the local server is its tooltip.
     item('backend', 'sandbox', 'cj-backend');
     header.appendChild(
       el('span', {
         className: 'cj-sandbox-badge',
-        text: SANDBOX_MARK,
-        attrs: { title: data.backend_label || 'a local moto server, not an AWS account' }
+        text: data.backend_marker,
+        attrs: { title: data.backend_label ?? '' }
       })
     );
   } else {
@@ -140,8 +139,7 @@ function compare(key: string, a: IRow, b: IRow): number {
 export function sortableTable(
   rows: IRow[],
   columns: Column[],
-  decorate?: (row: IRow, tr: HTMLTableRowElement) => HTMLTableRowElement | void,
-  extraHeaders: string[] = []
+  decorate?: (row: IRow, tr: HTMLTableRowElement) => HTMLTableRowElement | void
 ): HTMLTableElement {
   const table = el('table', { className: 'cj-table' });
   const head = el('tr');
@@ -195,35 +193,15 @@ export function sortableTable(
     headers.push(th);
     head.appendChild(th);
   }
-  for (const title of extraHeaders) {
-    head.appendChild(el('th', { text: title, attrs: { scope: 'col' } }));
-  }
   table.appendChild(el('thead', {}, [head]));
   table.appendChild(body);
   fill();
   return table;
 }
 
-/** One cell for protocol, ports and source ("8786/tcp", then the source on its own line). */
-export function ruleText(row: IRow): string {
-  const ports = cellText(row, 'ports');
-  const protocol = cellText(row, 'protocol');
-  const what = protocol === 'all' || !protocol ? ports : `${ports}/${protocol}`;
-  return `${what}\n${cellText(row, 'source')}`;
-}
-
-/** The rows and columns for a narrow place (the sidebar): the rule in one column. */
-export function compact(rows: IRow[], columns: Column[]): [IRow[], Column[]] {
-  const folded = new Set(['protocol', 'ports', 'source']);
-  return [
-    rows.map(row => ({ ...row, rule: ruleText(row) })),
-    [['rule', 'Rule'], ...columns.filter(([key]) => !folded.has(key))]
-  ];
-}
-
 /**
  * The whole result: title, header, summary lines, sortable table, notes and warnings. The sidebar,
- * whose own header already names the cluster, passes `narrow`: no header, the compact table.
+ * whose own header already names the cluster, passes `narrow`: no title and no header.
  */
 export function renderResult(data: IPayload, narrow = false): HTMLElement {
   const withHeader = !narrow;
@@ -244,11 +222,9 @@ export function renderResult(data: IPayload, narrow = false): HTMLElement {
   }
   const rows = Array.isArray(data.rows) ? data.rows : [];
   if (rows.length) {
-    const [shown, columns] =
-      narrow && data.kind !== 'rehearsal'
-        ? compact(rows, columnsFor(data.kind, rows))
-        : [rows, columnsFor(data.kind, rows)];
-    root.appendChild(el('div', { className: 'cj-scroll' }, [sortableTable(shown, columns)]));
+    root.appendChild(
+      el('div', { className: 'cj-scroll' }, [sortableTable(rows, columnsFor(data.kind, rows))])
+    );
   } else if (['rules', 'settings', 'apply'].includes(data.kind)) {
     root.appendChild(el('p', { className: 'cj-empty', text: '(no inbound rules)' }));
   }

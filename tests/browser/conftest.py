@@ -135,14 +135,32 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def lab_page(request, lab, browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = Page(context.new_page(), lab)
-    page.open_lab()
-    yield page
+def open_page(request, browser):
+    """``open_page(url, on_request=None)``: a lab page in a fresh browser context (a fresh local
+    storage), loaded; at the end, no JavaScript error and no dialog, and a screenshot if the test
+    failed. ``on_request`` sees every request the page makes, from before it loads."""
+    opened: list[tuple] = []
+
+    def open_one(url: str, on_request=None) -> Page:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = Page(context.new_page(), url)
+        if on_request is not None:
+            page.page.on("request", on_request)
+        opened.append((context, page))
+        page.open_lab()
+        return page
+
+    yield open_one
     report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        page.screenshot(f"failed-{request.node.name}")
-    context.close()
-    assert page.errors == [], f"JavaScript errors in the page: {page.errors}"
-    assert page.dialogs == [], f"a dialog opened (script from data ran?): {page.dialogs}"
+    for context, page in opened:
+        if report is not None and report.failed:
+            page.screenshot(f"failed-{request.node.name}")
+        context.close()
+    for _, page in opened:
+        assert page.errors == [], f"JavaScript errors in the page: {page.errors}"
+        assert page.dialogs == [], f"a dialog opened (script from data ran?): {page.dialogs}"
+
+
+@pytest.fixture
+def lab_page(lab, open_page):
+    return open_page(lab)

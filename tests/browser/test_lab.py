@@ -157,7 +157,8 @@ def test_a_magic_renders_natively_and_the_sidebar_sees_its_apply(lab_page, cloud
     output = run_cell(
         lab_page,
         "%load_ext coiled_jupyter\n"
-        "%coiled_ingress set [{ports: [8786, 8787], cidr: 10.4.0.0/16, description: from-kernel}]\n"
+        "%coiled_ingress set [{ports: [8786, 8787], cidr: 10.4.0.0/16, description: from-kernel}]"
+        " --cluster lab-shared\n"
         "%coiled_ingress apply --cluster lab-shared",
     )
     rendered = output.locator(".cj-rendered")
@@ -220,19 +221,27 @@ def test_the_settings_view_leads_with_the_table_and_folds_the_rest(lab_page):
     expect(verbose.locator("li", has_text="layer built-in default")).to_be_visible()
 
 
-def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
-    sidebar = open_sidebar(lab_page, "lab-cell")
-    add_rule(sidebar, "8786,8787", "10.7.0.0/16", "team VPN")
-    sidebar.locator('tr[data-rule="tcp 8787 from 10.7.0.0/16"]').wait_for()
+def sidebar_settings_into_a_cell(lab_page, cluster: str, network: str, description: str):
+    """The sidebar sets tcp 8786,8787 from ``network`` and the private toggle for ``cluster``; a new
+    notebook loads the extension (``x`` holds a notebook variable); the palette inserts the
+    sidebar's cell as the third cell. Returns the sidebar and the notebook's cells."""
+    sidebar = open_sidebar(lab_page, cluster)
+    add_rule(sidebar, "8786,8787", network, description)
+    sidebar.locator(f'tr[data-rule="tcp 8787 from {network}"]').wait_for()
     sidebar.get_by_label("Public scheduler IP").uncheck()
     expect(sidebar.locator(".cj-help", has_text="Now private")).to_be_visible()
     new_notebook(lab_page)
-    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nprint('loaded')")
-    expect(loaded).to_contain_text("loaded", timeout=60_000)
+    loaded = run_cell(lab_page, "%load_ext coiled_jupyter\nx = 'a notebook variable'\nprint('ok')")
+    expect(loaded).to_contain_text("ok", timeout=60_000)
     lab_page.command("coiled-jupyter:insert-ingress-cell")
-    page = lab_page.page
-    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+    cells = lab_page.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
     expect(cells).to_have_count(3)
+    return sidebar, cells
+
+
+def test_the_palette_inserts_the_sidebar_settings_as_a_cell_that_runs(lab_page):
+    _, cells = sidebar_settings_into_a_cell(lab_page, "lab-cell", "10.7.0.0/16", "team VPN")
+    page = lab_page.page
     source = cells.nth(2).locator(".cm-content")
     expect(source).to_contain_text("%%coiled_ingress --cluster lab-cell")
     expect(source).to_contain_text("use_scheduler_public_ip: false")
@@ -393,3 +402,22 @@ def test_sidebar_kind_control_and_coileds_current_page_example(lab_page, cloud):
     sidebar.get_by_label("Apply", exact=True).click()
     sidebar.get_by_label("Rules in the cloud").locator("tr", has_text="443").first.wait_for()
     assert group_rules(cloud, "lab-kind") == [(22, "10.1.0.0/16"), (443, "10.1.0.0/16")]
+
+
+def test_the_lab_renderer_has_the_columns_and_titles_of_the_python_tables(lab_page):
+    """TypeScript and Python each name the tables' columns and titles: the same payloads give the
+    same ones (issue 17 item 8)."""
+    from coiled_jupyter import display
+
+    new_notebook(lab_page)
+    output = run_cell(lab_page, EVERY_KIND.format(markup="x").strip())
+    rendered = output.locator(".cj-rendered")
+    expect(rendered).to_have_count(7, timeout=60_000)
+    row = {"protocol": "tcp", "ports": "8786", "source": "10.1.0.0/16", "description": "x"}
+    row.update(origin="x", action="add")
+    for one in rendered.all():
+        kind = one.get_attribute("data-kind")
+        data = {"kind": kind, "rows": [row, dict(row, ports="80", action="keep")]}
+        columns = [title for _, title in display._columns(data)]
+        assert one.locator("th").all_inner_texts() == columns, kind
+        assert one.locator(".cj-title").inner_text() == display._TITLES[kind]

@@ -28,6 +28,8 @@ ROUTES = [
     ("POST", "apply"),
     ("GET", "describe"),
     ("POST", "save"),
+    ("POST", "destroy"),
+    ("GET", "changes"),
 ]
 # The built-in default, as the settings list it: one row per port.
 DEFAULT = [("8786", "0.0.0.0/0"), ("8787", "0.0.0.0/0")]
@@ -178,6 +180,45 @@ async def test_save_writes_the_user_file_or_the_account_store(api, cloud, dask_c
     assert any(name.startswith("/coiled-jupyter/backend-options") for name in names)
 
 
+async def test_changes_counts_what_any_process_applies_destroys_or_saves(api, cloud):
+    """A kernel's apply or save (here: the session called in this process, as a kernel calls it)
+    and the server's own are both counted, so an open sidebar knows to read again."""
+    from coiled_jupyter import session
+
+    _, before = await api("GET", "changes")
+    session.set_settings([{"ports": [8786], "cidr": "10.8.0.0/16"}], cluster="kernel-side")
+    session.apply("kernel-side")
+    _, after_kernel = await api("GET", "changes")
+    assert after_kernel["changes"] == before["changes"] + 1
+    session.save("user", cluster="kernel-side")
+    status, destroyed = await api("POST", "destroy", {"cluster": "kernel-side"})
+    assert status == 200, destroyed
+    assert destroyed["kind"] == "destroy" and destroyed["deleted"]
+    assert (
+        cloud.ec2.describe_security_groups(
+            Filters=[{"Name": "tag:coiled-jupyter:cluster", "Values": ["kernel-side"]}]
+        )["SecurityGroups"]
+        == []
+    )
+    _, after = await api("GET", "changes")
+    assert after["changes"] == before["changes"] + 3
+    # Showing and editing settings are not changes of the cloud or of a saved file.
+    await api("PATCH", "settings", {"op": "add", "ports": "9000", "source": "10.9.0.0/16"})
+    await api("GET", "settings")
+    assert (await api("GET", "changes"))[1] == after
+
+
+async def test_changes_creates_nothing_and_starts_nothing(api, tmp_path, monkeypatch):
+    """Asked often by a visible sidebar: it must not create the state folder or start a sandbox."""
+    import dask.config
+
+    folder = tmp_path / "no-state-yet"
+    with dask.config.set({"coiled-jupyter.sandbox.state-dir": str(folder)}):
+        status, data = await api("GET", "changes")
+    assert (status, data) == (200, {"changes": 0})
+    assert not folder.exists()
+
+
 async def test_a_bad_rule_is_a_400_with_the_sentence_and_changes_nothing(api):
     await api("PUT", "settings", {"value": [{"ports": [8786], "cidr": "10.6.0.0/16"}]})
     status, data = await api(
@@ -195,7 +236,9 @@ async def test_a_bad_rule_is_a_400_with_the_sentence_and_changes_nothing(api):
     "method, route, body, words",
     [
         ("PATCH", "settings", {"op": "chmod"}, "is not one of"),
-        ("PATCH", "settings", {"op": "add", "ports": "8786"}, "needs 'source'"),
+        ("PATCH", "settings", {"op": "add", "ports": "8786"}, "empty cidr"),
+        ("PATCH", "settings", {"op": "remove", "source": "10.0.0.0/8"}, "which is not a port"),
+        ("PATCH", "settings", {"op": "scheduler_ip"}, "'public' or 'private'"),
         ("PATCH", "settings", {"op": "clear", "ports": "8786"}, "takes no field"),
         ("PATCH", "settings", {"op": "scheduler_ip", "choice": "sideways"}, "sideways"),
         ("PUT", "settings", {}, "needs 'value'"),
@@ -209,6 +252,9 @@ async def test_bad_requests_are_400_with_one_sentence(api, method, route, body, 
     assert status == 400, data
     assert words in data["message"]
     assert "Traceback" not in data["message"]
+    if body.get("op") in ("add", "remove", "scheduler_ip"):
+        # What a person typed: the core's sentence, as a magic says it, never the API's wording.
+        assert "op '" not in data["message"]
 
 
 async def test_a_body_that_is_not_json_is_a_400(jp_fetch, sandbox, dask_config):
