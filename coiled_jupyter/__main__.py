@@ -3,7 +3,9 @@
 It applies the two-CIDR example from Coiled's documentation ("Configuring firewalls": the client
 reaches the scheduler on 8786 from one network, the dashboard on 8787 is open to another) to a sandbox
 cluster, exactly as the page passes it to ``coiled.Cluster(backend_options=...)``, applies it a second
-time to show that nothing changes, and prints the rule table as the cloud reports it. Nothing reaches
+time to show that nothing changes, and prints the rule table as the cloud reports it. The page's
+ports are a plain Dask cluster's (8786/8787), so the demo judges the rules as a ``dask`` cluster's
+(a Coiled cluster of today listens on 443: see notebooks/coiled-keywords.ipynb). Nothing reaches
 AWS: the sandbox is a local moto server, stopped at the end unless it was already running.
 """
 
@@ -23,7 +25,9 @@ def demo(cluster: str = "demo") -> int:
 
     from . import session
 
-    with dask.config.set({"coiled-jupyter.backend": "sandbox"}):
+    with dask.config.set(
+        {"coiled-jupyter.backend": "sandbox", "coiled-jupyter.cluster-kind": "dask"}
+    ):
         was_running = session.sandbox_running()
         try:
             first = session.apply(cluster, backend_options={"ingress": EXAMPLE})
