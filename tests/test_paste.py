@@ -31,6 +31,8 @@ def test_the_readme_quick_start_runs_pasted_as_one_cell(sandbox, cloud, monkeypa
     assert "  # " in code  # it is written with trailing comments, as people write cells
     folder = tmp_path / "dask-config"
     monkeypatch.setenv("DASK_CONFIG", str(folder))
+    # As a person runs it: the kind of cluster is the default (coiled), not the tests' own pin.
+    monkeypatch.delenv("DASK_COILED_JUPYTER__CLUSTER_KIND", raising=False)
     path = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *([path] if path else [])]))
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
@@ -53,7 +55,7 @@ def test_the_readme_quick_start_runs_pasted_as_one_cell(sandbox, cloud, monkeypa
         (p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]])
         for p in group["IpPermissions"]
         if p["IpProtocol"] == "tcp"
-    ] == [(8786, 8787, ["10.1.0.0/16"])]
+    ] == [(443, 443, ["10.1.0.0/16"])]
     saved = (folder / "coiled.yaml").read_text()
     assert "10.1.0.0/16" in saved and "use_scheduler_public_ip: false" in saved
 
