@@ -255,8 +255,23 @@ def panel_texts(panel) -> list[str]:
     return texts
 
 
+@pytest.fixture
+def panel_warmed(world):
+    """One panel made, typed into and closed before a case is timed: what the first panel of a
+    process loads once (ipywidgets, the comm machinery, lazy imports of the core) is no hang of
+    the input's."""
+    from coiled_jupyter.widgets import FirewallPanel
+
+    panel = FirewallPanel(background=False)
+    row = panel.add_row()
+    row.ports.value, row.source.value = "8786", "10.0.0.0/8"
+    row.check()
+    panel.close()
+    session.reset()
+
+
 @pytest.mark.parametrize("case", FIELD_CASES, ids=[c["name"] for c in FIELD_CASES])
-def test_panel_field(world, dask_config, caplog, case):
+def test_panel_field(world, panel_warmed, dask_config, caplog, case):
     """Type one row into the panel, as the browser would (``.value``), then press Apply."""
     from coiled_jupyter.widgets import FirewallPanel
 
